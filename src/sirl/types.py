@@ -1,0 +1,46 @@
+"""Typed records passed between components (task -> rollout -> verify -> localize -> credit).
+
+Every record is a frozen dataclass: components hand each other values, never mutable state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Span = tuple[int, int]
+"""A half-open interval ``[start, end)``: characters of a completion, or tokens of a response."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One task instance.
+
+    ``prompt`` is the exact text the policy is conditioned on; ``answer`` is the reference final answer
+    (as text); ``meta`` holds task-specific facts (operands, difficulty, ...) that verifiers and
+    ground-truth functions may use. ``meta["difficulty"]`` is an int when the task defines one.
+    """
+
+    prompt: str
+    answer: str
+    meta: dict = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """One sampled response to a problem, scored, with its steps mapped onto its tokens.
+
+    ``response_ids`` includes the EOS token when the policy emitted one; ``logprobs`` are the sampling
+    policy's log-probabilities of each response token; ``step_spans`` are token spans ``[start, end)`` of
+    the task's steps and partition ``response_ids`` (EOS belongs to the last step). ``group`` ties samples
+    of the same prompt together for group-relative advantages.
+    """
+
+    problem: Problem
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]
+    text: str
+    reward: float
+    truncated: bool
+    group: int
+    step_spans: list[Span]
