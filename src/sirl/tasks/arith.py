@@ -1,0 +1,125 @@
+"""``arith``: left-to-right modular arithmetic with a scratchpad.
+
+Worked example::
+
+    prompt      7+5*3-2=
+    solution    7+5=2;2*3=6;6-2=4;#4
+    steps       [7+5=2;] [2*3=6;] [6-2=4;] [#4]
+
+Operands are digits 0-9; the expression is evaluated left to right (no precedence) and every
+intermediate result is taken mod 10. Each step restates both operands: without them a small
+character-level policy has to track a hidden running value, and measured before this module existed
+it then stayed near chance; with them SFT learns the format in minutes.
+
+The completion has one step per operation and a final answer step ``#r``. The outcome verifier reads only
+the final answer (outcome supervision: a wrong chain that lands on the right digit still scores 1).
+Ground truth for localization: the first step whose operands, operator or result differ from the
+correct chain, the answer step if it is wrong, or the last step when the completion stops early (the
+end of the response belongs to the last step).
+
+Knobs: ``min_ops``/``max_ops`` (the number of operations, drawn uniformly; up to 32), and
+``op_weights`` (relative frequency of ``+``, ``-`` and ``*``: multiplication is the hard step).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from sirl.tasks.base import Task, check_split, split_of, split_on_separator
+from sirl.types import Problem, Span
+
+OPERATORS = "+-*"
+MAX_OPS = 32
+_STEP_RE = re.compile(r"([0-9])([+\-*])([0-9])=([0-9]);")
+_ANSWER_RE = re.compile(r"#([0-9])")
+
+
+def apply(a: int, op: str, b: int) -> int:
+    if op == "+":
+        return (a + b) % 10
+    if op == "-":
+        return (a - b) % 10
+    if op == "*":
+        return (a * b) % 10
+    raise ValueError(f"unknown operator {op!r}")
+
+
+class ArithTask(Task):
+    name = "arith"
+    description = "left-to-right arithmetic mod 10 with a scratchpad that restates operands (e.g. 7+5*3-2=)"
+
+    def __init__(
+        self,
+        min_ops: int = 8,
+        max_ops: int = 12,
+        op_weights: dict[str, float] | None = None,
+        test_fraction: float = 0.1,
+    ):
+        if not 1 <= min_ops <= max_ops <= MAX_OPS:
+            raise ValueError(f"need 1 <= min_ops <= max_ops <= {MAX_OPS}, got min_ops={min_ops}, max_ops={max_ops}")
+        weights = {"+": 1.0, "-": 1.0, "*": 1.0} if op_weights is None else dict(op_weights)
+        unknown = set(weights) - set(OPERATORS)
+        if unknown:
+            raise ValueError(f"op_weights has unknown operators {sorted(unknown)}; valid: {list(OPERATORS)}")
+        if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ValueError(f"op_weights must be non-negative with a positive sum, got {weights}")
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        self.min_ops, self.max_ops = min_ops, max_ops
+        self.op_weights = {op: float(weights.get(op, 0.0)) for op in OPERATORS}
+        self.test_fraction = test_fraction
+
+    def sample(self, rng: random.Random, split: str) -> Problem:
+        check_split(split)
+        ops_list, weights = list(OPERATORS), [self.op_weights[op] for op in OPERATORS]
+        while True:
+            n_ops = rng.randint(self.min_ops, self.max_ops)
+            numbers = [rng.randrange(10) for _ in range(n_ops + 1)]
+            ops = rng.choices(ops_list, weights=weights, k=n_ops)
+            prompt = "".join(f"{n}{op}" for n, op in zip(numbers, ops)) + f"{numbers[-1]}="
+            if split_of(prompt, self.test_fraction) == split:
+                break
+        value = numbers[0]
+        for op, b in zip(ops, numbers[1:]):
+            value = apply(value, op, b)
+        return Problem(
+            prompt=prompt,
+            answer=str(value),
+            meta={"numbers": numbers, "ops": "".join(ops), "difficulty": n_ops},
+        )
+
+    @staticmethod
+    def _chain(problem: Problem) -> list[str]:
+        """The correct step texts, answer step included."""
+        numbers, ops = problem.meta["numbers"], problem.meta["ops"]
+        steps, value = [], numbers[0]
+        for op, b in zip(ops, numbers[1:]):
+            result = apply(value, op, b)
+            steps.append(f"{value}{op}{b}={result};")
+            value = result
+        steps.append(f"#{value}")
+        return steps
+
+    def reference_solution(self, problem: Problem) -> str:
+        return "".join(self._chain(problem))
+
+    def verify(self, problem: Problem, completion: str) -> float:
+        # Outcome only: the completion must end in exactly one answer step "#d" equal to the answer.
+        match = re.search(r"#([0-9])\Z", completion)
+        return 1.0 if match and match.group(1) == problem.answer and completion.count("#") == 1 else 0.0
+
+    def split_steps(self, completion: str) -> list[Span]:
+        return split_on_separator(completion, ";")
+
+    def first_error(self, problem: Problem, completion: str) -> int | None:
+        expected = self._chain(problem)
+        spans = self.split_steps(completion)
+        for index, (start, end) in enumerate(spans):
+            if index >= len(expected) or completion[start:end] != expected[index]:
+                return index
+        # Every written step is right; a completion that stops early is wrong at its last step.
+        return None if len(spans) == len(expected) else len(spans) - 1
+
+    def alphabet(self, n_samples: int = 0, seed: int = 0) -> str:
+        return "".join(sorted(set("0123456789" + OPERATORS + "=;#" + "[]" + self.verify_query + self.verdict_none)))

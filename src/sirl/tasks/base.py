@@ -1,0 +1,148 @@
+"""The task interface every component builds on, and helpers shared by all tasks.
+
+A task gives problems, an outcome verifier and a step splitter. Synthetic tasks also know the ground-truth
+first wrong step of any completion; that is used only to *measure* localization, never to train.
+
+Contract (other code and outside users rely on these exact names):
+
+- ``name``: registry name; ``description``: one line for ``sirl tasks``.
+- ``sample(rng, split) -> Problem``: ``split`` is ``"train"`` or ``"test"``; the two never share a prompt.
+- ``verify(problem, completion) -> float``: outcome in [0, 1], deterministic, a pure function.
+- ``split_steps(completion) -> list[(start, end)]``: character spans that partition the completion,
+  in order and contiguous, at least one span (the empty completion is one empty step). The end of
+  the response (EOS) belongs to the last step.
+- ``first_error(problem, completion) -> int | None``: 0-based index of the first wrong step, None when
+  no step is wrong. Tasks without ground truth set ``has_ground_truth = False`` and raise
+  :class:`NoGroundTruth`.
+- ``reference_solution(problem) -> str``: a correct completion (synthetic tasks; data tasks return the
+  dataset's worked solution).
+
+Knobs (difficulty and the like) are constructor keyword arguments; the config passes them through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from abc import ABC, abstractmethod
+
+from sirl.types import Problem, Span
+
+SPLITS = ("train", "test")
+
+
+class NoGroundTruth(NotImplementedError):
+    """Raised by ``first_error`` on tasks that do not know where a solution went wrong."""
+
+
+def split_of(prompt: str, test_fraction: float) -> str:
+    """The split a prompt belongs to, from a stable hash of its text.
+
+    Hashing the prompt (not the draw order) makes the partition a property of the problem itself, so
+    a test problem can never be generated for training, whatever the seed or sampling knobs.
+    """
+    digest = hashlib.blake2b(prompt.encode("utf-8"), digest_size=8).digest()
+    bucket = int.from_bytes(digest, "big") / 2**64
+    return "test" if bucket < test_fraction else "train"
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+class Task(ABC):
+    """Base class of all tasks. Subclasses implement the abstract methods and set the class attributes."""
+
+    name: str = "task"
+    description: str = ""
+    has_ground_truth: bool = True
+
+    # Self-verification format: the policy sees the problem and a solution with numbered steps, then
+    # writes the number of the first wrong step (1-based) or "none". Kept compact for character-level
+    # policies; tasks may override the three methods below.
+    verify_query: str = "\n?"
+    verdict_none: str = "none"
+
+    @abstractmethod
+    def sample(self, rng: random.Random, split: str) -> Problem: ...
+
+    @abstractmethod
+    def verify(self, problem: Problem, completion: str) -> float: ...
+
+    @abstractmethod
+    def split_steps(self, completion: str) -> list[Span]: ...
+
+    def first_error(self, problem: Problem, completion: str) -> int | None:
+        raise NoGroundTruth(f"task {self.name!r} has no ground-truth steps")
+
+    @abstractmethod
+    def reference_solution(self, problem: Problem) -> str: ...
+
+    def difficulty(self, problem: Problem) -> int | None:
+        """An integer difficulty level for per-difficulty reports, or None when the task has none."""
+        return problem.meta.get("difficulty")
+
+    # --- self-verification format -------------------------------------------------------------
+    def verification_prompt(self, problem: Problem, completion: str) -> str:
+        """The problem, then each step prefixed by ``[i]`` (1-based), then the query."""
+        steps = [completion[s:e] for s, e in self.split_steps(completion)]
+        numbered = "".join(f"[{i + 1}]{text}" for i, text in enumerate(steps))
+        return f"{problem.prompt}{numbered}{self.verify_query}"
+
+    def verdict_text(self, first_error: int | None) -> str:
+        """The target answer of a verification prompt: ``"3"`` for 0-based step 2, or ``"none"``."""
+        return self.verdict_none if first_error is None else str(first_error + 1)
+
+    def parse_verdict(self, text: str) -> int | None:
+        """Inverse of :meth:`verdict_text`. Raises ValueError on anything else."""
+        answer = text.strip()
+        if answer == self.verdict_none:
+            return None
+        if re.fullmatch(r"[1-9][0-9]*", answer):
+            return int(answer) - 1
+        raise ValueError(f"not a verdict: {text!r} (expected a step number >= 1 or {self.verdict_none!r})")
+
+    # --- vocabulary -----------------------------------------------------------------------------
+    def alphabet(self, n_samples: int = 2000, seed: int = 0) -> str:
+        """Every character the task's prompts, solutions and verification prompts use.
+
+        The default draws problems from both splits, which suits any task whose characters show up in
+        a few thousand samples; tasks with a fixed alphabet override it with the exact set.
+        """
+        rng = random.Random(seed)
+        chars: set[str] = set(self.verify_query + self.verdict_none + "[]0123456789")
+        for i in range(n_samples):
+            problem = self.sample(rng, SPLITS[i % 2])
+            solution = self.reference_solution(problem)
+            chars.update(problem.prompt, solution, problem.answer)
+        return "".join(sorted(chars))
+
+
+def partition_check(completion: str, spans: list[Span]) -> None:
+    """Assert the step-splitting contract (used by tests and by the rollout engine in debug mode)."""
+    if not spans:
+        raise AssertionError("split_steps returned no spans")
+    position = 0
+    for start, end in spans:
+        if start != position or end < start:
+            raise AssertionError(f"spans {spans} do not partition a text of length {len(completion)}")
+        position = end
+    if position != len(completion):
+        raise AssertionError(f"spans {spans} end at {position}, text has {len(completion)} characters")
+
+
+def split_on_separator(completion: str, separator: str) -> list[Span]:
+    """Spans that end just after each ``separator``; the remainder (if any) is the last step."""
+    spans: list[Span] = []
+    start = 0
+    while True:
+        index = completion.find(separator, start)
+        if index < 0:
+            break
+        spans.append((start, index + len(separator)))
+        start = index + len(separator)
+    if start < len(completion) or not spans:
+        spans.append((start, len(completion)))
+    return spans

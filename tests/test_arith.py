@@ -1,0 +1,123 @@
+import random
+
+import pytest
+
+from sirl.tasks import load_task
+from sirl.tasks.arith import ArithTask, apply
+from sirl.tasks.base import partition_check
+from sirl.types import Problem
+
+
+def problem(prompt: str) -> Problem:
+    """An arith problem parsed from a prompt, for hand-written cases."""
+    numbers = [int(c) for c in prompt[:-1:2]]
+    ops = prompt[1:-1:2]
+    value = numbers[0]
+    for op, b in zip(ops, numbers[1:]):
+        value = apply(value, op, b)
+    return Problem(prompt, str(value), {"numbers": numbers, "ops": ops, "difficulty": len(ops)})
+
+
+def test_worked_example_from_the_docstring():
+    task = ArithTask()
+    p = problem("7+5*3-2=")
+    # 7+5=12 -> 2; 2*3=6; 6-2=4
+    assert task.reference_solution(p) == "7+5=2;2*3=6;6-2=4;#4"
+    assert p.answer == "4"
+    assert task.split_steps("7+5=2;2*3=6;6-2=4;#4") == [(0, 6), (6, 12), (12, 18), (18, 20)]
+
+
+def test_generator_is_deterministic_per_seed_and_respects_knobs():
+    task = ArithTask(min_ops=3, max_ops=5, op_weights={"+": 1, "-": 0, "*": 0})
+    def draw(seed):
+        rng = random.Random(seed)
+        return [task.sample(rng, "train") for _ in range(20)]
+
+    assert draw(7) == draw(7)
+    assert draw(7) != draw(8)
+    rng = random.Random(0)
+    for _ in range(200):
+        p = task.sample(rng, "train")
+        assert 3 <= p.meta["difficulty"] <= 5
+        assert set(p.meta["ops"]) == {"+"}
+        assert task.verify(p, task.reference_solution(p)) == 1.0
+        assert task.first_error(p, task.reference_solution(p)) is None
+
+
+def test_train_and_test_are_disjoint():
+    task = ArithTask(min_ops=1, max_ops=2)  # a small space, so overlap would show
+    rng = random.Random(0)
+    train = {task.sample(rng, "train").prompt for _ in range(3000)}
+    test = {task.sample(rng, "test").prompt for _ in range(300)}
+    assert train and test and not (train & test)
+
+
+def test_operator_weights_shape_the_distribution():
+    task = ArithTask(min_ops=10, max_ops=10, op_weights={"+": 0.46, "-": 0.46, "*": 0.08})
+    rng = random.Random(1)
+    ops = "".join(task.sample(rng, "train").meta["ops"] for _ in range(500))
+    assert abs(ops.count("*") / len(ops) - 0.08) < 0.02
+
+
+@pytest.mark.parametrize(
+    "completion, reward",
+    [
+        ("7+5=2;2*3=6;6-2=4;#4", 1.0),
+        ("#4", 1.0),  # outcome only: the final answer decides
+        ("7+5=3;3*3=9;9-2=7;#4", 1.0),  # wrong chain, right digit: still 1 under outcome supervision
+        ("7+5=2;2*3=6;6-2=4;#5", 0.0),
+        ("7+5=2;2*3=6;6-2=4;", 0.0),  # no answer
+        ("7+5=2;2*3=6;6-2=4;#4;", 0.0),  # junk after the answer
+        ("7+5=2;2*3=6;6-2=4;#4#4", 0.0),
+        ("7+5=2;2*3=6;6-2=4;#44", 0.0),
+        ("", 0.0),
+        ("\x00\ud800#4x", 0.0),
+    ],
+)
+def test_verify_truth_table(completion, reward):
+    assert ArithTask().verify(problem("7+5*3-2="), completion) == reward
+
+
+@pytest.mark.parametrize(
+    "completion, first_error",
+    [
+        ("7+5=2;2*3=6;6-2=4;#4", None),
+        ("7+5=3;2*3=6;6-2=4;#4", 0),  # wrong result in step 0
+        ("7+5=2;3*3=9;9-2=7;#7", 1),  # step 1 restates the wrong operand (3, not 2)
+        ("7+5=2;2+3=5;5-2=3;#3", 1),  # step 1 has the wrong operator
+        ("7+5=2;2*3=6;6-2=4;#6", 3),  # only the answer step is wrong
+        ("7+5=2;2*3=6;6-2=4;", 2),  # stops before the answer: the end belongs to the last step
+        ("7+5=2;2*3=6;", 1),  # stops early
+        ("7+5=2;2*3=6;6-2=4;9-1=8;#8", 3),  # an extra step where the answer should be
+        ("7+5=2;2*3=6;6-2=4;#4;", 3),  # junk after the answer makes the answer step wrong
+        ("", 0),  # the empty completion is one empty step, and it is wrong
+        ("7+5=2;2*3=6;6-2=4;#4", None),
+    ],
+)
+def test_first_error_on_hand_written_solutions(completion, first_error):
+    assert ArithTask().first_error(problem("7+5*3-2="), completion) == first_error
+
+
+def test_split_steps_partition_any_text():
+    task = ArithTask()
+    for text in ["", "7+5=2;", "7+5=2;2*", "#4", ";;;", "a;b", "7+5=2;2*3=6;6-2=4;#4"]:
+        partition_check(text, task.split_steps(text))
+
+
+def test_knob_validation_names_the_knob():
+    with pytest.raises(ValueError, match="min_ops"):
+        ArithTask(min_ops=5, max_ops=3)
+    with pytest.raises(ValueError, match="op_weights"):
+        ArithTask(op_weights={"/": 1})
+    with pytest.raises(ValueError, match="valid knobs"):
+        load_task("arith", max_opz=3)
+
+
+def test_alphabet_covers_solutions_and_verification_format():
+    task = ArithTask(min_ops=1, max_ops=16)
+    alphabet = set(task.alphabet())
+    rng = random.Random(0)
+    for _ in range(100):
+        p = task.sample(rng, "train")
+        solution = task.reference_solution(p)
+        assert set(p.prompt + solution + task.verification_prompt(p, solution) + task.verdict_text(3)) <= alphabet
