@@ -1,0 +1,335 @@
+"""Experiment configuration: one dataclass per concern, composed into :class:`ExperimentConfig`.
+
+Resolution order: the dataclass defaults, then a YAML preset (``--config NAME`` reads
+``configs/NAME.yaml``; a preset may name a ``base:`` preset it overrides), then dotted command-line
+overrides (``--model.hidden_size=128``, ``--task.args.max_ops=16``). Values on the command line are read
+as YAML scalars, so ``128`` is an int, ``true`` a bool and ``[1, 4]`` a list. Unknown keys and wrong
+types are errors that name the key and the valid choices. Every run folder gets the resolved config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from sirl.paths import resolve_path
+
+
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+class ConfigError(ValueError):
+    """A preset or override that does not fit the config schema."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arith"
+    """Registered task name (see ``sirl tasks``) or an import path ``file.py:Class`` / ``pkg.module:Class``."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the task's constructor (its knobs), checked against its signature."""
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None
+    """A local Hugging Face causal LM directory to start from; None builds a new model (SFT from scratch)."""
+    arch: Literal["llama", "qwen2"] = "llama"
+    """Architecture of a newly built model."""
+    size: Literal["nano", "tiny", "small", "base"] = "tiny"
+    """Size preset of a newly built model (see sirl.model.SIZE_PRESETS); the four fields below override it."""
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    num_heads: int | None = None
+    intermediate_size: int | None = None
+    max_position_embeddings: int = 512
+    """Longest prompt + response a newly built model can see."""
+    device: str = "auto"
+    """"auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights and compute dtype. float32 on CPU; bfloat16 is the usual choice on a GPU."""
+
+
+@dataclass
+class SFTConfig:
+    task_args: dict[str, Any] = field(default_factory=dict)
+    """Overrides of task.args for the SFT training distribution (e.g. shorter chains, fewer hard steps)."""
+    steps: int = 4000
+    """Most optimizer steps; SFT stops earlier when target_accuracy or max_minutes is reached."""
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup_steps: int = 100
+    """Linear warmup, then cosine decay to 10% of lr over ``steps``."""
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    """Greedy held-out evaluation (on the task distribution, i.e. task.args) every this many steps."""
+    target_accuracy: float | None = None
+    """Stop at the first evaluation whose accuracy reaches this; None trains for all ``steps``."""
+    max_minutes: float | None = None
+    """Wall-clock budget; None for no limit."""
+
+
+@dataclass
+class EvalConfig:
+    n_problems: int = 500
+    """Size of the fixed held-out set (test split), the same for every run with the same eval.seed."""
+    seed: int = 1234
+    """Seed of the held-out set; independent of the run seed so runs are compared on the same problems."""
+    batch_size: int = 256
+    max_new_tokens: int = 160
+    pass_k: list[int] = field(default_factory=lambda: [1, 4])
+    """k values for pass@k under sampled decoding (sirl eval); [] skips sampling."""
+    n_samples: int = 8
+    """Samples per problem for pass@k (unbiased estimator, needs n_samples >= max(pass_k))."""
+    temperature: float = 1.0
+    """Sampling temperature for pass@k."""
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 8
+    """Prompts drawn per training step (per process under data parallelism)."""
+    group_size: int = 8
+    """Samples per prompt; advantages are relative to the group."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    """Responses longer than this are cut off (truncated) and score what the verifier gives them."""
+    batch_size: int = 1024
+    """Most rows the engine decodes at once."""
+
+
+@dataclass
+class AlgoConfig:
+    name: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
+    """Advantage estimator (sirl.algos.ADVANTAGES)."""
+    clip_low: float = 0.2
+    """PPO ratio clip below 1: the ratio is kept >= 1 - clip_low."""
+    clip_high: float = 0.28
+    """PPO ratio clip above 1 (DAPO's clip-higher): the ratio is kept <= 1 + clip_high."""
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    """How per-token losses become one number (sirl.algos.LOSS_AGGREGATIONS)."""
+    kl_coef: float = 0.0
+    """Weight of the KL penalty to the frozen starting policy; 0 disables it (and the reference model)."""
+    kl_estimator: Literal["k1", "k3"] = "k3"
+    ppo_epochs: int = 1
+    """Passes over each step's rollouts; more than 1 makes later passes off-policy (then clipping acts)."""
+    minibatches: int = 1
+    """Optimizer steps per epoch; the rollouts are split into this many minibatches."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    """Most training steps; a run also stops at max_tokens or max_minutes."""
+    max_tokens: int | None = None
+    """Budget of generated tokens (every kind counted); None for no budget."""
+    max_minutes: float | None = None
+    lr: float = 1e-4
+    warmup_steps: int = 10
+    """Linear warmup, then constant."""
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    micro_batch_size: int = 64
+    """Sequences per forward/backward pass; gradients accumulate up to the minibatch (memory only)."""
+    eval_every: int = 25
+    """Held-out evaluation every this many steps (and before the first update, and at the end)."""
+    checkpoint_every: int = 100
+    """A Hugging Face checkpoint under checkpoints/step_N every this many steps (and at the end); 0 only at the end."""
+    log_samples: int = 4
+    """Sampled trajectories written to samples.jsonl at each evaluation step."""
+
+
+@dataclass
+class ExperimentConfig:
+    name: str | None = None
+    """Run name; the run folder defaults to runs/<name>-<time>."""
+    seed: int = 0
+    out: str | None = None
+    """The run folder; created if missing."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def preset_path(preset: str) -> Path:
+    """``arith`` -> configs/arith.yaml (in the working directory or the project); a path is used as is."""
+    candidate = Path(preset)
+    if candidate.suffix in (".yaml", ".yml"):
+        path = resolve_path(candidate)
+    else:
+        path = resolve_path(Path("configs") / f"{preset}.yaml")
+    if not path.is_file():
+        available = sorted(p.stem for p in resolve_path("configs").glob("*.yaml")) if resolve_path("configs").is_dir() else []
+        raise ConfigError(f"no preset {preset!r} ({path} does not exist); available presets: {available}")
+    return path
+
+
+def read_preset(preset: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The preset's overrides, with its ``base:`` chain applied beneath it."""
+    path = preset_path(preset)
+    if str(path) in _seen:
+        raise ConfigError(f"preset {path} is its own base (cycle: {' -> '.join(_seen)})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a preset must be a mapping of config sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    merged = read_preset(str(base), _seen + (str(path),))
+    return deep_merge(merged, data)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["model.hidden_size=128", "task.args.max_ops=16"]`` -> a nested dict."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.removeprefix("--").partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like --section.field=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override of {part!r}")
+        node[leaf] = value
+    return nested
+
+
+def load_config(preset: str | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    data = read_preset(preset) if preset else {}
+    data = deep_merge(data, parse_overrides(overrides or []))
+    return from_dict(ExperimentConfig, data, "")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    """Build dataclass ``cls`` from a (partial) dict, checking every key and value."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key {where}{unknown[0]}; valid keys{' of ' + prefix if prefix else ''}: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, value, key)
+        else:
+            kwargs[name] = check_type(value, tp, key)
+    return cls(**kwargs)
+
+
+def check_type(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` (ints widened to float where a float is expected) or raise naming ``key``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+    elif origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            try:
+                return check_type(value, option, key)
+            except ConfigError as error:
+                errors.append(error)
+    elif origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}={value!r} is not a valid choice; valid choices: {list(args)}")
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            item_tp = args[0] if args else Any
+            return [check_type(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict or tp is dict:
+        if isinstance(value, dict):
+            key_tp, value_tp = args if args else (Any, Any)
+            return {check_type(k, key_tp, key): check_type(v, value_tp, f"{key}.{k}") for k, v in value.items()}
+    else:
+        if isinstance(value, tp):
+            return value
+    raise ConfigError(f"{key}={value!r} has the wrong type: expected {_type_name(tp)}, got {type(value).__name__}")
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def check_task_args(task_class: type, args: dict[str, Any], key: str = "task.args") -> dict[str, Any]:
+    """Check task knobs against the constructor's signature and annotations."""
+    signature = inspect.signature(task_class.__init__)
+    knobs = {n: p for n, p in signature.parameters.items() if n != "self" and p.kind is not p.VAR_KEYWORD}
+    unknown = sorted(set(args) - set(knobs))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {key}.{unknown[0]} for task {getattr(task_class, 'name', task_class.__name__)!r}; "
+            f"valid keys: {sorted(knobs)}"
+        )
+    try:
+        hints = typing.get_type_hints(task_class.__init__)
+    except (NameError, TypeError):  # a user task with unresolvable annotations: check names only
+        hints = {}
+    return {name: check_type(value, hints[name], f"{key}.{name}") if name in hints else value for name, value in args.items()}
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def to_yaml(config: Any) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -1,0 +1,74 @@
+import pytest
+
+from sirl.config import ConfigError, ExperimentConfig, load_config, parse_overrides, to_yaml
+from sirl.cli import main
+
+
+def test_defaults_then_preset_then_overrides():
+    default = load_config()
+    assert isinstance(default, ExperimentConfig) and default.model.size == "tiny"
+    preset = load_config("arith_sft")
+    assert preset.model.path is None  # arith_sft overrides its base (arith), which sets a checkpoint path
+    assert preset.task.args["min_ops"] == 8  # inherited from the base preset
+    assert preset.sft.task_args["min_ops"] == 1
+    overridden = load_config("arith_sft", ["model.hidden_size=128", "sft.lr=1e-3", "eval.pass_k=[1, 2]"])
+    assert overridden.model.hidden_size == 128
+    assert overridden.sft.lr == pytest.approx(1e-3)
+    assert overridden.eval.pass_k == [1, 2]
+
+
+def test_ints_are_accepted_where_floats_are_expected():
+    assert load_config(None, ["sft.lr=1"]).sft.lr == 1.0
+    assert isinstance(load_config(None, ["sft.lr=1"]).sft.lr, float)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.hiden_size=3", r"unknown config key model.hiden_size; valid keys of model: \['arch',"),
+        ("modle.size=tiny", r"unknown config key 'modle'|unknown config key modle"),
+        ("model.size=huge", r"model.size='huge' is not a valid choice; valid choices: \['nano', 'tiny', 'small', 'base'\]"),
+        ("sft.steps=many", r"sft.steps='many' has the wrong type: expected int, got str"),
+        ("sft.steps=1.5", r"expected int, got float"),
+        ("sft.target_accuracy=yes", r"sft.target_accuracy=True has the wrong type"),
+        ("eval.pass_k=[1, x]", r"eval.pass_k\[1\]='x'"),
+    ],
+)
+def test_bad_overrides_name_the_key_and_the_choices(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="must look like"):
+        parse_overrides(["model.size"])
+
+
+def test_unknown_preset_lists_the_available_ones():
+    with pytest.raises(ConfigError, match=r"available presets: \[.*'arith'"):
+        load_config("no_such_preset")
+
+
+def test_preset_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(str(bad))
+    cycle = tmp_path / "cycle.yaml"
+    cycle.write_text(f"base: {cycle}\n")
+    with pytest.raises(ConfigError, match="its own base"):
+        load_config(str(cycle))
+
+
+def test_task_knobs_are_checked_against_the_task_signature(capsys):
+    assert main(["config", "--task.args.max_opz=3"]) == 2
+    assert "unknown key task.args.max_opz for task 'arith'; valid keys: ['max_ops', 'min_ops', 'op_weights', 'test_fraction']" in capsys.readouterr().err
+    assert main(["config", "--task.args.max_ops=lots"]) == 2
+    assert "task.args.max_ops='lots' has the wrong type: expected int" in capsys.readouterr().err
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    config = load_config("arith_sft", ["seed=3"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(to_yaml(config))
+    assert load_config(str(path)) == config
