@@ -1,0 +1,202 @@
+"""Held-out evaluation: greedy accuracy with a 95% interval, accuracy by difficulty, where failures first
+go wrong (ground-truth tasks), pass@k under sampling, and decoding speed.
+
+The held-out set is a pure function of (task, size, eval seed), so every run and every method is scored
+on the same problems.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sirl.model import encode_prompt, eos_ids
+from sirl.rollout import SamplingParams, generate
+from sirl.tasks.base import Task
+from sirl.types import Problem
+
+
+def heldout_problems(task: Task, n: int, seed: int) -> list[Problem]:
+    """``n`` distinct test-split problems (fewer when the split has fewer), the same for the same seed."""
+    rng = random.Random(seed)
+    problems: dict[str, Problem] = {}
+    misses = 0
+    while len(problems) < n and misses < 20 * n:  # a small finite split runs out of new prompts
+        problem = task.sample(rng, "test")
+        if problem.prompt in problems:
+            misses += 1
+        else:
+            problems[problem.prompt] = problem
+    return list(problems.values())
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (Wilson 1927): sane at 0%, 100% and small n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denominator = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021, "Evaluating LLMs trained on code"):
+    1 - C(n-c, k) / C(n, k), the chance that k of the n samples drawn without replacement include a success."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+@dataclass(frozen=True)
+class Completion:
+    problem: Problem
+    text: str
+    n_tokens: int
+    truncated: bool
+    reward: float
+
+
+@dataclass
+class EvalResult:
+    n: int
+    accuracy: float
+    ci95: tuple[float, float]
+    by_difficulty: dict[int, dict[str, float]]
+    first_error_histogram: dict[int, int] | None
+    """Ground-truth first-error step of each greedy failure (tasks with ground truth), step -> count."""
+    mean_response_tokens: float
+    truncated_frac: float
+    tokens_per_second: float
+    pass_at_k: dict[int, float] = field(default_factory=dict)
+    sample_temperature: float | None = None
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["ci95"] = list(self.ci95)
+        return out
+
+
+def complete(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    problems: list[Problem],
+    params: SamplingParams,
+    *,
+    repeats: int = 1,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+) -> tuple[list[Completion], float]:
+    """Sample ``repeats`` completions per problem and score them; returns them and the seconds taken."""
+    start = time.perf_counter()
+    generations = generate(
+        model,
+        [encode_prompt(tokenizer, p.prompt) for p in problems],
+        params,
+        eos_ids=eos_ids(model, tokenizer),
+        pad_id=tokenizer.pad_token_id,
+        repeats=repeats,
+        generator=generator,
+        max_batch=batch_size,
+    )
+    seconds = time.perf_counter() - start
+    completions = []
+    for row in range(len(generations)):
+        problem = problems[int(generations.context_index_B[row])]
+        tokens = generations.row_tokens(row)
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        completions.append(
+            Completion(problem, text, len(tokens), bool(generations.truncated_B[row]), task.verify(problem, text))
+        )
+    return completions, seconds
+
+
+def evaluate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    problems: list[Problem],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 256,
+    pass_k: list[int] = (),
+    n_samples: int = 8,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> EvalResult:
+    """Greedy accuracy and its breakdowns; pass@k for each k in ``pass_k`` from ``n_samples`` samples."""
+    greedy, seconds = complete(
+        model, tokenizer, task, problems, SamplingParams(max_new_tokens, temperature=0.0), batch_size=batch_size
+    )
+    n = len(greedy)
+    correct = sum(c.reward for c in greedy)
+    by_level: dict[int, list[float]] = defaultdict(list)
+    for c in greedy:
+        level = task.difficulty(c.problem)
+        if level is not None:
+            by_level[level].append(c.reward)
+    histogram = None
+    if task.has_ground_truth:
+        errors = [task.first_error(c.problem, c.text) for c in greedy if c.reward < 1]
+        histogram = dict(sorted(Counter(e for e in errors if e is not None).items()))
+    n_tokens = sum(c.n_tokens for c in greedy)
+    result = EvalResult(
+        n=n,
+        accuracy=correct / n if n else 0.0,
+        ci95=wilson_interval(correct, n),
+        by_difficulty={k: {"n": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(by_level.items())},
+        first_error_histogram=histogram,
+        mean_response_tokens=n_tokens / n if n else 0.0,
+        truncated_frac=sum(c.truncated for c in greedy) / n if n else 0.0,
+        tokens_per_second=n_tokens / seconds if seconds > 0 else 0.0,
+    )
+    if pass_k:
+        if n_samples < max(pass_k):
+            raise ValueError(f"eval.n_samples={n_samples} must be >= max(eval.pass_k)={max(pass_k)}")
+        generator = torch.Generator().manual_seed(seed)
+        sampled, _ = complete(
+            model,
+            tokenizer,
+            task,
+            problems,
+            SamplingParams(max_new_tokens, temperature=temperature),
+            repeats=n_samples,
+            batch_size=batch_size,
+            generator=generator,
+        )
+        successes = [sum(c.reward >= 1 for c in sampled[i * n_samples : (i + 1) * n_samples]) for i in range(n)]
+        result.pass_at_k = {k: sum(pass_at_k(n_samples, c, k) for c in successes) / n for k in pass_k}
+        result.sample_temperature = temperature
+    return result
+
+
+def format_result(result: EvalResult) -> str:
+    """The human-readable report printed by ``sirl eval``."""
+    lo, hi = result.ci95
+    lines = [
+        f"accuracy (greedy)  {result.accuracy:.1%}  95% CI [{lo:.1%}, {hi:.1%}]  n={result.n}",
+        f"response tokens    {result.mean_response_tokens:.1f} mean, {result.truncated_frac:.1%} truncated",
+        f"decoding speed     {result.tokens_per_second:,.0f} tokens/s (greedy, batched)",
+    ]
+    if result.pass_at_k:
+        shown = "  ".join(f"pass@{k} {v:.1%}" for k, v in result.pass_at_k.items())
+        lines.append(f"sampled (T={result.sample_temperature:g})  {shown}")
+    if result.by_difficulty:
+        lines.append("accuracy by difficulty:")
+        for level, row in result.by_difficulty.items():
+            lines.append(f"  {level:>4}  {row['accuracy']:6.1%}  (n={row['n']})")
+    if result.first_error_histogram is not None:
+        total = sum(result.first_error_histogram.values())
+        lines.append(f"first wrong step of greedy failures (ground truth, {total} failures):")
+        peak = max(result.first_error_histogram.values(), default=1)
+        for step, count in result.first_error_histogram.items():
+            lines.append(f"  step {step:>3}  {count:5d}  {'#' * max(1, round(30 * count / peak))}")
+    return "\n".join(lines)

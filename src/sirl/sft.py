@@ -1,0 +1,136 @@
+"""Supervised warm start: teach a policy the task's format from reference solutions.
+
+Each step draws a fresh batch of training problems (``task.args`` overridden by ``sft.task_args``, so the
+SFT distribution can differ from the RL one), and minimizes the token-mean cross-entropy of the reference
+solution and EOS given the prompt. Every ``sft.eval_every`` steps the policy is scored greedily on the fixed
+held-out set of the *task* distribution; SFT stops at ``sft.target_accuracy`` (to leave room for RL), at
+``sft.max_minutes`` or after ``sft.steps``, and saves a Hugging Face directory (config.json,
+model.safetensors, tokenizer files) into the run folder, beside config.yaml and metrics.jsonl.
+
+    sirl sft --config arith_sft --out checkpoints/arith-tiny
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from sirl.config import ExperimentConfig, check_task_args
+from sirl.evaluate import EvalResult, evaluate, heldout_problems
+from sirl.model import count_parameters, encode_prompt, encode_text, policy_from_config, save_model
+from sirl.runlog import RunLog
+from sirl.tasks import load_task, resolve_task_class
+
+
+@dataclass(frozen=True)
+class SFTResult:
+    run_dir: Path
+    steps: int
+    stopped_because: str
+    final_eval: EvalResult
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad (prompt, response) id pairs into ``input_ids_BT``, ``attention_mask_BT`` and
+    ``loss_mask_BT`` (True on positions whose *next* token is a response token), all ``[B, T]``."""
+    width = max(len(p) + len(r) for p, r in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.bool)
+    loss_mask = torch.zeros((len(examples), width), dtype=torch.bool)
+    for i, (prompt, response) in enumerate(examples):
+        n = len(prompt) + len(response)
+        input_ids[i, :n] = torch.tensor(prompt + response)
+        attention[i, :n] = True
+        loss_mask[i, len(prompt) - 1 : n - 1] = True
+    return input_ids, attention, loss_mask
+
+
+def sft_loss(model, input_ids_BT, attention_BT, loss_mask_BT) -> torch.Tensor:
+    """Token-mean cross-entropy of the response tokens (teacher forcing)."""
+    logits_BTV = model(input_ids=input_ids_BT, attention_mask=attention_BT.long()).logits
+    targets_BT = input_ids_BT[:, 1:]
+    losses_BT = F.cross_entropy(
+        logits_BTV[:, :-1].float().transpose(1, 2), targets_BT, reduction="none"
+    )  # [B, T-1]
+    mask_BT = loss_mask_BT[:, :-1]
+    return (losses_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1)
+
+
+def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
+    """LR multiplier: linear warmup to 1, then cosine decay to ``floor`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def run_sft(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> SFTResult:
+    task_class = resolve_task_class(config.task.name)
+    task_args = check_task_args(task_class, config.task.args)
+    train_args = check_task_args(task_class, {**task_args, **config.sft.task_args}, key="sft.task_args")
+    task = load_task(config.task.name, **task_args)
+    train_task = load_task(config.task.name, **train_args)
+    torch.manual_seed(config.seed)
+    model, tokenizer = policy_from_config(config.model, task.alphabet() + train_task.alphabet(), config.seed)
+    device = model.device
+    log = RunLog(run_dir, config)
+    heldout = heldout_problems(task, config.eval.n_problems, config.eval.seed)
+    sft = config.sft
+    optimizer = torch.optim.AdamW(model.parameters(), lr=sft.lr, weight_decay=sft.weight_decay, betas=(0.9, 0.95))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, sft.warmup_steps, sft.steps))
+    rng = random.Random(config.seed)
+    if not quiet:
+        print(f"sft: {config.task.name}, {count_parameters(model):,} parameters on {device}, run folder {run_dir}")
+
+    def held_out_eval() -> EvalResult:
+        return evaluate(
+            model, tokenizer, task, heldout, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size
+        )
+
+    start = time.time()
+    stopped_because, accuracy, step = "steps", float("nan"), 0
+    last_eval, last_eval_step = None, -1
+    bar = tqdm(range(1, sft.steps + 1), desc="sft", disable=quiet, dynamic_ncols=True)
+    for step in bar:
+        model.train()
+        problems = [train_task.sample(rng, "train") for _ in range(sft.batch_size)]
+        examples = [
+            (encode_prompt(tokenizer, p.prompt), encode_text(tokenizer, train_task.reference_solution(p)) + [tokenizer.eos_token_id])
+            for p in problems
+        ]
+        input_ids, attention, loss_mask = (t.to(device) for t in collate(examples, tokenizer.pad_token_id))
+        loss = sft_loss(model, input_ids, attention, loss_mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), sft.grad_clip)
+        optimizer.step()
+        schedule.step()
+        metrics = {"loss/sft": loss.item(), "grad_norm": grad_norm.item(), "lr": schedule.get_last_lr()[0]}
+        minutes = (time.time() - start) / 60
+        out_of_time = sft.max_minutes is not None and minutes >= sft.max_minutes
+        if step % sft.eval_every == 0 or step == sft.steps or out_of_time:
+            last_eval, last_eval_step = held_out_eval(), step
+            accuracy = metrics["eval/accuracy"] = last_eval.accuracy
+        log.log(step, metrics)
+        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.1%}")
+        if "eval/accuracy" in metrics and sft.target_accuracy is not None and accuracy >= sft.target_accuracy:
+            stopped_because = f"target accuracy {sft.target_accuracy:.0%} reached"
+            break
+        if out_of_time:
+            stopped_because = f"time budget of {sft.max_minutes} minutes reached"
+            break
+    bar.close()
+    final = last_eval if last_eval_step == step else held_out_eval()
+    save_model(model, tokenizer, run_dir)
+    log.write_json("eval.json", final.to_json())
+    log.close()
+    if not quiet:
+        print(f"sft stopped after {step} steps ({stopped_because}); held-out accuracy {final.accuracy:.1%}; saved {run_dir}")
+    return SFTResult(run_dir=run_dir, steps=step, stopped_because=stopped_because, final_eval=final)

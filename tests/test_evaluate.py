@@ -1,0 +1,46 @@
+import math
+import random
+from itertools import combinations
+
+import pytest
+
+from sirl.evaluate import heldout_problems, pass_at_k, wilson_interval
+from sirl.tasks.arith import ArithTask
+
+
+def test_wilson_interval_against_hand_computed_values():
+    # p = 0.5, n = 100, z = 1.96: centre = (0.5 + 1.9208/100) / (1 + 3.8416/100) = 0.5,
+    # half = 1.96 * sqrt(0.0025 + 0.00009604) / 1.038416 = 0.096177...
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.5 - 0.0961773, abs=1e-6) and hi == pytest.approx(0.5 + 0.0961773, abs=1e-6)
+    # 0 of 10: the lower end is 0 and the upper end z^2/(n+z^2) = 3.8416/13.8416 = 0.27754
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.277540, abs=1e-5)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_pass_at_k_equals_enumeration():
+    """The closed form against the definition: the share of k-subsets of the n samples with a success."""
+    for n, c, k in [(8, 0, 1), (8, 1, 1), (8, 3, 4), (8, 8, 2), (6, 2, 5), (5, 1, 5)]:
+        samples = [1] * c + [0] * (n - c)
+        subsets = list(combinations(samples, k))
+        expected = sum(any(s) for s in subsets) / len(subsets)
+        assert pass_at_k(n, c, k) == pytest.approx(expected)
+    assert pass_at_k(8, 2, 1) == pytest.approx(0.25)
+
+
+def test_heldout_set_is_fixed_distinct_and_from_the_test_split():
+    task = ArithTask()
+    a = heldout_problems(task, 200, seed=3)
+    assert [p.prompt for p in a] == [p.prompt for p in heldout_problems(task, 200, seed=3)]
+    assert len({p.prompt for p in a}) == 200
+    rng = random.Random(0)
+    train = {task.sample(rng, "train").prompt for _ in range(5000)}
+    assert not train & {p.prompt for p in a}
+
+
+def test_heldout_set_stops_when_the_split_runs_out():
+    task = ArithTask(min_ops=1, max_ops=1)  # 300 prompts in all, about 30 of them in the test split
+    problems = heldout_problems(task, 500, seed=0)
+    assert 10 < len(problems) < 60
+    assert math.isclose(len({p.prompt for p in problems}), len(problems))
