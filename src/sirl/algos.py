@@ -1,0 +1,173 @@
+"""All RL math of sirl, as pure functions of tensors and scalars.
+
+Nothing here knows about models, tasks, configs or trainers, so every formula can be read next to its
+source and tested against numbers derived by hand. Shapes are in the names: ``_B`` one value per sequence,
+``_BT`` per response token (``T`` the padded response length), ``_G`` per group.
+
+Variants are small name -> function dicts (``ADVANTAGES``, ``LOSS_AGGREGATIONS``, ``KL_ESTIMATORS``) so the
+training loop picks one by config name instead of branching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+MAX_LOG_RATIO = 20.0
+"""Log importance ratios are clamped to +-20 before exp (e^20 ~ 5e8): finite even for a token the policy
+has all but abandoned, and far outside any clip range, so the clipped objective is unchanged."""
+
+
+# --- group-relative outcome advantages ----------------------------------------------------------
+
+
+def _group_stats(rewards_B: torch.Tensor, group_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sequence group size, group mean and unbiased group std (0 for groups of one)."""
+    n_groups = int(group_B.max()) + 1 if len(group_B) else 0
+    ones = torch.ones_like(rewards_B)
+    size_G = torch.zeros(n_groups, dtype=rewards_B.dtype).index_add_(0, group_B, ones)
+    mean_G = torch.zeros(n_groups, dtype=rewards_B.dtype).index_add_(0, group_B, rewards_B) / size_G.clamp(min=1)
+    centered_B = rewards_B - mean_G[group_B]
+    sq_G = torch.zeros(n_groups, dtype=rewards_B.dtype).index_add_(0, group_B, centered_B**2)
+    std_G = (sq_G / (size_G - 1).clamp(min=1)).sqrt()
+    return size_G[group_B], mean_G[group_B], std_G[group_B]
+
+
+def grpo_advantages(rewards_B: torch.Tensor, group_B: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO (Shao et al. 2024, DeepSeekMath, eq. 3): (r - mean_group) / (std_group + eps).
+
+    ``group_B`` gives each sequence's group id (0..n_groups-1). A group whose rewards are all equal, or
+    that has one member, gets advantage 0 (its std is 0, so the numerator is 0 too).
+    """
+    _, mean_B, std_B = _group_stats(rewards_B, group_B)
+    return (rewards_B - mean_B) / (std_B + eps)
+
+
+def dr_grpo_advantages(rewards_B: torch.Tensor, group_B: torch.Tensor) -> torch.Tensor:
+    """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", sec. 3.1): r - mean_group.
+
+    Dropping the std removes GRPO's question-difficulty bias; dropping per-sequence length normalization
+    is the loss aggregation's job (use ``seq_mean_token_sum_norm``).
+    """
+    _, mean_B, _ = _group_stats(rewards_B, group_B)
+    return rewards_B - mean_B
+
+
+def rloo_advantages(rewards_B: torch.Tensor, group_B: torch.Tensor) -> torch.Tensor:
+    """RLOO (Kool et al. 2019; Ahmadian et al. 2024, "Back to Basics"): r_i - mean_{j != i} r_j.
+
+    Equals G/(G-1) * (r_i - mean_group). A group of one has no other member to compare with: 0.
+    """
+    size_B, mean_B, _ = _group_stats(rewards_B, group_B)
+    loo_baseline_B = (mean_B * size_B - rewards_B) / (size_B - 1).clamp(min=1)
+    return torch.where(size_B > 1, rewards_B - loo_baseline_B, torch.zeros_like(rewards_B))
+
+
+ADVANTAGES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "grpo": grpo_advantages,
+    "dr_grpo": dr_grpo_advantages,
+    "rloo": rloo_advantages,
+}
+
+
+def zero_std_fraction(rewards_B: torch.Tensor, group_B: torch.Tensor) -> float:
+    """Share of groups whose rewards are all equal (they carry no outcome signal)."""
+    if len(rewards_B) == 0:
+        return 0.0
+    _, _, std_B = _group_stats(rewards_B, group_B)
+    n_groups = int(group_B.max()) + 1
+    flat_G = torch.zeros(n_groups, dtype=torch.bool).index_fill_(0, group_B[std_B == 0], True)
+    present_G = torch.zeros(n_groups, dtype=torch.bool).index_fill_(0, group_B, True)
+    return float(flat_G.sum() / present_G.sum())
+
+
+# --- policy loss --------------------------------------------------------------------------------
+
+
+def ppo_clip_loss(
+    logp_BT: torch.Tensor,
+    old_logp_BT: torch.Tensor,
+    adv_BT: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO-clip loss (Schulman et al. 2017, eq. 7) with separate ranges below and above 1
+    ("clip-higher", Yu et al. 2025, DAPO sec. 3.1):
+
+        ratio = exp(logp - old_logp),  loss = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high))
+
+    Returns the loss and a 0/1 tensor marking tokens where the clipped branch was taken, both ``[B, T]``.
+    """
+    log_ratio_BT = (logp_BT - old_logp_BT).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    ratio_BT = log_ratio_BT.exp()
+    unclipped_BT = -adv_BT * ratio_BT
+    clipped_BT = -adv_BT * ratio_BT.clamp(1 - clip_low, 1 + clip_high)
+    return torch.maximum(unclipped_BT, clipped_BT), (clipped_BT > unclipped_BT).float()
+
+
+# --- KL to a reference policy -------------------------------------------------------------------
+
+
+def kl_k1(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:
+    """k1 = log p - log p_ref: unbiased for KL(p || p_ref) under samples of p, high variance, can be < 0
+    (Schulman 2020, "Approximating KL Divergence")."""
+    return logp_BT - ref_logp_BT
+
+
+def kl_k3(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:
+    """k3 = (r - 1) - log r with r = p_ref / p: unbiased, always >= 0, low variance (Schulman 2020);
+    the estimator GRPO uses (Shao et al. 2024, eq. 4)."""
+    log_r_BT = (ref_logp_BT - logp_BT).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    return log_r_BT.exp() - 1 - log_r_BT
+
+
+KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"k1": kl_k1, "k3": kl_k3}
+
+
+# --- loss aggregation ---------------------------------------------------------------------------
+# Each mode is written as per-token weights w, with the loss = sum(w * token_loss). Weights depend only on
+# the masks, so they are computed once for a whole minibatch and micro-batches (gradient accumulation, or
+# data-parallel ranks) add up exactly the loss the full minibatch would give.
+
+
+def token_mean_weights(mask_BT: torch.Tensor, norm_length: int) -> torch.Tensor:
+    """Mean over every response token of the batch (DAPO's token-level loss, Yu et al. 2025 sec. 3.3):
+    w = mask / n_tokens."""
+    return mask_BT / mask_BT.sum().clamp(min=1)
+
+
+def seq_mean_token_mean_weights(mask_BT: torch.Tensor, norm_length: int) -> torch.Tensor:
+    """Mean over sequences of each sequence's token mean (the original GRPO objective, Shao et al. 2024
+    eq. 3): w = mask / (len_b * n_seqs). Long sequences weigh as much as short ones, so each of their
+    tokens weighs less. Sequences without tokens are not counted."""
+    lengths_B = mask_BT.sum(-1, keepdim=True)
+    n_seqs = (lengths_B > 0).sum().clamp(min=1)
+    return mask_BT / (lengths_B.clamp(min=1) * n_seqs)
+
+
+def seq_mean_token_sum_norm_weights(mask_BT: torch.Tensor, norm_length: int) -> torch.Tensor:
+    """Each sequence's token sum over a constant length, averaged over sequences (Dr. GRPO, Liu et al.
+    2025 sec. 3.1): w = mask / (n_seqs * norm_length), no length bias. norm_length is usually
+    max_new_tokens."""
+    return mask_BT / max(mask_BT.shape[0] * norm_length, 1)
+
+
+LOSS_AGGREGATIONS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "token_mean": token_mean_weights,
+    "seq_mean_token_mean": seq_mean_token_mean_weights,
+    "seq_mean_token_sum_norm": seq_mean_token_sum_norm_weights,
+}
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def masked_mean(values_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
+    return (values_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1)
+
+
+def entropy_from_logits(logits_BTV: torch.Tensor) -> torch.Tensor:
+    """Entropy of each next-token distribution, ``[B, T]`` (a metric; it takes no part in the loss)."""
+    log_probs = torch.log_softmax(logits_BTV.float(), dim=-1)
+    return -(log_probs.exp() * log_probs).sum(-1)
