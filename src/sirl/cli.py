@@ -1,0 +1,237 @@
+"""The ``sirl`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from sirl.config import ConfigError, ExperimentConfig, check_task_args, load_config, to_yaml
+
+OVERRIDES_HELP = """\
+config overrides:
+  Any config field can be set with a dotted flag after the other flags, e.g.
+    --model.hidden_size=128  --task.args.max_ops=16  --sft.steps=500  --eval.n_problems=2000
+  Values are read as YAML (128 is an int, true a bool, [1,4] a list). Sections: task, model, sft, eval,
+  rollout, algo, train, plus top-level name and seed. `sirl config` prints the resolved config; unknown keys and wrong types
+  are errors that list the valid choices.
+"""
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("common")
+    group.add_argument("--config", metavar="PRESET", help="a preset in configs/ (e.g. arith, arith_sft) or a YAML file")
+    group.add_argument("--task", metavar="NAME_OR_IMPORT_PATH", help="a task name (see `sirl tasks`) or file.py:Class / package.module:Class")
+    group.add_argument("--model", metavar="PATH", help="a local Hugging Face causal LM directory (sets model.path)")
+    group.add_argument("--out", metavar="DIR", help="the run folder (default runs/<name>-<time>)")
+    group.add_argument("--seed", type=int, metavar="N", help="random seed of the run (sets seed)")
+    group.add_argument("--quiet", action="store_true", help="no progress bar; print only the result")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sirl",
+        description=(
+            "sirl: RL for reasoning language models that turns outcome rewards into step-level credit. "
+            "Run `sirl COMMAND --help` for each command."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    commands.add_parser("tasks", help="list the registered tasks, one line each")
+
+    sft = commands.add_parser(
+        "sft",
+        help="supervised warm start from reference solutions; saves a Hugging Face model directory",
+        description=(
+            "Train a policy (from scratch, or from --model) on the task's reference solutions. Evaluates "
+            "greedily on a fixed held-out set every sft.eval_every steps; stops at sft.target_accuracy, "
+            "sft.max_minutes or sft.steps; saves config.json, model.safetensors and tokenizer files in --out."
+        ),
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(sft)
+
+    train = commands.add_parser(
+        "train",
+        help="RL from a starting policy (GRPO family); writes a run folder",
+        description=(
+            "Reinforcement learning from model.path on the task's training split. Each step samples "
+            "rollout.group_size responses to rollout.prompts_per_step prompts, scores them with the task's "
+            "verifier, computes advantages (--algo) and takes PPO-clip steps. Held-out accuracy is "
+            "measured before the first update, every train.eval_every steps and at the end. The run "
+            "folder gets config.yaml, metrics.jsonl, tb/ (TensorBoard), samples.jsonl, checkpoints/ "
+            "(Hugging Face directories) and eval.json."
+        ),
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(train)
+    train.add_argument("--algo", metavar="NAME", help="grpo, dr_grpo or rloo (sets algo.name)")
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="held-out accuracy with a 95%% interval, by difficulty, first-error histogram, pass@k, tokens/s",
+        description=(
+            "Evaluate a policy on the fixed held-out set of the task distribution (task.args): greedy "
+            "accuracy with a Wilson 95%% interval, accuracy by difficulty, the ground-truth first wrong "
+            "step of each failure (synthetic tasks), pass@k from eval.n_samples samples at eval.temperature, "
+            "and decoding speed."
+        ),
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(evaluate)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
+
+    show = commands.add_parser(
+        "config",
+        help="print the resolved config (preset + overrides) as YAML",
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(show)
+    return parser
+
+
+def _split_overrides(extra: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``--a.b=c`` and ``--a.b c`` into ``["a.b=c", ...]``; anything else is an error."""
+    overrides, i = [], 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--") or "." not in token.split("=", 1)[0]:
+            parser.error(f"unrecognized argument {token!r} (config overrides look like --section.field=value)")
+        if "=" in token:
+            overrides.append(token[2:])
+            i += 1
+        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            overrides.append(f"{token[2:]}={extra[i + 1]}")
+            i += 2
+        else:
+            parser.error(f"config override {token!r} needs a value: {token}=VALUE")
+    return overrides
+
+
+def resolve_config(args: argparse.Namespace, overrides: list[str]) -> ExperimentConfig:
+    """Preset, then dotted overrides, then the shortcut flags (--task, --model, --seed, --out, --algo)."""
+    if getattr(args, "algo", None):
+        overrides = [*overrides, f"algo.name={args.algo}"]
+    config = load_config(args.config, overrides)
+    if args.task:
+        config.task.name = args.task
+    if args.model:
+        config.model.path = args.model
+    if args.seed is not None:
+        config.seed = args.seed
+    if args.out:
+        config.out = args.out
+    from sirl.tasks import resolve_task_class
+
+    config.task.args = check_task_args(resolve_task_class(config.task.name), config.task.args)
+    return config
+
+
+def _run_dir(command: str, config: ExperimentConfig) -> Path:
+    from sirl.runlog import default_run_dir
+
+    return Path(config.out) if config.out else default_run_dir(command, config)
+
+
+def cmd_tasks() -> int:
+    from sirl.tasks import TASKS
+
+    width = max(len(name) for name in TASKS)
+    for name, cls in TASKS.items():
+        truth = "" if cls.has_ground_truth else " [no ground-truth steps]"
+        print(f"{name:<{width}}  {cls.description}{truth}")
+    print("\nA task of your own: --task my_tasks.py:MyTask or --task package.module:MyTask (see README).")
+    return 0
+
+
+def cmd_sft(config: ExperimentConfig, quiet: bool) -> int:
+    from sirl.sft import run_sft
+
+    run_sft(config, _run_dir("sft", config), quiet=quiet)
+    return 0
+
+
+def cmd_train(config: ExperimentConfig, quiet: bool) -> int:
+    from sirl.train import run_train
+
+    run_dir = _run_dir("train", config)
+    run_train(config, run_dir, quiet=quiet)
+    return 0
+
+
+def cmd_eval(config: ExperimentConfig, quiet: bool, as_json: bool) -> int:
+    import torch
+
+    from sirl.evaluate import evaluate, format_result, heldout_problems
+    from sirl.model import DTYPES, load_model, resolve_device
+    from sirl.tasks import load_task, resolve_task_class
+
+    if not config.model.path:
+        raise ConfigError("sirl eval needs a model: --model PATH (or model.path in the preset)")
+    task = load_task(config.task.name, **check_task_args(resolve_task_class(config.task.name), config.task.args))
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_model(config.model.path, dtype=DTYPES[config.model.dtype])
+    model = model.to(resolve_device(config.model.device))
+    problems = heldout_problems(task, config.eval.n_problems, config.eval.seed)
+    result = evaluate(
+        model,
+        tokenizer,
+        task,
+        problems,
+        max_new_tokens=config.eval.max_new_tokens,
+        batch_size=config.eval.batch_size,
+        pass_k=config.eval.pass_k,
+        n_samples=config.eval.n_samples,
+        temperature=config.eval.temperature,
+        seed=config.seed,
+    )
+    if config.out:
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    if as_json:
+        print(json.dumps(result.to_json()))
+    else:
+        if not quiet:
+            print(f"model {config.model.path}, task {config.task.name} {config.task.args or ''}".rstrip())
+        print(format_result(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    subparser = parser._subparsers._group_actions[0].choices[args.command]  # for errors in its own usage
+    if args.command == "tasks":
+        if extra:
+            subparser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return cmd_tasks()
+    try:
+        config = resolve_config(args, _split_overrides(extra, subparser))
+        if args.command == "config":
+            print(to_yaml(config), end="")
+            return 0
+        if args.command == "sft":
+            return cmd_sft(config, args.quiet)
+        if args.command == "train":
+            return cmd_train(config, args.quiet)
+        if args.command == "eval":
+            return cmd_eval(config, args.quiet, args.json)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        if os.environ.get("SIRL_TRACEBACK"):
+            raise
+        print(f"sirl {args.command}: error: {error}\n(set SIRL_TRACEBACK=1 to see where)", file=sys.stderr)
+        return 2
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""RL training loop for the GRPO family (``--algo grpo | dr_grpo | rloo``).
+
+Each step: draw ``rollout.prompts_per_step`` training prompts; sample ``rollout.group_size`` responses to
+each with the current policy; score them with the task's verifier; turn rewards into group-relative
+advantages (sirl.algos.ADVANTAGES), broadcast over each response's tokens; then ``algo.ppo_epochs`` passes
+of ``algo.minibatches`` PPO-clip updates against the sampling log-probs, with an optional KL penalty to
+the starting policy. Held-out greedy accuracy is measured before the first update, every
+``train.eval_every`` steps and at the end. Everything lands in the run folder: config.yaml,
+metrics.jsonl (one object per step), TensorBoard events (tb/), samples.jsonl, Hugging Face checkpoints
+(checkpoints/step_N, checkpoints/final) and eval.json.
+
+    sirl train --config arith --algo grpo --out runs/grpo
+
+Data parallel: under ``torchrun`` every process samples its own prompts (seeded by its rank) and the
+gradients are averaged across processes before each optimizer step (sirl.distributed).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedModel
+
+from sirl import algos
+from sirl.config import AlgoConfig, ExperimentConfig, check_task_args
+from sirl.distributed import Distributed
+from sirl.evaluate import EvalResult, evaluate, heldout_problems
+from sirl.model import count_parameters, policy_from_config, save_model, token_logprobs
+from sirl.rollout import SamplingParams, sample_trajectories
+from sirl.runlog import RunLog
+from sirl.tasks import Task, load_task, resolve_task_class
+from sirl.types import Trajectory
+
+
+@dataclass(frozen=True)
+class PolicyBatch:
+    """Rollouts as right-padded tensors. Positions follow ``token_logprobs``: index t scores token t+1,
+    so ``[B, T-1]`` tensors are aligned with the log-probs of the sequence ``input_ids_BT``."""
+
+    input_ids_BT: torch.Tensor  # [B, T] prompt + response
+    attention_BT: torch.Tensor  # [B, T]
+    response_mask_BT: torch.Tensor  # [B, T-1] 1 where the scored token is a response token
+    old_logp_BT: torch.Tensor  # [B, T-1] sampling log-probs (0 elsewhere)
+    adv_BT: torch.Tensor  # [B, T-1] token advantages (0 elsewhere)
+
+    def __len__(self) -> int:
+        return self.input_ids_BT.shape[0]
+
+    def rows(self, index: torch.Tensor) -> PolicyBatch:
+        return PolicyBatch(*(t[index] for t in (self.input_ids_BT, self.attention_BT, self.response_mask_BT, self.old_logp_BT, self.adv_BT)))
+
+
+def collate_trajectories(trajectories: list[Trajectory], token_advantages: list[torch.Tensor], pad_id: int) -> PolicyBatch:
+    """Pack trajectories and their per-response-token advantages into a :class:`PolicyBatch`."""
+    width = max(len(t.prompt_ids) + len(t.response_ids) for t in trajectories)
+    B = len(trajectories)
+    input_ids = torch.full((B, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((B, width), dtype=torch.long)
+    mask = torch.zeros((B, width - 1))
+    old_logp = torch.zeros((B, width - 1))
+    adv = torch.zeros((B, width - 1))
+    for i, (t, a) in enumerate(zip(trajectories, token_advantages)):
+        P, R = len(t.prompt_ids), len(t.response_ids)
+        input_ids[i, : P + R] = torch.tensor(t.prompt_ids + t.response_ids)
+        attention[i, : P + R] = 1
+        mask[i, P - 1 : P + R - 1] = 1  # position P-1 scores the first response token
+        old_logp[i, P - 1 : P + R - 1] = torch.tensor(t.logprobs)
+        adv[i, P - 1 : P + R - 1] = a
+    return PolicyBatch(input_ids, attention, mask, old_logp, adv)
+
+
+def policy_update(
+    model: PreTrainedModel,
+    optimizer: torch.optim.Optimizer,
+    batch: PolicyBatch,
+    algo: AlgoConfig,
+    *,
+    norm_length: int,
+    micro_batch_size: int,
+    grad_clip: float,
+    generator: torch.Generator,
+    dist: Distributed,
+    ref_model: PreTrainedModel | None = None,
+) -> dict[str, float]:
+    """PPO-clip updates on one step's rollouts; returns mean loss, KL, entropy, clip fraction, grad norm."""
+    device = next(model.parameters()).device
+    ref_logp = None
+    if ref_model is not None:
+        with torch.no_grad():
+            ref_logp = torch.cat(
+                [
+                    token_logprobs(ref_model, batch.input_ids_BT[i : i + micro_batch_size].to(device), batch.attention_BT[i : i + micro_batch_size].to(device))[0].cpu()
+                    for i in range(0, len(batch), micro_batch_size)
+                ]
+            )
+    totals = {"loss/policy": 0.0, "loss/kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
+    n_updates = 0
+    model.train()
+    for _ in range(algo.ppo_epochs):
+        order = torch.randperm(len(batch), generator=generator)
+        for minibatch_rows in order.chunk(algo.minibatches):
+            minibatch = batch.rows(minibatch_rows)
+            # Weights over the whole minibatch, so micro-batches add up to its loss (see sirl.algos).
+            weights_BT = algos.LOSS_AGGREGATIONS[algo.loss_agg](minibatch.response_mask_BT, norm_length)
+            token_share_BT = algos.token_mean_weights(minibatch.response_mask_BT, norm_length)  # for metrics
+            optimizer.zero_grad(set_to_none=True)
+            stats = dict.fromkeys(("loss/policy", "loss/kl", "entropy", "clip_frac"), 0.0)
+            for start in range(0, len(minibatch), micro_batch_size):
+                rows = slice(start, start + micro_batch_size)
+                ids, attention = minibatch.input_ids_BT[rows].to(device), minibatch.attention_BT[rows].to(device)
+                logp_BT, entropy_BT = token_logprobs(model, ids, attention)
+                mask_BT, weight_BT = minibatch.response_mask_BT[rows].to(device), weights_BT[rows].to(device)
+                pg_BT, clipped_BT = algos.ppo_clip_loss(
+                    logp_BT, minibatch.old_logp_BT[rows].to(device), minibatch.adv_BT[rows].to(device), algo.clip_low, algo.clip_high
+                )
+                loss = (pg_BT * weight_BT).sum()
+                share_BT = token_share_BT[rows].to(device)
+                if ref_model is not None:
+                    kl_BT = algos.KL_ESTIMATORS[algo.kl_estimator](logp_BT, ref_logp[minibatch_rows][rows].to(device))
+                    kl = (kl_BT * weight_BT).sum()
+                    loss = loss + algo.kl_coef * kl
+                    stats["loss/kl"] += (kl_BT.detach() * share_BT).sum().item()
+                loss.backward()
+                stats["loss/policy"] += (pg_BT.detach() * weight_BT).sum().item()
+                stats["entropy"] += (entropy_BT.detach() * share_BT * mask_BT).sum().item()
+                stats["clip_frac"] += (clipped_BT * share_BT).sum().item()
+            dist.average_gradients(model)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            for key, value in stats.items():
+                totals[key] += value
+            totals["grad_norm"] += grad_norm.item()
+            n_updates += 1
+    return {key: value / n_updates for key, value in totals.items()}
+
+
+def warmup_constant(step: int, warmup: int) -> float:
+    return min(1.0, (step + 1) / max(1, warmup))
+
+
+def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> EvalResult:
+    task = load_task(config.task.name, **check_task_args(resolve_task_class(config.task.name), config.task.args))
+    torch.manual_seed(config.seed)
+    model, tokenizer = policy_from_config(config.model, task.alphabet(), config.seed)
+    dist = Distributed.from_env(model.device)
+    quiet = quiet or not dist.is_main
+    rollout, algo, train = config.rollout, config.algo, config.train
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if algo.kl_coef > 0 else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, betas=(0.9, 0.99))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_constant(s, train.warmup_steps))
+    params = SamplingParams(rollout.max_new_tokens, temperature=rollout.temperature, top_p=rollout.top_p)
+    heldout = heldout_problems(task, config.eval.n_problems, config.eval.seed)
+    prompt_rng = random.Random(f"{config.seed}-prompts-{dist.rank}")  # each process its own prompts
+    sample_gen = torch.Generator().manual_seed(config.seed * 1009 + dist.rank)
+    update_gen = torch.Generator().manual_seed(config.seed * 2003 + dist.rank)
+    log = RunLog(run_dir, config) if dist.is_main else None
+
+    def held_out_eval() -> EvalResult:
+        return evaluate(model, tokenizer, task, heldout, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size)
+
+    if not quiet:
+        print(f"train: {algo.name} on {config.task.name}, {count_parameters(model):,} parameters on {model.device}, "
+              f"{dist.world_size} process(es), run folder {run_dir}")
+    tokens = {"policy": 0, "probe": 0, "verify": 0}
+    last_eval = held_out_eval()
+    if log:
+        log.log(0, {"eval/accuracy": last_eval.accuracy, "tokens/total": 0})
+    start = time.time()
+    bar = tqdm(range(1, train.steps + 1), desc=f"train {algo.name}", disable=quiet, dynamic_ncols=True)
+    step = 0
+    for step in bar:
+        # 1. Rollouts: this process's prompts, a group of samples each.
+        step_start = time.time()
+        problems = [task.sample(prompt_rng, "train") for _ in range(rollout.prompts_per_step)]
+        trajectories = sample_trajectories(
+            model, tokenizer, task, problems, params,
+            group_size=rollout.group_size, generator=sample_gen, max_batch=rollout.batch_size,
+        )
+        rollout_seconds = time.time() - step_start
+
+        # 2. Credit: group-relative outcome advantages, the same for every token of a response.
+        rewards_B = torch.tensor([t.reward for t in trajectories])
+        group_B = torch.tensor([t.group for t in trajectories])
+        adv_B = algos.ADVANTAGES[algo.name](rewards_B, group_B)
+        batch = collate_trajectories(
+            trajectories, [torch.full((len(t.response_ids),), float(a)) for t, a in zip(trajectories, adv_B)], tokenizer.pad_token_id
+        )
+
+        # 3. Update.
+        update = policy_update(
+            model, optimizer, batch, algo,
+            norm_length=rollout.max_new_tokens, micro_batch_size=train.micro_batch_size, grad_clip=train.grad_clip,
+            generator=update_gen, dist=dist, ref_model=ref_model,
+        )
+        schedule.step()
+
+        # 4. Account and log. Token counts and rewards are summed over processes.
+        n_tokens, reward_sum, truncated, n = dist.sum([
+            float(sum(len(t.response_ids) for t in trajectories)), float(rewards_B.sum()),
+            float(sum(t.truncated for t in trajectories)), float(len(trajectories)),
+        ])
+        tokens["policy"] += int(n_tokens)
+        total_tokens = sum(tokens.values())
+        metrics = {
+            "tokens/total": total_tokens,
+            "tokens/policy": tokens["policy"],
+            "tokens/probe": tokens["probe"],
+            "tokens/verify": tokens["verify"],
+            "reward/mean": reward_sum / n,
+            **update,
+            "adv/zero_std_frac": algos.zero_std_fraction(rewards_B, group_B),
+            "rollout/truncated_frac": truncated / n,
+            "rollout/response_tokens": n_tokens / n,
+            "lr": schedule.get_last_lr()[0],
+            "time/rollout_s": rollout_seconds,
+            "time/step_s": time.time() - step_start,
+            "tokens_per_s": total_tokens / (time.time() - start),
+        }
+        out_of_tokens = train.max_tokens is not None and total_tokens >= train.max_tokens
+        out_of_time = train.max_minutes is not None and (time.time() - start) / 60 >= train.max_minutes
+        finishing = step == train.steps or out_of_tokens or out_of_time
+        if step % train.eval_every == 0 or finishing:
+            last_eval = held_out_eval()
+            metrics["eval/accuracy"] = last_eval.accuracy
+            if log:
+                log_samples(log.run_dir / "samples.jsonl", step, task, trajectories[: train.log_samples], adv_B.tolist())
+        if log:
+            log.log(step, metrics)
+            if train.checkpoint_every and step % train.checkpoint_every == 0 and not finishing:
+                save_model(model, tokenizer, log.run_dir / "checkpoints" / f"step_{step}")
+        bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{last_eval.accuracy:.1%}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        if finishing:
+            break
+    bar.close()
+    if log:
+        save_model(model, tokenizer, log.run_dir / "checkpoints" / "final")
+        log.write_json("eval.json", {"step": step, "tokens/total": sum(tokens.values()), **last_eval.to_json()})
+        log.close()
+    if not quiet:
+        print(f"held-out accuracy {last_eval.accuracy:.1%} (95% CI {last_eval.ci95[0]:.1%}-{last_eval.ci95[1]:.1%}) "
+              f"after {step} steps and {sum(tokens.values()):,} generated tokens; run folder: {run_dir}")
+    dist.close()
+    return last_eval
+
+
+def log_samples(path: Path, step: int, task: Task, trajectories: list[Trajectory], advantages: list[float]) -> None:
+    """Append a few trajectories, step by step, for inspection and the run report."""
+    with path.open("a") as f:
+        for t, advantage in zip(trajectories, advantages):
+            record = {
+                "step": step,
+                "prompt": t.problem.prompt,
+                "steps": [t.text[a:b] for a, b in task.split_steps(t.text)],
+                "reward": t.reward,
+                "truncated": t.truncated,
+                "advantage": advantage,
+            }
+            if task.has_ground_truth:
+                record["first_error"] = task.first_error(t.problem, t.text)
+            f.write(json.dumps(record) + "\n")

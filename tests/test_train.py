@@ -1,0 +1,124 @@
+"""The training loop's pieces: batch packing, the update, and short end-to-end runs."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from sirl.config import AlgoConfig, load_config
+from sirl.distributed import Distributed
+from sirl.model import token_logprobs
+from sirl.train import collate_trajectories, policy_update, run_train
+from sirl.types import Problem, Trajectory
+
+
+def trajectory(prompt_ids, response_ids, group=0, reward=0.0):
+    return Trajectory(
+        problem=Problem("p", "a", {}), prompt_ids=prompt_ids, response_ids=response_ids,
+        logprobs=[-0.5] * len(response_ids), text="", reward=reward, truncated=False, group=group,
+        step_spans=[(0, len(response_ids))],
+    )
+
+
+def test_collate_aligns_response_tokens_with_their_logprob_positions(nano_llama):
+    trajectories = [trajectory([5, 6, 7], [8, 9, 1]), trajectory([5], [10, 1])]
+    batch = collate_trajectories(trajectories, [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, 5.0])], pad_id=0)
+    assert batch.input_ids_BT.tolist() == [[5, 6, 7, 8, 9, 1], [5, 10, 1, 0, 0, 0]]
+    # position t scores token t+1: row 0's response tokens 8, 9, 1 sit at input positions 3, 4, 5
+    assert batch.response_mask_BT.tolist() == [[0, 0, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert batch.adv_BT.tolist() == [[0, 0, 1, 2, 3], [4, 5, 0, 0, 0]]
+    logp, _ = token_logprobs(nano_llama, batch.input_ids_BT, batch.attention_BT)
+    scored = logp[0][batch.response_mask_BT[0].bool()]
+    direct = torch.log_softmax(nano_llama(torch.tensor([[5, 6, 7, 8, 9, 1]])).logits[0, 2:5], -1)
+    assert torch.allclose(scored, direct.gather(-1, torch.tensor([[8], [9], [1]])).squeeze(-1), atol=1e-5)
+
+
+def make_batch(nano_llama, advantages):
+    trajectories = [trajectory([5, 6], [7 + 3 * i, 8 + 3 * i, 9 + 3 * i]) for i in range(len(advantages))]
+    batch = collate_trajectories(trajectories, [torch.full((3,), a) for a in advantages], pad_id=0)
+    with torch.no_grad():  # on-policy: old log-probs are the current ones
+        logp, _ = token_logprobs(nano_llama, batch.input_ids_BT, batch.attention_BT)
+    return type(batch)(batch.input_ids_BT, batch.attention_BT, batch.response_mask_BT, logp * batch.response_mask_BT, batch.adv_BT)
+
+
+def run_update(model, batch, micro_batch_size, lr=1e-2, algo=None):
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    stats = policy_update(
+        model, optimizer, batch, algo or AlgoConfig(), norm_length=3, micro_batch_size=micro_batch_size,
+        grad_clip=1e9, generator=torch.Generator().manual_seed(0), dist=Distributed(),
+    )
+    return stats
+
+
+def test_micro_batches_give_the_same_update_as_one_batch(nano_llama):
+    batch = make_batch(nano_llama, [1.0, -0.5, 0.25, -1.0, 0.0])
+    whole, split = copy.deepcopy(nano_llama), copy.deepcopy(nano_llama)
+    run_update(whole, batch, micro_batch_size=5)
+    run_update(split, batch, micro_batch_size=2)
+    for a, b in zip(whole.parameters(), split.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_zero_advantages_leave_the_policy_unchanged_and_the_loss_finite(nano_llama):
+    model = copy.deepcopy(nano_llama)
+    stats = run_update(model, make_batch(model, [0.0, 0.0, 0.0]), micro_batch_size=8)
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+    assert stats["grad_norm"] == 0.0
+    for a, b in zip(model.parameters(), nano_llama.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_positive_advantage_raises_the_sampled_tokens_logprob(nano_llama):
+    model = copy.deepcopy(nano_llama)
+    batch = make_batch(model, [1.0, -1.0])
+    before, _ = token_logprobs(model, batch.input_ids_BT, batch.attention_BT)
+    run_update(model, batch, micro_batch_size=8, lr=0.05)
+    after, _ = token_logprobs(model, batch.input_ids_BT, batch.attention_BT)
+    mask = batch.response_mask_BT.bool()
+    assert after[0][mask[0]].sum() > before[0][mask[0]].sum()
+    assert after[1][mask[1]].sum() < before[1][mask[1]].sum()
+
+
+def tiny_config(tmp_path, *extra):
+    return load_config("arith", [
+        "model.path=null", "model.size=nano", "model.device=cpu", "train.steps=3", "train.eval_every=2",
+        "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=40",
+        "eval.n_problems=8", "eval.max_new_tokens=40", *extra,
+    ])
+
+
+@pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "rloo"])
+def test_a_short_run_writes_the_run_folder(tmp_path, algo):
+    config = tiny_config(tmp_path, f"algo.name={algo}", "algo.kl_coef=0.1", "algo.minibatches=2")
+    run_train(config, tmp_path / "run", quiet=True)
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2, 3]
+    assert "eval/accuracy" in records[0] and "eval/accuracy" in records[2] and "eval/accuracy" in records[3]
+    for key in ["time/elapsed_s", "tokens/total", "tokens/policy", "tokens/probe", "tokens/verify", "reward/mean",
+                "loss/policy", "loss/kl", "entropy", "grad_norm", "adv/zero_std_frac", "rollout/truncated_frac"]:
+        assert key in records[1], key
+    assert records[3]["tokens/total"] > records[1]["tokens/total"] > 0
+    assert (run / "config.yaml").is_file() and (run / "eval.json").is_file() and (run / "samples.jsonl").is_file()
+    assert (run / "checkpoints" / "final" / "model.safetensors").is_file()
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+
+
+def test_runs_are_deterministic_for_a_seed(tmp_path):
+    config = tiny_config(tmp_path, "train.steps=2")
+    run_train(config, tmp_path / "a", quiet=True)
+    run_train(config, tmp_path / "b", quiet=True)
+
+    def strip_times(path):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        return [{k: v for k, v in r.items() if not k.startswith("time") and k != "tokens_per_s"} for r in rows]
+
+    assert strip_times(tmp_path / "a" / "metrics.jsonl") == strip_times(tmp_path / "b" / "metrics.jsonl")
+
+
+def test_token_budget_stops_the_run(tmp_path):
+    config = tiny_config(tmp_path, "train.steps=50", "train.max_tokens=500")
+    run_train(config, tmp_path / "run", quiet=True)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["tokens/total"] >= 500 and records[-2]["tokens/total"] < 500
