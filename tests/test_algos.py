@@ -177,3 +177,53 @@ def test_aggregations_of_empty_batches_are_zero(mode):
     for mask in (torch.zeros(0, 3), torch.zeros(2, 3)):
         weights = LOSS_AGGREGATIONS[mode](mask, 4)
         assert torch.isfinite(weights).all() and (weights * torch.ones_like(mask)).sum().item() == 0.0
+
+
+# --- step-level credit ------------------------------------------------------------------------------
+
+from sirl.algos import broadcast_steps_to_tokens, localized_step_advantages, value_difference_step_advantages  # noqa: E402
+
+
+def test_value_differences_by_hand():
+    # prefix values V(0..3) = 0.5, 0.5, 0.25, 0 -> step advantages 0, -0.25, -0.25
+    values = torch.tensor([[0.5, 0.5, 0.25, 0.0]])
+    known = torch.tensor([[True, True, True, True]])
+    assert torch.allclose(value_difference_step_advantages(values, known), torch.tensor([[0.0, -0.25, -0.25]]))
+    # V(2) unmeasured: steps 1 and 2 touch it and get 0
+    known = torch.tensor([[True, True, False, True]])
+    assert torch.allclose(value_difference_step_advantages(values, known), torch.tensor([[0.0, 0.0, 0.0]]))
+
+
+def test_localized_failure_advantages_by_hand():
+    # Two failures. Row 0: 4 steps, error at step 2, V(good prefix) = 0.75, V(after) = 0 -> [0, 0, -0.75, 0].
+    # Row 1: 3 steps, error at step 0, V = 0.5 -> 0.0 after, post-error steps take the outcome advantage -0.3:
+    # [-0.5, -0.3, -0.3] and a padded 4th column 0.
+    adv = localized_step_advantages(
+        n_steps_B=torch.tensor([4, 3]),
+        error_step_B=torch.tensor([2, 0]),
+        value_before_B=torch.tensor([0.75, 0.5]),
+        value_after_B=torch.tensor([0.0, 0.0]),
+        after_error_B=torch.tensor([0.0, -0.3]),
+        width=4,
+    )
+    assert torch.allclose(adv, torch.tensor([[0.0, 0.0, -0.75, 0.0], [-0.5, -0.3, -0.3, 0.0]]))
+
+
+def test_broadcast_steps_to_tokens_equals_a_naive_loop():
+    torch.manual_seed(0)
+    step_adv = torch.randn(5, 6)
+    step_index = torch.randint(-1, 6, (5, 20))
+    naive = torch.tensor([[step_adv[b, s].item() if s >= 0 else 0.0 for s in row] for b, row in enumerate(step_index.tolist())])
+    assert torch.equal(broadcast_steps_to_tokens(step_adv, step_index), naive)
+
+
+def test_additive_normalization_keeps_the_original_batch_scale():
+    # Two original rows of 2 tokens, one extra row of 3 tokens. Additive token_mean: every token weighs
+    # 1 / 4 (the original 4 tokens); diluting: 1 / 7.
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    reference = torch.tensor([True, True, False])
+    assert torch.allclose(token_mean_weights(mask, 3, reference), mask / 4)
+    assert torch.allclose(token_mean_weights(mask, 3), mask / 7)
+    # seq_mean_token_mean: rows are averaged over 2 original sequences instead of 3
+    assert torch.allclose(seq_mean_token_mean_weights(mask, 3, reference)[2], torch.full((3,), 1 / 6))
+    assert torch.allclose(seq_mean_token_sum_norm_weights(mask, 3, reference), mask / 6)

@@ -39,7 +39,7 @@ def make_batch(nano_llama, advantages):
     batch = collate_trajectories(trajectories, [torch.full((3,), a) for a in advantages], pad_id=0)
     with torch.no_grad():  # on-policy: old log-probs are the current ones
         logp, _ = token_logprobs(nano_llama, batch.input_ids_BT, batch.attention_BT)
-    return type(batch)(batch.input_ids_BT, batch.attention_BT, batch.response_mask_BT, logp * batch.response_mask_BT, batch.adv_BT)
+    return type(batch)(batch.input_ids_BT, batch.attention_BT, batch.response_mask_BT, logp * batch.response_mask_BT, batch.adv_BT, batch.reference_B)
 
 
 def run_update(model, batch, micro_batch_size, lr=1e-2, algo=None):
@@ -122,3 +122,34 @@ def test_token_budget_stops_the_run(tmp_path):
     run_train(config, tmp_path / "run", quiet=True)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["tokens/total"] >= 500 and records[-2]["tokens/total"] < 500
+
+
+def shipped_config(*extra):
+    return load_config("arith", [
+        "model.device=cpu", "train.steps=2", "train.eval_every=2", "rollout.prompts_per_step=6",
+        "rollout.group_size=4", "eval.n_problems=8", "method.repair_share=0.5", *extra,
+    ])
+
+
+@pytest.mark.parametrize("algo", ["si", "random_reset", "vine"])
+def test_method_runs_log_their_metrics_and_count_probe_tokens(tmp_path, algo):
+    run_train(shipped_config(f"algo.name={algo}"), tmp_path / "run", quiet=True)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for r in records[1:]:
+        assert r["tokens/total"] == r["tokens/policy"] + r["tokens/probe"] + r["tokens/verify"]
+        assert r["loc/probes_per_failure"] >= 0
+    assert records[-1]["tokens/probe"] > 0
+    if algo != "vine":
+        for key in ["loc/localized_frac", "loc/unlocalizable_frac", "repair/added", "repair/buffer_draws"]:
+            assert key in records[-1], key
+        assert ("loc/accuracy" in records[-1]) == (algo == "si")
+        # the second step continues good prefixes found in the first
+        assert records[2]["repair/buffer_draws"] > 0
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(len(s["tokens"]) == len(s["token_advantages"]) for s in samples)
+    if algo == "si":
+        assert any("localized_step" in s for s in samples)
+
+
+def test_sirl_train_without_algo_runs_si(tmp_path):
+    assert load_config(None).algo.name == "si"

@@ -82,6 +82,53 @@ def zero_std_fraction(rewards_B: torch.Tensor, group_B: torch.Tensor) -> float:
     return float(flat_G.sum() / present_G.sum())
 
 
+# --- step-level credit -------------------------------------------------------------------------
+# Two small composable pieces (the VinePPO formula, Kazemnejad et al. 2024, eq. 6, without its sentinel
+# values): advantages per step from measured prefix values, then a broadcast from steps to tokens.
+
+
+def value_difference_step_advantages(values_BK: torch.Tensor, known_BK: torch.Tensor) -> torch.Tensor:
+    """A(step k) = V(k) - V(k-1) for k = 1..K-1, where both prefix values were measured; 0 elsewhere.
+
+    ``values_BK[b, k]`` is the estimated value of the prefix through k steps (k = 0 is the prompt alone,
+    the last column the whole response, i.e. its outcome); ``known_BK`` marks measured ones. Returns
+    ``[B, K-1]``: column j is the advantage of step j (0-based), the step from prefix j to prefix j+1.
+    """
+    both_BK = known_BK[:, 1:] & known_BK[:, :-1]
+    return torch.where(both_BK, values_BK[:, 1:] - values_BK[:, :-1], torch.zeros_like(values_BK[:, 1:]))
+
+
+def localized_step_advantages(
+    n_steps_B: torch.Tensor,
+    error_step_B: torch.Tensor,
+    value_before_B: torch.Tensor,
+    value_after_B: torch.Tensor,
+    after_error_B: torch.Tensor,
+    width: int,
+) -> torch.Tensor:
+    """Step advantages of localized failures (METHOD.md, "Credit"), ``[B, width]``.
+
+    Steps before the error step get 0 (the good prefix is not punished); the error step e gets
+    -(V(e) - V(e+1)) in prefix-value terms, i.e. -(value_before - value_after), the value it destroyed;
+    steps after it get ``after_error_B`` (0, or the trajectory's outcome advantage); columns past the
+    trajectory's last step are 0. ``error_step_B`` is 0-based.
+    """
+    step_BS = torch.arange(width)[None, :].expand(len(n_steps_B), width)
+    error_BS = error_step_B[:, None]
+    advantages = torch.zeros(len(n_steps_B), width, dtype=value_before_B.dtype)
+    advantages = torch.where(step_BS == error_BS, -(value_before_B - value_after_B)[:, None], advantages)
+    advantages = torch.where(step_BS > error_BS, after_error_B[:, None].expand(-1, width), advantages)
+    return torch.where(step_BS < n_steps_B[:, None], advantages, torch.zeros_like(advantages))
+
+
+def broadcast_steps_to_tokens(step_adv_BS: torch.Tensor, step_index_BT: torch.Tensor) -> torch.Tensor:
+    """Token advantages: each token takes its step's advantage; ``step_index_BT`` is -1 on tokens that
+    belong to no step (prompt, given prefix, padding), which get 0. Naive equivalent: a loop that looks
+    up ``step_adv_BS[b, step_index_BT[b, t]]`` token by token (tests hold them equal)."""
+    gathered_BT = step_adv_BS.gather(1, step_index_BT.clamp(min=0))
+    return torch.where(step_index_BT >= 0, gathered_BT, torch.zeros_like(gathered_BT))
+
+
 # --- policy loss --------------------------------------------------------------------------------
 
 
@@ -131,29 +178,40 @@ KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
 # data-parallel ranks) add up exactly the loss the full minibatch would give.
 
 
-def token_mean_weights(mask_BT: torch.Tensor, norm_length: int) -> torch.Tensor:
+#
+# ``reference_B`` (default: every row) names the rows whose counts set the denominators. Extra samples
+# (corrections, probes) outside it then *add* gradient at the scale of the original batch instead of
+# diluting it ("additive" normalization); passing every row gives the diluting alternative.
+
+
+def _reference(mask_BT: torch.Tensor, reference_B: torch.Tensor | None) -> torch.Tensor:
+    return mask_BT if reference_B is None else mask_BT * reference_B[:, None]
+
+
+def token_mean_weights(mask_BT: torch.Tensor, norm_length: int, reference_B: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over every response token of the batch (DAPO's token-level loss, Yu et al. 2025 sec. 3.3):
     w = mask / n_tokens."""
-    return mask_BT / mask_BT.sum().clamp(min=1)
+    return mask_BT / _reference(mask_BT, reference_B).sum().clamp(min=1)
 
 
-def seq_mean_token_mean_weights(mask_BT: torch.Tensor, norm_length: int) -> torch.Tensor:
+def seq_mean_token_mean_weights(mask_BT: torch.Tensor, norm_length: int, reference_B: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over sequences of each sequence's token mean (the original GRPO objective, Shao et al. 2024
     eq. 3): w = mask / (len_b * n_seqs). Long sequences weigh as much as short ones, so each of their
     tokens weighs less. Sequences without tokens are not counted."""
     lengths_B = mask_BT.sum(-1, keepdim=True)
-    n_seqs = (lengths_B > 0).sum().clamp(min=1)
+    n_seqs = (_reference(mask_BT, reference_B).sum(-1) > 0).sum().clamp(min=1)
     return mask_BT / (lengths_B.clamp(min=1) * n_seqs)
 
 
-def seq_mean_token_sum_norm_weights(mask_BT: torch.Tensor, norm_length: int) -> torch.Tensor:
+def seq_mean_token_sum_norm_weights(mask_BT: torch.Tensor, norm_length: int, reference_B: torch.Tensor | None = None) -> torch.Tensor:
     """Each sequence's token sum over a constant length, averaged over sequences (Dr. GRPO, Liu et al.
     2025 sec. 3.1): w = mask / (n_seqs * norm_length), no length bias. norm_length is usually
     max_new_tokens."""
-    return mask_BT / max(mask_BT.shape[0] * norm_length, 1)
+    n_seqs = mask_BT.shape[0] if reference_B is None else int(reference_B.sum())
+    return mask_BT / max(n_seqs * norm_length, 1)
 
 
-LOSS_AGGREGATIONS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+LOSS_AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "token_mean": token_mean_weights,
     "seq_mean_token_mean": seq_mean_token_mean_weights,
     "seq_mean_token_sum_norm": seq_mean_token_sum_norm_weights,

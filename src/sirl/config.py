@@ -84,6 +84,9 @@ class EvalConfig:
     """Size of the fixed held-out set (test split), the same for every run with the same eval.seed."""
     seed: int = 1234
     """Seed of the held-out set; independent of the run seed so runs are compared on the same problems."""
+    final_n_problems: int | None = None
+    """Size of the final evaluation of `sirl train` (a superset of the periodic one, for a tighter
+    interval); None uses n_problems."""
     batch_size: int = 256
     max_new_tokens: int = 160
     pass_k: list[int] = field(default_factory=lambda: [1, 4])
@@ -110,8 +113,13 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    name: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
-    """Advantage estimator (sirl.algos.ADVANTAGES)."""
+    name: Literal["si", "grpo", "dr_grpo", "rloo", "random_reset", "vine"] = "si"
+    """The method. grpo, dr_grpo, rloo: outcome-only advantages (sirl.algos.ADVANTAGES). si: localize,
+    correct and reuse failures with step-level credit (the method section configures it). random_reset:
+    the same, with the reset step drawn at random instead of localized. vine: K probes at every step of
+    every trajectory (Monte-Carlo step values)."""
+    outcome_advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
+    """Outcome advantages beside the step credit of si, random_reset and vine."""
     clip_low: float = 0.2
     """PPO ratio clip below 1: the ratio is kept >= 1 - clip_low."""
     clip_high: float = 0.28
@@ -125,6 +133,37 @@ class AlgoConfig:
     """Passes over each step's rollouts; more than 1 makes later passes off-policy (then clipping acts)."""
     minibatches: int = 1
     """Optimizer steps per epoch; the rollouts are split into this many minibatches."""
+
+
+@dataclass
+class MethodConfig:
+    """Knobs of si (and of random_reset and vine where they apply); METHOD.md defines the terms."""
+
+    probes: int = 2
+    """K: probe continuations per checked prefix."""
+    free_evidence: bool = True
+    """Start each search at the longest prefix a verified trajectory of the same prompt shares."""
+    first_check: Literal["divergence", "bisect"] = "divergence"
+    """divergence: the first probe checks the step right after that shared prefix; bisect: plain halving."""
+    max_localizations: int = 64
+    """Most failures localized per step; the most informative first (prompts whose solve rate is closest
+    to one half, round-robin over prompts; within a prompt, the failure with the longest certified prefix)."""
+    error_scale: float = 1.0
+    """Multiplier of the error step's penalty -(V(before) - V(after))."""
+    post_error: Literal["zero", "outcome"] = "zero"
+    """Credit of the steps after the error step: 0, or the trajectory's outcome advantage."""
+    train_on_probes: bool = True
+    """Every probe joins the batch (advantage R - V(prefix) on its own tokens); otherwise only corrections."""
+    correction_samples: int = 0
+    """Extra continuations sampled from each good prefix, so it has a small group of its own."""
+    normalization: Literal["additive", "diluting"] = "additive"
+    """additive: loss denominators count the original batch only, so extra samples add gradient;
+    diluting: they count every row, so extra samples shrink the original batch's weight."""
+    repair_share: float = 0.25
+    """Share of each step's prompts drawn from the repair buffer (continued from a stored good prefix)."""
+    repair_capacity: int = 512
+    verification_capacity: int = 4096
+    """Self-verification examples kept (the most recent)."""
 
 
 @dataclass
@@ -161,6 +200,7 @@ class ExperimentConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

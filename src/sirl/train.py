@@ -31,6 +31,8 @@ from transformers import PreTrainedModel
 from sirl import algos
 from sirl.config import AlgoConfig, ExperimentConfig, check_task_args
 from sirl.distributed import Distributed
+from sirl.internalize import RepairBuffer, RepairEntry, VerificationExample, VerificationExamples, prefix_ids
+from sirl.internalize.credit import Credit, method_credit, outcome_credit
 from sirl.evaluate import EvalResult, evaluate, heldout_problems
 from sirl.model import count_parameters, policy_from_config, save_model, token_logprobs
 from sirl.rollout import SamplingParams, sample_trajectories
@@ -49,16 +51,23 @@ class PolicyBatch:
     response_mask_BT: torch.Tensor  # [B, T-1] 1 where the scored token is a response token
     old_logp_BT: torch.Tensor  # [B, T-1] sampling log-probs (0 elsewhere)
     adv_BT: torch.Tensor  # [B, T-1] token advantages (0 elsewhere)
+    reference_B: torch.Tensor  # [B] bool: rows of the original batch, which set the loss denominators
 
     def __len__(self) -> int:
         return self.input_ids_BT.shape[0]
 
     def rows(self, index: torch.Tensor) -> PolicyBatch:
-        return PolicyBatch(*(t[index] for t in (self.input_ids_BT, self.attention_BT, self.response_mask_BT, self.old_logp_BT, self.adv_BT)))
+        return PolicyBatch(
+            *(t[index] for t in (self.input_ids_BT, self.attention_BT, self.response_mask_BT, self.old_logp_BT, self.adv_BT, self.reference_B))
+        )
 
 
-def collate_trajectories(trajectories: list[Trajectory], token_advantages: list[torch.Tensor], pad_id: int) -> PolicyBatch:
-    """Pack trajectories and their per-response-token advantages into a :class:`PolicyBatch`."""
+def collate_trajectories(
+    trajectories: list[Trajectory], token_advantages: list[torch.Tensor], pad_id: int, reference: list[bool] | None = None
+) -> PolicyBatch:
+    """Pack trajectories and their per-response-token advantages into a :class:`PolicyBatch`; tokens of a
+    given prefix (``prefix_len``) are context only. ``reference`` marks the original batch's rows (all by
+    default)."""
     width = max(len(t.prompt_ids) + len(t.response_ids) for t in trajectories)
     B = len(trajectories)
     input_ids = torch.full((B, width), pad_id, dtype=torch.long)
@@ -70,10 +79,11 @@ def collate_trajectories(trajectories: list[Trajectory], token_advantages: list[
         P, R = len(t.prompt_ids), len(t.response_ids)
         input_ids[i, : P + R] = torch.tensor(t.prompt_ids + t.response_ids)
         attention[i, : P + R] = 1
-        mask[i, P - 1 : P + R - 1] = 1  # position P-1 scores the first response token
+        mask[i, P - 1 + t.prefix_len : P + R - 1] = 1  # position P-1 scores the first response token
         old_logp[i, P - 1 : P + R - 1] = torch.tensor(t.logprobs)
         adv[i, P - 1 : P + R - 1] = a
-    return PolicyBatch(input_ids, attention, mask, old_logp, adv)
+    reference_B = torch.ones(B, dtype=torch.bool) if reference is None else torch.tensor(reference)
+    return PolicyBatch(input_ids, attention, mask, old_logp, adv, reference_B)
 
 
 def policy_update(
@@ -108,7 +118,7 @@ def policy_update(
         for minibatch_rows in order.chunk(algo.minibatches):
             minibatch = batch.rows(minibatch_rows)
             # Weights over the whole minibatch, so micro-batches add up to its loss (see sirl.algos).
-            weights_BT = algos.LOSS_AGGREGATIONS[algo.loss_agg](minibatch.response_mask_BT, norm_length)
+            weights_BT = algos.LOSS_AGGREGATIONS[algo.loss_agg](minibatch.response_mask_BT, norm_length, minibatch.reference_B)
             token_share_BT = algos.token_mean_weights(minibatch.response_mask_BT, norm_length)  # for metrics
             optimizer.zero_grad(set_to_none=True)
             stats = dict.fromkeys(("loss/policy", "loss/kl", "entropy", "clip_frac"), 0.0)
@@ -160,10 +170,14 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
     prompt_rng = random.Random(f"{config.seed}-prompts-{dist.rank}")  # each process its own prompts
     sample_gen = torch.Generator().manual_seed(config.seed * 1009 + dist.rank)
     update_gen = torch.Generator().manual_seed(config.seed * 2003 + dist.rank)
+    method_rng = random.Random(f"{config.seed}-method-{dist.rank}")
+    uses_repair = algo.name in ("si", "random_reset")
+    repair = RepairBuffer(config.method.repair_capacity)
+    verification = VerificationExamples(config.method.verification_capacity)
     log = RunLog(run_dir, config) if dist.is_main else None
 
-    def held_out_eval() -> EvalResult:
-        return evaluate(model, tokenizer, task, heldout, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size)
+    def held_out_eval(problems=heldout) -> EvalResult:
+        return evaluate(model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size)
 
     if not quiet:
         print(f"train: {algo.name} on {config.task.name}, {count_parameters(model):,} parameters on {model.device}, "
@@ -176,21 +190,45 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
     bar = tqdm(range(1, train.steps + 1), desc=f"train {algo.name}", disable=quiet, dynamic_ncols=True)
     step = 0
     for step in bar:
-        # 1. Rollouts: this process's prompts, a group of samples each.
+        # 1. Rollouts: this process's prompts, a group of samples each; with a repair buffer, a share of
+        #    the prompts continue stored good prefixes instead (a group of their own each).
         step_start = time.time()
-        problems = [task.sample(prompt_rng, "train") for _ in range(rollout.prompts_per_step)]
+        drawn = repair.draw(round(config.method.repair_share * rollout.prompts_per_step), prompt_rng) if uses_repair else []
+        problems = [task.sample(prompt_rng, "train") for _ in range(rollout.prompts_per_step - len(drawn))]
         trajectories = sample_trajectories(
-            model, tokenizer, task, problems, params,
-            group_size=rollout.group_size, generator=sample_gen, max_batch=rollout.batch_size,
+            model, tokenizer, task, problems + [d.problem for d in drawn], params,
+            group_size=rollout.group_size, prefixes=[[] for _ in problems] + [d.prefix_ids for d in drawn],
+            generator=sample_gen, max_batch=rollout.batch_size,
         )
         rollout_seconds = time.time() - step_start
 
-        # 2. Credit: group-relative outcome advantages, the same for every token of a response.
-        rewards_B = torch.tensor([t.reward for t in trajectories])
-        group_B = torch.tensor([t.group for t in trajectories])
-        adv_B = algos.ADVANTAGES[algo.name](rewards_B, group_B)
+        # 2. Credit: outcome advantages, or localize / correct / reuse with step-level credit (sirl.internalize).
+        probe_tokens = 0
+
+        def probe(requests: list[tuple[Trajectory, int]], k: int) -> list[list[Trajectory]]:
+            nonlocal probe_tokens
+            found = sample_trajectories(
+                model, tokenizer, task, [t.problem for t, _ in requests], params, group_size=k,
+                prefixes=[prefix_ids(t, steps) for t, steps in requests], groups=[t.group for t, _ in requests],
+                generator=sample_gen, max_batch=rollout.batch_size,
+            )
+            probe_tokens += sum(len(p.response_ids) - p.prefix_len for p in found)
+            return [found[i * k : (i + 1) * k] for i in range(len(requests))]
+
+        if algo.name in algos.ADVANTAGES:
+            credit = outcome_credit(trajectories, algo.name)
+        else:
+            credit = method_credit(algo.name, trajectories, probe, config.method, algo.outcome_advantage, task, method_rng)
+        for t, prefix in credit.good_prefixes:
+            repair.add(RepairEntry(t.problem, prefix, step))
+        for t, localization, _ in credit.localizations:
+            verification.add(VerificationExample(t.problem, t.text, localization.error_step, step))
+        for t in trajectories:
+            if t.reward >= 1 and t.prefix_len == 0:
+                verification.add(VerificationExample(t.problem, t.text, None, step))
+        additive = config.method.normalization == "additive"
         batch = collate_trajectories(
-            trajectories, [torch.full((len(t.response_ids),), float(a)) for t, a in zip(trajectories, adv_B)], tokenizer.pad_token_id
+            credit.trajectories, credit.token_advantages, tokenizer.pad_token_id, reference=credit.reference if additive else None
         )
 
         # 3. Update.
@@ -202,11 +240,14 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
         schedule.step()
 
         # 4. Account and log. Token counts and rewards are summed over processes.
-        n_tokens, reward_sum, truncated, n = dist.sum([
-            float(sum(len(t.response_ids) for t in trajectories)), float(rewards_B.sum()),
-            float(sum(t.truncated for t in trajectories)), float(len(trajectories)),
+        rewards_B = torch.tensor([t.reward for t in trajectories])
+        group_B = torch.tensor([t.group for t in trajectories])
+        n_tokens, n_probe_tokens, reward_sum, truncated, n = dist.sum([
+            float(sum(len(t.response_ids) - t.prefix_len for t in trajectories)), float(probe_tokens),
+            float(rewards_B.sum()), float(sum(t.truncated for t in trajectories)), float(len(trajectories)),
         ])
         tokens["policy"] += int(n_tokens)
+        tokens["probe"] += int(n_probe_tokens)
         total_tokens = sum(tokens.values())
         metrics = {
             "tokens/total": total_tokens,
@@ -218,11 +259,14 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
             "adv/zero_std_frac": algos.zero_std_fraction(rewards_B, group_B),
             "rollout/truncated_frac": truncated / n,
             "rollout/response_tokens": n_tokens / n,
+            **credit.metrics,
             "lr": schedule.get_last_lr()[0],
             "time/rollout_s": rollout_seconds,
             "time/step_s": time.time() - step_start,
             "tokens_per_s": total_tokens / (time.time() - start),
         }
+        if uses_repair:
+            metrics.update({"repair/buffer_draws": len(drawn), "repair/buffer_size": len(repair), "verify/examples": len(verification)})
         out_of_tokens = train.max_tokens is not None and total_tokens >= train.max_tokens
         out_of_time = train.max_minutes is not None and (time.time() - start) / 60 >= train.max_minutes
         finishing = step == train.steps or out_of_tokens or out_of_time
@@ -230,7 +274,7 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
             last_eval = held_out_eval()
             metrics["eval/accuracy"] = last_eval.accuracy
             if log:
-                log_samples(log.run_dir / "samples.jsonl", step, task, trajectories[: train.log_samples], adv_B.tolist())
+                log_samples(log.run_dir / "samples.jsonl", step, task, tokenizer, credit, train.log_samples)
         if log:
             log.log(step, metrics)
             if train.checkpoint_every and step % train.checkpoint_every == 0 and not finishing:
@@ -239,6 +283,8 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
         if finishing:
             break
     bar.close()
+    if config.eval.final_n_problems and config.eval.final_n_problems != config.eval.n_problems:
+        last_eval = held_out_eval(heldout_problems(task, config.eval.final_n_problems, config.eval.seed))
     if log:
         save_model(model, tokenizer, log.run_dir / "checkpoints" / "final")
         log.write_json("eval.json", {"step": step, "tokens/total": sum(tokens.values()), **last_eval.to_json()})
@@ -250,18 +296,29 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
     return last_eval
 
 
-def log_samples(path: Path, step: int, task: Task, trajectories: list[Trajectory], advantages: list[float]) -> None:
-    """Append a few trajectories, step by step, for inspection and the run report."""
+def log_samples(path: Path, step: int, task: Task, tokenizer, credit: Credit, n: int) -> None:
+    """Append a few trajectories of the step, localized failures first, with their steps, token
+    advantages, localization and correction, for inspection and the run report."""
+    located = {id(t): (loc, correction) for t, loc, correction in credit.localizations}
+    rows = sorted(range(len(credit.trajectories)), key=lambda i: (id(credit.trajectories[i]) not in located, i))
     with path.open("a") as f:
-        for t, advantage in zip(trajectories, advantages):
+        for i in rows[:n]:
+            t = credit.trajectories[i]
             record = {
                 "step": step,
                 "prompt": t.problem.prompt,
                 "steps": [t.text[a:b] for a, b in task.split_steps(t.text)],
                 "reward": t.reward,
                 "truncated": t.truncated,
-                "advantage": advantage,
+                "prefix_len": t.prefix_len,
+                "token_advantages": [round(a, 4) for a in credit.token_advantages[i].tolist()],
+                "tokens": tokenizer.batch_decode([[token] for token in t.response_ids]),
             }
+            if id(t) in located:
+                loc, correction = located[id(t)]
+                record["localized_step"] = loc.error_step
+                record["probes"] = loc.probes
+                record["correction"] = correction.text if correction is not None else None
             if task.has_ground_truth:
                 record["first_error"] = task.first_error(t.problem, t.text)
             f.write(json.dumps(record) + "\n")

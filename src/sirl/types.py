@@ -32,7 +32,9 @@ class Trajectory:
     ``response_ids`` includes the EOS token when the policy emitted one; ``logprobs`` are the sampling
     policy's log-probabilities of each response token; ``step_spans`` are token spans ``[start, end)`` of
     the task's steps and partition ``response_ids`` (EOS belongs to the last step). ``group`` ties samples
-    of the same prompt together for group-relative advantages.
+    of the same prompt together for group-relative advantages. ``prefix_len`` counts the leading response
+    tokens that were given rather than sampled (a probe or a repair continues a stored prefix): they are
+    context, never trained on again, and the trajectory is a sample of the policy only after them.
     """
 
     problem: Problem
@@ -44,3 +46,4 @@ class Trajectory:
     truncated: bool
     group: int
     step_spans: list[Span]
+    prefix_len: int = 0

@@ -21,16 +21,26 @@ def sample_trajectories(
     problems: list[Problem],
     params: SamplingParams,
     *,
-    group_size: int,
+    group_size: int | list[int],
+    prefixes: list[list[int]] | None = None,
+    groups: list[int] | None = None,
     generator: torch.Generator | None = None,
     max_batch: int = 1024,
 ) -> list[Trajectory]:
-    """``group_size`` scored trajectories per problem (one prefill per problem), problem-major; the
-    ``group`` of each is its problem's index in ``problems``."""
+    """Scored trajectories, ``group_size`` (one int, or one per problem) per problem, problem-major, with
+    one prefill per problem.
+
+    ``prefixes[i]``, when given, is a partial response (token ids) that problem i's samples continue: the
+    trajectory's response is the prefix followed by the sampled tokens, its ``prefix_len`` is the length
+    of the prefix, and its log-probs are 0 on the given tokens. ``groups[i]`` is the group id of problem
+    i's samples (default: i).
+    """
+    prefixes = prefixes or [[] for _ in problems]
+    groups = groups if groups is not None else list(range(len(problems)))
     prompts = [encode_prompt(tokenizer, p.prompt) for p in problems]
     generations = generate(
         model,
-        prompts,
+        [prompt + prefix for prompt, prefix in zip(prompts, prefixes)],
         params,
         eos_ids=eos_ids(model, tokenizer),
         pad_id=tokenizer.pad_token_id,
@@ -41,19 +51,21 @@ def sample_trajectories(
     trajectories = []
     for row in range(len(generations)):
         index = int(generations.context_index_B[row])
-        problem, response = problems[index], generations.row_tokens(row)
+        problem, prefix, sampled = problems[index], prefixes[index], generations.row_tokens(row)
+        response = prefix + sampled
         text, offsets = token_char_offsets(tokenizer, response)
         trajectories.append(
             Trajectory(
                 problem=problem,
                 prompt_ids=prompts[index],
                 response_ids=response,
-                logprobs=generations.logp_BT[row, : len(response)].tolist(),
+                logprobs=[0.0] * len(prefix) + generations.logp_BT[row, : len(sampled)].tolist(),
                 text=text,
                 reward=task.verify(problem, text),
                 truncated=bool(generations.truncated_B[row]),
-                group=index,
+                group=groups[index],
                 step_spans=char_spans_to_token_spans(task.split_steps(text), offsets, len(text)),
+                prefix_len=len(prefix),
             )
         )
     return trajectories

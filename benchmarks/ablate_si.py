@@ -1,0 +1,127 @@
+"""Ablations of the method's details on arith, at an equal budget of generated tokens (every kind counted).
+
+Each variant is one `sirl train` run per (learning rate, seed), from the shipped arith policy, stopped at
+``--budget`` generated tokens (policy samples + probes). Accuracy is measured on the fixed held-out set
+every few steps (``eval.n_problems``) and, at the end, on ``--final-problems`` problems. The table gives
+the final accuracy (mean over seeds, with the 95% interval of the pooled correct count), the seeds' own
+values, generated tokens per step, and the tokens each variant needed to reach the final accuracy of grpo
+at the same learning rate (first periodic evaluation at or above it).
+
+Runs land in ``--out/<lr>/<variant>/seed<k>`` and are skipped when already finished, so a killed ablation
+continues where it stopped.
+
+    python benchmarks/ablate_si.py --out runs/ablate --budget 250000 --seeds 2 --lrs 1e-4,4e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from sirl.evaluate import wilson_interval
+
+VARIANTS: dict[str, list[str]] = {
+    "grpo": ["algo.name=grpo"],
+    "si (defaults)": [],
+    "si K=1": ["method.probes=1"],
+    "si K=4": ["method.probes=4"],
+    "si without free evidence": ["method.free_evidence=false", "method.first_check=bisect"],
+    "si error scale 0.5": ["method.error_scale=0.5"],
+    "si error scale 2": ["method.error_scale=2.0"],
+    "si post-error credit = outcome": ["method.post_error=outcome"],
+    "si probes not trained on": ["method.train_on_probes=false"],
+    "si diluting normalization": ["method.normalization=diluting"],
+    "si repair share 0": ["method.repair_share=0.0"],
+    "si repair share 0.5": ["method.repair_share=0.5"],
+}
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def run_one(out: Path, variant: str, lr: str, seed: int, args) -> Path:
+    run_dir = out / lr / slug(variant) / f"seed{seed}"
+    if (run_dir / "eval.json").is_file():
+        return run_dir
+    if run_dir.exists():  # an interrupted run: start it again from scratch
+        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+    command = [
+        sys.executable, "-m", "sirl.cli", "train", "--config", args.config, "--out", str(run_dir), "--seed", str(seed), "--quiet",
+        f"--train.lr={lr}", f"--train.max_tokens={args.budget}", "--train.steps=100000", f"--train.eval_every={args.eval_every}",
+        "--train.checkpoint_every=0", f"--eval.n_problems={args.eval_problems}", f"--eval.final_n_problems={args.final_problems}",
+        *[f"--{o}" for o in VARIANTS[variant]],
+    ]
+    print(f"[ablate] {lr} {variant} seed {seed}", flush=True)
+    subprocess.run(command, check=True)
+    return run_dir
+
+
+def summarize(run_dirs: list[Path]) -> dict:
+    finals = [json.loads((d / "eval.json").read_text()) for d in run_dirs]
+    curves = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in run_dirs]
+    correct = sum(f["accuracy"] * f["n"] for f in finals)
+    trials = sum(f["n"] for f in finals)
+    steps = [c[-1]["step"] for c in curves]
+    return {
+        "accuracies": [f["accuracy"] for f in finals],
+        "mean": statistics.mean(f["accuracy"] for f in finals),
+        "ci95": wilson_interval(correct, trials),
+        "tokens_per_step": statistics.mean(c[-1]["tokens/total"] / s for c, s in zip(curves, steps)),
+        "probe_share": statistics.mean(c[-1]["tokens/probe"] / c[-1]["tokens/total"] for c in curves),
+        "curves": [[(r["tokens/total"], r["eval/accuracy"]) for r in c if "eval/accuracy" in r] for c in curves],
+    }
+
+
+def tokens_to_reach(curves: list[list[tuple[int, float]]], target: float) -> str:
+    reached = [next((tokens for tokens, acc in curve if acc >= target), None) for curve in curves]
+    if any(r is None for r in reached):
+        return f"not reached ({sum(r is not None for r in reached)}/{len(reached)} seeds)"
+    return f"{statistics.mean(reached) / 1000:,.0f}k"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/ablate"))
+    parser.add_argument("--config", default="arith")
+    parser.add_argument("--budget", type=int, default=250_000, help="generated tokens per run, every kind counted")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--lrs", default="1e-4,4e-4")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from the list in this file")
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--eval-problems", type=int, default=500)
+    parser.add_argument("--final-problems", type=int, default=2000)
+    args = parser.parse_args()
+    variants = [v.strip() for v in args.variants.split(",")]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+
+    results: dict[tuple[str, str], dict] = {}
+    for lr in args.lrs.split(","):
+        for variant in variants:
+            dirs = [run_one(args.out, variant, lr, seed, args) for seed in range(args.seeds)]
+            results[(lr, variant)] = summarize(dirs)
+
+    print(f"\narith, budget {args.budget:,} generated tokens per run, {args.seeds} seeds, final accuracy on "
+          f"{args.final_problems} held-out problems (95% interval of the pooled count)\n")
+    print("| lr | variant | final accuracy | seeds | tokens/step | probe share | tokens to reach grpo's final accuracy |")
+    print("|---|---|---:|---|---:|---:|---:|")
+    for lr in args.lrs.split(","):
+        target = results[(lr, "grpo")]["mean"] if (lr, "grpo") in results else None
+        for variant in variants:
+            r = results[(lr, variant)]
+            lo, hi = r["ci95"]
+            reach = tokens_to_reach(r["curves"], target) if target is not None else "-"
+            seeds = ", ".join(f"{a:.1%}" for a in r["accuracies"])
+            print(f"| {lr} | {variant} | {r['mean']:.1%} [{lo:.1%}, {hi:.1%}] | {seeds} | {r['tokens_per_step']:,.0f} "
+                  f"| {r['probe_share']:.0%} | {reach} |")
+    (args.out / "results.json").write_text(json.dumps({f"{lr}|{v}": {k: x for k, x in r.items() if k != "curves"} for (lr, v), r in results.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Find where a failed trajectory went wrong by sampling from its prefixes (the oracle localizer).
+
+Terms follow METHOD.md. The prefix value V(k) is the chance that the current policy, continuing from the
+prompt plus the first k steps of a response, reaches a verified answer; it is estimated by K sampled
+continuations (probes). The first irrecoverable step t* of a failed trajectory is the smallest k with
+V̂(k) = 0 given V̂(k-1) > 0; under the assumption that V̂ falls monotonically along a failed trajectory,
+binary search over k finds it with about K * ceil(log2(n+1)) probes.
+
+Free evidence comes first: a verified trajectory certifies all of its own prefixes (V > 0), so a failure
+that shares its first c steps with a success of the same prompt (a sibling, or any probe) starts its search
+at c. With ``first_check="divergence"`` its first probe checks step c+1, the step where it left every known
+success; on tasks with one solution path that step is the error, and the search ends after K probes.
+A failure whose prompt has no success at all (no sibling, no probe) cannot be localized: it is counted.
+
+Nothing here touches a model: probes come from a callback, so the search can be tested with a scripted
+sampler and run batched through the rollout engine (all failures of a training step probe together, one
+engine call per round).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sirl.types import Trajectory
+
+Probe = Callable[[list[tuple[Trajectory, int]]], list[list[Trajectory]]]
+"""Given (trajectory, k) requests, return for each the probe trajectories continuing the trajectory's
+prefix through k steps (``prefix_len`` set to that prefix's length, same ``group``)."""
+
+
+def prefix_ids(trajectory: Trajectory, k: int) -> list[int]:
+    """Response tokens of the prefix through ``k`` steps (k = 0: the empty prefix)."""
+    return trajectory.response_ids[: trajectory.step_spans[k - 1][1]] if k > 0 else []
+
+
+class PrefixBook:
+    """Every trajectory of a training step (samples, probes, corrections), by group, queried by prefix.
+
+    ``certified(group, prefix)``: some verified trajectory passes through the prefix, so V(prefix) > 0.
+    ``value(group, prefix)``: the success rate of the trajectories that pass through the prefix *and were
+    sampled freely from it or earlier* (``prefix_len <= len(prefix)``); a probe from a longer prefix passes
+    through a shorter one too, but its path was forced on the way and would bias the estimate.
+    """
+
+    def __init__(self, trajectories: Sequence[Trajectory] = ()):
+        self.groups: dict[int, list[Trajectory]] = {}
+        self.add(trajectories)
+
+    def add(self, trajectories: Sequence[Trajectory]) -> None:
+        for t in trajectories:
+            self.groups.setdefault(t.group, []).append(t)
+
+    def _through(self, group: int, prefix: list[int]) -> list[Trajectory]:
+        n = len(prefix)
+        return [t for t in self.groups.get(group, []) if len(t.response_ids) >= n and t.response_ids[:n] == prefix]
+
+    def certified(self, group: int, prefix: list[int]) -> bool:
+        return any(t.reward >= 1 for t in self._through(group, prefix))
+
+    def value(self, group: int, prefix: list[int]) -> tuple[float, int]:
+        """(success rate, number of samples) among free samples through ``prefix``; (0, 0) if none."""
+        free = [t for t in self._through(group, prefix) if t.prefix_len <= len(prefix)]
+        if not free:
+            return 0.0, 0
+        return sum(t.reward >= 1 for t in free) / len(free), len(free)
+
+
+@dataclass(frozen=True)
+class Localization:
+    """The outcome of one search. ``error_step`` is the 0-based index of the first irrecoverable step
+    (t* - 1 in METHOD.md's 1-based terms), None when the failure could not be localized; the good prefix is
+    the first ``error_step`` steps. ``checks`` lists (k, V̂(k) > 0) in the order probed."""
+
+    index: int
+    error_step: int | None
+    value_before: float = 0.0
+    value_after: float = 0.0
+    probes: int = 0
+    checks: tuple[tuple[int, bool], ...] = ()
+
+
+@dataclass
+class _Search:
+    index: int
+    trajectory: Trajectory
+    lo: int  # V̂(lo) > 0 known
+    hi: int  # V̂(hi) = 0 known
+    mid: int
+    probes: int = 0
+    checks: list[tuple[int, bool]] = field(default_factory=list)
+
+
+def certified_prefix_steps(book: PrefixBook, trajectory: Trajectory, below: int) -> int:
+    """The most steps k < ``below`` whose prefix some verified trajectory of the group passes through, or
+    -1 when none (not even the prompt alone)."""
+    for k in range(below - 1, -1, -1):
+        if book.certified(trajectory.group, prefix_ids(trajectory, k)):
+            return k
+    return -1
+
+
+def localize(
+    failures: Sequence[Trajectory],
+    book: PrefixBook,
+    probe: Probe,
+    *,
+    free_evidence: bool = True,
+    first_check: Literal["divergence", "bisect"] = "divergence",
+) -> list[Localization]:
+    """Localize each failure (a trajectory with reward < 1), all searches advancing together.
+
+    Each round asks ``probe`` for one prefix per unfinished search and adds the probes to ``book``, so a
+    success found for one failure certifies prefixes of every other failure that shares them. Without
+    ``free_evidence`` the search ignores shared prefixes and bisects the whole response (the prompt's
+    own group still has to contain a success: V̂(0) > 0).
+    """
+    results: dict[int, Localization] = {}
+    searches: list[_Search] = []
+    for index, trajectory in enumerate(failures):
+        n = len(trajectory.step_spans)
+        if not book.certified(trajectory.group, []):
+            results[index] = Localization(index, None)
+            continue
+        lo = certified_prefix_steps(book, trajectory, below=n) if free_evidence else 0
+        mid = lo + 1 if first_check == "divergence" else (lo + n) // 2
+        searches.append(_Search(index, trajectory, lo=lo, hi=n, mid=mid))
+
+    while True:
+        active = [s for s in searches if s.hi - s.lo > 1]
+        if not active:
+            break
+        probes = probe([(s.trajectory, s.mid) for s in active])
+        for s, found in zip(active, probes):
+            book.add(found)
+            s.probes += len(found)
+        for s in active:
+            ok = book.certified(s.trajectory.group, prefix_ids(s.trajectory, s.mid))
+            s.checks.append((s.mid, ok))
+            if ok:
+                s.lo = s.mid
+            else:
+                s.hi = s.mid
+            if free_evidence:  # probes of this round may certify later prefixes of this failure
+                s.lo = max(s.lo, certified_prefix_steps(book, s.trajectory, below=s.hi))
+            s.mid = (s.lo + s.hi) // 2
+
+    for s in searches:
+        before, _ = book.value(s.trajectory.group, prefix_ids(s.trajectory, s.lo))
+        after, _ = book.value(s.trajectory.group, prefix_ids(s.trajectory, s.hi))
+        results[s.index] = Localization(
+            s.index, error_step=s.hi - 1, value_before=before, value_after=after, probes=s.probes, checks=tuple(s.checks)
+        )
+    return [results[i] for i in range(len(failures))]

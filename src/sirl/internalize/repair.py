@@ -1,0 +1,72 @@
+"""What localization leaves behind for later steps: good prefixes to restart from, and self-verification
+examples.
+
+The repair buffer keeps (problem, good prefix) pairs, the prefix through the last step before a localized
+error, from which the policy is known to succeed sometimes (V > 0). Later training steps draw a share of
+their prompts from it and the *current* policy continues the stored prefix: a reset to a known-improvable
+state, sampled on-policy, nothing stale replayed. Self-verification examples, (problem, completion, first
+wrong step or None), are what the policy later learns to produce itself.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass
+
+from sirl.types import Problem
+
+
+@dataclass(frozen=True)
+class RepairEntry:
+    problem: Problem
+    prefix_ids: list[int]
+    """Response tokens of the good prefix."""
+    step: int
+    """The training step that found it."""
+
+
+class RepairBuffer:
+    """A bounded FIFO of good prefixes; drawing removes the entries drawn."""
+
+    def __init__(self, capacity: int):
+        self.entries: deque[RepairEntry] = deque(maxlen=capacity)
+
+    def add(self, entry: RepairEntry) -> None:
+        self.entries.append(entry)
+
+    def draw(self, n: int, rng: random.Random) -> list[RepairEntry]:
+        """Up to ``n`` entries, uniformly at random without replacement, removed from the buffer."""
+        n = min(n, len(self.entries))
+        picked = sorted(rng.sample(range(len(self.entries)), n), reverse=True)
+        drawn = [self.entries[i] for i in picked]
+        for i in picked:
+            del self.entries[i]
+        return drawn
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass(frozen=True)
+class VerificationExample:
+    """The policy's own completion of a problem and where it first went wrong (0-based step), or None for
+    a verified completion. Labels come from the oracle localizer, never from a task's ground truth."""
+
+    problem: Problem
+    completion: str
+    first_error: int | None
+    step: int
+
+
+class VerificationExamples:
+    """The most recent self-verification examples (a bounded FIFO: training uses recent outputs)."""
+
+    def __init__(self, capacity: int):
+        self.examples: deque[VerificationExample] = deque(maxlen=capacity)
+
+    def add(self, example: VerificationExample) -> None:
+        self.examples.append(example)
+
+    def __len__(self) -> int:
+        return len(self.examples)

@@ -1,0 +1,172 @@
+"""The oracle localizer against a scripted sampler whose success depends only on whether the prefix is
+correct, so the first irrecoverable step is planted and known."""
+
+import math
+
+import pytest
+import torch
+
+from sirl.config import MethodConfig
+from sirl.internalize import PrefixBook, localize, prefix_ids
+from sirl.internalize.credit import method_credit, select_failures, step_index
+from sirl.tasks.base import Task, split_on_separator
+from sirl.types import Problem, Trajectory
+
+REFERENCE = ["a1;", "b2;", "c3;", "d4;", "e5;", "f6;", "g7;", "#z"]  # 8 steps
+
+
+class Script(Task):
+    """Steps are 3-character chunks; the answer is right iff the whole reference was written."""
+
+    name = "script"
+
+    def sample(self, rng, split):
+        return Problem("q:", "".join(REFERENCE), {})
+
+    def verify(self, problem, completion):
+        return float(completion == problem.answer)
+
+    def split_steps(self, completion):
+        return split_on_separator(completion, ";")
+
+    def reference_solution(self, problem):
+        return problem.answer
+
+    def first_error(self, problem, completion):
+        steps = [completion[a:b] for a, b in self.split_steps(completion)]
+        for i, s in enumerate(steps):
+            if i >= len(REFERENCE) or s != REFERENCE[i]:
+                return i
+        return None if len(steps) == len(REFERENCE) else len(steps) - 1
+
+
+TASK = Script()
+PROBLEM = TASK.sample(None, "train")
+
+
+def make(text: str, group: int = 0, prefix_len: int = 0) -> Trajectory:
+    ids = [ord(c) for c in text]
+    spans = TASK.split_steps(text)
+    return Trajectory(PROBLEM, [1], ids, [0.0] * len(ids), text, TASK.verify(PROBLEM, text), False, group, spans, prefix_len)
+
+
+def wrong_at(step: int) -> str:
+    """The reference with step ``step`` (0-based) corrupted and every later step following it."""
+    return "".join(REFERENCE[:step]) + "".join(s.upper() for s in REFERENCE[step:])
+
+
+class ScriptedSampler:
+    """Continues a prefix correctly iff the prefix is correct so far (the planted value function:
+    V = 1 on correct prefixes, 0 after the first wrong step). Records every call."""
+
+    def __init__(self):
+        self.calls: list[list[tuple[Trajectory, int]]] = []
+
+    def __call__(self, requests, k=2):
+        self.calls.append(list(requests))
+        out = []
+        for t, steps in requests:
+            prefix = "".join(chr(c) for c in prefix_ids(t, steps))
+            reference = "".join(REFERENCE)
+            text = reference if reference.startswith(prefix) else prefix + "x;#y"
+            out.append([make(text, t.group, prefix_len=len(prefix)) for _ in range(k)])
+        return out
+
+
+@pytest.mark.parametrize("error", range(len(REFERENCE)))
+def test_divergence_search_finds_the_planted_step_with_k_probes(error):
+    failure = make(wrong_at(error))
+    book = PrefixBook([make("".join(REFERENCE)), failure])  # one verified sibling
+    sampler = ScriptedSampler()
+    [loc] = localize([failure], book, lambda r: sampler(r, 2), free_evidence=True, first_check="divergence")
+    assert loc.error_step == error == TASK.first_error(PROBLEM, failure.text)
+    # the sibling certifies the first `error` steps, the first probe checks the next step: K probes,
+    # none when the failure diverges at its very last step (V of the full failed response is 0)
+    assert loc.probes == (0 if error == len(REFERENCE) - 1 else 2)
+    assert loc.value_before > 0 and loc.value_after == 0
+
+
+@pytest.mark.parametrize("error", range(len(REFERENCE)))
+def test_bisection_without_free_evidence_finds_it_within_the_log_bound(error):
+    failure = make(wrong_at(error))
+    book = PrefixBook([make("".join(REFERENCE)), failure])
+    sampler = ScriptedSampler()
+    [loc] = localize([failure], book, lambda r: sampler(r, 2), free_evidence=False, first_check="bisect")
+    assert loc.error_step == error
+    n = len(REFERENCE)
+    assert loc.probes <= 2 * math.ceil(math.log2(n + 1))
+    # every check agrees with the planted values: V(k) > 0 iff the first k steps are correct
+    assert all(ok == (k <= error) for k, ok in loc.checks)
+
+
+def test_searches_of_a_step_share_rounds_and_probes_certify_other_failures():
+    failures = [make(wrong_at(e), group=0) for e in (1, 3, 6)]
+    book = PrefixBook([make("".join(REFERENCE), group=0), *failures])
+    sampler = ScriptedSampler()
+    locs = localize(failures, book, lambda r: sampler(r, 2), free_evidence=False, first_check="bisect")
+    assert [loc.error_step for loc in locs] == [1, 3, 6]
+    assert len(sampler.calls) <= math.ceil(math.log2(len(REFERENCE) + 1))  # one engine call per round
+    assert all(len(call) <= 3 for call in sampler.calls)
+
+
+def test_a_prompt_without_any_success_is_not_localized():
+    failure = make(wrong_at(2))
+    sampler = ScriptedSampler()
+    [loc] = localize([failure], PrefixBook([failure, make(wrong_at(0))]), lambda r: sampler(r, 2))
+    assert loc.error_step is None and loc.probes == 0 and not sampler.calls
+
+
+def test_prefix_values_use_only_free_samples():
+    success, failure = make("".join(REFERENCE)), make(wrong_at(4))
+    probe_from_step_6 = make(wrong_at(6), prefix_len=len("".join(REFERENCE[:6])))
+    book = PrefixBook([success, failure, probe_from_step_6])
+    # through the first 2 steps pass all three, but the probe was forced past step 2: it is not counted
+    assert book.value(0, prefix_ids(success, 2)) == (0.5, 2)
+    assert book.certified(0, prefix_ids(success, 2))
+    assert not book.certified(0, prefix_ids(failure, 5))
+
+
+def test_failure_selection_prefers_uncertain_prompts_round_robin():
+    # group 0 solved 1 of 4 (rate 0.25), group 1 solved 2 of 4 (rate 0.5): group 1 first, then alternate
+    g0 = [make("".join(REFERENCE), 0)] + [make(wrong_at(e), 0) for e in (1, 2, 5)]
+    g1 = [make("".join(REFERENCE), 1)] * 2 + [make(wrong_at(e), 1) for e in (3, 6)]
+    book = PrefixBook(g0 + g1)
+    chosen = select_failures([t for t in g0 + g1 if t.reward < 1], book, {0: 0.25, 1: 0.5}, budget=3)
+    assert [(t.group, TASK.first_error(PROBLEM, t.text)) for t in chosen] == [(1, 6), (0, 5), (1, 3)]
+
+
+def test_si_credit_by_hand():
+    # A group of 4: one success, failures with errors at steps 2 and 5, and one more at 5. Rewards 1,0,0,0:
+    # GRPO outcome advantages 1.5 and -0.5 (std 0.5), so value differences are scaled by 1 / 0.5 = 2.
+    # Each failure: V(good prefix) = free samples through it that succeeded. For the step-2 failure the
+    # prefix through 2 steps is shared by all four samples (1 success): V = 1/4, and its step 2 gets
+    # -(1/4) * 2 = -0.5. The two step-5 failures share 5 steps with the success: V = 1/3 -> -2/3.
+    group = [make("".join(REFERENCE)), make(wrong_at(2)), make(wrong_at(5)), make(wrong_at(5))]
+    sampler = ScriptedSampler()
+    config = MethodConfig(probes=2, train_on_probes=True)
+    credit = method_credit("si", group, lambda r, k: sampler(r, k), config, "grpo", TASK, None)
+    assert credit.metrics["loc/accuracy"] == 1.0 and credit.metrics["loc/localized_frac"] == 1.0
+    assert torch.allclose(credit.token_advantages[0], torch.full((len(group[0].response_ids),), 1.5), atol=1e-4)
+    for row, error, value in [(1, 2, 0.25), (2, 5, 1 / 3), (3, 5, 1 / 3)]:
+        steps = step_index(group[row])
+        expected = torch.where(steps == error, -value * 2, 0.0)
+        assert torch.allclose(credit.token_advantages[row], expected, atol=1e-4), row
+    # probes join as extra rows outside the reference batch with R - V(prefix); here every probe continued
+    # a prefix that already holds the wrong step, all of them failed, so V(prefix) = 0 and R - V = 0
+    extra = credit.trajectories[4:]
+    assert extra and not any(credit.reference[4:]) and all(p.prefix_len > 0 for p in extra)
+    assert all(torch.all(a == 0) for a in credit.token_advantages[4:])
+
+
+def test_every_correction_verifies():
+    # bisection probes from correct prefixes succeed: those are corrections of the good prefix
+    group = [make("".join(REFERENCE)), make(wrong_at(3))]
+    sampler = ScriptedSampler()
+    config = MethodConfig(probes=2, free_evidence=False, first_check="bisect", correction_samples=2)
+    credit = method_credit("si", group, lambda r, k: sampler(r, k), config, "grpo", TASK, None)
+    [(failure, loc, correction)] = credit.localizations
+    assert loc.error_step == 3 and correction is not None
+    assert TASK.verify(PROBLEM, correction.text) == 1.0
+    assert correction.response_ids[: correction.prefix_len] == prefix_ids(failure, 3)
+    assert credit.metrics["repair/added"] >= 1
+    assert credit.good_prefixes == [(failure, prefix_ids(failure, 3))]
