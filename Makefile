@@ -16,8 +16,7 @@ $(BIN)/sirl: pyproject.toml constraints.txt
 install: $(BIN)/sirl
 
 demo: $(BIN)/sirl
-	$(BIN)/sirl sft --config arith_sft --out runs/demo-sft --sft.max_minutes=3
-	$(BIN)/sirl eval --config arith --model runs/demo-sft
+	$(BIN)/sirl train --config demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(BIN)/sirl
 	$(BIN)/python -m pytest -q

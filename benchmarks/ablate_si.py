@@ -10,7 +10,7 @@ at the same learning rate (first periodic evaluation at or above it).
 Runs land in ``--out/<lr>/<variant>/seed<k>`` and are skipped when already finished, so a killed ablation
 continues where it stopped.
 
-    python benchmarks/ablate_si.py --out runs/ablate --budget 250000 --seeds 2 --lrs 1e-4,4e-4
+    python benchmarks/ablate_si.py --out runs/ablate --budget 250000 --seeds 2 --lr 1e-4 --second-lr 4e-4
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ VARIANTS: dict[str, list[str]] = {
     "si K=1": ["method.probes=1"],
     "si K=4": ["method.probes=4"],
     "si without free evidence": ["method.free_evidence=false", "method.first_check=bisect"],
+    "si drop 0 (V > 0 rule)": ["method.drop=0.0"],
     "si error scale 0.5": ["method.error_scale=0.5"],
     "si error scale 2": ["method.error_scale=2.0"],
     "si post-error credit = outcome": ["method.post_error=outcome"],
@@ -90,8 +91,9 @@ def main() -> None:
     parser.add_argument("--config", default="arith")
     parser.add_argument("--budget", type=int, default=250_000, help="generated tokens per run, every kind counted")
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--lrs", default="1e-4,4e-4")
+    parser.add_argument("--lr", default="1e-4", help="the learning rate of the full grid")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from the list in this file")
+    parser.add_argument("--second-lr", default="4e-4", help="a second learning rate, run for grpo and si only ('' for none)")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--eval-problems", type=int, default=500)
     parser.add_argument("--final-problems", type=int, default=2000)
@@ -101,26 +103,26 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
 
+    plan = [(args.lr, v) for v in variants] + ([(args.second_lr, v) for v in ("grpo", "si (defaults)")] if args.second_lr else [])
     results: dict[tuple[str, str], dict] = {}
-    for lr in args.lrs.split(","):
-        for variant in variants:
-            dirs = [run_one(args.out, variant, lr, seed, args) for seed in range(args.seeds)]
-            results[(lr, variant)] = summarize(dirs)
+    for lr, variant in plan:
+        dirs = [run_one(args.out, variant, lr, seed, args) for seed in range(args.seeds)]
+        results[(lr, variant)] = summarize(dirs)
 
     print(f"\narith, budget {args.budget:,} generated tokens per run, {args.seeds} seeds, final accuracy on "
           f"{args.final_problems} held-out problems (95% interval of the pooled count)\n")
     print("| lr | variant | final accuracy | seeds | tokens/step | probe share | tokens to reach grpo's final accuracy |")
     print("|---|---|---:|---|---:|---:|---:|")
-    for lr in args.lrs.split(","):
+    for lr, variant in plan:
         target = results[(lr, "grpo")]["mean"] if (lr, "grpo") in results else None
-        for variant in variants:
-            r = results[(lr, variant)]
-            lo, hi = r["ci95"]
-            reach = tokens_to_reach(r["curves"], target) if target is not None else "-"
-            seeds = ", ".join(f"{a:.1%}" for a in r["accuracies"])
-            print(f"| {lr} | {variant} | {r['mean']:.1%} [{lo:.1%}, {hi:.1%}] | {seeds} | {r['tokens_per_step']:,.0f} "
-                  f"| {r['probe_share']:.0%} | {reach} |")
-    (args.out / "results.json").write_text(json.dumps({f"{lr}|{v}": {k: x for k, x in r.items() if k != "curves"} for (lr, v), r in results.items()}, indent=2))
+        r = results[(lr, variant)]
+        lo, hi = r["ci95"]
+        reach = tokens_to_reach(r["curves"], target) if target is not None else "-"
+        seeds = ", ".join(f"{a:.1%}" for a in r["accuracies"])
+        print(f"| {lr} | {variant} | {r['mean']:.1%} [{lo:.1%}, {hi:.1%}] | {seeds} | {r['tokens_per_step']:,.0f} "
+              f"| {r['probe_share']:.0%} | {reach} |")
+    summary = {f"{lr}|{v}": {k: x for k, x in r.items() if k != "curves"} for (lr, v), r in results.items()}
+    (args.out / "results.json").write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

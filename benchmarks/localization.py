@@ -11,7 +11,10 @@ does. Against the task's ground truth it reports:
 - the monotone-value assumption: with M probes at every prefix, how often the estimated value comes back
   above 0 after having been 0 along a failed trajectory, and how the localizer's misses split into
   "earlier than the truth" (a correct prefix the policy already cannot finish) and "later than the truth"
-  (the wrong step was still recoverable: a later answer happened to verify).
+  (the wrong step was still recoverable: a later answer verified), with the mean M-probe value of the
+  prefix that ends with the true wrong step in those cases;
+- agreement with the first irrecoverable step found by that exhaustive M-probe scan, which is what the
+  method defines t* to be (the ground truth is the first *wrong* step, and a wrong step can be recoverable).
 
     python benchmarks/localization.py                       # arith and countdown, K=2, 200 failures each
 """
@@ -42,7 +45,7 @@ def task_from_preset(name: str):
     return load_task(name, **args)
 
 
-def run(name: str, k: int, n_failures: int, profile_probes: int, group: int, seed: int) -> dict:
+def run(name: str, k: int, n_failures: int, profile_probes: int, group: int, seed: int, drop: float) -> dict:
     model, tokenizer = load_model(SHIPPED[name][0])
     task = task_from_preset(name)
     params = SamplingParams(96, temperature=1.0)
@@ -66,7 +69,7 @@ def run(name: str, k: int, n_failures: int, profile_probes: int, group: int, see
     truth = [task.first_error(t.problem, t.text) for t in localizable]
 
     start = time.time()
-    default = localize(localizable, PrefixBook(samples), lambda r: probe(r, k), free_evidence=True, first_check="divergence")
+    default = localize(localizable, PrefixBook(samples), lambda r: probe(r, k), free_evidence=True, first_check="divergence", drop=drop)
     seconds = time.time() - start
     plain = localize(localizable, PrefixBook(samples), lambda r: probe(r, k), free_evidence=False, first_check="bisect")
 
@@ -76,10 +79,10 @@ def run(name: str, k: int, n_failures: int, profile_probes: int, group: int, see
         n = len(t.step_spans)
         found = probe([(t, s) for s in range(1, n)], profile_probes) if n > 1 else []
         profiles.append([1.0] + [sum(p.reward >= 1 for p in probes) / profile_probes for probes in found] + [0.0])
-    linear_cost = []
-    for t, profile in zip(localizable, profiles):
-        first_dead = next(s for s, v in enumerate(profile) if v == 0)  # t* by an exhaustive scan
-        linear_cost.append(k * first_dead)
+    # t* by an exhaustive scan of the profile: the first prefix with no success in M probes
+    first_dead = [next(s for s, v in enumerate(profile) if v == 0) for profile in profiles]
+    linear_cost = [k * t_star for t_star in first_dead]
+    later_values = [profile[e + 1] for loc, e, profile in zip(default, truth, profiles) if loc.error_step > e]
     non_monotone = sum(any(profile[j] == 0 and profile[i] > 0 for j in range(len(profile)) for i in range(j + 1, len(profile))) for profile in profiles)
     earlier = sum(loc.error_step < e for loc, e in zip(default, truth))
     later = sum(loc.error_step > e for loc, e in zip(default, truth))
@@ -90,6 +93,8 @@ def run(name: str, k: int, n_failures: int, profile_probes: int, group: int, see
         "localizable": len(localizable),
         "accuracy": sum(loc.error_step == e for loc, e in zip(default, truth)) / len(localizable),
         "accuracy_bisect": sum(loc.error_step == e for loc, e in zip(plain, truth)) / len(localizable),
+        "agree_scan": sum(loc.error_step == t_star - 1 for loc, t_star in zip(default, first_dead)) / len(localizable),
+        "later_value": statistics.mean(later_values) if later_values else float("nan"),
         "probes": statistics.mean(loc.probes for loc in default),
         "probes_bisect": statistics.mean(loc.probes for loc in plain),
         "bound": statistics.mean(bound),
@@ -110,18 +115,21 @@ def main() -> None:
     parser.add_argument("--profile-probes", type=int, default=8, help="probes per prefix for the value profile")
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--drop", type=float, default=0.0, help="the localizer's value-drop rule (0: V > 0)")
     args = parser.parse_args()
-    rows = [run(name, args.k, args.failures, args.profile_probes, args.group, args.seed) for name in args.tasks.split(",")]
-    print(f"K = {args.k}; value profiles from {args.profile_probes} probes per prefix; groups of {args.group}; seed {args.seed}\n")
+    rows = [run(name, args.k, args.failures, args.profile_probes, args.group, args.seed, args.drop) for name in args.tasks.split(",")]
+    print(f"K = {args.k}, drop = {args.drop}; value profiles from {args.profile_probes} probes per prefix; groups of {args.group}; seed {args.seed}\n")
     print("| task | failures localized | mean steps | exact accuracy (default) | exact accuracy (bisect, no free evidence) "
-          "| probes/failure (default) | probes/failure (bisect) | K*ceil(log2(n+1)) | linear scan K*t* "
-          "| localized earlier / later than truth | non-monotone value profiles | search time |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| agreement with exhaustive-scan t* | probes/failure (default) | probes/failure (bisect) | K*ceil(log2(n+1)) "
+          "| linear scan K*t* | localized earlier / later than truth | value after the true error, in later cases "
+          "| non-monotone value profiles | search time |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['task']} | {r['localizable']} of {r['failures']} | {r['steps']:.1f} | {r['accuracy']:.1%} | {r['accuracy_bisect']:.1%} "
-            f"| {r['probes']:.2f} | {r['probes_bisect']:.2f} | {r['bound']:.2f} | {r['linear']:.2f} "
-            f"| {r['earlier']} / {r['later']} | {r['non_monotone']} ({r['non_monotone'] / r['localizable']:.0%}) | {r['seconds']:.1f} s |"
+            f"| {r['agree_scan']:.1%} | {r['probes']:.2f} | {r['probes_bisect']:.2f} | {r['bound']:.2f} | {r['linear']:.2f} "
+            f"| {r['earlier']} / {r['later']} | {r['later_value']:.2f} | {r['non_monotone']} ({r['non_monotone'] / r['localizable']:.0%}) "
+            f"| {r['seconds']:.1f} s |"
         )
 
 

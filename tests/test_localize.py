@@ -16,7 +16,7 @@ REFERENCE = ["a1;", "b2;", "c3;", "d4;", "e5;", "f6;", "g7;", "#z"]  # 8 steps
 
 
 class Script(Task):
-    """Steps are 3-character chunks; the answer is right iff the whole reference was written."""
+    """Steps end in ";"; the outcome is right iff the response ends with the reference's answer "#z"."""
 
     name = "script"
 
@@ -24,7 +24,7 @@ class Script(Task):
         return Problem("q:", "".join(REFERENCE), {})
 
     def verify(self, problem, completion):
-        return float(completion == problem.answer)
+        return float(completion.endswith("#z"))
 
     def split_steps(self, completion):
         return split_on_separator(completion, ";")
@@ -170,3 +170,36 @@ def test_every_correction_verifies():
     assert correction.response_ids[: correction.prefix_len] == prefix_ids(failure, 3)
     assert credit.metrics["repair/added"] >= 1
     assert credit.good_prefixes == [(failure, prefix_ids(failure, 3))]
+
+
+class RecoverableSampler(ScriptedSampler):
+    """Like ScriptedSampler, but from a prefix whose only wrong step is the last one, one probe in four
+    still verifies (the wrong step leaves a chance to recover, as a lucky final digit does on arith)."""
+
+    def __call__(self, requests, k=4):
+        self.calls.append(list(requests))
+        out = []
+        reference = "".join(REFERENCE)
+        for t, steps in requests:
+            prefix = "".join(chr(c) for c in prefix_ids(t, steps))
+            recoverable = not reference.startswith(prefix) and reference.startswith(prefix[:-3])
+            recovered = prefix + "".join(REFERENCE[steps:])  # the rest written right after the wrong step
+            texts = [
+                reference if reference.startswith(prefix) else recovered if recoverable and i == 0 else prefix + "x;#y"
+                for i in range(k)
+            ]
+            out.append([make(text, t.group, prefix_len=len(prefix)) for text in texts])
+        return out
+
+
+def test_the_drop_rule_finds_a_wrong_step_that_leaves_a_little_value():
+    failure = make(wrong_at(3))
+    siblings = [make("".join(REFERENCE)), make("".join(REFERENCE)), failure]
+    # V(good prefix through 3 steps) = 2/3 from the siblings; the wrong step keeps 1 in 5 (one of four
+    # probes plus the failure itself): 0.2 < 0.5 * 2/3, so with drop 0.5 step 3 is the error ...
+    [loc] = localize([failure], PrefixBook(siblings), lambda r: RecoverableSampler()(r, 4), drop=0.5)
+    assert loc.error_step == 3
+    assert loc.value_before == pytest.approx(2 / 3) and loc.value_after == pytest.approx(0.2)
+    # ... while METHOD.md's V > 0 rule passes it (a probe verified) and blames a later step
+    [loc] = localize([failure], PrefixBook(siblings), lambda r: RecoverableSampler()(r, 4), drop=0.0)
+    assert loc.error_step > 3

@@ -137,7 +137,7 @@ def test_method_runs_log_their_metrics_and_count_probe_tokens(tmp_path, algo):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for r in records[1:]:
         assert r["tokens/total"] == r["tokens/policy"] + r["tokens/probe"] + r["tokens/verify"]
-        assert r["loc/probes_per_failure"] >= 0
+        assert r["loc/probes_per_trajectory" if algo == "vine" else "loc/probes_per_failure"] >= 0
     assert records[-1]["tokens/probe"] > 0
     if algo != "vine":
         for key in ["loc/localized_frac", "loc/unlocalizable_frac", "repair/added", "repair/buffer_draws"]:

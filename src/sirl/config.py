@@ -145,6 +145,11 @@ class MethodConfig:
     """Start each search at the longest prefix a verified trajectory of the same prompt shares."""
     first_check: Literal["divergence", "bisect"] = "divergence"
     """divergence: the first probe checks the step right after that shared prefix; bisect: plain halving."""
+    drop: float = 0.5
+    """A checked prefix is still good while its estimated value keeps more than drop x the value of the
+    last good prefix; 0 is METHOD.md's rule (good while any probe verifies). On arith, where a wrong step
+    often leaves some chance of a right final answer, 0.5 localized the first wrong step more often
+    (benchmarks/localization.py)."""
     max_localizations: int = 64
     """Most failures localized per step; the most informative first (prompts whose solve rate is closest
     to one half, round-robin over prompts; within a prompt, the failure with the longest certified prefix)."""

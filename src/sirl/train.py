@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sirl import algos
-from sirl.config import AlgoConfig, ExperimentConfig, check_task_args
+from sirl.config import AlgoConfig, ExperimentConfig, TrainConfig, check_task_args
 from sirl.distributed import Distributed
 from sirl.internalize import RepairBuffer, RepairEntry, VerificationExample, VerificationExamples, prefix_ids
 from sirl.internalize.credit import Credit, method_credit, outcome_credit
@@ -183,11 +183,14 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
         print(f"train: {algo.name} on {config.task.name}, {count_parameters(model):,} parameters on {model.device}, "
               f"{dist.world_size} process(es), run folder {run_dir}")
     tokens = {"policy": 0, "probe": 0, "verify": 0}
-    last_eval = held_out_eval()
+    first_eval = last_eval = held_out_eval()
     if log:
         log.log(0, {"eval/accuracy": last_eval.accuracy, "tokens/total": 0})
     start = time.time()
-    bar = tqdm(range(1, train.steps + 1), desc=f"train {algo.name}", disable=quiet, dynamic_ncols=True)
+    bar = tqdm(
+        range(1, train.steps + 1), desc=f"train {algo.name}", disable=quiet, dynamic_ncols=True,
+        bar_format="{desc} step {n_fmt} [{elapsed}{postfix}]",
+    )
     step = 0
     for step in bar:
         # 1. Rollouts: this process's prompts, a group of samples each; with a repair buffer, a share of
@@ -279,7 +282,10 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
             log.log(step, metrics)
             if train.checkpoint_every and step % train.checkpoint_every == 0 and not finishing:
                 save_model(model, tokenizer, log.run_dir / "checkpoints" / f"step_{step}")
-        bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", acc=f"{last_eval.accuracy:.1%}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        bar.set_postfix(
+            reward=f"{metrics['reward/mean']:.2f}", eval_acc=f"{last_eval.accuracy:.1%}", tok_s=f"{metrics['tokens_per_s']:.0f}",
+            eta=_eta(time.time() - start, step, train, total_tokens),
+        )
         if finishing:
             break
     bar.close()
@@ -290,13 +296,26 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
         log.write_json("eval.json", {"step": step, "tokens/total": sum(tokens.values()), **last_eval.to_json()})
         log.close()
     if not quiet:
-        print(f"held-out accuracy {last_eval.accuracy:.1%} (95% CI {last_eval.ci95[0]:.1%}-{last_eval.ci95[1]:.1%}) "
-              f"after {step} steps and {sum(tokens.values()):,} generated tokens; run folder: {run_dir}")
+        print(f"held-out accuracy {first_eval.accuracy:.1%} (95% CI {first_eval.ci95[0]:.1%}-{first_eval.ci95[1]:.1%}, n={first_eval.n}) "
+              f"before training, {last_eval.accuracy:.1%} (95% CI {last_eval.ci95[0]:.1%}-{last_eval.ci95[1]:.1%}, n={last_eval.n}) "
+              f"after {step} steps and {sum(tokens.values()):,} generated tokens")
+        print(f"run folder: {run_dir}")
     dist.close()
     return last_eval
 
 
-def log_samples(path: Path, step: int, task: Task, tokenizer, credit: Credit, n: int) -> None:
+def _eta(elapsed: float, step: int, train: TrainConfig, total_tokens: int) -> str:
+    """Time left under whichever limit (steps, tokens, minutes) ends the run first."""
+    left = [elapsed / step * (train.steps - step)]
+    if train.max_tokens:
+        left.append(elapsed / max(total_tokens, 1) * max(train.max_tokens - total_tokens, 0))
+    if train.max_minutes:
+        left.append(max(train.max_minutes * 60 - elapsed, 0))
+    minutes, seconds = divmod(int(min(left)), 60)
+    return f"{minutes}:{seconds:02d}"
+
+
+def log_samples(path: Path, step: int, task: Task, tokenizer: PreTrainedTokenizerBase, credit: Credit, n: int) -> None:
     """Append a few trajectories of the step, localized failures first, with their steps, token
     advantages, localization and correction, for inspection and the run report."""
     located = {id(t): (loc, correction) for t, loc, correction in credit.localizations}

@@ -155,7 +155,7 @@ def method_credit(
                     values[0, k], known[0, k] = value, count > 0
             step_adv = algos.value_difference_step_advantages(values, known) * scales[t.group]
             token_adv[i] = algos.broadcast_steps_to_tokens(step_adv, step_index(t)[None])[0]
-        metrics["loc/probes_per_failure"] = sum(len(p) for p in found) / max(len(trajectories), 1)
+        metrics["loc/probes_per_trajectory"] = sum(len(p) for p in found) / max(len(trajectories), 1)
         return credit
 
     chosen = select_failures(failures, book, solve_rate, config.max_localizations)
@@ -184,7 +184,9 @@ def method_credit(
             searched.extend(found)
             return found
 
-        localizations = localize(chosen, book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check)
+        localizations = localize(
+            chosen, book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check, drop=config.drop
+        )
         index = {id(t): i for i, t in enumerate(trajectories)}
         corrections: list[Trajectory] = []
         for t, loc in zip(chosen, localizations):

@@ -108,6 +108,7 @@ def localize(
     *,
     free_evidence: bool = True,
     first_check: Literal["divergence", "bisect"] = "divergence",
+    drop: float = 0.0,
 ) -> list[Localization]:
     """Localize each failure (a trajectory with reward < 1), all searches advancing together.
 
@@ -115,6 +116,11 @@ def localize(
     success found for one failure certifies prefixes of every other failure that shares them. Without
     ``free_evidence`` the search ignores shared prefixes and bisects the whole response (the prompt's
     own group still has to contain a success: V̂(0) > 0).
+
+    ``drop = 0`` is METHOD.md's rule: a checked prefix is still good when any trajectory through it
+    verified (V̂ > 0). With ``drop > 0`` it is still good only when its estimated value keeps more than
+    ``drop`` times the value of the last good prefix, so the search finds the step that destroyed most
+    of the value even where a wrong step leaves a little chance of recovery (a lucky final answer).
     """
     results: dict[int, Localization] = {}
     searches: list[_Search] = []
@@ -136,13 +142,18 @@ def localize(
             book.add(found)
             s.probes += len(found)
         for s in active:
-            ok = book.certified(s.trajectory.group, prefix_ids(s.trajectory, s.mid))
+            prefix = prefix_ids(s.trajectory, s.mid)
+            if drop > 0:
+                value_lo, _ = book.value(s.trajectory.group, prefix_ids(s.trajectory, s.lo))
+                ok = book.value(s.trajectory.group, prefix)[0] > drop * value_lo
+            else:
+                ok = book.certified(s.trajectory.group, prefix)
             s.checks.append((s.mid, ok))
             if ok:
                 s.lo = s.mid
             else:
                 s.hi = s.mid
-            if free_evidence:  # probes of this round may certify later prefixes of this failure
+            if free_evidence and drop == 0:  # probes of this round may certify later prefixes of this failure
                 s.lo = max(s.lo, certified_prefix_steps(book, s.trajectory, below=s.hi))
             s.mid = (s.lo + s.hi) // 2
 
