@@ -227,3 +227,11 @@ def test_additive_normalization_keeps_the_original_batch_scale():
     # seq_mean_token_mean: rows are averaged over 2 original sequences instead of 3
     assert torch.allclose(seq_mean_token_mean_weights(mask, 3, reference)[2], torch.full((3,), 1 / 6))
     assert torch.allclose(seq_mean_token_sum_norm_weights(mask, 3, reference), mask / 6)
+
+
+def test_entropy_by_hand():
+    # uniform over 4 tokens: log 4 = 1.3863; a point mass: 0
+    log_probs = torch.log(torch.tensor([[[0.25, 0.25, 0.25, 0.25], [1.0, 1e-30, 1e-30, 1e-30]]]))
+    from sirl.algos import entropy
+
+    assert torch.allclose(entropy(log_probs), torch.tensor([[math.log(4), 0.0]]), atol=1e-6)

@@ -2,6 +2,9 @@
 
 import copy
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -153,3 +156,17 @@ def test_method_runs_log_their_metrics_and_count_probe_tokens(tmp_path, algo):
 
 def test_sirl_train_without_algo_runs_si(tmp_path):
     assert load_config(None).algo.name == "si"
+
+
+def test_two_data_parallel_processes_share_the_work(tmp_path):
+    """torchrun with two CPU processes (gloo): each samples its own prompts, gradients are averaged."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "sirl.cli", "train",
+        "--config", "arith", "--out", str(tmp_path / "run"), "--quiet", "--algo", "grpo", "--model.device=cpu",
+        "--train.steps=2", "--rollout.prompts_per_step=2", "--rollout.group_size=3", "--eval.n_problems=8",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert records[1]["rollout/samples"] == 2 * 2 * 3  # both processes' samples are counted

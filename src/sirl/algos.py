@@ -218,14 +218,10 @@ LOSS_AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-# --- metrics ------------------------------------------------------------------------------------
+# --- metrics --------------------------------------------------------------------------------------
 
 
-def masked_mean(values_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
-    return (values_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1)
-
-
-def entropy_from_logits(logits_BTV: torch.Tensor) -> torch.Tensor:
-    """Entropy of each next-token distribution, ``[B, T]`` (a metric; it takes no part in the loss)."""
-    log_probs = torch.log_softmax(logits_BTV.float(), dim=-1)
-    return -(log_probs.exp() * log_probs).sum(-1)
+def entropy(log_probs_BTV: torch.Tensor) -> torch.Tensor:
+    """Entropy of each next-token distribution, ``[B, T]``, from its log-probabilities ``[B, T, V]``.
+    A metric only: it takes no part in the loss."""
+    return -(log_probs_BTV.exp() * log_probs_BTV).sum(-1)

@@ -25,6 +25,7 @@ from transformers import (
 
 from transformers.utils import logging as hf_logging
 
+from sirl import algos
 from sirl.config import ModelConfig
 from sirl.paths import resolve_path
 from sirl.tokenizer import build_char_tokenizer
@@ -137,7 +138,7 @@ def token_logprobs(
     logits_BTV = logits_BTV[:, :-1].float()
     log_probs_BTV = F.log_softmax(logits_BTV, dim=-1)
     logp_BT = log_probs_BTV.gather(-1, input_ids_BT[:, 1:, None]).squeeze(-1)
-    entropy_BT = -(log_probs_BTV.exp() * log_probs_BTV).sum(-1)
+    entropy_BT = algos.entropy(log_probs_BTV.detach())
     return logp_BT, entropy_BT
 
 

@@ -245,9 +245,11 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
         # 4. Account and log. Token counts and rewards are summed over processes.
         rewards_B = torch.tensor([t.reward for t in trajectories])
         group_B = torch.tensor([t.group for t in trajectories])
-        n_tokens, n_probe_tokens, reward_sum, truncated, n = dist.sum([
+        fresh = [t for t in trajectories if t.prefix_len == 0]  # reward/mean: fresh prompts only, as in grpo
+        n_tokens, n_probe_tokens, reward_sum, n_fresh, truncated, n = dist.sum([
             float(sum(len(t.response_ids) - t.prefix_len for t in trajectories)), float(probe_tokens),
-            float(rewards_B.sum()), float(sum(t.truncated for t in trajectories)), float(len(trajectories)),
+            float(sum(t.reward for t in fresh)), float(len(fresh)), float(sum(t.truncated for t in trajectories)),
+            float(len(trajectories)),
         ])
         tokens["policy"] += int(n_tokens)
         tokens["probe"] += int(n_probe_tokens)
@@ -257,9 +259,10 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
             "tokens/policy": tokens["policy"],
             "tokens/probe": tokens["probe"],
             "tokens/verify": tokens["verify"],
-            "reward/mean": reward_sum / n,
+            "reward/mean": reward_sum / max(n_fresh, 1),
             **update,
             "adv/zero_std_frac": algos.zero_std_fraction(rewards_B, group_B),
+            "rollout/samples": int(n),
             "rollout/truncated_frac": truncated / n,
             "rollout/response_tokens": n_tokens / n,
             **credit.metrics,

@@ -187,6 +187,10 @@ def method_credit(
         localizations = localize(
             chosen, book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check, drop=config.drop
         )
+        if config.correction_samples and chosen:  # a small group of its own for each good prefix
+            for probes in probe([(t, loc.error_step) for t, loc in zip(chosen, localizations)], config.correction_samples):
+                book.add(probes)
+                searched.append(probes)
         index = {id(t): i for i, t in enumerate(trajectories)}
         corrections: list[Trajectory] = []
         for t, loc in zip(chosen, localizations):
@@ -201,21 +205,15 @@ def method_credit(
                 after_error_B=torch.tensor([float(outcome_B[index[id(t)]])]) if config.post_error == "outcome" else torch.zeros(1),
                 width=n,
             )
-            step_adv[0, : n] *= torch.where(torch.arange(n) == loc.error_step, config.error_scale * scales[t.group], 1.0)
+            step_adv[0, :n] *= torch.where(torch.arange(n) == loc.error_step, config.error_scale * scales[t.group], 1.0)
             token_adv[index[id(t)]] = algos.broadcast_steps_to_tokens(step_adv, step_index(t)[None])[0]
-            # The corrections: verified continuations of the good prefix (probes or sampled on purpose).
+            # The corrections: verified continuations of the good prefix (probes, or sampled on purpose).
             mine = [
                 p for group in searched for p in group
                 if p.reward >= 1 and p.group == t.group and p.prefix_len == len(good) and p.response_ids[: len(good)] == good
             ]
             corrections += mine
             credit.localizations.append((t, loc, mine[0] if mine else None))
-        if config.correction_samples and chosen:
-            requests = [(t, loc.error_step) for t, loc in zip(chosen, localizations)]
-            for probes in probe(requests, config.correction_samples):
-                book.add(probes)
-                searched.append(probes)
-                corrections += [p for p in probes if p.reward >= 1]
         probes = [p for group in searched for p in group]
         kept = probes if config.train_on_probes else list({id(p): p for p in corrections}.values())
         extra, extra_adv = kept, _prefix_credit(kept, book, scales)

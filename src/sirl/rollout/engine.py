@@ -20,7 +20,6 @@ tests hold them equal within 1e-5 in float32, and greedy output equal to ``model
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -470,6 +469,3 @@ def _generate_chunk(
         context_index_B=context_index_B,
     )
 
-
-def tokens_per_second(n_tokens: int, seconds: float) -> float:
-    return n_tokens / seconds if seconds > 0 else math.inf
