@@ -134,24 +134,30 @@ def shipped_config(*extra):
     ])
 
 
-@pytest.mark.parametrize("algo", ["si", "random_reset", "vine"])
+@pytest.mark.parametrize("algo", ["si", "si_internal", "random_reset", "vine"])
 def test_method_runs_log_their_metrics_and_count_probe_tokens(tmp_path, algo):
     run_train(shipped_config(f"algo.name={algo}"), tmp_path / "run", quiet=True)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for r in records[1:]:
         assert r["tokens/total"] == r["tokens/policy"] + r["tokens/probe"] + r["tokens/verify"]
+        assert (r["tokens/verify"] > 0) == (algo == "si_internal")
         assert r["loc/probes_per_trajectory" if algo == "vine" else "loc/probes_per_failure"] >= 0
     assert records[-1]["tokens/probe"] > 0
     if algo != "vine":
         for key in ["loc/localized_frac", "loc/unlocalizable_frac", "repair/added", "repair/buffer_draws"]:
             assert key in records[-1], key
-        assert ("loc/accuracy" in records[-1]) == (algo == "si")
+        assert ("loc/accuracy" in records[-1]) == algo.startswith("si")
         # the second step continues good prefixes found in the first
         assert records[2]["repair/buffer_draws"] > 0
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert samples and all(len(s["tokens"]) == len(s["token_advantages"]) for s in samples)
-    if algo == "si":
+    if algo.startswith("si"):
         assert any("localized_step" in s for s in samples)
+    if algo == "si_internal":
+        for key in ["selfloc/audit_frac", "selfloc/confirmed_frac", "selfloc/accuracy", "loss/verify"]:
+            assert key in records[-1], key
+        assert records[-1]["tokens/verify"] > 0
+        assert any("self_verdict" in s for s in samples)
 
 
 def test_sirl_train_without_algo_runs_si(tmp_path):

@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(train)
-    train.add_argument("--algo", metavar="NAME", help="grpo, dr_grpo or rloo (sets algo.name)")
+    train.add_argument(
+        "--algo", metavar="NAME", help="si (default), si_internal, grpo, dr_grpo, rloo, random_reset or vine (sets algo.name)"
+    )
 
     evaluate = commands.add_parser(
         "eval",
@@ -87,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
+    evaluate.add_argument(
+        "--verify", action="store_true",
+        help="also report how well the model names the first wrong step of its own sampled failures (self-verification)",
+    )
 
     show = commands.add_parser(
         "config",
@@ -167,10 +173,10 @@ def cmd_train(config: ExperimentConfig, quiet: bool) -> int:
     return 0
 
 
-def cmd_eval(config: ExperimentConfig, quiet: bool, as_json: bool) -> int:
+def cmd_eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool) -> int:
     import torch
 
-    from sirl.evaluate import evaluate, format_result, heldout_problems
+    from sirl.evaluate import evaluate, evaluate_self_verification, format_result, format_self_verification, heldout_problems
     from sirl.model import DTYPES, load_model, resolve_device
     from sirl.tasks import load_task, resolve_task_class
 
@@ -193,16 +199,26 @@ def cmd_eval(config: ExperimentConfig, quiet: bool, as_json: bool) -> int:
         temperature=config.eval.temperature,
         seed=config.seed,
     )
+    report = result.to_json()
+    self_verification = None
+    if verify:
+        self_verification = evaluate_self_verification(
+            model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, samples=config.eval.n_samples,
+            temperature=config.eval.temperature, batch_size=config.eval.batch_size, seed=config.seed,
+        )
+        report["self_verification"] = self_verification.to_json()
     if config.out:
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     if as_json:
-        print(json.dumps(result.to_json()))
+        print(json.dumps(report))
     else:
         if not quiet:
             print(f"model {config.model.path}, task {config.task.name} {config.task.args or ''}".rstrip())
         print(format_result(result))
+        if self_verification is not None:
+            print(format_self_verification(self_verification))
     return 0
 
 
@@ -224,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return cmd_train(config, args.quiet)
         if args.command == "eval":
-            return cmd_eval(config, args.quiet, args.json)
+            return cmd_eval(config, args.quiet, args.json, args.verify)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         if os.environ.get("SIRL_TRACEBACK"):
             raise

@@ -113,11 +113,13 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    name: Literal["si", "grpo", "dr_grpo", "rloo", "random_reset", "vine"] = "si"
+    name: Literal["si", "si_internal", "grpo", "dr_grpo", "rloo", "random_reset", "vine"] = "si"
     """The method. grpo, dr_grpo, rloo: outcome-only advantages (sirl.algos.ADVANTAGES). si: localize,
-    correct and reuse failures with step-level credit (the method section configures it). random_reset:
-    the same, with the reset step drawn at random instead of localized. vine: K probes at every step of
-    every trajectory (Monte-Carlo step values)."""
+    correct and reuse failures with step-level credit (the method section configures it). si_internal:
+    si where the policy also learns to localize its own errors and proposes the error step itself,
+    confirmed by two probe checks, with oracle audits (the internalize section). random_reset: the same as
+    si, with the reset step drawn at random instead of localized. vine: K probes at every step of every
+    trajectory (Monte-Carlo step values)."""
     outcome_advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
     """Outcome advantages beside the step credit of si, random_reset and vine."""
     clip_low: float = 0.2
@@ -172,6 +174,31 @@ class MethodConfig:
 
 
 @dataclass
+class InternalizeConfig:
+    """Knobs of si_internal: the policy learns, on the same weights, to name the first wrong step of its
+    own solutions (the self-verification format of sirl.tasks.base.Task) and proposes it during training."""
+
+    verify_loss: Literal["sft", "rl", "both"] = "sft"
+    """How the policy learns self-verification: sft, an auxiliary cross-entropy on the oracle's verdict;
+    rl, verdicts sampled and rewarded +1 for agreeing with the oracle, -1 otherwise; or both."""
+    verify_coef: float = 0.5
+    """Weight of the self-verification term (the auxiliary loss, or the verdicts' advantages under rl)."""
+    verify_batch: int = 32
+    """Self-verification examples trained on per step, drawn from the most recent ones."""
+    verify_group: int = 4
+    """rl: verdicts sampled per example (their rewards are compared within the group)."""
+    none_share: float = 0.25
+    """Share of verified solutions (verdict "none") among the examples trained on per step."""
+    confirm_probes: int | None = None
+    """Probes per confirmation check; None uses method.probes (K)."""
+    audit_min: float = 0.1
+    """The audit fraction never falls below this: some failures always get the full oracle search."""
+    audit_max: float = 1.0
+    audit_window: int = 256
+    """Audits over which agreement with the oracle is measured; audit fraction = 1 - agreement, clamped."""
+
+
+@dataclass
 class TrainConfig:
     steps: int = 200
     """Most training steps; a run also stops at max_tokens or max_minutes."""
@@ -206,6 +233,7 @@ class ExperimentConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    internalize: InternalizeConfig = field(default_factory=InternalizeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

@@ -200,3 +200,79 @@ def format_result(result: EvalResult) -> str:
         for step, count in result.first_error_histogram.items():
             lines.append(f"  step {step:>3}  {count:5d}  {'#' * max(1, round(30 * count / peak))}")
     return "\n".join(lines)
+
+
+@dataclass
+class SelfVerifyResult:
+    """How well a policy names the first wrong step of its own sampled solutions."""
+
+    n_failures: int
+    n_successes: int
+    failure_accuracy: float | None
+    """Verdict == the task's ground-truth first wrong step, over failures (None without ground truth)."""
+    failure_ci95: tuple[float, float] | None
+    failure_said_none: float
+    """Share of failures the policy called correct."""
+    success_accuracy: float
+    """Share of verified solutions the policy called correct ("none")."""
+    invalid: float
+    """Share of verdicts that did not parse."""
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        if self.failure_ci95 is not None:
+            out["failure_ci95"] = list(self.failure_ci95)
+        return out
+
+
+def evaluate_self_verification(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    problems: list[Problem],
+    *,
+    max_new_tokens: int,
+    samples: int = 4,
+    temperature: float = 1.0,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> SelfVerifyResult:
+    """Sample ``samples`` solutions per problem, then ask the policy, in the task's self-verification
+    format, for the first wrong step of each (greedy verdicts)."""
+    from sirl.internalize.selfverify import propose  # imported here: it builds on this module's neighbours
+
+    generator = torch.Generator().manual_seed(seed)
+    completions, _ = complete(
+        model, tokenizer, task, problems, SamplingParams(max_new_tokens, temperature=temperature),
+        repeats=samples, batch_size=batch_size, generator=generator,
+    )
+    failures = [c for c in completions if c.reward < 1]
+    successes = [c for c in completions if c.reward >= 1]
+    verdicts = propose(model, tokenizer, task, [(c.problem, c.text) for c in failures + successes], batch_size)
+    on_failures, on_successes = verdicts[: len(failures)], verdicts[len(failures) :]
+    accuracy, interval = None, None
+    if task.has_ground_truth and failures:
+        right = sum(v.step == task.first_error(c.problem, c.text) and v.valid for v, c in zip(on_failures, failures))
+        accuracy, interval = right / len(failures), wilson_interval(right, len(failures))
+    return SelfVerifyResult(
+        n_failures=len(failures),
+        n_successes=len(successes),
+        failure_accuracy=accuracy,
+        failure_ci95=interval,
+        failure_said_none=sum(v.valid and v.step is None for v in on_failures) / max(len(failures), 1),
+        success_accuracy=sum(v.valid and v.step is None for v in on_successes) / max(len(successes), 1),
+        invalid=sum(not v.valid for v in verdicts) / max(len(verdicts), 1),
+    )
+
+
+def format_self_verification(result: SelfVerifyResult) -> str:
+    lines = [f"self-verification of its own samples: {result.n_failures} failures, {result.n_successes} verified solutions"]
+    if result.failure_accuracy is not None:
+        lo, hi = result.failure_ci95
+        lines.append(f"  names the first wrong step   {result.failure_accuracy:.1%}  95% CI [{lo:.1%}, {hi:.1%}] (ground truth)")
+    lines += [
+        f"  calls a failure correct      {result.failure_said_none:.1%}",
+        f"  calls a verified one correct {result.success_accuracy:.1%}",
+        f"  unparsable verdicts          {result.invalid:.1%}",
+    ]
+    return "\n".join(lines)

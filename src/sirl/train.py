@@ -32,11 +32,14 @@ from sirl import algos
 from sirl.config import AlgoConfig, ExperimentConfig, TrainConfig, check_task_args
 from sirl.distributed import Distributed
 from sirl.internalize import RepairBuffer, RepairEntry, VerificationExample, VerificationExamples, prefix_ids
-from sirl.internalize.credit import Credit, method_credit, outcome_credit
+from sirl.internalize import selfverify
+from sirl.internalize.credit import Credit, method_credit, outcome_advantages, outcome_credit
+from sirl.internalize.selfverify import AuditSchedule, Verdict
 from sirl.evaluate import EvalResult, evaluate, heldout_problems
 from sirl.model import count_parameters, policy_from_config, save_model, token_logprobs
 from sirl.rollout import SamplingParams, sample_trajectories
 from sirl.runlog import RunLog
+from sirl.sft import collate, sft_loss
 from sirl.tasks import Task, load_task, resolve_task_class
 from sirl.types import Trajectory
 
@@ -98,8 +101,14 @@ def policy_update(
     generator: torch.Generator,
     dist: Distributed,
     ref_model: PreTrainedModel | None = None,
+    verify_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    verify_coef: float = 0.0,
 ) -> dict[str, float]:
-    """PPO-clip updates on one step's rollouts; returns mean loss, KL, entropy, clip fraction, grad norm."""
+    """PPO-clip updates on one step's rollouts; returns mean loss, KL, entropy, clip fraction, grad norm.
+
+    ``verify_batch`` (input ids, attention, target mask, as sirl.sft.collate builds them) adds
+    ``verify_coef`` times the self-verification cross-entropy to every optimizer step, split across the
+    minibatches of an epoch like the rollouts."""
     device = next(model.parameters()).device
     ref_logp = None
     if ref_model is not None:
@@ -111,11 +120,15 @@ def policy_update(
                 ]
             )
     totals = {"loss/policy": 0.0, "loss/kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
+    verify_chunks = []
+    if verify_batch is not None and verify_coef > 0 and len(verify_batch[0]):
+        verify_chunks = torch.arange(len(verify_batch[0])).chunk(algo.minibatches)
+        totals["loss/verify"] = 0.0
     n_updates = 0
     model.train()
     for _ in range(algo.ppo_epochs):
         order = torch.randperm(len(batch), generator=generator)
-        for minibatch_rows in order.chunk(algo.minibatches):
+        for m, minibatch_rows in enumerate(order.chunk(algo.minibatches)):
             minibatch = batch.rows(minibatch_rows)
             # Weights over the whole minibatch, so micro-batches add up to its loss (see sirl.algos).
             weights_BT = algos.LOSS_AGGREGATIONS[algo.loss_agg](minibatch.response_mask_BT, norm_length, minibatch.reference_B)
@@ -141,6 +154,11 @@ def policy_update(
                 stats["loss/policy"] += (pg_BT.detach() * weight_BT).sum().item()
                 stats["entropy"] += (entropy_BT.detach() * share_BT * mask_BT).sum().item()
                 stats["clip_frac"] += (clipped_BT * share_BT).sum().item()
+            if verify_chunks and m < len(verify_chunks):
+                ids, attention, target = (t[verify_chunks[m]].to(device) for t in verify_batch)
+                verify_loss = sft_loss(model, ids, attention, target)
+                (verify_coef * verify_loss).backward()
+                stats["loss/verify"] = verify_loss.item()
             dist.average_gradients(model)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
@@ -171,7 +189,9 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
     sample_gen = torch.Generator().manual_seed(config.seed * 1009 + dist.rank)
     update_gen = torch.Generator().manual_seed(config.seed * 2003 + dist.rank)
     method_rng = random.Random(f"{config.seed}-method-{dist.rank}")
-    uses_repair = algo.name in ("si", "random_reset")
+    uses_repair = algo.name in ("si", "si_internal", "random_reset")
+    internal = config.internalize
+    audits = AuditSchedule(internal.audit_min, internal.audit_max, internal.audit_window)
     repair = RepairBuffer(config.method.repair_capacity)
     verification = VerificationExamples(config.method.verification_capacity)
     log = RunLog(run_dir, config) if dist.is_main else None
@@ -218,10 +238,21 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
             probe_tokens += sum(len(p.response_ids) - p.prefix_len for p in found)
             return [found[i * k : (i + 1) * k] for i in range(len(requests))]
 
+        verify_tokens = 0
+
+        def propose(failures: list[Trajectory]) -> list[Verdict]:
+            nonlocal verify_tokens
+            verdicts = selfverify.propose(model, tokenizer, task, [(t.problem, t.text) for t in failures], rollout.batch_size)
+            verify_tokens += sum(v.n_tokens for v in verdicts)
+            return verdicts
+
         if algo.name in algos.ADVANTAGES:
             credit = outcome_credit(trajectories, algo.name)
         else:
-            credit = method_credit(algo.name, trajectories, probe, config.method, algo.outcome_advantage, task, method_rng)
+            credit = method_credit(
+                algo.name, trajectories, probe, config.method, algo.outcome_advantage, task, method_rng,
+                propose=propose, audits=audits, confirm_probes=internal.confirm_probes,
+            )
         for t, prefix in credit.good_prefixes:
             repair.add(RepairEntry(t.problem, prefix, step))
         for t, localization, _ in credit.localizations:
@@ -229,6 +260,24 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
         for t in trajectories:
             if t.reward >= 1 and t.prefix_len == 0:
                 verification.add(VerificationExample(t.problem, t.text, None, step))
+        verify_batch = None
+        if algo.name == "si_internal":  # teach self-verification on the policy's own recent outputs
+            examples = selfverify.draw_examples(verification, internal.verify_batch, internal.none_share, method_rng)
+            if internal.verify_loss in ("sft", "both") and examples:
+                verify_batch = collate(selfverify.supervised_batch(task, tokenizer, examples), tokenizer.pad_token_id)
+            if internal.verify_loss in ("rl", "both") and examples:
+                verdicts = selfverify.sampled_verdicts(
+                    model, tokenizer, task, examples, internal.verify_group, sample_gen,
+                    first_group=max(t.group for t in credit.trajectories) + 1, max_batch=rollout.batch_size,
+                )
+                verify_tokens += sum(len(v.response_ids) for v in verdicts)
+                credit.trajectories += verdicts
+                credit.token_advantages += [
+                    torch.full((len(v.response_ids),), float(a) * internal.verify_coef)
+                    for v, a in zip(verdicts, outcome_advantages(verdicts, "grpo"))
+                ]
+                credit.reference += [False] * len(verdicts)
+                credit.metrics["reward/verify"] = sum(v.reward for v in verdicts) / len(verdicts)
         additive = config.method.normalization == "additive"
         batch = collate_trajectories(
             credit.trajectories, credit.token_advantages, tokenizer.pad_token_id, reference=credit.reference if additive else None
@@ -238,7 +287,7 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
         update = policy_update(
             model, optimizer, batch, algo,
             norm_length=rollout.max_new_tokens, micro_batch_size=train.micro_batch_size, grad_clip=train.grad_clip,
-            generator=update_gen, dist=dist, ref_model=ref_model,
+            generator=update_gen, dist=dist, ref_model=ref_model, verify_batch=verify_batch, verify_coef=internal.verify_coef,
         )
         schedule.step()
 
@@ -246,13 +295,14 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
         rewards_B = torch.tensor([t.reward for t in trajectories])
         group_B = torch.tensor([t.group for t in trajectories])
         fresh = [t for t in trajectories if t.prefix_len == 0]  # reward/mean: fresh prompts only, as in grpo
-        n_tokens, n_probe_tokens, reward_sum, n_fresh, truncated, n = dist.sum([
-            float(sum(len(t.response_ids) - t.prefix_len for t in trajectories)), float(probe_tokens),
+        n_tokens, n_probe_tokens, n_verify_tokens, reward_sum, n_fresh, truncated, n = dist.sum([
+            float(sum(len(t.response_ids) - t.prefix_len for t in trajectories)), float(probe_tokens), float(verify_tokens),
             float(sum(t.reward for t in fresh)), float(len(fresh)), float(sum(t.truncated for t in trajectories)),
             float(len(trajectories)),
         ])
         tokens["policy"] += int(n_tokens)
         tokens["probe"] += int(n_probe_tokens)
+        tokens["verify"] += int(n_verify_tokens)
         total_tokens = sum(tokens.values())
         metrics = {
             "tokens/total": total_tokens,
@@ -341,6 +391,8 @@ def log_samples(path: Path, step: int, task: Task, tokenizer: PreTrainedTokenize
                 record["localized_step"] = loc.error_step
                 record["probes"] = loc.probes
                 record["correction"] = correction.text if correction is not None else None
+                if loc.proposal is not None:
+                    record["self_verdict"] = loc.proposal
             if task.has_ground_truth:
                 record["first_error"] = task.first_error(t.problem, t.text)
             f.write(json.dumps(record) + "\n")

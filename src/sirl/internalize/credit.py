@@ -24,6 +24,7 @@ import torch
 from sirl import algos
 from sirl.config import MethodConfig
 from sirl.internalize.localize import Localization, PrefixBook, certified_prefix_steps, localize, prefix_ids
+from sirl.internalize.selfverify import AuditSchedule, Verdict
 from sirl.tasks.base import Task
 from sirl.types import Trajectory
 
@@ -112,6 +113,87 @@ def select_failures(failures: list[Trajectory], book: PrefixBook, solve_rate: di
     return chosen
 
 
+def self_localize(
+    chosen: list[Trajectory],
+    book: PrefixBook,
+    search_probe: Callable[[list[tuple[Trajectory, int]]], list[list[Trajectory]]],
+    config: MethodConfig,
+    propose: Callable[[list[Trajectory]], list[Verdict]],
+    audits: AuditSchedule,
+    task: Task,
+    rng: random.Random,
+    metrics: dict[str, float],
+    confirm_probe: Callable[[list[tuple[Trajectory, int]]], list[list[Trajectory]]] | None = None,
+) -> list[Localization]:
+    """si_internal's localization (METHOD.md, "Internalize"). The policy proposes the error step of each
+    failure; an audited failure (a share given by ``audits``) always gets the oracle search, and its
+    proposal is scored against it; any other proposal is confirmed by two checks: the prefix before the
+    named step is still good and the prefix through it is not (each check K probes, or none when the
+    trajectories already sampled settle it; ``confirm_probe`` draws them, by default like the search). An unconfirmed, unparsable or "none" proposal falls back to
+    the oracle search, whose answer becomes that failure's self-verification example like every other."""
+    verdicts = propose(chosen)
+    audit_fraction = audits.fraction
+    audited = [rng.random() < audit_fraction for _ in chosen]
+    candidates = [
+        i for i, (t, v, a) in enumerate(zip(chosen, verdicts, audited)) if not a and v.step is not None and v.step < len(t.step_spans)
+    ]
+
+    def good(t: Trajectory, k: int, reference: int) -> bool:
+        """The localizer's rule for "prefix k is still good", relative to prefix ``reference``."""
+        if config.drop == 0:
+            return book.certified(t.group, prefix_ids(t, k))
+        return book.value(t.group, prefix_ids(t, k))[0] > config.drop * book.value(t.group, prefix_ids(t, reference))[0]
+
+    # The two checks, batched: prefix s (skipped when a verified trajectory passes through it) and
+    # prefix s+1 (skipped when it is the whole failed response, whose value is 0).
+    requests, owners = [], []
+    for i in candidates:
+        t, s = chosen[i], verdicts[i].step
+        if not book.certified(t.group, prefix_ids(t, s)) or (config.drop > 0 and book.value(t.group, prefix_ids(t, s))[1] == 0):
+            requests.append((t, s))
+            owners.append(i)
+        if s + 1 < len(t.step_spans):
+            requests.append((t, s + 1))
+            owners.append(i)
+    spent = [0] * len(chosen)
+    for i, found in zip(owners, (confirm_probe or search_probe)(requests) if requests else []):
+        book.add(found)
+        spent[i] += len(found)
+    results: dict[int, Localization] = {}
+    for i in candidates:
+        t, s = chosen[i], verdicts[i].step
+        before_ok = book.certified(t.group, prefix_ids(t, s))
+        after_bad = s + 1 == len(t.step_spans) or not good(t, s + 1, s)
+        if before_ok and after_bad:  # confirmed
+            results[i] = Localization(
+                i, error_step=s, value_before=book.value(t.group, prefix_ids(t, s))[0],
+                value_after=book.value(t.group, prefix_ids(t, s + 1))[0], probes=spent[i], checks=((s, True), (s + 1, False)),
+                proposal=verdicts[i].text,
+            )
+    confirmed = len(results)
+    rest = [i for i in range(len(chosen)) if i not in results]
+    searched = localize(
+        [chosen[i] for i in rest], book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check, drop=config.drop
+    )
+    for i, loc in zip(rest, searched):
+        results[i] = Localization(
+            i, loc.error_step, loc.value_before, loc.value_after, loc.probes + spent[i], loc.checks, proposal=verdicts[i].text
+        )
+
+    audited_agree = [verdicts[i].step == results[i].error_step for i in range(len(chosen)) if audited[i]]
+    for agreed in audited_agree:
+        audits.record(agreed)
+    if audited_agree:
+        metrics["selfloc/agreement"] = sum(audited_agree) / len(audited_agree)
+    metrics["selfloc/audit_frac"] = audit_fraction
+    metrics["selfloc/confirmed_frac"] = confirmed / max(len(candidates), 1)
+    metrics["selfloc/valid_frac"] = sum(v.valid for v in verdicts) / max(len(verdicts), 1)
+    if task.has_ground_truth and chosen:
+        truth = [task.first_error(t.problem, t.text) for t in chosen]
+        metrics["selfloc/accuracy"] = sum(v.step == e for v, e in zip(verdicts, truth)) / len(chosen)
+    return [results[i] for i in range(len(chosen))]
+
+
 def method_credit(
     name: str,
     trajectories: list[Trajectory],
@@ -120,9 +202,13 @@ def method_credit(
     estimator: str,
     task: Task,
     rng: random.Random,
+    propose: Callable[[list[Trajectory]], list[Verdict]] | None = None,
+    audits: AuditSchedule | None = None,
+    confirm_probes: int | None = None,
 ) -> Credit:
-    """Credit for si, random_reset and vine (see the module docstring). ``trajectories`` are this step's
-    samples: fresh groups and repair-buffer groups alike (a repair group's members share a given prefix)."""
+    """Credit for si, si_internal, random_reset and vine (see the module docstring). ``trajectories`` are
+    this step's samples: fresh groups and repair-buffer groups alike (a repair group's members share a
+    given prefix). si_internal needs ``propose`` (the policy's verdicts on failures) and ``audits``."""
     outcome_B = outcome_advantages(trajectories, estimator)
     scales = group_scales(trajectories, estimator)
     book = PrefixBook(trajectories)
@@ -176,7 +262,7 @@ def method_credit(
         metrics["loc/localized_frac"] = 0.0
         metrics["loc/probes_per_failure"] = len(probes) / max(len(chosen), 1)
         metrics["repair/added"] = sum(p.reward >= 1 for p in kept)
-    else:  # si
+    else:  # si, si_internal
         searched: list[list[Trajectory]] = []
 
         def search_probe(requests: list[tuple[Trajectory, int]]) -> list[list[Trajectory]]:
@@ -184,9 +270,18 @@ def method_credit(
             searched.extend(found)
             return found
 
-        localizations = localize(
-            chosen, book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check, drop=config.drop
-        )
+        if name == "si_internal":
+
+            def confirm_probe(requests: list[tuple[Trajectory, int]]) -> list[list[Trajectory]]:
+                found = probe(requests, confirm_probes or config.probes)
+                searched.extend(found)
+                return found
+
+            localizations = self_localize(chosen, book, search_probe, config, propose, audits, task, rng, metrics, confirm_probe)
+        else:
+            localizations = localize(
+                chosen, book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check, drop=config.drop
+            )
         if config.correction_samples and chosen:  # a small group of its own for each good prefix
             for probes in probe([(t, loc.error_step) for t, loc in zip(chosen, localizations)], config.correction_samples):
                 book.add(probes)

@@ -79,6 +79,8 @@ class Localization:
     value_after: float = 0.0
     probes: int = 0
     checks: tuple[tuple[int, bool], ...] = ()
+    proposal: str | None = None
+    """The policy's own verdict on the failure (si_internal), as it wrote it."""
 
 
 @dataclass

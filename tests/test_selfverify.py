@@ -1,0 +1,103 @@
+"""Self-localization with confirmation, fallback and audits, against the scripted sampler of
+test_localize (success depends only on whether the prefix is correct)."""
+
+import random
+
+import pytest
+
+from sirl.config import MethodConfig
+from sirl.internalize import PrefixBook
+from sirl.internalize.credit import self_localize
+from sirl.internalize.repair import VerificationExample, VerificationExamples
+from sirl.internalize.selfverify import AuditSchedule, Verdict, draw_examples
+from test_localize import PROBLEM, REFERENCE, TASK, ScriptedSampler, make, wrong_at
+
+NEVER = dict(low=1e-9, high=1e-9, window=10)
+ALWAYS = dict(low=1.0, high=1.0, window=10)
+K = 2
+
+
+def proposer(steps):
+    """A policy whose verdicts are scripted: a step, None ("none") or "junk" (unparsable) per failure."""
+
+    def propose(failures):
+        return [
+            Verdict("x?", None, False, 2) if s == "junk" else Verdict(TASK.verdict_text(s), s, True, 1)
+            for s in steps[: len(failures)]
+        ]
+
+    return propose
+
+
+def run(failure, siblings, steps, audits=NEVER):
+    sampler = ScriptedSampler()
+    metrics = {}
+    [loc] = self_localize(
+        [failure], PrefixBook([*siblings, failure]), lambda r: sampler(r, K), MethodConfig(probes=K, drop=0.0),
+        proposer(steps), AuditSchedule(**audits), TASK, random.Random(0), metrics,
+    )
+    return loc, metrics, sampler
+
+
+UNRELATED_SUCCESS = "Q1;#z"  # verifies, shares no step with the failures: it certifies the prompt only
+
+
+def test_a_confirmed_self_localization_costs_exactly_the_two_checks():
+    failure = make(wrong_at(4))
+    loc, metrics, sampler = run(failure, [make(UNRELATED_SUCCESS)], [4])
+    assert loc.error_step == 4 and loc.proposal == "5"
+    assert loc.probes == 2 * K  # V(prefix of 4 steps) > 0 and V(prefix of 5 steps) = 0, K probes each
+    assert [steps for _, steps in sampler.calls[0]] == [4, 5] and len(sampler.calls) == 1
+    assert metrics["selfloc/confirmed_frac"] == 1.0 and metrics["selfloc/accuracy"] == 1.0
+
+
+def test_free_evidence_settles_the_first_check():
+    # a verified sibling through the first 4 steps certifies the prefix before the named step
+    loc, _, _ = run(make(wrong_at(4)), [make("".join(REFERENCE))], [4])
+    assert loc.error_step == 4 and loc.probes == K
+
+
+@pytest.mark.parametrize("proposal", [2, 6, None, "junk"])
+def test_a_wrong_proposal_falls_back_to_the_oracle_search(proposal):
+    failure = make(wrong_at(4))
+    loc, metrics, sampler = run(failure, [make(UNRELATED_SUCCESS)], [proposal])
+    assert loc.error_step == 4  # the oracle's answer, which becomes the self-verification example
+    assert metrics["selfloc/accuracy"] == 0.0
+    if isinstance(proposal, int):
+        assert metrics["selfloc/confirmed_frac"] == 0.0
+        assert loc.probes > 2 * K  # the failed checks, then the search
+
+
+def test_audits_always_search_and_measure_agreement():
+    for proposal, agreed in [(4, 1.0), (2, 0.0)]:
+        loc, metrics, _ = run(make(wrong_at(4)), [make(UNRELATED_SUCCESS)], [proposal], audits=ALWAYS)
+        assert loc.error_step == 4 and metrics["selfloc/agreement"] == agreed and metrics["selfloc/audit_frac"] == 1.0
+
+
+def test_the_audit_fraction_follows_agreement_within_its_bounds():
+    audits = AuditSchedule(low=0.1, high=0.8, window=20)
+    assert audits.fraction == 0.8  # nothing measured yet
+    rng = random.Random(0)
+    for i in range(500):
+        audits.record(rng.random() < i / 500)  # agreement rising from 0 to 1
+        assert 0.1 <= audits.fraction <= 0.8
+    for _ in range(20):
+        audits.record(True)
+    assert audits.fraction == 0.1  # full agreement: the floor, never zero
+    for _ in range(20):
+        audits.record(False)
+    assert audits.fraction == 0.8
+    with pytest.raises(ValueError, match="audit_min"):
+        AuditSchedule(low=0.0, high=0.5, window=5)
+
+
+def test_examples_are_drawn_with_the_requested_share_of_verified_solutions():
+    store = VerificationExamples(capacity=100)
+    for i in range(30):
+        store.add(VerificationExample(PROBLEM, "x", i % 5, step=i))
+    for i in range(10):
+        store.add(VerificationExample(PROBLEM, "y", None, step=i))
+    drawn = draw_examples(store, 16, none_share=0.25, rng=random.Random(0))
+    assert len(drawn) == 16 and sum(e.first_error is None for e in drawn) == 4
+    drawn = draw_examples(store, 60, none_share=0.25, rng=random.Random(0))
+    assert len(drawn) == 40  # all there is
