@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from common import final_eval, metrics, train_run
 
 from sirl.evaluate import wilson_interval
 
@@ -46,25 +46,21 @@ def slug(name: str) -> str:
 
 
 def run_one(out: Path, variant: str, lr: str, seed: int, args) -> Path:
-    run_dir = out / lr / slug(variant) / f"seed{seed}"
-    if (run_dir / "eval.json").is_file():
-        return run_dir
-    if run_dir.exists():  # an interrupted run: start it again from scratch
-        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
-    command = [
-        sys.executable, "-m", "sirl.cli", "train", "--config", args.config, "--out", str(run_dir), "--seed", str(seed), "--quiet",
-        f"--train.lr={lr}", f"--train.max_tokens={args.budget}", "--train.steps=100000", f"--train.eval_every={args.eval_every}",
-        "--train.checkpoint_every=0", f"--eval.n_problems={args.eval_problems}", f"--eval.final_n_problems={args.final_problems}",
-        *[f"--{o}" for o in VARIANTS[variant]],
-    ]
-    print(f"[ablate] {lr} {variant} seed {seed}", flush=True)
-    subprocess.run(command, check=True)
-    return run_dir
+    return train_run(
+        out / lr / slug(variant) / f"seed{seed}",
+        [
+            "--config", args.config, "--seed", str(seed), f"--train.lr={lr}", f"--train.max_tokens={args.budget}",
+            "--train.steps=100000", f"--train.eval_every={args.eval_every}", "--train.checkpoint_every=0",
+            f"--eval.n_problems={args.eval_problems}", f"--eval.final_n_problems={args.final_problems}",
+            *[f"--{o}" for o in VARIANTS[variant]],
+        ],
+        label=f"ablate {lr} {variant} seed {seed}",
+    )
 
 
 def summarize(run_dirs: list[Path]) -> dict:
-    finals = [json.loads((d / "eval.json").read_text()) for d in run_dirs]
-    curves = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in run_dirs]
+    finals = [final_eval(d) for d in run_dirs]
+    curves = [metrics(d) for d in run_dirs]
     correct = sum(f["accuracy"] * f["n"] for f in finals)
     trials = sum(f["n"] for f in finals)
     steps = [c[-1]["step"] for c in curves]
