@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from sirl.config import ConfigError, ExperimentConfig, check_task_args, load_config, to_yaml
@@ -18,6 +19,11 @@ config overrides:
   rollout, algo, train, plus top-level name and seed. `sirl config` prints the resolved config; unknown keys and wrong types
   are errors that list the valid choices.
 """
+
+
+def _wrap(text: str) -> str:
+    """Descriptions keep their own line breaks (the epilog's examples need them), so wrap them here."""
+    return textwrap.fill(text, width=100)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +39,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sirl",
-        description=(
+        description=_wrap(
             "sirl: RL for reasoning language models that turns outcome rewards into step-level credit. "
             "Run `sirl COMMAND --help` for each command."
         ),
@@ -46,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     sft = commands.add_parser(
         "sft",
         help="supervised warm start from reference solutions; saves a Hugging Face model directory",
-        description=(
+        description=_wrap(
             "Train a policy (from scratch, or from --model) on the task's reference solutions. Evaluates "
             "greedily on a fixed held-out set every sft.eval_every steps; stops at sft.target_accuracy, "
             "sft.max_minutes or sft.steps; saves config.json, model.safetensors and tokenizer files in --out."
@@ -59,13 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="RL from a starting policy (GRPO family); writes a run folder",
-        description=(
+        description=_wrap(
             "Reinforcement learning from model.path on the task's training split. Each step samples "
-            "rollout.group_size responses to rollout.prompts_per_step prompts, scores them with the task's "
-            "verifier, computes advantages (--algo) and takes PPO-clip steps. Held-out accuracy is "
-            "measured before the first update, every train.eval_every steps and at the end. The run "
-            "folder gets config.yaml, metrics.jsonl, tb/ (TensorBoard), samples.jsonl, checkpoints/ "
-            "(Hugging Face directories) and eval.json."
+            "rollout.group_size responses to rollout.prompts_per_step prompts and scores them with the task's "
+            "verifier. --algo si (the default) localizes failed responses by probing their prefixes, corrects "
+            "and reuses them and credits the step that went wrong; si_internal also teaches the policy to "
+            "localize its own errors; grpo, dr_grpo and rloo use outcome advantages only; random_reset and "
+            "vine are the method's baselines. Updates are PPO-clip steps. Held-out accuracy is measured before "
+            "the first update, every train.eval_every steps and at the end. The run folder gets config.yaml, "
+            "metrics.jsonl, tb/ (TensorBoard), samples.jsonl, checkpoints/ (Hugging Face directories) and eval.json."
         ),
         epilog=OVERRIDES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -78,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval",
         help="held-out accuracy with a 95%% interval, by difficulty, first-error histogram, pass@k, tokens/s",
-        description=(
+        description=_wrap(
             "Evaluate a policy on the fixed held-out set of the task distribution (task.args): greedy "
             "accuracy with a Wilson 95%% interval, accuracy by difficulty, the ground-truth first wrong "
             "step of each failure (synthetic tasks), pass@k from eval.n_samples samples at eval.temperature, "
