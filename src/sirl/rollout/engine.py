@@ -345,7 +345,7 @@ def sample_next(
         logp_BV = F.log_softmax(logits_BV, dim=-1)
         tokens_B = logits_BV.argmax(-1)
     else:
-        logp_BV = F.log_softmax(logits_BV / params.temperature, dim=-1)
+        logp_BV = F.log_softmax(logits_BV if params.temperature == 1 else logits_BV / params.temperature, dim=-1)
         probs_BV = logp_BV.exp()
         if params.top_p < 1:
             # Nucleus: keep the smallest set of most likely tokens whose mass reaches top_p.
@@ -433,23 +433,30 @@ def _generate_chunk(
     B, T = logits_BV.shape[0], params.max_new_tokens
     tokens_BT = torch.full((B, T), pad_id, dtype=torch.long, device=device)
     logp_BT = torch.zeros((B, T), dtype=torch.float32, device=device)
-    done_B = torch.zeros(B, dtype=torch.bool, device=device)
     active_A = torch.arange(B, device=device)  # original row of each row still in the batch
+    done_A = torch.zeros(B, dtype=torch.bool, device=device)
+    compacted = False
     check_every = 1 if device.type == "cpu" else 8  # a host sync per check is free on CPU, not on GPU
 
     for t in range(T):
         next_A, logp_A = sample_next(logits_BV, params, generator)
-        tokens_BT[active_A, t] = next_A
-        logp_BT[active_A, t] = logp_A
-        done_B[active_A] |= torch.isin(next_A, eos)
-        if t == T - 1 or (t % check_every == 0 and bool(done_B.all())):
+        if compacted:
+            tokens_BT[active_A, t], logp_BT[active_A, t] = next_A, logp_A
+        else:  # every row still in place: a plain column write
+            tokens_BT[:, t], logp_BT[:, t] = next_A, logp_A
+        done_A = done_A | (next_A == eos[0] if len(eos) == 1 else torch.isin(next_A, eos))
+        if t == T - 1:
             break
-        still_A = ~done_B[active_A]
-        # Drop finished rows once they are half the batch: less work per step, at one cache copy.
-        if check_every == 1 and len(active_A) > 8 and int(still_A.sum()) <= len(active_A) // 2:
-            keep = still_A.nonzero().squeeze(-1)
-            state = backend.select(state, keep)
-            active_A, next_A = active_A[keep], next_A[keep]
+        if t % check_every == 0:
+            live = int((~done_A).sum())
+            if live == 0:
+                break
+            # Drop finished rows once they are half the batch: less work per step, at one cache copy.
+            if check_every == 1 and len(active_A) > 8 and live <= len(active_A) // 2:
+                keep = (~done_A).nonzero().squeeze(-1)
+                state = backend.select(state, keep)
+                active_A, next_A, done_A = active_A[keep], next_A[keep], done_A[keep]
+                compacted = True
         logits_BV = backend.decode(next_A, state)
 
     # A row is real up to and including its first EOS; after it, only padding.
