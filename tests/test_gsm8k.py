@@ -280,7 +280,7 @@ def test_small_file_loads(tmp_path):
         ('{"question": "What is 2+2?", "answer": ', 2, "not valid JSON"),
         (json.dumps({"question": "What is 2+2?"}), 2, "missing field 'answer'"),
         (json.dumps({"answer": "#### 4"}), 2, "missing field 'question'"),
-        (json.dumps({"question": "What is 2+2?", "answer": 4}), 2, "field 'answer' must be a non-empty string"),
+        (json.dumps({"question": "What is 2+2?", "answer": 4}), 2, "field 'answer' must be a str, got int"),
         (json.dumps({"question": "What is 2+2?", "answer": "it is 4"}), 2, "must end in a line '#### N'"),
         (json.dumps({"question": "What is 2+2?", "answer": "#### four"}), 2, "must end in a line '#### N'"),
         (json.dumps(["a list"]), 2, "expected a JSON object"),

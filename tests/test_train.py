@@ -176,3 +176,37 @@ def test_two_data_parallel_processes_share_the_work(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2]
     assert records[1]["rollout/samples"] == 2 * 2 * 3  # both processes' samples are counted
+
+
+# --- guards: the documented outcome of degenerate batches ---------------------------------------------
+
+
+def test_an_empty_batch_is_a_no_op_with_zero_losses(nano_llama):
+    model = copy.deepcopy(nano_llama)
+    batch = collate_trajectories([], [], pad_id=0)
+    assert len(batch) == 0
+    stats = run_update(model, batch, micro_batch_size=8)
+    assert stats == {"loss/policy": 0.0, "loss/kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "grad_norm": 0.0, "guard/skipped": 0}
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), nano_llama.parameters()))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_advantage_skips_the_update_and_leaves_optimizer_and_weights_alone(nano_llama, bad):
+    model = copy.deepcopy(nano_llama)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    stats = policy_update(
+        model, optimizer, make_batch(model, [1.0, bad, -1.0]), AlgoConfig(), norm_length=3, micro_batch_size=8,
+        grad_clip=1.0, generator=torch.Generator().manual_seed(0), dist=Distributed(),
+    )
+    assert stats["guard/skipped"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), nano_llama.parameters()))
+    assert not optimizer.state  # AdamW never stepped: no moments, no step count
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_run_where_every_completion_is_truncated_is_finite_and_learns_nothing(tmp_path):
+    run_train(tiny_config(tmp_path, "rollout.max_new_tokens=2", "train.steps=2", "algo.name=grpo"), tmp_path / "run", quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
+    for r in rows:
+        assert r["rollout/truncated_frac"] == 1.0 and r["reward/mean"] == 0.0 and r["adv/zero_std_frac"] == 1.0
+        assert r["loss/policy"] == 0.0 and r["grad_norm"] == 0.0 and r["guard/skipped_steps"] == 0

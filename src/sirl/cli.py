@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
             "localize its own errors; grpo, dr_grpo and rloo use outcome advantages only; random_reset and "
             "vine are the method's baselines. Updates are PPO-clip steps. Held-out accuracy is measured before "
             "the first update, every train.eval_every steps and at the end. The run folder gets config.yaml, "
-            "metrics.jsonl, tb/ (TensorBoard), samples.jsonl, checkpoints/ (Hugging Face directories) and eval.json."
+            "metrics.jsonl, tb/ (TensorBoard), samples.jsonl, checkpoints/ (Hugging Face directories that also hold "
+            "the trainer's state; checkpoints/latest names the newest) and eval.json. A run stops when "
+            "3 steps in a row have a non-finite loss or gradient (each such step is skipped); --resume continues it."
         ),
         epilog=OVERRIDES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -81,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(train)
     train.add_argument(
         "--algo", metavar="NAME", help="si (default), si_internal, grpo, dr_grpo, rloo, random_reset or vine (sets algo.name)"
+    )
+    train.add_argument(
+        "--resume", metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its most recent complete checkpoint, with the config it was started "
+        "with (RUN_DIR/config.yaml); a resumed run gives the same metrics and weights as one never stopped",
+    )
+    train.add_argument(
+        "--force", action="store_true", help="with --resume: accept config overrides that change the run's config",
     )
 
     evaluate = commands.add_parser(
@@ -173,11 +183,15 @@ def cmd_sft(config: ExperimentConfig, quiet: bool) -> int:
     return 0
 
 
-def cmd_train(config: ExperimentConfig, quiet: bool) -> int:
-    from sirl.train import run_train
+def cmd_train(config: ExperimentConfig, quiet: bool, resume: bool, force: bool) -> int:
+    from sirl.train import Diverged, run_train
 
     run_dir = _run_dir("train", config)
-    run_train(config, run_dir, quiet=quiet)
+    try:
+        run_train(config, run_dir, quiet=quiet, resume=resume, force=force)
+    except Diverged as error:
+        print(f"sirl train: stopped: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -238,6 +252,15 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             subparser.error(f"unrecognized arguments: {' '.join(extra)}")
         return cmd_tasks()
+    resume = getattr(args, "resume", None)
+    if resume:
+        if args.config or args.out:
+            subparser.error("--resume RUN_DIR takes the config and the run folder from RUN_DIR; give changes as overrides (they need --force)")
+        if not (Path(resume) / "config.yaml").is_file():
+            subparser.error(f"--resume {resume}: no config.yaml there; give the folder of a run started by `sirl train`")
+        args.config, args.out = str(Path(resume) / "config.yaml"), resume
+    elif getattr(args, "force", False):
+        subparser.error("--force only applies with --resume")
     try:
         config = resolve_config(args, _split_overrides(extra, subparser))
         if args.command == "config":
@@ -246,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sft":
             return cmd_sft(config, args.quiet)
         if args.command == "train":
-            return cmd_train(config, args.quiet)
+            return cmd_train(config, args.quiet, bool(resume), args.force)
         if args.command == "eval":
             return cmd_eval(config, args.quiet, args.json, args.verify)
     except (ConfigError, FileNotFoundError, ValueError) as error:

@@ -406,3 +406,21 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def to_yaml(config: Any) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def config_differences(saved: Any, current: Any, ignore: tuple[str, ...] = ("out",)) -> list[str]:
+    """Dotted keys whose values differ between two configs (dataclasses or dicts), as ``key: a -> b``."""
+
+    def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+        data = to_dict(data) if dataclasses.is_dataclass(data) else data
+        out: dict[str, Any] = {}
+        for name, value in data.items():
+            key = f"{prefix}{name}"
+            if isinstance(value, dict) and value and key != "task.args":
+                out.update(flat(value, key + "."))
+            else:
+                out[key] = value
+        return out
+
+    a, b = flat(saved), flat(current)
+    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in sorted(set(a) | set(b)) if key not in ignore and a.get(key) != b.get(key)]

@@ -50,6 +50,14 @@ class Distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor.tolist()
 
+    def gather_json(self, value: object) -> list:
+        """Every process's ``value`` (plain JSON-like data), in rank order, on every process."""
+        if self.world_size == 1:
+            return [value]
+        gathered: list = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
     def close(self) -> None:
         if self.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()

@@ -83,6 +83,17 @@ class EvalResult:
         out["ci95"] = list(self.ci95)
         return out
 
+    @classmethod
+    def from_json(cls, data: dict) -> EvalResult:
+        """The inverse of :meth:`to_json` (JSON turned the int keys into strings)."""
+        histogram = data["first_error_histogram"]
+        return cls(
+            **{**data, "ci95": tuple(data["ci95"]),
+               "by_difficulty": {int(k): v for k, v in data["by_difficulty"].items()},
+               "first_error_histogram": None if histogram is None else {int(k): v for k, v in histogram.items()},
+               "pass_at_k": {int(k): v for k, v in data.get("pass_at_k", {}).items()}}
+        )
+
 
 def complete(
     model: PreTrainedModel,

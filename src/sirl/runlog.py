@@ -17,21 +17,52 @@ def default_run_dir(command: str, config: ExperimentConfig) -> Path:
     return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-class RunLog:
-    """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the records of ``path`` up to step ``last_step`` (a resumed run rewrites what came after its
+    checkpoint). The file is replaced atomically; a torn last line (the process was killed mid-write)
+    goes with the rest."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
 
-    def __init__(self, run_dir: Path, config: ExperimentConfig, tensorboard: bool = True):
+
+class RunLog:
+    """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
+
+    ``resume_step`` continues an existing run folder after its checkpoint of that step: records of later
+    steps (logged before the run stopped) are dropped from metrics.jsonl, samples.jsonl and TensorBoard,
+    the clock continues from ``elapsed_s``, and config.yaml is rewritten only when ``write_config``."""
+
+    def __init__(
+        self, run_dir: Path, config: ExperimentConfig, tensorboard: bool = True, *,
+        resume_step: int | None = None, elapsed_s: float = 0.0, write_config: bool = True,
+    ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(to_yaml(config))
+        if write_config:
+            (self.run_dir / "config.yaml").write_text(to_yaml(config))
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        if resume_step is not None:
+            truncate_jsonl(self.metrics_path, resume_step)
+            truncate_jsonl(self.run_dir / "samples.jsonl", resume_step)
         self._file = self.metrics_path.open("a")
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported here: it is slow to import
 
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
-        self.start_time = time.time()
+            # purge_step hides events of steps after the checkpoint that an earlier process wrote.
+            purge = None if resume_step is None else resume_step + 1
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge)
+        self.start_time = time.time() - elapsed_s
 
     def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         record = {"step": step, "time/elapsed_s": round(time.time() - self.start_time, 3), **metrics}

@@ -6,10 +6,13 @@ advantages (sirl.algos.ADVANTAGES), broadcast over each response's tokens; then 
 of ``algo.minibatches`` PPO-clip updates against the sampling log-probs, with an optional KL penalty to
 the starting policy. Held-out greedy accuracy is measured before the first update, every
 ``train.eval_every`` steps and at the end. Everything lands in the run folder: config.yaml,
-metrics.jsonl (one object per step), TensorBoard events (tb/), samples.jsonl, Hugging Face checkpoints
-(checkpoints/step_N, checkpoints/final) and eval.json.
+metrics.jsonl (one object per step), TensorBoard events (tb/), samples.jsonl, checkpoints
+(checkpoints/step_N, checkpoints/final: Hugging Face directories with the trainer's state, sirl.checkpoint)
+and eval.json. ``run_train(..., resume=True)`` continues a run from its latest complete checkpoint with the
+same results as an uninterrupted run; everything that carries over between steps lives in ``LoopState``.
 
     sirl train --config arith --algo grpo --out runs/grpo
+    sirl train --resume runs/grpo
 
 Data parallel: under ``torchrun`` every process samples its own prompts (seeded by its rank) and the
 gradients are averaged across processes before each optimizer step (sirl.distributed).
@@ -19,17 +22,24 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sirl import algos
-from sirl.config import AlgoConfig, ExperimentConfig, TrainConfig, check_task_args
+from sirl.checkpoint import (
+    CheckpointError, decode_numpy_rng, decode_python_rng, decode_torch_rng, encode_numpy_rng, encode_python_rng, encode_torch_rng,
+    load_checkpoint, load_policy_weights, optimizer_from_tensors, optimizer_to_tensors, write_checkpoint,
+)
+from sirl.config import AlgoConfig, ExperimentConfig, TrainConfig, check_task_args, config_differences, to_yaml
 from sirl.distributed import Distributed
 from sirl.internalize import RepairBuffer, RepairEntry, VerificationExample, VerificationExamples, prefix_ids
 from sirl.internalize import selfverify
@@ -71,7 +81,7 @@ def collate_trajectories(
     """Pack trajectories and their per-response-token advantages into a :class:`PolicyBatch`; tokens of a
     given prefix (``prefix_len``) are context only. ``reference`` marks the original batch's rows (all by
     default)."""
-    width = max(len(t.prompt_ids) + len(t.response_ids) for t in trajectories)
+    width = max((len(t.prompt_ids) + len(t.response_ids) for t in trajectories), default=1)
     B = len(trajectories)
     input_ids = torch.full((B, width), pad_id, dtype=torch.long)
     attention = torch.zeros((B, width), dtype=torch.long)
@@ -104,12 +114,22 @@ def policy_update(
     verify_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     verify_coef: float = 0.0,
 ) -> dict[str, float]:
-    """PPO-clip updates on one step's rollouts; returns mean loss, KL, entropy, clip fraction, grad norm.
+    """PPO-clip updates on one step's rollouts; returns mean loss, KL, entropy, clip fraction, grad norm,
+    and ``guard/skipped`` (1 when the update was skipped, else 0).
 
     ``verify_batch`` (input ids, attention, target mask, as sirl.sft.collate builds them) adds
     ``verify_coef`` times the self-verification cross-entropy to every optimizer step, split across the
-    minibatches of an epoch like the rollouts."""
+    minibatches of an epoch like the rollouts.
+
+    Guards: a batch with no token to train on (no rows, or only given prefixes) is a no-op with zero
+    losses. An optimizer step whose loss or gradient norm is not finite is not taken: gradients are
+    dropped, the optimizer state is untouched, and the step's remaining updates are abandoned, so with one
+    epoch and one minibatch (the default) the weights are exactly unchanged; earlier, finite updates of
+    the same step stand."""
     device = next(model.parameters()).device
+    totals = {"loss/policy": 0.0, "loss/kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "grad_norm": 0.0, "guard/skipped": 0}
+    if len(batch) == 0 or not batch.response_mask_BT.any():
+        return totals
     ref_logp = None
     if ref_model is not None:
         with torch.no_grad():
@@ -119,7 +139,6 @@ def policy_update(
                     for i in range(0, len(batch), micro_batch_size)
                 ]
             )
-    totals = {"loss/policy": 0.0, "loss/kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
     verify_chunks = []
     if verify_batch is not None and verify_coef > 0 and len(verify_batch[0]):
         verify_chunks = torch.arange(len(verify_batch[0])).chunk(algo.minibatches)
@@ -161,19 +180,111 @@ def policy_update(
                 stats["loss/verify"] = verify_loss.item()
             dist.average_gradients(model)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            # A non-finite loss anywhere (summed over processes, so that all of them decide alike) or gradient.
+            bad_loss = dist.sum([float(not all(math.isfinite(v) for v in stats.values()))])[0] > 0
+            if bad_loss or not math.isfinite(grad_norm.item()):
+                optimizer.zero_grad(set_to_none=True)
+                totals["guard/skipped"] = 1
+                break
             optimizer.step()
             for key, value in stats.items():
                 totals[key] += value
             totals["grad_norm"] += grad_norm.item()
             n_updates += 1
-    return {key: value / n_updates for key, value in totals.items()}
+        if totals["guard/skipped"]:
+            break
+    skipped = totals.pop("guard/skipped")
+    return {**{key: value / max(n_updates, 1) for key, value in totals.items()}, "guard/skipped": skipped}
 
 
 def warmup_constant(step: int, warmup: int) -> float:
     return min(1.0, (step + 1) / max(1, warmup))
 
 
-def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> EvalResult:
+MAX_SKIPPED_IN_ROW = 3
+"""Consecutive steps with a non-finite loss or gradient after which a run stops (sirl.train.Diverged)."""
+
+
+class Diverged(RuntimeError):
+    """Training stopped: several steps in a row had a non-finite loss or gradient."""
+
+
+@dataclass
+class LoopState:
+    """What carries over from one training step to the next besides the weights, the optimizer and the
+    scheduler: a checkpoint stores all of it, so a resumed run continues exactly where it stopped."""
+
+    prompt_rng: random.Random
+    method_rng: random.Random
+    sample_gen: torch.Generator
+    update_gen: torch.Generator
+    repair: RepairBuffer
+    verification: VerificationExamples
+    audits: AuditSchedule
+    tokens: dict[str, int]
+    step: int = 0
+    train_elapsed_s: float = 0.0
+    skipped_steps: int = 0
+    skipped_in_row: int = 0
+    first_eval: EvalResult | None = None
+    last_eval: EvalResult | None = None
+
+    def process_json(self) -> dict:
+        """This process's own part (data-parallel processes differ in it): random states and buffers."""
+        return {
+            "prompt_rng": encode_python_rng(self.prompt_rng),
+            "method_rng": encode_python_rng(self.method_rng),
+            "sample_gen": encode_torch_rng(self.sample_gen.get_state()),
+            "update_gen": encode_torch_rng(self.update_gen.get_state()),
+            "python_global": encode_python_rng(random),  # the module's own generator: random.getstate()
+            "numpy_global": encode_numpy_rng(),
+            "torch_global": encode_torch_rng(torch.get_rng_state()),
+            "repair": self.repair.to_json(),
+            "verification": self.verification.to_json(),
+            "audits": self.audits.to_json(),
+        }
+
+    def load_process_json(self, data: dict) -> None:
+        self.prompt_rng.setstate(decode_python_rng(data["prompt_rng"]))
+        self.method_rng.setstate(decode_python_rng(data["method_rng"]))
+        self.sample_gen.set_state(decode_torch_rng(data["sample_gen"]))
+        self.update_gen.set_state(decode_torch_rng(data["update_gen"]))
+        random.setstate(decode_python_rng(data["python_global"]))
+        np.random.set_state(decode_numpy_rng(data["numpy_global"]))
+        torch.set_rng_state(decode_torch_rng(data["torch_global"]))
+        self.repair.load_json(data["repair"])
+        self.verification.load_json(data["verification"])
+        self.audits.load_json(data["audits"])
+
+
+def save_checkpoint(
+    run_dir: Path, name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler, state: LoopState, processes: list[dict], log_elapsed_s: float, config: ExperimentConfig,
+) -> Path:
+    """Write a resumable checkpoint (sirl.checkpoint); refuses a model with non-finite weights."""
+    broken = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if broken:
+        raise Diverged(f"refusing to save checkpoint {name}: non-finite weights in {broken[:3]}")
+    optimizer_tensors, optimizer_meta = optimizer_to_tensors(optimizer)
+    trainer_state = {
+        "step": state.step,
+        "tokens": state.tokens,
+        "clock": {"log_s": log_elapsed_s, "train_s": state.train_elapsed_s},
+        "guard": {"skipped_steps": state.skipped_steps, "skipped_in_row": state.skipped_in_row},
+        "first_eval": state.first_eval.to_json(),
+        "last_eval": state.last_eval.to_json(),
+        "scheduler": schedule.state_dict(),
+        "optimizer": optimizer_meta,
+        "processes": processes,
+        "config": to_yaml(config),
+    }
+    return write_checkpoint(run_dir, name, lambda directory: save_model(model, tokenizer, directory), trainer_state, optimizer_tensors)
+
+
+def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False, resume: bool = False, force: bool = False) -> EvalResult:
+    """Train as ``config`` says into ``run_dir``; with ``resume``, continue the run in ``run_dir`` from its
+    most recent complete checkpoint (sirl.checkpoint), exactly as if it had never stopped. Resuming with
+    a config other than the checkpoint's is an error unless ``force``."""
     task = load_task(config.task.name, **check_task_args(resolve_task_class(config.task.name), config.task.args))
     torch.manual_seed(config.seed)
     model, tokenizer = policy_from_config(config.model, task.alphabet(), config.seed)
@@ -185,43 +296,76 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_constant(s, train.warmup_steps))
     params = SamplingParams(rollout.max_new_tokens, temperature=rollout.temperature, top_p=rollout.top_p)
     heldout = heldout_problems(task, config.eval.n_problems, config.eval.seed)
-    prompt_rng = random.Random(f"{config.seed}-prompts-{dist.rank}")  # each process its own prompts
-    sample_gen = torch.Generator().manual_seed(config.seed * 1009 + dist.rank)
-    update_gen = torch.Generator().manual_seed(config.seed * 2003 + dist.rank)
-    method_rng = random.Random(f"{config.seed}-method-{dist.rank}")
-    uses_repair = algo.name in ("si", "si_internal", "random_reset")
     internal = config.internalize
-    audits = AuditSchedule(internal.audit_min, internal.audit_max, internal.audit_window)
-    repair = RepairBuffer(config.method.repair_capacity)
-    verification = VerificationExamples(config.method.verification_capacity)
-    log = RunLog(run_dir, config) if dist.is_main else None
+    state = LoopState(
+        prompt_rng=random.Random(f"{config.seed}-prompts-{dist.rank}"),  # each process its own prompts
+        method_rng=random.Random(f"{config.seed}-method-{dist.rank}"),
+        sample_gen=torch.Generator().manual_seed(config.seed * 1009 + dist.rank),
+        update_gen=torch.Generator().manual_seed(config.seed * 2003 + dist.rank),
+        repair=RepairBuffer(config.method.repair_capacity),
+        verification=VerificationExamples(config.method.verification_capacity),
+        audits=AuditSchedule(internal.audit_min, internal.audit_max, internal.audit_window),
+        tokens={"policy": 0, "probe": 0, "verify": 0},
+    )
+    uses_repair = algo.name in ("si", "si_internal", "random_reset")
+    log_elapsed = 0.0
+    if resume:
+        loaded = load_checkpoint(run_dir)
+        saved = loaded.state
+        changed = config_differences(yaml.safe_load(saved["config"]), config)
+        if changed and not force:
+            raise CheckpointError(
+                f"the config differs from the one {run_dir} was trained with: {'; '.join(changed)}. Resume without "
+                f"these overrides, or pass --force to continue with the changed config."
+            )
+        if changed and not quiet:
+            print(f"resuming with a changed config (--force): {'; '.join(changed)}")
+        if len(saved["processes"]) != dist.world_size:
+            raise CheckpointError(f"{loaded.path} was written by {len(saved['processes'])} process(es); resume it with as many, not {dist.world_size}")
+        load_policy_weights(model, loaded.path)
+        optimizer_from_tensors(optimizer, loaded.tensors, saved["optimizer"])
+        schedule.load_state_dict(saved["scheduler"])
+        state.load_process_json(saved["processes"][dist.rank])
+        state.step, state.tokens = saved["step"], saved["tokens"]
+        state.train_elapsed_s, log_elapsed = saved["clock"]["train_s"], saved["clock"]["log_s"]
+        state.skipped_steps, state.skipped_in_row = saved["guard"]["skipped_steps"], saved["guard"]["skipped_in_row"]
+        state.first_eval, state.last_eval = EvalResult.from_json(saved["first_eval"]), EvalResult.from_json(saved["last_eval"])
+    log = RunLog(run_dir, config, resume_step=state.step if resume else None, elapsed_s=log_elapsed) if dist.is_main else None
 
     def held_out_eval(problems=heldout) -> EvalResult:
         return evaluate(model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size)
 
+    def checkpoint(name: str) -> None:
+        processes = dist.gather_json(state.process_json())  # every process takes part; the first writes
+        if log:
+            save_checkpoint(run_dir, name, model, tokenizer, optimizer, schedule, state, processes, time.time() - log.start_time, config)
+
     if not quiet:
         print(f"train: {algo.name} on {config.task.name}, {count_parameters(model):,} parameters on {model.device}, "
               f"{dist.world_size} process(es), run folder {run_dir}")
-    tokens = {"policy": 0, "probe": 0, "verify": 0}
-    first_eval = last_eval = held_out_eval()
-    if log:
-        log.log(0, {"eval/accuracy": last_eval.accuracy, "tokens/total": 0})
-    start = time.time()
+        if resume:
+            print(f"resuming from {loaded.path} (step {state.step}, {sum(state.tokens.values()):,} generated tokens)")
+    if not resume:
+        state.first_eval = state.last_eval = held_out_eval()
+        if log:
+            log.log(0, {"eval/accuracy": state.last_eval.accuracy, "tokens/total": 0})
+    start = time.time() - state.train_elapsed_s
     bar = tqdm(
-        range(1, train.steps + 1), desc=f"train {algo.name}", disable=quiet, dynamic_ncols=True,
-        bar_format="{desc} step {n_fmt} [{elapsed}{postfix}]",
+        range(state.step + 1, train.steps + 1), desc=f"train {algo.name}", disable=quiet, dynamic_ncols=True,
+        bar_format="{desc} step {n_fmt} [{elapsed}{postfix}]", initial=state.step,
     )
-    step = 0
+    finishing = state.step >= train.steps
     for step in bar:
+        state.step = step
         # 1. Rollouts: this process's prompts, a group of samples each; with a repair buffer, a share of
         #    the prompts continue stored good prefixes instead (a group of their own each).
         step_start = time.time()
-        drawn = repair.draw(round(config.method.repair_share * rollout.prompts_per_step), prompt_rng) if uses_repair else []
-        problems = [task.sample(prompt_rng, "train") for _ in range(rollout.prompts_per_step - len(drawn))]
+        drawn = state.repair.draw(round(config.method.repair_share * rollout.prompts_per_step), state.prompt_rng) if uses_repair else []
+        problems = [task.sample(state.prompt_rng, "train") for _ in range(rollout.prompts_per_step - len(drawn))]
         trajectories = sample_trajectories(
             model, tokenizer, task, problems + [d.problem for d in drawn], params,
             group_size=rollout.group_size, prefixes=[[] for _ in problems] + [d.prefix_ids for d in drawn],
-            generator=sample_gen, max_batch=rollout.batch_size,
+            generator=state.sample_gen, max_batch=rollout.batch_size,
         )
         rollout_seconds = time.time() - step_start
 
@@ -233,7 +377,7 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
             found = sample_trajectories(
                 model, tokenizer, task, [t.problem for t, _ in requests], params, group_size=k,
                 prefixes=[prefix_ids(t, steps) for t, steps in requests], groups=[t.group for t, _ in requests],
-                generator=sample_gen, max_batch=rollout.batch_size,
+                generator=state.sample_gen, max_batch=rollout.batch_size,
             )
             probe_tokens += sum(len(p.response_ids) - p.prefix_len for p in found)
             return [found[i * k : (i + 1) * k] for i in range(len(requests))]
@@ -250,24 +394,24 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
             credit = outcome_credit(trajectories, algo.name)
         else:
             credit = method_credit(
-                algo.name, trajectories, probe, config.method, algo.outcome_advantage, task, method_rng,
-                propose=propose, audits=audits, confirm_probes=internal.confirm_probes,
+                algo.name, trajectories, probe, config.method, algo.outcome_advantage, task, state.method_rng,
+                propose=propose, audits=state.audits, confirm_probes=internal.confirm_probes,
             )
         for t, prefix in credit.good_prefixes:
-            repair.add(RepairEntry(t.problem, prefix, step))
+            state.repair.add(RepairEntry(t.problem, prefix, step))
         for t, localization, _ in credit.localizations:
-            verification.add(VerificationExample(t.problem, t.text, localization.error_step, step))
+            state.verification.add(VerificationExample(t.problem, t.text, localization.error_step, step))
         for t in trajectories:
             if t.reward >= 1 and t.prefix_len == 0:
-                verification.add(VerificationExample(t.problem, t.text, None, step))
+                state.verification.add(VerificationExample(t.problem, t.text, None, step))
         verify_batch = None
         if algo.name == "si_internal":  # teach self-verification on the policy's own recent outputs
-            examples = selfverify.draw_examples(verification, internal.verify_batch, internal.none_share, method_rng)
+            examples = selfverify.draw_examples(state.verification, internal.verify_batch, internal.none_share, state.method_rng)
             if internal.verify_loss in ("sft", "both") and examples:
                 verify_batch = collate(selfverify.supervised_batch(task, tokenizer, examples), tokenizer.pad_token_id)
             if internal.verify_loss in ("rl", "both") and examples:
                 verdicts = selfverify.sampled_verdicts(
-                    model, tokenizer, task, examples, internal.verify_group, sample_gen,
+                    model, tokenizer, task, examples, internal.verify_group, state.sample_gen,
                     first_group=max(t.group for t in credit.trajectories) + 1, max_batch=rollout.batch_size,
                 )
                 verify_tokens += sum(len(v.response_ids) for v in verdicts)
@@ -283,13 +427,16 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
             credit.trajectories, credit.token_advantages, tokenizer.pad_token_id, reference=credit.reference if additive else None
         )
 
-        # 3. Update.
+        # 3. Update; a step with a non-finite loss or gradient is skipped, several in a row stop the run.
         update = policy_update(
             model, optimizer, batch, algo,
             norm_length=rollout.max_new_tokens, micro_batch_size=train.micro_batch_size, grad_clip=train.grad_clip,
-            generator=update_gen, dist=dist, ref_model=ref_model, verify_batch=verify_batch, verify_coef=internal.verify_coef,
+            generator=state.update_gen, dist=dist, ref_model=ref_model, verify_batch=verify_batch, verify_coef=internal.verify_coef,
         )
         schedule.step()
+        skipped = update.pop("guard/skipped")
+        state.skipped_steps += skipped
+        state.skipped_in_row = state.skipped_in_row + 1 if skipped else 0
 
         # 4. Account and log. Token counts and rewards are summed over processes.
         rewards_B = torch.tensor([t.reward for t in trajectories])
@@ -300,58 +447,74 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
             float(sum(t.reward for t in fresh)), float(len(fresh)), float(sum(t.truncated for t in trajectories)),
             float(len(trajectories)),
         ])
-        tokens["policy"] += int(n_tokens)
-        tokens["probe"] += int(n_probe_tokens)
-        tokens["verify"] += int(n_verify_tokens)
-        total_tokens = sum(tokens.values())
+        state.tokens["policy"] += int(n_tokens)
+        state.tokens["probe"] += int(n_probe_tokens)
+        state.tokens["verify"] += int(n_verify_tokens)
+        total_tokens = sum(state.tokens.values())
+        state.train_elapsed_s = time.time() - start
         metrics = {
             "tokens/total": total_tokens,
-            "tokens/policy": tokens["policy"],
-            "tokens/probe": tokens["probe"],
-            "tokens/verify": tokens["verify"],
+            "tokens/policy": state.tokens["policy"],
+            "tokens/probe": state.tokens["probe"],
+            "tokens/verify": state.tokens["verify"],
             "reward/mean": reward_sum / max(n_fresh, 1),
             **update,
+            "guard/skipped_steps": state.skipped_steps,
             "adv/zero_std_frac": algos.zero_std_fraction(rewards_B, group_B),
             "rollout/samples": int(n),
-            "rollout/truncated_frac": truncated / n,
-            "rollout/response_tokens": n_tokens / n,
+            "rollout/truncated_frac": truncated / max(n, 1),
+            "rollout/response_tokens": n_tokens / max(n, 1),
             **credit.metrics,
             "lr": schedule.get_last_lr()[0],
             "time/rollout_s": rollout_seconds,
             "time/step_s": time.time() - step_start,
-            "tokens_per_s": total_tokens / (time.time() - start),
+            "tokens_per_s": total_tokens / state.train_elapsed_s,
         }
         if uses_repair:
-            metrics.update({"repair/buffer_draws": len(drawn), "repair/buffer_size": len(repair), "verify/examples": len(verification)})
+            metrics.update({"repair/buffer_draws": len(drawn), "repair/buffer_size": len(state.repair), "verify/examples": len(state.verification)})
+        if state.skipped_in_row >= MAX_SKIPPED_IN_ROW:
+            if log:
+                log.log(step, metrics)
+                log.close()
+            latest = run_dir / "checkpoints" / "latest"
+            kept = f"the last good checkpoint is {run_dir / 'checkpoints' / latest.read_text().strip()} (checkpoints/latest)" if latest.is_file() else "no checkpoint had been written"
+            raise Diverged(
+                f"steps {step - state.skipped_in_row + 1}..{step} all had a non-finite loss or gradient; the run stopped at "
+                f"step {step} without saving the model; {kept}. Lower train.lr or check the rewards (a verifier "
+                f"returning NaN?), then resume or start again."
+            )
         out_of_tokens = train.max_tokens is not None and total_tokens >= train.max_tokens
-        out_of_time = train.max_minutes is not None and (time.time() - start) / 60 >= train.max_minutes
+        out_of_time = train.max_minutes is not None and state.train_elapsed_s / 60 >= train.max_minutes
         finishing = step == train.steps or out_of_tokens or out_of_time
         if step % train.eval_every == 0 or finishing:
-            last_eval = held_out_eval()
-            metrics["eval/accuracy"] = last_eval.accuracy
+            state.last_eval = held_out_eval()
+            metrics["eval/accuracy"] = state.last_eval.accuracy
             if log:
                 log_samples(log.run_dir / "samples.jsonl", step, task, tokenizer, credit, train.log_samples)
         if log:
             log.log(step, metrics)
-            if train.checkpoint_every and step % train.checkpoint_every == 0 and not finishing:
-                save_model(model, tokenizer, log.run_dir / "checkpoints" / f"step_{step}")
+        # No checkpoint while steps are being skipped: `latest` stays the last one before the trouble.
+        if train.checkpoint_every and step % train.checkpoint_every == 0 and not finishing and not state.skipped_in_row:
+            checkpoint(f"step_{step}")
         bar.set_postfix(
-            reward=f"{metrics['reward/mean']:.2f}", eval_acc=f"{last_eval.accuracy:.1%}", tok_s=f"{metrics['tokens_per_s']:.0f}",
-            eta=_eta(time.time() - start, step, train, total_tokens),
+            reward=f"{metrics['reward/mean']:.2f}", eval_acc=f"{state.last_eval.accuracy:.1%}", tok_s=f"{metrics['tokens_per_s']:.0f}",
+            eta=_eta(state.train_elapsed_s, step, train, total_tokens),
         )
         if finishing:
             break
     bar.close()
+    last_eval = state.last_eval
     if config.eval.final_n_problems and config.eval.final_n_problems != config.eval.n_problems:
         last_eval = held_out_eval(heldout_problems(task, config.eval.final_n_problems, config.eval.seed))
+    checkpoint("final")
     if log:
-        save_model(model, tokenizer, log.run_dir / "checkpoints" / "final")
-        log.write_json("eval.json", {"step": step, "tokens/total": sum(tokens.values()), **last_eval.to_json()})
+        log.write_json("eval.json", {"step": state.step, "tokens/total": sum(state.tokens.values()), **last_eval.to_json()})
         log.close()
     if not quiet:
-        print(f"held-out accuracy {first_eval.accuracy:.1%} (95% CI {first_eval.ci95[0]:.1%}-{first_eval.ci95[1]:.1%}, n={first_eval.n}) "
+        first = state.first_eval
+        print(f"held-out accuracy {first.accuracy:.1%} (95% CI {first.ci95[0]:.1%}-{first.ci95[1]:.1%}, n={first.n}) "
               f"before training, {last_eval.accuracy:.1%} (95% CI {last_eval.ci95[0]:.1%}-{last_eval.ci95[1]:.1%}, n={last_eval.n}) "
-              f"after {step} steps and {sum(tokens.values()):,} generated tokens")
+              f"after {state.step} steps and {sum(state.tokens.values()):,} generated tokens")
         print(f"run folder: {run_dir}")
     dist.close()
     return last_eval

@@ -6,6 +6,7 @@ Every record is a frozen dataclass: components hand each other values, never mut
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 Span = tuple[int, int]
 """A half-open interval ``[start, end)``: characters of a completion, or tokens of a response."""
@@ -23,6 +24,13 @@ class Problem:
     prompt: str
     answer: str
     meta: dict = field(default_factory=dict, hash=False)
+
+    def to_json(self) -> dict:
+        return {"prompt": self.prompt, "answer": self.answer, "meta": to_jsonable(self.meta)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Problem:
+        return cls(data["prompt"], data["answer"], from_jsonable(data["meta"]))
 
 
 @dataclass(frozen=True)
@@ -47,3 +55,28 @@ class Trajectory:
     group: int
     step_spans: list[Span]
     prefix_len: int = 0
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain values as JSON (for checkpoints); tuples are tagged so that they come back as tuples."""
+    if isinstance(value, tuple):
+        return {"__tuple__": [to_jsonable(v) for v in value]}
+    if isinstance(value, list):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError(f"cannot store a dict with non-string keys as JSON: keys {list(value)[:3]}")
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot store a {type(value).__name__} as JSON (problem metadata must be plain values)")
+
+
+def from_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__tuple__"}:
+            return tuple(from_jsonable(v) for v in value["__tuple__"])
+        return {k: from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_jsonable(v) for v in value]
+    return value

@@ -47,6 +47,14 @@ class RepairBuffer:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def to_json(self) -> list[dict]:
+        return [{"problem": e.problem.to_json(), "prefix_ids": e.prefix_ids, "step": e.step} for e in self.entries]
+
+    def load_json(self, data: list[dict]) -> None:
+        """Replace the contents with what :meth:`to_json` returned (a checkpoint)."""
+        self.entries.clear()
+        self.entries.extend(RepairEntry(Problem.from_json(e["problem"]), e["prefix_ids"], e["step"]) for e in data)
+
 
 @dataclass(frozen=True)
 class VerificationExample:
@@ -70,3 +78,16 @@ class VerificationExamples:
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    def to_json(self) -> list[dict]:
+        return [
+            {"problem": e.problem.to_json(), "completion": e.completion, "first_error": e.first_error, "step": e.step}
+            for e in self.examples
+        ]
+
+    def load_json(self, data: list[dict]) -> None:
+        """Replace the contents with what :meth:`to_json` returned (a checkpoint)."""
+        self.examples.clear()
+        self.examples.extend(
+            VerificationExample(Problem.from_json(e["problem"]), e["completion"], e["first_error"], e["step"]) for e in data
+        )

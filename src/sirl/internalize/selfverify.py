@@ -142,3 +142,11 @@ class AuditSchedule:
 
     def record(self, agreed: bool) -> None:
         self.outcomes.append(agreed)
+
+    def to_json(self) -> list[bool]:
+        return list(self.outcomes)
+
+    def load_json(self, data: list[bool]) -> None:
+        """Replace the recorded outcomes with what :meth:`to_json` returned (a checkpoint)."""
+        self.outcomes.clear()
+        self.outcomes.extend(bool(x) for x in data)

@@ -40,8 +40,10 @@ With these rules ``verify`` agrees with the dataset authors' ``is_correct`` labe
 solutions in ``data/gsm8k/example_model_solutions.jsonl`` (``tests/test_gsm8k.py`` checks it).
 
 Knobs: ``path`` (a JSONL file, one object per line with a ``question`` and an ``answer`` whose last line
-is ``#### N``; relative paths are looked up with :func:`sirl.paths.resolve_path`) and ``test_fraction``
-(the share of questions, by a hash of their text, in the test split).
+is ``#### N``, or a Parquet file with those columns; relative paths are looked up with
+:func:`sirl.paths.resolve_path`), ``test_fraction`` (the share of questions, by a hash of their text, in
+the test split), ``max_bad_fraction`` (the share of malformed rows that are reported and skipped; above
+it the file is refused) and ``max_prompt_chars`` (longer questions are skipped and counted, never cut).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from math_verify import parse as mv_parse
 from math_verify import verify as mv_verify
 from math_verify.errors import TimeoutException as MathVerifyTimeout
 
+from sirl.data import read_records
 from sirl.paths import resolve_path
 from sirl.tasks.base import NoGroundTruth, Task, check_split, split_of, split_on_separator
 from sirl.types import Problem, Span
@@ -212,39 +215,30 @@ def gold_answer(solution: str) -> str | None:
     return value if _GOLD_RE.fullmatch(value) else None
 
 
-def load_rows(path: Path) -> list[dict]:
-    """The rows of a GSM8K-style JSONL file, each ``{"question", "solution", "answer", "index"}``.
+def load_rows(path: Path, max_bad_fraction: float = 0.01, max_prompt_chars: int | None = 4000) -> list[dict]:
+    """The rows of a GSM8K-style JSONL or Parquet file, each ``{"question", "solution", "answer", "index"}``.
 
-    Blank lines are skipped; ``index`` counts the rows read (0-based). Raises ValueError naming the file,
-    the line number and the field for anything else that is not a question with a ``#### N`` answer.
+    Read with :func:`sirl.data.read_records`: a row that is not a question with a ``#### N`` answer is
+    reported with its file and line and skipped, and the whole file is refused when more than
+    ``max_bad_fraction`` of its rows are; questions over ``max_prompt_chars`` characters are skipped and
+    counted. ``index`` numbers the rows kept (0-based).
     """
     if not path.is_file():
         raise ValueError(f"GSM8K data file {str(path)!r} does not exist (knob 'path')")
-    rows: list[dict] = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object with 'question' and 'answer', got {type(record).__name__}")
-            for key in ("question", "answer"):
-                if key not in record:
-                    raise ValueError(f"{where}: missing field {key!r} (fields present: {sorted(record)})")
-                if not isinstance(record[key], str) or not record[key].strip():
-                    raise ValueError(f"{where}: field {key!r} must be a non-empty string, got {record[key]!r}")
-            answer = gold_answer(record["answer"])
-            if answer is None:
-                last = record["answer"].rstrip().splitlines()[-1]
-                raise ValueError(f"{where}: field 'answer' must end in a line '#### N' with a number N, its last line is {last!r}")
-            rows.append({"question": record["question"], "solution": record["answer"], "answer": answer, "index": len(rows)})
-    if not rows:
-        raise ValueError(f"GSM8K data file {str(path)!r} has no rows")
-    return rows
+
+    def has_gold(record: dict) -> str | None:
+        if gold_answer(record["answer"]) is None:
+            return f"field 'answer' must end in a line '#### N' with a number N, its last line is {record['answer'].rstrip().splitlines()[-1]!r}"
+        return None
+
+    records = read_records(
+        path, {"question": str, "answer": str}, prompt_field="question", max_prompt_chars=max_prompt_chars,
+        max_bad_fraction=max_bad_fraction, check=has_gold,
+    )
+    return [
+        {"question": r["question"], "solution": r["answer"], "answer": gold_answer(r["answer"]), "index": i}
+        for i, r in enumerate(records.rows)
+    ]
 
 
 class GSM8KTask(Task):
@@ -252,12 +246,12 @@ class GSM8KTask(Task):
     description = "grade-school math word problems (GSM8K); outcome-only, no step labels"
     has_ground_truth = False
 
-    def __init__(self, path: str = DEFAULT_PATH, test_fraction: float = 0.2):
+    def __init__(self, path: str = DEFAULT_PATH, test_fraction: float = 0.2, max_bad_fraction: float = 0.01, max_prompt_chars: int | None = 4000):
         if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
         self.path = resolve_path(path)
         self.test_fraction = float(test_fraction)
-        self.rows = load_rows(self.path)
+        self.rows = load_rows(self.path, max_bad_fraction, max_prompt_chars)
         self._by_split: dict[str, list[int]] = {"train": [], "test": []}
         for row in self.rows:
             self._by_split[split_of(row["question"], self.test_fraction)].append(row["index"])

@@ -1,0 +1,156 @@
+"""Reading prompt files (JSONL or Parquet) so that bad rows are reported precisely and lose nothing else.
+
+A prompt file is a table of records, one per problem. :func:`read_records` reads it and checks each record
+against the fields a task needs (``fields``: name -> expected type). It never stops at the first bad row:
+
+- a row that is not valid JSON, not an object, or whose field is missing, null or of the wrong type is
+  *bad*: it is skipped and reported with its file and line (JSONL) or row number (Parquet);
+- a row whose prompt is longer than ``max_prompt_chars`` is *too long*: it is skipped and counted, never
+  truncated (a cut prompt is a different problem);
+- blank lines are not rows; a UTF-8 byte-order mark and CRLF line ends are read as if absent.
+
+When more than ``max_bad_fraction`` of the rows are bad, or no row is left, it raises :class:`DataError`
+listing the first bad rows; otherwise it warns once with the counts and the first few, and returns the
+good rows. Parquet needs pyarrow (``pip install 'sirl[parquet]'``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+SHOWN = 5
+"""Bad rows quoted in an error or warning."""
+
+
+class DataError(ValueError):
+    """A prompt file that cannot be used (too many bad rows, none left, unreadable)."""
+
+
+@dataclass(frozen=True)
+class BadRow:
+    where: str
+    """``file, line N`` (JSONL) or ``file, row N`` (Parquet, 1-based)."""
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+@dataclass
+class Records:
+    rows: list[dict[str, Any]]
+    """The good rows, in file order, each with ``_where`` (its location, for later messages)."""
+    bad: list[BadRow] = field(default_factory=list)
+    too_long: list[BadRow] = field(default_factory=list)
+    total: int = 0
+    """Rows read (good, bad and too long; blank lines are not rows)."""
+
+    def summary(self) -> str:
+        return f"{len(self.rows)} of {self.total} rows used, {len(self.bad)} bad, {len(self.too_long)} over-long prompts skipped"
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    return " or ".join(t.__name__ for t in types)
+
+
+def check_record(record: Any, fields: dict[str, type | tuple[type, ...]]) -> str | None:
+    """Why ``record`` does not have ``fields`` with their types, or None when it does."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object with fields {sorted(fields)}, got {type(record).__name__}"
+    for name, expected in fields.items():
+        if name not in record:
+            return f"missing field {name!r} (fields present: {sorted(record)})"
+        value = record[name]
+        if value is None:
+            return f"field {name!r} is null; it must be a {_type_name(expected)}"
+        # bool is an int in Python, never what a numeric field means
+        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in (expected if isinstance(expected, tuple) else (expected,))):
+            return f"field {name!r} must be a {_type_name(expected)}, got {type(value).__name__} {value!r:.60}"
+        if isinstance(value, str) and not value.strip():
+            return f"field {name!r} is an empty string"
+    return None
+
+
+def _jsonl_rows(path: Path) -> list[tuple[str, Any, str | None]]:
+    """(location, record or None, JSON error or None) for each non-blank line."""
+    out = []
+    # utf-8-sig drops a byte-order mark; splitlines() takes \n, \r\n and \r alike.
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            out.append((where, json.loads(line), None))
+        except json.JSONDecodeError as error:
+            out.append((where, None, f"not valid JSON ({error.msg} at column {error.colno})"))
+    return out
+
+
+def _parquet_rows(path: Path) -> list[tuple[str, Any, str | None]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet needs pyarrow: pip install 'sirl[parquet]' (or pyarrow)") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # pyarrow raises several types for a damaged file; the message says which
+        raise DataError(f"{path}: not a readable Parquet file ({error})") from None
+    return [(f"{path}, row {i}", record, None) for i, record in enumerate(table.to_pylist(), start=1)]
+
+
+def read_records(
+    path: str | Path,
+    fields: dict[str, type | tuple[type, ...]],
+    *,
+    prompt_field: str | None = None,
+    max_prompt_chars: int | None = None,
+    max_bad_fraction: float = 0.01,
+    check: Callable[[dict[str, Any]], str | None] | None = None,
+    warn: Any = None,
+) -> Records:
+    """Read and check a JSONL (``.jsonl``/``.json``) or Parquet (``.parquet``) prompt file (module docstring).
+    ``check(record)``, run on rows whose fields are right, may name a task-specific problem (a row is
+    then bad)."""
+    path = Path(path)
+    if not 0 <= max_bad_fraction <= 1:
+        raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    raw = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
+    if not raw:
+        raise DataError(f"{path} is empty: no rows (a JSONL file has one JSON object per line)")
+    records = Records(rows=[], total=len(raw))
+    for where, record, error in raw:
+        reason = error or check_record(record, fields)
+        if reason is None and check is not None:
+            reason = check(record)
+        if reason is not None:
+            records.bad.append(BadRow(where, reason))
+        elif prompt_field is not None and max_prompt_chars is not None and len(record[prompt_field]) > max_prompt_chars:
+            records.too_long.append(BadRow(where, f"prompt of {len(record[prompt_field])} characters, over max_prompt_chars={max_prompt_chars}"))
+        else:
+            records.rows.append({**record, "_where": where})
+    listing = "; ".join(str(b) for b in records.bad[:SHOWN])
+    if len(records.bad) > max_bad_fraction * records.total:
+        raise DataError(
+            f"{path}: {len(records.bad)} of {records.total} rows are bad, over max_bad_fraction={max_bad_fraction:g}; "
+            f"the first: {listing}. Fix the file, or raise the task's max_bad_fraction to skip them."
+        )
+    if not records.rows:
+        raise DataError(f"{path}: no usable rows ({records.summary()}); the first over-long: {records.too_long[0] if records.too_long else '-'}")
+    if records.bad or records.too_long:
+        warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
+        message = f"{path}: {records.summary()}"
+        if records.bad:
+            message += f"; bad: {listing}"
+        if records.too_long:
+            message += f"; over-long: {records.too_long[0]}"
+        warn(message)
+    return records
