@@ -42,6 +42,7 @@ from sirl.runlog import RunLog
 from sirl.sft import collate, sft_loss
 from sirl.tasks import Task, load_task, resolve_task_class
 from sirl.types import Trajectory
+from sirl.verifier import Verifier, verifier_for
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,11 @@ def warmup_constant(step: int, warmup: int) -> float:
 
 def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> EvalResult:
     task = load_task(config.task.name, **check_task_args(resolve_task_class(config.task.name), config.task.args))
+    with verifier_for(config.verifier, config.task, task) as verifier:  # its workers stop however the run ends
+        return _train(config, run_dir, quiet, task, verifier)
+
+
+def _train(config: ExperimentConfig, run_dir: Path, quiet: bool, task: Task, verifier: Verifier) -> EvalResult:
     torch.manual_seed(config.seed)
     model, tokenizer = policy_from_config(config.model, task.alphabet(), config.seed)
     dist = Distributed.from_env(model.device)
@@ -197,11 +203,17 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
     log = RunLog(run_dir, config) if dist.is_main else None
 
     def held_out_eval(problems=heldout) -> EvalResult:
-        return evaluate(model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size)
+        return evaluate(
+            model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size, verifier=verifier
+        )
 
     if not quiet:
         print(f"train: {algo.name} on {config.task.name}, {count_parameters(model):,} parameters on {model.device}, "
               f"{dist.world_size} process(es), run folder {run_dir}")
+    if dist.is_main:  # printed even with --quiet: what can run model output, and how, is never silent
+        print(f"verifier: {verifier.isolation.describe()}")
+    if log:
+        log.write_json("isolation.json", verifier.isolation.to_json())
     tokens = {"policy": 0, "probe": 0, "verify": 0}
     first_eval = last_eval = held_out_eval()
     if log:
@@ -221,7 +233,7 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
         trajectories = sample_trajectories(
             model, tokenizer, task, problems + [d.problem for d in drawn], params,
             group_size=rollout.group_size, prefixes=[[] for _ in problems] + [d.prefix_ids for d in drawn],
-            generator=sample_gen, max_batch=rollout.batch_size,
+            generator=sample_gen, max_batch=rollout.batch_size, verifier=verifier,
         )
         rollout_seconds = time.time() - step_start
 
@@ -233,7 +245,7 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
             found = sample_trajectories(
                 model, tokenizer, task, [t.problem for t, _ in requests], params, group_size=k,
                 prefixes=[prefix_ids(t, steps) for t, steps in requests], groups=[t.group for t, _ in requests],
-                generator=sample_gen, max_batch=rollout.batch_size,
+                generator=sample_gen, max_batch=rollout.batch_size, verifier=verifier,
             )
             probe_tokens += sum(len(p.response_ids) - p.prefix_len for p in found)
             return [found[i * k : (i + 1) * k] for i in range(len(requests))]
@@ -295,10 +307,11 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
         rewards_B = torch.tensor([t.reward for t in trajectories])
         group_B = torch.tensor([t.group for t in trajectories])
         fresh = [t for t in trajectories if t.prefix_len == 0]  # reward/mean: fresh prompts only, as in grpo
-        n_tokens, n_probe_tokens, n_verify_tokens, reward_sum, n_fresh, truncated, n = dist.sum([
+        verified = verifier.take_counts()  # completions of this step (and its evaluation) that scored 0 by failure
+        n_tokens, n_probe_tokens, n_verify_tokens, reward_sum, n_fresh, truncated, n, timeouts, errors = dist.sum([
             float(sum(len(t.response_ids) - t.prefix_len for t in trajectories)), float(probe_tokens), float(verify_tokens),
             float(sum(t.reward for t in fresh)), float(len(fresh)), float(sum(t.truncated for t in trajectories)),
-            float(len(trajectories)),
+            float(len(trajectories)), float(verified.timeouts), float(verified.errors),
         ])
         tokens["policy"] += int(n_tokens)
         tokens["probe"] += int(n_probe_tokens)
@@ -315,6 +328,8 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> E
             "rollout/samples": int(n),
             "rollout/truncated_frac": truncated / n,
             "rollout/response_tokens": n_tokens / n,
+            "verify/timeouts": int(timeouts),
+            "verify/errors": int(errors),
             **credit.metrics,
             "lr": schedule.get_last_lr()[0],
             "time/rollout_s": rollout_seconds,
