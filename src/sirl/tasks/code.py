@@ -236,9 +236,8 @@ class CodeTask(Task):
             if unsafe_exec:
                 raise ValueError(f"the code task cannot run programs: {error}") from None
             raise ValueError(
-                f"the code task runs model-written programs in a bubblewrap sandbox, and the sandbox is unavailable: "
-                f"{error}. Install bubblewrap (apt-get install -y bubblewrap), or run programs WITHOUT a sandbox "
-                f"with --task.args.unsafe_exec=true (only on a machine you can afford to lose)"
+                f"the code task runs model-written programs in a bubblewrap sandbox, which is unavailable: {error}; "
+                f"or run them WITHOUT a sandbox with --task.args.unsafe_exec=true (only on a machine you can afford to lose)"
             ) from None
 
     def __len__(self) -> int:

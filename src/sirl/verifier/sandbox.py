@@ -158,7 +158,7 @@ class ProgramRunner:
 
     def check(self) -> None:
         """Raise :class:`SandboxUnavailable` unless a trivial program runs and answers (cached per setup)."""
-        problem = _probe(self.limits, self.sandbox, self.python)
+        problem = _probe(self.limits, self.sandbox, self.python, bwrap_path() if self.sandbox else None)
         if problem:
             raise SandboxUnavailable(problem)
 
@@ -292,9 +292,9 @@ def _parse_results(raw: bytes, n_cases: int) -> list[CaseResult]:
 
 
 @lru_cache(maxsize=None)
-def _probe(limits: Limits, sandbox: bool, python: str) -> str | None:
+def _probe(limits: Limits, sandbox: bool, python: str, bwrap: str | None) -> str | None:
     """None when a trivial program runs and answers under these settings, else what went wrong."""
-    if sandbox and bwrap_path() is None:
+    if sandbox and bwrap is None:
         return "bwrap is not installed (Debian/Ubuntu: apt-get install -y bubblewrap)"
     runner = ProgramRunner(Limits(timeout_s=max(limits.timeout_s, 10.0), memory_mb=max(limits.memory_mb, 64)), sandbox=sandbox, python=python)
     try:
