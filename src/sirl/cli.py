@@ -249,6 +249,7 @@ def _eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool, ta
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sirl.verifier.pool import VerifierStartupError  # a task its workers cannot build: a config error
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     subparser = parser._subparsers._group_actions[0].choices[args.command]  # for errors in its own usage
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(config, args.quiet)
         if args.command == "eval":
             return cmd_eval(config, args.quiet, args.json, args.verify)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, ValueError, VerifierStartupError) as error:
         if os.environ.get("SIRL_TRACEBACK"):
             raise
         print(f"sirl {args.command}: error: {error}\n(set SIRL_TRACEBACK=1 to see where)", file=sys.stderr)

@@ -1,13 +1,14 @@
 """RL training loop for the GRPO family (``--algo grpo | dr_grpo | rloo``).
 
 Each step: draw ``rollout.prompts_per_step`` training prompts; sample ``rollout.group_size`` responses to
-each with the current policy; score them with the task's verifier; turn rewards into group-relative
-advantages (sirl.algos.ADVANTAGES), broadcast over each response's tokens; then ``algo.ppo_epochs`` passes
-of ``algo.minibatches`` PPO-clip updates against the sampling log-probs, with an optional KL penalty to
-the starting policy. Held-out greedy accuracy is measured before the first update, every
-``train.eval_every`` steps and at the end. Everything lands in the run folder: config.yaml,
-metrics.jsonl (one object per step), TensorBoard events (tb/), samples.jsonl, Hugging Face checkpoints
-(checkpoints/step_N, checkpoints/final) and eval.json.
+each with the current policy; score them with the task's verifier (sirl.verifier: in process for tasks
+that declare their verifier safe, else in worker processes with deadlines); turn rewards into
+group-relative advantages (sirl.algos.ADVANTAGES), broadcast over each response's tokens; then
+``algo.ppo_epochs`` passes of ``algo.minibatches`` PPO-clip updates against the sampling log-probs, with an
+optional KL penalty to the starting policy. Held-out greedy accuracy is measured before the first update,
+every ``train.eval_every`` steps and at the end. Everything lands in the run folder: config.yaml,
+isolation.json (the verifier's isolation), metrics.jsonl (one object per step), TensorBoard events (tb/),
+samples.jsonl, Hugging Face checkpoints (checkpoints/step_N, checkpoints/final) and eval.json.
 
     sirl train --config arith --algo grpo --out runs/grpo
 
