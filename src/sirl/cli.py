@@ -9,14 +9,20 @@ import sys
 import textwrap
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from sirl.config import ConfigError, ExperimentConfig, check_task_args, load_config, to_yaml
+
+if TYPE_CHECKING:
+    from sirl.tasks import Task
+    from sirl.verifier import Verifier
 
 OVERRIDES_HELP = """\
 config overrides:
   Any config field can be set with a dotted flag after the other flags, e.g.
     --model.hidden_size=128  --task.args.max_ops=16  --sft.steps=500  --eval.n_problems=2000
-  Values are read as YAML (128 is an int, true a bool, [1,4] a list). Sections: task, model, sft, eval,
-  rollout, algo, train, plus top-level name and seed. `sirl config` prints the resolved config; unknown keys and wrong types
+  Values are read as YAML (128 is an int, true a bool, [1,4] a list). Sections: task, verifier, model,
+  sft, eval, rollout, algo, train, plus top-level name and seed. `sirl config` prints the resolved config; unknown keys and wrong types
   are errors that list the valid choices.
 """
 
@@ -196,15 +202,24 @@ def cmd_train(config: ExperimentConfig, quiet: bool, resume: bool, force: bool) 
 
 
 def cmd_eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool) -> int:
-    import torch
-
-    from sirl.evaluate import evaluate, evaluate_self_verification, format_result, format_self_verification, heldout_problems
-    from sirl.model import DTYPES, load_model, resolve_device
     from sirl.tasks import load_task, resolve_task_class
+    from sirl.verifier import verifier_for
 
     if not config.model.path:
         raise ConfigError("sirl eval needs a model: --model PATH (or model.path in the preset)")
     task = load_task(config.task.name, **check_task_args(resolve_task_class(config.task.name), config.task.args))
+    with verifier_for(config.verifier, config.task, task) as verifier:  # its workers stop however eval ends
+        # On stderr with --json, so stdout stays one JSON object; printed even with --quiet.
+        print(f"verifier: {verifier.isolation.describe()}", file=sys.stderr if as_json else sys.stdout)
+        return _eval(config, quiet, as_json, verify, task, verifier)
+
+
+def _eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool, task: Task, verifier: Verifier) -> int:
+    import torch
+
+    from sirl.evaluate import evaluate, evaluate_self_verification, format_result, format_self_verification, heldout_problems
+    from sirl.model import DTYPES, load_model, resolve_device
+
     torch.manual_seed(config.seed)
     model, tokenizer = load_model(config.model.path, dtype=DTYPES[config.model.dtype])
     model = model.to(resolve_device(config.model.device))
@@ -220,15 +235,18 @@ def cmd_eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool)
         n_samples=config.eval.n_samples,
         temperature=config.eval.temperature,
         seed=config.seed,
+        verifier=verifier,
     )
     report = result.to_json()
     self_verification = None
     if verify:
         self_verification = evaluate_self_verification(
             model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, samples=config.eval.n_samples,
-            temperature=config.eval.temperature, batch_size=config.eval.batch_size, seed=config.seed,
+            temperature=config.eval.temperature, batch_size=config.eval.batch_size, seed=config.seed, verifier=verifier,
         )
         report["self_verification"] = self_verification.to_json()
+    counts = verifier.counts
+    report["verifier"] = {**verifier.isolation.to_json(), "calls": counts.calls, "timeouts": counts.timeouts, "errors": counts.errors}
     if config.out:
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -245,6 +263,7 @@ def cmd_eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sirl.verifier.pool import VerifierStartupError  # a task its workers cannot build: a config error
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     subparser = parser._subparsers._group_actions[0].choices[args.command]  # for errors in its own usage
@@ -272,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(config, args.quiet, bool(resume), args.force)
         if args.command == "eval":
             return cmd_eval(config, args.quiet, args.json, args.verify)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, ValueError, VerifierStartupError) as error:
         if os.environ.get("SIRL_TRACEBACK"):
             raise
         print(f"sirl {args.command}: error: {error}\n(set SIRL_TRACEBACK=1 to see where)", file=sys.stderr)

@@ -39,6 +39,23 @@ class TaskConfig:
 
 
 @dataclass
+class VerifierConfig:
+    """Where the task's verifier runs (sirl.verifier): model output is adversarial, and a verifier that
+    hangs, eats memory or crashes must cost one sample's reward, never the run."""
+
+    isolation: Literal["auto", "in_process", "workers"] = "auto"
+    """in_process: verify in the trainer's process (no deadline); workers: a pool of spawned processes
+    with a deadline, a memory cap and a process-group kill per completion; auto: in_process for tasks
+    that declare their verifier safe (arith, countdown), workers for the others (gsm8k, code, user tasks)."""
+    workers: int | None = None
+    """Worker processes of the pool; None uses min(4, CPU count)."""
+    timeout_s: float = 5.0
+    """Wall-clock deadline per completion in a worker; an overrun scores 0 and counts in verify/timeouts."""
+    memory_mb: int = 2048
+    """Address-space cap (RLIMIT_AS) of each worker, in MB; past it, verify raises MemoryError (verify/errors)."""
+
+
+@dataclass
 class ModelConfig:
     path: str | None = None
     """A local Hugging Face causal LM directory to start from; None builds a new model (SFT from scratch)."""
@@ -228,6 +245,7 @@ class ExperimentConfig:
     out: str | None = None
     """The run folder; created if missing."""
     task: TaskConfig = field(default_factory=TaskConfig)
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

@@ -20,6 +20,7 @@ from sirl.model import encode_prompt, eos_ids
 from sirl.rollout import SamplingParams, generate
 from sirl.tasks.base import Task
 from sirl.types import Problem
+from sirl.verifier import Verifier, score_completions
 
 
 def heldout_problems(task: Task, n: int, seed: int) -> list[Problem]:
@@ -105,8 +106,10 @@ def complete(
     repeats: int = 1,
     batch_size: int = 256,
     generator: torch.Generator | None = None,
+    verifier: Verifier | None = None,
 ) -> tuple[list[Completion], float]:
-    """Sample ``repeats`` completions per problem and score them; returns them and the seconds taken."""
+    """Sample ``repeats`` completions per problem and score them (with ``verifier``, else ``task.verify``
+    in this process); returns them and the seconds taken (decoding only)."""
     start = time.perf_counter()
     generations = generate(
         model,
@@ -119,14 +122,14 @@ def complete(
         max_batch=batch_size,
     )
     seconds = time.perf_counter() - start
-    completions = []
-    for row in range(len(generations)):
-        problem = problems[int(generations.context_index_B[row])]
-        tokens = generations.row_tokens(row)
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        completions.append(
-            Completion(problem, text, len(tokens), bool(generations.truncated_B[row]), task.verify(problem, text))
-        )
+    rows = [(problems[int(generations.context_index_B[row])], generations.row_tokens(row)) for row in range(len(generations))]
+    texts = [tokenizer.decode(tokens, skip_special_tokens=True) for _, tokens in rows]
+    row_problems = [problem for problem, _ in rows]
+    rewards = score_completions(task, row_problems, texts, verifier)
+    completions = [
+        Completion(problem, text, len(tokens), bool(generations.truncated_B[row]), reward)
+        for row, ((problem, tokens), text, reward) in enumerate(zip(rows, texts, rewards))
+    ]
     return completions, seconds
 
 
@@ -142,10 +145,13 @@ def evaluate(
     n_samples: int = 8,
     temperature: float = 1.0,
     seed: int = 0,
+    verifier: Verifier | None = None,
 ) -> EvalResult:
-    """Greedy accuracy and its breakdowns; pass@k for each k in ``pass_k`` from ``n_samples`` samples."""
+    """Greedy accuracy and its breakdowns; pass@k for each k in ``pass_k`` from ``n_samples`` samples.
+    Completions are scored by ``verifier`` (else by ``task.verify`` in this process)."""
     greedy, seconds = complete(
-        model, tokenizer, task, problems, SamplingParams(max_new_tokens, temperature=0.0), batch_size=batch_size
+        model, tokenizer, task, problems, SamplingParams(max_new_tokens, temperature=0.0), batch_size=batch_size,
+        verifier=verifier,
     )
     n = len(greedy)
     correct = sum(c.reward for c in greedy)
@@ -182,6 +188,7 @@ def evaluate(
             repeats=n_samples,
             batch_size=batch_size,
             generator=generator,
+            verifier=verifier,
         )
         successes = [sum(c.reward >= 1 for c in sampled[i * n_samples : (i + 1) * n_samples]) for i in range(n)]
         result.pass_at_k = {k: sum(pass_at_k(n_samples, c, k) for c in successes) / n for k in pass_k}
@@ -247,6 +254,7 @@ def evaluate_self_verification(
     temperature: float = 1.0,
     batch_size: int = 256,
     seed: int = 0,
+    verifier: Verifier | None = None,
 ) -> SelfVerifyResult:
     """Sample ``samples`` solutions per problem, then ask the policy, in the task's self-verification
     format, for the first wrong step of each (greedy verdicts)."""
@@ -255,7 +263,7 @@ def evaluate_self_verification(
     generator = torch.Generator().manual_seed(seed)
     completions, _ = complete(
         model, tokenizer, task, problems, SamplingParams(max_new_tokens, temperature=temperature),
-        repeats=samples, batch_size=batch_size, generator=generator,
+        repeats=samples, batch_size=batch_size, generator=generator, verifier=verifier,
     )
     failures = [c for c in completions if c.reward < 1]
     successes = [c for c in completions if c.reward >= 1]

@@ -26,7 +26,8 @@ from sirl.config import ExperimentConfig, check_task_args
 from sirl.evaluate import EvalResult, evaluate, heldout_problems
 from sirl.model import count_parameters, encode_prompt, encode_text, policy_from_config, save_model
 from sirl.runlog import RunLog
-from sirl.tasks import load_task, resolve_task_class
+from sirl.tasks import Task, load_task, resolve_task_class
+from sirl.verifier import Verifier, verifier_for
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,11 @@ def run_sft(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> SFT
     train_args = check_task_args(task_class, {**task_args, **config.sft.task_args}, key="sft.task_args")
     task = load_task(config.task.name, **task_args)
     train_task = load_task(config.task.name, **train_args)
+    with verifier_for(config.verifier, config.task, task) as verifier:  # its workers stop however SFT ends
+        return _sft(config, run_dir, quiet, task, train_task, verifier)
+
+
+def _sft(config: ExperimentConfig, run_dir: Path, quiet: bool, task: Task, train_task: Task, verifier: Verifier) -> SFTResult:
     torch.manual_seed(config.seed)
     model, tokenizer = policy_from_config(config.model, task.alphabet() + train_task.alphabet(), config.seed)
     device = model.device
@@ -88,10 +94,13 @@ def run_sft(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> SFT
     rng = random.Random(config.seed)
     if not quiet:
         print(f"sft: {config.task.name}, {count_parameters(model):,} parameters on {device}, run folder {run_dir}")
+    print(f"verifier: {verifier.isolation.describe()}")  # even with --quiet: never silent
+    log.write_json("isolation.json", verifier.isolation.to_json())
 
     def held_out_eval() -> EvalResult:
         return evaluate(
-            model, tokenizer, task, heldout, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size
+            model, tokenizer, task, heldout, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
+            verifier=verifier,
         )
 
     start = time.time()

@@ -1,15 +1,17 @@
 """RL training loop for the GRPO family (``--algo grpo | dr_grpo | rloo``).
 
 Each step: draw ``rollout.prompts_per_step`` training prompts; sample ``rollout.group_size`` responses to
-each with the current policy; score them with the task's verifier; turn rewards into group-relative
-advantages (sirl.algos.ADVANTAGES), broadcast over each response's tokens; then ``algo.ppo_epochs`` passes
-of ``algo.minibatches`` PPO-clip updates against the sampling log-probs, with an optional KL penalty to
-the starting policy. Held-out greedy accuracy is measured before the first update, every
-``train.eval_every`` steps and at the end. Everything lands in the run folder: config.yaml,
-metrics.jsonl (one object per step), TensorBoard events (tb/), samples.jsonl, checkpoints
-(checkpoints/step_N, checkpoints/final: Hugging Face directories with the trainer's state, sirl.checkpoint)
-and eval.json. ``run_train(..., resume=True)`` continues a run from its latest complete checkpoint with the
-same results as an uninterrupted run; everything that carries over between steps lives in ``LoopState``.
+each with the current policy; score them with the task's verifier (sirl.verifier: in process for tasks
+that declare their verifier safe, else in worker processes with deadlines); turn rewards into
+group-relative advantages (sirl.algos.ADVANTAGES), broadcast over each response's tokens; then
+``algo.ppo_epochs`` passes of ``algo.minibatches`` PPO-clip updates against the sampling log-probs, with an
+optional KL penalty to the starting policy. Held-out greedy accuracy is measured before the first update,
+every ``train.eval_every`` steps and at the end. Everything lands in the run folder: config.yaml,
+isolation.json (the verifier's isolation), metrics.jsonl (one object per step), TensorBoard events (tb/),
+samples.jsonl, checkpoints (checkpoints/step_N, checkpoints/final: Hugging Face directories with the
+trainer's state, sirl.checkpoint) and eval.json. ``run_train(..., resume=True)`` continues a run from its
+latest complete checkpoint with the same results as an uninterrupted run; everything that carries over
+between steps lives in ``LoopState``.
 
     sirl train --config arith --algo grpo --out runs/grpo
     sirl train --resume runs/grpo
@@ -52,6 +54,7 @@ from sirl.runlog import RunLog
 from sirl.sft import collate, sft_loss
 from sirl.tasks import Task, load_task, resolve_task_class
 from sirl.types import Trajectory
+from sirl.verifier import Verifier, verifier_for
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,11 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False, resu
     most recent complete checkpoint (sirl.checkpoint), exactly as if it had never stopped. Resuming with
     a config other than the checkpoint's is an error unless ``force``."""
     task = load_task(config.task.name, **check_task_args(resolve_task_class(config.task.name), config.task.args))
+    with verifier_for(config.verifier, config.task, task) as verifier:  # its workers stop however the run ends
+        return _train(config, run_dir, quiet, task, verifier)
+
+
+def _train(config: ExperimentConfig, run_dir: Path, quiet: bool, task: Task, verifier: Verifier) -> EvalResult:
     torch.manual_seed(config.seed)
     model, tokenizer = policy_from_config(config.model, task.alphabet(), config.seed)
     dist = Distributed.from_env(model.device)
@@ -333,7 +341,9 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False, resu
     log = RunLog(run_dir, config, resume_step=state.step if resume else None, elapsed_s=log_elapsed) if dist.is_main else None
 
     def held_out_eval(problems=heldout) -> EvalResult:
-        return evaluate(model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size)
+        return evaluate(
+            model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size, verifier=verifier
+        )
 
     def checkpoint(name: str) -> None:
         processes = dist.gather_json(state.process_json())  # every process takes part; the first writes
@@ -345,6 +355,10 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False, resu
               f"{dist.world_size} process(es), run folder {run_dir}")
         if resume:
             print(f"resuming from {loaded.path} (step {state.step}, {sum(state.tokens.values()):,} generated tokens)")
+    if dist.is_main:  # printed even with --quiet: what can run model output, and how, is never silent
+        print(f"verifier: {verifier.isolation.describe()}")
+    if log:
+        log.write_json("isolation.json", verifier.isolation.to_json())
     if not resume:
         state.first_eval = state.last_eval = held_out_eval()
         if log:
@@ -365,7 +379,7 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False, resu
         trajectories = sample_trajectories(
             model, tokenizer, task, problems + [d.problem for d in drawn], params,
             group_size=rollout.group_size, prefixes=[[] for _ in problems] + [d.prefix_ids for d in drawn],
-            generator=state.sample_gen, max_batch=rollout.batch_size,
+            generator=state.sample_gen, max_batch=rollout.batch_size, verifier=verifier,
         )
         rollout_seconds = time.time() - step_start
 
@@ -377,7 +391,7 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False, resu
             found = sample_trajectories(
                 model, tokenizer, task, [t.problem for t, _ in requests], params, group_size=k,
                 prefixes=[prefix_ids(t, steps) for t, steps in requests], groups=[t.group for t, _ in requests],
-                generator=state.sample_gen, max_batch=rollout.batch_size,
+                generator=state.sample_gen, max_batch=rollout.batch_size, verifier=verifier,
             )
             probe_tokens += sum(len(p.response_ids) - p.prefix_len for p in found)
             return [found[i * k : (i + 1) * k] for i in range(len(requests))]
@@ -442,10 +456,11 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False, resu
         rewards_B = torch.tensor([t.reward for t in trajectories])
         group_B = torch.tensor([t.group for t in trajectories])
         fresh = [t for t in trajectories if t.prefix_len == 0]  # reward/mean: fresh prompts only, as in grpo
-        n_tokens, n_probe_tokens, n_verify_tokens, reward_sum, n_fresh, truncated, n = dist.sum([
+        verified = verifier.take_counts()  # completions of this step (and its evaluation) that scored 0 by failure
+        n_tokens, n_probe_tokens, n_verify_tokens, reward_sum, n_fresh, truncated, n, timeouts, errors = dist.sum([
             float(sum(len(t.response_ids) - t.prefix_len for t in trajectories)), float(probe_tokens), float(verify_tokens),
             float(sum(t.reward for t in fresh)), float(len(fresh)), float(sum(t.truncated for t in trajectories)),
-            float(len(trajectories)),
+            float(len(trajectories)), float(verified.timeouts), float(verified.errors),
         ])
         state.tokens["policy"] += int(n_tokens)
         state.tokens["probe"] += int(n_probe_tokens)
@@ -464,6 +479,8 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False, resu
             "rollout/samples": int(n),
             "rollout/truncated_frac": truncated / max(n, 1),
             "rollout/response_tokens": n_tokens / max(n, 1),
+            "verify/timeouts": int(timeouts),
+            "verify/errors": int(errors),
             **credit.metrics,
             "lr": schedule.get_last_lr()[0],
             "time/rollout_s": rollout_seconds,

@@ -10,6 +10,7 @@ from sirl.rollout.engine import Generations, SamplingParams, generate, pick_back
 from sirl.rollout.steps import char_spans_to_token_spans, token_char_offsets
 from sirl.tasks.base import Task
 from sirl.types import Problem, Trajectory
+from sirl.verifier import Verifier, score_completions
 
 __all__ = ["Generations", "SamplingParams", "generate", "pick_backend", "sample_trajectories"]
 
@@ -26,6 +27,7 @@ def sample_trajectories(
     groups: list[int] | None = None,
     generator: torch.Generator | None = None,
     max_batch: int = 1024,
+    verifier: Verifier | None = None,
 ) -> list[Trajectory]:
     """Scored trajectories, ``group_size`` (one int, or one per problem) per problem, problem-major, with
     one prefill per problem.
@@ -33,7 +35,8 @@ def sample_trajectories(
     ``prefixes[i]``, when given, is a partial response (token ids) that problem i's samples continue: the
     trajectory's response is the prefix followed by the sampled tokens, its ``prefix_len`` is the length
     of the prefix, and its log-probs are 0 on the given tokens. ``groups[i]`` is the group id of problem
-    i's samples (default: i).
+    i's samples (default: i). Rewards come from ``verifier`` in one batch (sirl.verifier: in process or
+    in isolated workers); without one, ``task.verify`` is called here, in this process.
     """
     prefixes = prefixes or [[] for _ in problems]
     groups = groups if groups is not None else list(range(len(problems)))
@@ -48,20 +51,25 @@ def sample_trajectories(
         generator=generator,
         max_batch=max_batch,
     )
-    trajectories = []
+    rows = []
     for row in range(len(generations)):
         index = int(generations.context_index_B[row])
-        problem, prefix, sampled = problems[index], prefixes[index], generations.row_tokens(row)
-        response = prefix + sampled
-        text, offsets = token_char_offsets(tokenizer, response)
+        response = prefixes[index] + generations.row_tokens(row)
+        rows.append((index, response, *token_char_offsets(tokenizer, response)))
+    texts = [text for _, _, text, _ in rows]
+    row_problems = [problems[index] for index, *_ in rows]
+    rewards = score_completions(task, row_problems, texts, verifier)
+    trajectories = []
+    for row, ((index, response, text, offsets), reward) in enumerate(zip(rows, rewards)):
+        prefix = prefixes[index]
         trajectories.append(
             Trajectory(
-                problem=problem,
+                problem=problems[index],
                 prompt_ids=prompts[index],
                 response_ids=response,
-                logprobs=[0.0] * len(prefix) + generations.logp_BT[row, : len(sampled)].tolist(),
+                logprobs=[0.0] * len(prefix) + generations.logp_BT[row, : len(response) - len(prefix)].tolist(),
                 text=text,
-                reward=task.verify(problem, text),
+                reward=reward,
                 truncated=bool(generations.truncated_B[row]),
                 group=groups[index],
                 step_spans=char_spans_to_token_spans(task.split_steps(text), offsets, len(text)),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sirl.tasks.arith import ArithTask
 from sirl.tasks.base import NoGroundTruth, Task, split_of
+from sirl.tasks.code import CodeTask
 from sirl.tasks.countdown import CountdownTask
 from sirl.tasks.gsm8k import GSM8KTask
 
@@ -22,6 +23,7 @@ TASKS: dict[str, type[Task]] = {
     ArithTask.name: ArithTask,
     CountdownTask.name: CountdownTask,
     GSM8KTask.name: GSM8KTask,
+    CodeTask.name: CodeTask,
 }
 
 __all__ = ["TASKS", "Task", "NoGroundTruth", "load_task", "resolve_task_class", "task_knobs", "split_of"]

@@ -48,6 +48,7 @@ def apply(a: int, op: str, b: int) -> int:
 class ArithTask(Task):
     name = "arith"
     description = "left-to-right arithmetic mod 10 with a scratchpad that restates operands (e.g. 7+5*3-2=)"
+    safe_verify = True  # one regular expression over the completion: linear time, no allocation to speak of
 
     def __init__(
         self,

@@ -16,6 +16,11 @@ Contract (other code and outside users rely on these exact names):
   :class:`NoGroundTruth`.
 - ``reference_solution(problem) -> str``: a correct completion (synthetic tasks; data tasks return the
   dataset's worked solution).
+- ``safe_verify``: True only when ``verify`` is bounded in time and memory for *any* completion, so the
+  trainer may call it in its own process (sirl.verifier); otherwise it runs in worker processes with a
+  deadline and a memory cap.
+- ``program_isolation() -> str | None``: for tasks whose verifier executes model-written programs, a
+  description of the sandbox it runs them in (printed at the start of a run); None otherwise.
 
 Knobs (difficulty and the like) are constructor keyword arguments; the config passes them through.
 """
@@ -58,6 +63,9 @@ class Task(ABC):
     name: str = "task"
     description: str = ""
     has_ground_truth: bool = True
+    safe_verify: bool = False
+    """True when ``verify`` is bounded in time and memory for any completion (plain string checks on
+    bounded data), so it may run in the trainer's process; the default runs it in isolated workers."""
 
     # Self-verification format: the policy sees the problem and a solution with numbered steps, then
     # writes the number of the first wrong step (1-based) or "none". Kept compact for character-level
@@ -79,6 +87,10 @@ class Task(ABC):
 
     @abstractmethod
     def reference_solution(self, problem: Problem) -> str: ...
+
+    def program_isolation(self) -> str | None:
+        """How ``verify`` isolates the model-written programs it executes; None when it runs none."""
+        return None
 
     def difficulty(self, problem: Problem) -> int | None:
         """An integer difficulty level for per-difficulty reports, or None when the task has none."""

@@ -112,6 +112,7 @@ def _take(pool: list[int], x: int) -> bool:
 class CountdownTask(Task):
     name = "countdown"
     description = "reach a target from given numbers with + - * /, each used once (e.g. 3,5,7,2->24:)"
+    safe_verify = True  # fixed-shape regular expressions per step and one operation on integers per step
 
     def __init__(
         self,
