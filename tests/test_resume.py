@@ -34,9 +34,10 @@ def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 def shipped_config(algo: str, *extra: str):
     """The shipped arith policy (so the method finds failures and successes to work with), small steps."""
     return load_config("arith", [
-        "model.device=cpu", f"algo.name={algo}", "train.steps=20", "train.eval_every=5", "train.checkpoint_every=10",
-        "rollout.prompts_per_step=4", "rollout.group_size=4", "eval.n_problems=16", "method.repair_share=0.5",
-        "internalize.verify_batch=8", *extra,
+        "model.device=cpu", f"algo.name={algo}", "train.steps=20", "train.eval_every=10", "train.checkpoint_every=10",
+        "task.args.min_ops=3", "task.args.max_ops=6", "rollout.max_new_tokens=48", "rollout.prompts_per_step=2",
+        "rollout.group_size=4", "eval.n_problems=8", "eval.max_new_tokens=48", "method.repair_share=0.5",
+        "internalize.verify_batch=4", *extra,
     ])
 
 

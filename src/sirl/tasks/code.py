@@ -44,17 +44,18 @@ only), which is printed at the start of every run.
 Knobs: ``path`` (relative paths are looked up with :func:`sirl.paths.resolve_path`), ``test_fraction``,
 ``timeout_s``, ``memory_mb`` and ``max_processes`` (per program run), ``unsafe_exec``, ``python`` (the
 interpreter that runs programs; default the trainer's own, or a system one when the sandbox's
-unprivileged user cannot reach it).
+unprivileged user cannot reach it), ``max_bad_fraction`` (malformed rows up to this share are reported and
+skipped; above it the file is refused).
 """
 
 from __future__ import annotations
 
 import ast
-import json
 import random
 import re
 from pathlib import Path
 
+from sirl.data import read_records
 from sirl.paths import resolve_path
 from sirl.tasks.base import NoGroundTruth, Task, check_split, split_of, split_on_separator
 from sirl.types import Problem, Span
@@ -166,42 +167,38 @@ def parse_tests(tests: list) -> tuple[str, list[str], list[str]]:
     return kinds.pop(), cases, expected
 
 
-def load_rows(path: Path) -> list[dict]:
-    """Problems of a JSONL file as ``{"id", "prompt", "kind", "cases", "expected", "solution",
-    "difficulty"}``; a ValueError names the file, line and field of anything malformed."""
+def load_rows(path: Path, max_bad_fraction: float = 0.01) -> list[dict]:
+    """Problems of a JSONL or Parquet file as ``{"id", "prompt", "kind", "cases", "expected", "solution",
+    "difficulty"}``. Read with :func:`sirl.data.read_records`: a malformed row is reported with its file,
+    line and field and skipped, and the file is refused when more than ``max_bad_fraction`` of its rows are."""
     if not path.is_file():
         raise ValueError(f"code problems file {str(path)!r} does not exist (knob 'path')")
+
+    def check(record: dict) -> str | None:
+        prompt = record.get("prompt", record.get("text"))
+        if not isinstance(prompt, str) or not prompt.strip():
+            return f"needs a non-empty 'prompt' (or 'text'), fields present: {sorted(record)}"
+        try:
+            parse_tests(record.get("tests", record.get("test_list")))
+        except ValueError as error:
+            return str(error)
+        solution = record.get("solution", record.get("code"))
+        if solution is not None and not isinstance(solution, str):
+            return "'solution' must be a string"
+        difficulty = record.get("difficulty")
+        if difficulty is not None and (not isinstance(difficulty, int) or isinstance(difficulty, bool)):
+            return "'difficulty' must be an integer"
+        return None
+
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            prompt = record.get("prompt", record.get("text"))
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"{where}: needs a non-empty 'prompt' (or 'text'), fields present: {sorted(record)}")
-            try:
-                kind, cases, expected = parse_tests(record.get("tests", record.get("test_list")))
-            except ValueError as error:
-                raise ValueError(f"{where}: {error}") from None
-            solution = record.get("solution", record.get("code"))
-            if solution is not None and not isinstance(solution, str):
-                raise ValueError(f"{where}: 'solution' must be a string")
-            difficulty = record.get("difficulty")
-            if difficulty is not None and not isinstance(difficulty, int):
-                raise ValueError(f"{where}: 'difficulty' must be an integer")
-            rows.append({
-                "id": str(record.get("id", len(rows))), "prompt": prompt.rstrip("\n") + "\n", "kind": kind,
-                "cases": cases, "expected": expected, "solution": solution, "difficulty": difficulty,
-            })
-    if not rows:
-        raise ValueError(f"code problems file {str(path)!r} has no problems")
+    for record in read_records(path, {}, max_bad_fraction=max_bad_fraction, check=check).rows:
+        prompt = record.get("prompt", record.get("text"))
+        kind, cases, expected = parse_tests(record.get("tests", record.get("test_list")))
+        rows.append({
+            "id": str(record.get("id", len(rows))), "prompt": prompt.rstrip("\n") + "\n", "kind": kind,
+            "cases": cases, "expected": expected, "solution": record.get("solution", record.get("code")),
+            "difficulty": record.get("difficulty"),
+        })
     return rows
 
 
@@ -219,12 +216,13 @@ class CodeTask(Task):
         max_processes: int = 8,
         unsafe_exec: bool = False,
         python: str | None = None,
+        max_bad_fraction: float = 0.01,
     ):
         if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
         self.path = resolve_path(path)
         self.test_fraction = float(test_fraction)
-        self.rows = load_rows(self.path)
+        self.rows = load_rows(self.path, max_bad_fraction)
         self._by_split: dict[str, list[int]] = {"train": [], "test": []}
         for index, row in enumerate(self.rows):
             self._by_split[split_of(row["prompt"], self.test_fraction)].append(index)
