@@ -290,10 +290,12 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False, resu
     a config other than the checkpoint's is an error unless ``force``."""
     task = load_task(config.task.name, **check_task_args(resolve_task_class(config.task.name), config.task.args))
     with verifier_for(config.verifier, config.task, task) as verifier:  # its workers stop however the run ends
-        return _train(config, run_dir, quiet, task, verifier)
+        return _train(config, run_dir, quiet, resume, force, task, verifier)
 
 
-def _train(config: ExperimentConfig, run_dir: Path, quiet: bool, task: Task, verifier: Verifier) -> EvalResult:
+def _train(
+    config: ExperimentConfig, run_dir: Path, quiet: bool, resume: bool, force: bool, task: Task, verifier: Verifier
+) -> EvalResult:
     torch.manual_seed(config.seed)
     model, tokenizer = policy_from_config(config.model, task.alphabet(), config.seed)
     dist = Distributed.from_env(model.device)
