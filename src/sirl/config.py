@@ -158,8 +158,11 @@ class AlgoConfig:
 class MethodConfig:
     """Knobs of si (and of random_reset and vine where they apply); METHOD.md defines the terms."""
 
-    probes: int = 2
-    """K: probe continuations per checked prefix."""
+    probes: int = 1
+    """K: probe continuations per checked prefix. 1 measured best at an equal token budget on arith
+    (benchmarks/ablate_si.py: 85.3% vs 82.4% for K=2 and 81.7% for K=4, two seeds each, 250k tokens): a
+    cheaper check localizes more failures per token; K=2 or 4 localize more exactly
+    (benchmarks/localization.py)."""
     free_evidence: bool = True
     """Start each search at the longest prefix a verified trajectory of the same prompt shares."""
     first_check: Literal["divergence", "bisect"] = "divergence"
