@@ -2,7 +2,7 @@
 
 Runs `sirl train` from the shipped arith policy for the same number of steps with ``--algo si`` and with
 ``--algo si_internal`` under each way of teaching self-verification (an auxiliary loss, ``sft``; a reward
-for agreeing with the oracle, ``rl``), over several seeds. It prints a table (final held-out accuracy on
+for agreeing with the oracle, ``rl``; both), over several seeds. It prints a table (final held-out accuracy on
 ``--final-problems`` problems, probes per failure and self-localization accuracy early and late in the
 run, confirmed share, audit share, tokens spent on verdicts) and writes ``internalize.png`` with the
 curves of self-localization accuracy, probes per failure and held-out accuracy.
@@ -22,7 +22,7 @@ RUNS: dict[str, list[str]] = {
     "si": ["--algo", "si"],
     "si_internal (sft)": ["--algo", "si_internal", "--internalize.verify_loss=sft"],
     "si_internal (rl)": ["--algo", "si_internal", "--internalize.verify_loss=rl"],
-    "si_internal (sft, 1 probe per check)": ["--algo", "si_internal", "--internalize.verify_loss=sft", "--internalize.confirm_probes=1"],
+    "si_internal (both)": ["--algo", "si_internal", "--internalize.verify_loss=both"],
 }
 
 

@@ -204,10 +204,20 @@ def test_a_non_finite_advantage_skips_the_update_and_leaves_optimizer_and_weight
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_a_run_where_the_completions_are_truncated_is_finite_and_learns_nothing(tmp_path):
-    """Two new tokens: (nearly) every completion is cut off, no answer is complete, every reward is 0."""
-    run_train(tiny_config(tmp_path, "rollout.max_new_tokens=2", "train.steps=2", "algo.name=grpo"), tmp_path / "run", quiet=True)
+def test_a_run_where_every_completion_is_truncated_is_finite_and_learns_nothing(tmp_path, monkeypatch):
+    """Three new tokens, and every sample marked cut off (as a truncated completion scores, 0): the
+    groups carry no signal, the loss is finite and zero, nothing is skipped."""
+    import dataclasses
+
+    import sirl.train
+
+    real = sirl.train.sample_trajectories
+    monkeypatch.setattr(
+        sirl.train, "sample_trajectories",
+        lambda *a, **k: [dataclasses.replace(t, truncated=True, reward=0.0) for t in real(*a, **k)],
+    )
+    run_train(tiny_config(tmp_path, "rollout.max_new_tokens=3", "train.steps=2", "algo.name=grpo"), tmp_path / "run", quiet=True)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
     for r in rows:
-        assert r["rollout/truncated_frac"] >= 0.9 and r["reward/mean"] == 0.0 and r["adv/zero_std_frac"] == 1.0
+        assert r["rollout/truncated_frac"] == 1.0 and r["reward/mean"] == 0.0 and r["adv/zero_std_frac"] == 1.0
         assert r["loss/policy"] == 0.0 and r["grad_norm"] == 0.0 and r["guard/skipped_steps"] == 0
