@@ -7,7 +7,8 @@ for agreeing with the oracle, ``rl``; both), over several seeds. It prints a tab
 run, confirmed share, audit share, tokens spent on verdicts) and writes ``internalize.png`` with the
 curves of self-localization accuracy, probes per failure and held-out accuracy.
 
-    python benchmarks/internalize.py --out runs/internalize --steps 100 --seeds 2
+    python benchmarks/internalize.py --out runs/internalize --steps 100 --seeds 2 \\
+        --runs "si,si_internal (sft),si_internal (sft, coef 0.5),si_internal (rl, coef 0.5)"
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from common import final_eval, metrics, train_run
 RUNS: dict[str, list[str]] = {
     "si": ["--algo", "si"],
     "si_internal (sft)": ["--algo", "si_internal", "--internalize.verify_loss=sft"],
-    "si_internal (rl)": ["--algo", "si_internal", "--internalize.verify_loss=rl"],
+    "si_internal (sft, coef 0.5)": ["--algo", "si_internal", "--internalize.verify_loss=sft", "--internalize.verify_coef=0.5"],
+    "si_internal (rl, coef 0.5)": ["--algo", "si_internal", "--internalize.verify_loss=rl", "--internalize.verify_coef=0.5"],
     "si_internal (both)": ["--algo", "si_internal", "--internalize.verify_loss=both"],
 }
 
@@ -72,7 +74,7 @@ def main() -> None:
     parser.add_argument("--config", default="arith")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--runs", default=",".join(RUNS))
+    parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated names from RUNS in this file")
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--final-problems", type=int, default=2000)
     args = parser.parse_args()
