@@ -8,7 +8,7 @@ run, confirmed share, audit share, tokens spent on verdicts) and writes ``intern
 curves of self-localization accuracy, probes per failure and held-out accuracy.
 
     python benchmarks/internalize.py --out runs/internalize --steps 100 --seeds 2 \\
-        --runs "si,si_internal (sft),si_internal (sft, coef 0.5),si_internal (rl, coef 0.5)"
+        --runs "si,si_internal (sft),si_internal (sft; coef 0.5),si_internal (rl; coef 0.5)"
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from common import final_eval, metrics, train_run
 RUNS: dict[str, list[str]] = {
     "si": ["--algo", "si"],
     "si_internal (sft)": ["--algo", "si_internal", "--internalize.verify_loss=sft"],
-    "si_internal (sft, coef 0.5)": ["--algo", "si_internal", "--internalize.verify_loss=sft", "--internalize.verify_coef=0.5"],
-    "si_internal (rl, coef 0.5)": ["--algo", "si_internal", "--internalize.verify_loss=rl", "--internalize.verify_coef=0.5"],
+    "si_internal (sft; coef 0.5)": ["--algo", "si_internal", "--internalize.verify_loss=sft", "--internalize.verify_coef=0.5"],
+    "si_internal (rl; coef 0.5)": ["--algo", "si_internal", "--internalize.verify_loss=rl", "--internalize.verify_coef=0.5"],
     "si_internal (both)": ["--algo", "si_internal", "--internalize.verify_loss=both"],
 }
 
