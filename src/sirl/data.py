@@ -69,8 +69,9 @@ def check_record(record: Any, fields: dict[str, type | tuple[type, ...]]) -> str
         value = record[name]
         if value is None:
             return f"field {name!r} is null; it must be a {_type_name(expected)}"
+        allowed = expected if isinstance(expected, tuple) else (expected,)
         # bool is an int in Python, never what a numeric field means
-        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in (expected if isinstance(expected, tuple) else (expected,))):
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
             return f"field {name!r} must be a {_type_name(expected)}, got {type(value).__name__} {value!r:.60}"
         if isinstance(value, str) and not value.strip():
             return f"field {name!r} is an empty string"
