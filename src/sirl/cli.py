@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -117,6 +118,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify", action="store_true",
         help="also report how well the model names the first wrong step of its own sampled failures (self-verification)",
     )
+
+    compare = commands.add_parser(
+        "compare",
+        help="methods side by side from the same policy at an equal generated-token budget; tables and plots",
+        description=_wrap(
+            "Train every method in --methods from the same starting policy, --seeds seeds each, until each run has "
+            "generated --budget-tokens tokens (policy samples, probes and self-verification all counted). Held-out "
+            "accuracy is measured at every multiple of --eval-every-tokens and at the end on --final-problems "
+            "problems. Writes results.json, results.md (final accuracy mean and std over seeds, tokens to reach grpo's "
+            "best accuracy, wall-clock, probe share, localization accuracy, accuracy by difficulty) and PNG plots into "
+            "--out. Rerunning with the same --out continues a killed comparison where it stopped. --plan reads the "
+            "settings and each task's config from a comparison preset (benchmarks/compare_cpu.yaml); flags given here "
+            "override it."
+        ),
+        epilog=OVERRIDES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(compare)
+    compare.add_argument("--plan", metavar="FILE", help="a comparison preset; --task picks its entry under tasks:")
+    compare.add_argument("--methods", metavar="A,B,...", help="comma-separated methods (default: every method, or the plan's)")
+    compare.add_argument("--seeds", type=int, metavar="N", help="seeds per method (default 3)")
+    compare.add_argument("--budget-tokens", type=int, metavar="N", help="generated tokens per run (required without --plan)")
+    compare.add_argument("--eval-every-tokens", type=int, metavar="N", help="held-out evaluation grid (default: budget / 5)")
+    compare.add_argument("--final-problems", type=int, metavar="N", help="final evaluation set size (default eval.n_problems)")
+    compare.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="steps between resumable checkpoints (default 50)")
+    compare.add_argument("--jobs", type=int, metavar="N", help="runs at once, each its own process (default 1)")
+    compare.add_argument("--threads", type=int, metavar="N", help="CPU threads per run (default: cores / jobs)")
 
     show = commands.add_parser(
         "config",
@@ -262,6 +290,54 @@ def _eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool, ta
     return 0
 
 
+def cmd_compare(args: argparse.Namespace, overrides: list[str], parser: argparse.ArgumentParser) -> int:
+    from sirl.compare import ComparePlan, read_plan_file, run_comparison
+    from sirl.config import preset_path
+
+    settings: dict = {}
+    if args.plan:
+        if not args.task:
+            parser.error("--plan needs --task to pick one of its tasks")
+        if args.config:
+            parser.error("--plan names each task's config; give changes as overrides instead of --config")
+        args.config, plan_overrides, settings = read_plan_file(Path(args.plan), args.task)
+        overrides = [*plan_overrides, *overrides]
+        label, args.task = args.task, None  # the plan entry's preset names the task
+    else:
+        label = args.task or args.config or "task"
+        if not args.config and args.task:
+            try:  # `--task arith` starts from the preset of the same name (its policy and distribution)
+                preset_path(args.task)
+                args.config = args.task
+                print(f"compare: config from the preset configs/{args.task}.yaml (named like --task)")
+            except ConfigError:
+                pass
+    flags = {
+        "methods": args.methods.split(",") if args.methods else None, "seeds": args.seeds, "budget_tokens": args.budget_tokens,
+        "eval_every_tokens": args.eval_every_tokens, "final_problems": args.final_problems,
+        "checkpoint_every": args.checkpoint_every, "jobs": args.jobs, "threads": args.threads,
+    }
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    if "budget_tokens" not in settings:
+        parser.error("--budget-tokens N is required (or a --plan that sets budget_tokens)")
+    settings.setdefault("methods", ["grpo", "dr_grpo", "rloo", "random_reset", "vine", "si", "si_internal"])
+    settings.setdefault("eval_every_tokens", max(1, settings["budget_tokens"] // 5))
+    plan = ComparePlan(**settings)
+    args.seed = None
+    out = Path(args.out) if args.out else Path("runs") / f"compare-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.out = None  # the runs get their own folders inside it
+    config = resolve_config(args, overrides)
+    if not config.model.path:
+        raise ConfigError("sirl compare needs a starting policy: model.path in the preset, or --model PATH")
+    try:
+        results = run_comparison(config, plan, out, quiet=args.quiet)
+    except RuntimeError as error:  # runs that failed; the finished ones are summarized and kept
+        print(f"sirl compare: {error}", file=sys.stderr)
+        return 1
+    print((out / "results.md").read_text() if not args.quiet else f"results: {out / 'results.md'}")
+    return 0 if results["methods"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     from sirl.verifier.pool import VerifierStartupError  # a task its workers cannot build: a config error
     parser = build_parser()
@@ -281,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     elif getattr(args, "force", False):
         subparser.error("--force only applies with --resume")
     try:
+        if args.command == "compare":
+            return cmd_compare(args, _split_overrides(extra, subparser), subparser)
         config = resolve_config(args, _split_overrides(extra, subparser))
         if args.command == "config":
             print(to_yaml(config), end="")

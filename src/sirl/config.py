@@ -236,7 +236,11 @@ class TrainConfig:
     micro_batch_size: int = 64
     """Sequences per forward/backward pass; gradients accumulate up to the minibatch (memory only)."""
     eval_every: int = 25
-    """Held-out evaluation every this many steps (and before the first update, and at the end)."""
+    """Held-out evaluation every this many steps (and before the first update, and at the end); 0 for none
+    between the first and the last."""
+    eval_every_tokens: int | None = None
+    """Also evaluate at the first step that crosses each multiple of this many generated tokens (every kind
+    counted): methods that spend different tokens per step then get curves on the same token grid."""
     checkpoint_every: int = 100
     """A Hugging Face checkpoint under checkpoints/step_N every this many steps (and at the end); 0 only at the end."""
     log_samples: int = 4

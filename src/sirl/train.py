@@ -464,6 +464,7 @@ def _train(
             float(sum(t.reward for t in fresh)), float(len(fresh)), float(sum(t.truncated for t in trajectories)),
             float(len(trajectories)), float(verified.timeouts), float(verified.errors),
         ])
+        tokens_before = sum(state.tokens.values())
         state.tokens["policy"] += int(n_tokens)
         state.tokens["probe"] += int(n_probe_tokens)
         state.tokens["verify"] += int(n_verify_tokens)
@@ -505,7 +506,9 @@ def _train(
         out_of_tokens = train.max_tokens is not None and total_tokens >= train.max_tokens
         out_of_time = train.max_minutes is not None and state.train_elapsed_s / 60 >= train.max_minutes
         finishing = step == train.steps or out_of_tokens or out_of_time
-        if step % train.eval_every == 0 or finishing:
+        every_tokens = train.eval_every_tokens
+        crossed = bool(every_tokens) and total_tokens // every_tokens > tokens_before // every_tokens
+        if (train.eval_every and step % train.eval_every == 0) or crossed or finishing:
             state.last_eval = held_out_eval()
             metrics["eval/accuracy"] = state.last_eval.accuracy
             if log:

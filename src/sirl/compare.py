@@ -1,0 +1,554 @@
+"""``sirl compare``: methods side by side, from the same starting policy, at an equal budget of generated tokens.
+
+Every (method, seed) pair is one ``sirl train`` run of the same resolved config (``base.yaml`` in the
+comparison folder), differing only in ``algo.name`` and ``seed``, stopped once it has generated
+``budget_tokens`` tokens with every kind counted: policy samples, probes and self-verification. A run
+stops at the end of the step that crosses the budget, so no run exceeds it by more than one step's tokens.
+Held-out accuracy is measured on one fixed problem set at every multiple of ``eval_every_tokens`` (so every
+method's curve lies on the same token grid) and, at the end, on ``final_problems`` problems. The starting
+policy is evaluated once on that final set, by difficulty, for the table's first row.
+
+The comparison folder::
+
+    base.yaml             the training config every run shares
+    compare.json          what was asked (methods, seeds, budget, ...); a rerun must ask the same
+    runs/<method>/seed<k> the `sirl train` run folders
+    logs/<method>-seed<k>.log
+    start/eval.json       the starting policy on the final evaluation set
+    results.json results.md accuracy_vs_tokens.png accuracy_vs_time.png probes_per_failure.png
+    accuracy_by_difficulty.png
+
+A killed comparison continues where it stopped when rerun with the same folder: finished runs (eval.json)
+are kept, interrupted ones resume from their latest checkpoint (which gives the same numbers as a run never
+stopped, see sirl.checkpoint), and runs never started start. The summary is computed from the run folders
+only, so rerunning on a finished folder just rewrites it.
+
+    sirl compare --task arith --methods grpo,si --seeds 3 --budget-tokens 500000 --out runs/cmp
+    sirl compare --plan benchmarks/compare_cpu.yaml --task arith --out runs/compare-arith
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, get_args, get_type_hints
+
+import yaml
+
+from sirl.config import AlgoConfig, ConfigError, ExperimentConfig, config_differences, to_yaml
+
+REFERENCE = "grpo"
+"""The outcome-only baseline whose best accuracy sets the "tokens to reach" target."""
+
+
+def _method_names() -> tuple[str, ...]:
+    return get_args(get_type_hints(AlgoConfig)["name"])
+
+
+@dataclass(frozen=True)
+class ComparePlan:
+    """What a comparison runs; stored as compare.json so that a rerun continues the same comparison."""
+
+    methods: list[str]
+    seeds: int = 3
+    budget_tokens: int = 500_000
+    """Generated tokens per run, every kind counted."""
+    eval_every_tokens: int = 100_000
+    """Held-out accuracy at every multiple of this many generated tokens (the curves' grid)."""
+    final_problems: int | None = None
+    """Size of the final held-out evaluation of each run (and of the starting policy); None: eval.n_problems."""
+    checkpoint_every: int = 50
+    """Steps between checkpoints, where a killed comparison resumes an interrupted run."""
+    jobs: int = 1
+    """Runs at once, each in its own process."""
+    threads: int | None = None
+    """CPU threads per run (OMP_NUM_THREADS); None: the machine's cores divided by jobs."""
+
+    def __post_init__(self) -> None:
+        known = _method_names()
+        unknown = [m for m in self.methods if m not in known]
+        if unknown or not self.methods:
+            raise ConfigError(f"unknown method(s) {unknown or '(none given)'}; choose from {list(known)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods listed twice: {self.methods}")
+        for name in ("seeds", "budget_tokens", "eval_every_tokens", "jobs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_every_tokens > self.budget_tokens:
+            raise ConfigError(f"eval_every_tokens ({self.eval_every_tokens}) is larger than budget_tokens ({self.budget_tokens})")
+
+    def same_results_as(self, other: ComparePlan) -> list[str]:
+        """Fields whose change would change the results (jobs and threads only change the speed)."""
+        mine, theirs = asdict(self), asdict(other)
+        return [f"{k}: {theirs[k]} -> {mine[k]}" for k in mine if k not in ("jobs", "threads") and mine[k] != theirs[k]]
+
+
+PLAN_FILE_KEYS = {"methods", "seeds", "budget_tokens", "eval_every_tokens", "final_problems", "checkpoint_every", "jobs", "threads"}
+
+
+def read_plan_file(path: Path, task: str) -> tuple[str, list[str], dict[str, Any]]:
+    """A comparison preset: shared settings at the top level and, under ``tasks.<task>``, the training
+    preset (``config``), dotted ``overrides`` and any setting to change for that task. Returns (training
+    preset, overrides, plan settings)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no comparison preset {path}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict):
+        raise ConfigError(f"{path}: a comparison preset is a mapping with a 'tasks:' mapping (task -> its config and overrides)")
+    tasks = data.pop("tasks")
+    if task not in tasks:
+        raise ConfigError(f"{path}: no task {task!r} under 'tasks:'; it has {sorted(tasks)}")
+    entry = dict(tasks[task] or {})
+    preset = entry.pop("config", task)
+    overrides = entry.pop("overrides", {}) or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{path}: tasks.{task}.overrides must be a mapping of dotted keys to values")
+    settings = {**data, **entry}
+    unknown = sorted(set(settings) - PLAN_FILE_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {unknown}; valid: {sorted(PLAN_FILE_KEYS)} (and 'tasks')")
+    return preset, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()], settings
+
+
+# --- running -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-seed{self.seed}"
+
+
+def run_dir(out: Path, run: RunSpec) -> Path:
+    return out / "runs" / run.method / f"seed{run.seed}"
+
+
+def _train_command(out: Path, run: RunSpec, plan: ComparePlan) -> list[str]:
+    folder = run_dir(out, run)
+    if (folder / "checkpoints" / "latest").is_file():
+        return [sys.executable, "-m", "sirl.cli", "train", "--resume", str(folder), "--quiet"]
+    if folder.exists():  # started but never checkpointed: nothing to keep
+        shutil.rmtree(folder)
+    return [
+        sys.executable, "-m", "sirl.cli", "train", "--config", str(out / "base.yaml"), "--out", str(folder), "--quiet",
+        "--algo", run.method, "--seed", str(run.seed),
+        f"--train.max_tokens={plan.budget_tokens}", "--train.steps=1000000000", "--train.max_minutes=null",
+        "--train.eval_every=0", f"--train.eval_every_tokens={plan.eval_every_tokens}",
+        f"--train.checkpoint_every={plan.checkpoint_every}",
+        *([f"--eval.final_n_problems={plan.final_problems}"] if plan.final_problems else []),
+    ]
+
+
+def _threads(plan: ComparePlan) -> int:
+    return plan.threads or max(1, (os.cpu_count() or 1) // plan.jobs)
+
+
+def _execute(command: list[str], log_path: Path, threads: int) -> int:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+
+
+def run_comparison(config: ExperimentConfig, plan: ComparePlan, out: Path, quiet: bool = False) -> dict:
+    """Run (or continue) every (method, seed) run of ``plan`` from ``config`` into ``out``, then summarize.
+    Raises ConfigError when ``out`` holds a comparison of another config or plan."""
+    out.mkdir(parents=True, exist_ok=True)
+    base_path, plan_path = out / "base.yaml", out / "compare.json"
+    if base_path.is_file() or plan_path.is_file():
+        saved_config = yaml.safe_load(base_path.read_text()) if base_path.is_file() else {}
+        changed = config_differences(saved_config, config)
+        if plan_path.is_file():
+            changed += plan.same_results_as(ComparePlan(**json.loads(plan_path.read_text())))
+        if changed:
+            raise ConfigError(
+                f"{out} holds a comparison with other settings ({'; '.join(changed)}); rerun it with the same "
+                f"ones to continue it, or give a new --out"
+            )
+    base_path.write_text(to_yaml(config))
+    plan_path.write_text(json.dumps(asdict(plan), indent=2) + "\n")
+
+    threads = _threads(plan)
+    runs = [RunSpec(m, s) for s in range(plan.seeds) for m in plan.methods]  # seeds outer: partial results stay balanced
+    pending = [r for r in runs if not (run_dir(out, r) / "eval.json").is_file()]
+    if not quiet:
+        print(f"compare: {len(runs)} runs ({len(plan.methods)} methods x {plan.seeds} seeds) of {plan.budget_tokens:,} tokens "
+              f"each on {config.task.name}; {len(runs) - len(pending)} already finished; {plan.jobs} at a time, "
+              f"{threads} thread(s) each; folder {out}", flush=True)
+    start = time.time()
+    failed: list[str] = []
+
+    def one(run: RunSpec) -> None:
+        t0 = time.time()
+        code = _execute(_train_command(out, run, plan), out / "logs" / f"{run.name}.log", threads)
+        if code != 0:
+            failed.append(f"{run.name} (exit {code}, see {out / 'logs' / f'{run.name}.log'})")
+            if not quiet:
+                print(f"  {run.name}: failed (exit {code})", flush=True)
+            return
+        if not quiet:
+            result = json.loads((run_dir(out, run) / "eval.json").read_text())
+            print(f"  {run.name}: {result['accuracy']:.1%} after {result['tokens/total']:,} tokens, {time.time() - t0:.0f} s "
+                  f"[{time.time() - start:.0f} s in]", flush=True)
+
+    start_eval = out / "start" / "eval.json"
+    tasks = [] if start_eval.is_file() else ["start"]
+    with ThreadPoolExecutor(max_workers=plan.jobs) as pool:
+        futures = [pool.submit(_evaluate_start, config, plan, out, threads)] if tasks else []
+        futures += [pool.submit(one, run) for run in pending]
+        for future in futures:
+            future.result()
+    results = summarize(out)
+    write_outputs(out, results)
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} run(s) failed: {'; '.join(failed)}. The other runs are kept; rerun the same command to retry "
+            f"the failed ones (interrupted runs resume from their last checkpoint)."
+        )
+    return results
+
+
+def _evaluate_start(config: ExperimentConfig, plan: ComparePlan, out: Path, threads: int) -> None:
+    """The starting policy on the final evaluation set, by difficulty (the first row of the tables)."""
+    n = plan.final_problems or config.eval.n_problems
+    code = _execute(
+        [sys.executable, "-m", "sirl.cli", "eval", "--config", str(out / "base.yaml"), "--out", str(out / "start"),
+         "--quiet", f"--eval.n_problems={n}", "--eval.pass_k=[]"],
+        out / "logs" / "start.log", threads,
+    )
+    if code != 0:
+        raise RuntimeError(f"evaluating the starting policy failed (exit {code}); see {out / 'logs' / 'start.log'}")
+
+
+# --- summarizing (reads the comparison folder only) ----------------------------------------------
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _mean_std(values: list[float]) -> dict[str, Any]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return {"mean": None, "std": None, "values": []}
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+
+
+def _interp(xs: list[float], ys: list[float], grid: list[float]) -> list[float]:
+    """Piecewise-linear ``ys(xs)`` at ``grid``; held flat past the ends (xs ascending)."""
+    out = []
+    for g in grid:
+        if g <= xs[0]:
+            out.append(ys[0])
+        elif g >= xs[-1]:
+            out.append(ys[-1])
+        else:
+            i = next(i for i in range(1, len(xs)) if xs[i] >= g)
+            frac = (g - xs[i - 1]) / (xs[i] - xs[i - 1]) if xs[i] > xs[i - 1] else 1.0
+            out.append(ys[i - 1] + frac * (ys[i] - ys[i - 1]))
+    return out
+
+
+def _finite(values: list[Any]) -> list[float]:
+    return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def summarize(out: Path) -> dict:
+    """results.json's content, from the comparison folder. Timing lives under each method's ``timing`` and
+    under ``machine``: everything else is a deterministic function of the runs."""
+    plan = ComparePlan(**json.loads((out / "compare.json").read_text()))
+    config = yaml.safe_load((out / "base.yaml").read_text())
+    grid = list(range(0, plan.budget_tokens + 1, plan.eval_every_tokens))
+    if grid[-1] != plan.budget_tokens:
+        grid.append(plan.budget_tokens)
+    start_path = out / "start" / "eval.json"
+    start = json.loads(start_path.read_text()) if start_path.is_file() else None
+    methods: dict[str, dict] = {}
+    for method in plan.methods:
+        finished = [run_dir(out, RunSpec(method, s)) for s in range(plan.seeds)]
+        finished = [d for d in finished if (d / "eval.json").is_file()]
+        if not finished:
+            continue
+        finals = [json.loads((d / "eval.json").read_text()) for d in finished]
+        logs = [_read_jsonl(d / "metrics.jsonl") for d in finished]
+        curves = []
+        for rows in logs:
+            points = [(r["tokens/total"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
+            curves.append(_interp([p[0] for p in points], [p[1] for p in points], grid))
+        mean_curve = [statistics.mean(c[i] for c in curves) for i in range(len(grid))]
+        std_curve = [statistics.stdev(c[i] for c in curves) if len(curves) > 1 else 0.0 for i in range(len(grid))]
+        last = [rows[-1] for rows in logs]
+        levels = sorted({int(k) for f in finals for k in f["by_difficulty"]})
+        methods[method] = {
+            "seeds": [int(d.name.removeprefix("seed")) for d in finished],
+            "final_accuracy": _mean_std([f["accuracy"] for f in finals]),
+            "final_n": finals[0]["n"],
+            "steps": _mean_std([f["step"] for f in finals]),
+            "tokens": _mean_std([f["tokens/total"] for f in finals]),
+            "tokens_per_step": _mean_std([r["tokens/total"] / r["step"] for r in last]),
+            "max_step_tokens": max(_step_tokens(rows) for rows in logs),
+            "probe_share": _mean_std([r["tokens/probe"] / max(r["tokens/total"], 1) for r in last]),
+            "verify_share": _mean_std([r["tokens/verify"] / max(r["tokens/total"], 1) for r in last]),
+            "localization_accuracy": _mean_std([_mean_of(rows, "loc/accuracy") for rows in logs]),
+            "probes_per_failure": _mean_std([_mean_of(rows, "loc/probes_per_failure", last_fraction=0.25) for rows in logs]),
+            "selfloc_accuracy": _mean_std([_mean_of(rows, "selfloc/accuracy", last_fraction=0.25) for rows in logs]),
+            "by_difficulty": {
+                level: _mean_std([f["by_difficulty"][str(level)]["accuracy"] for f in finals if str(level) in f["by_difficulty"]])
+                for level in levels
+            },
+            "curve": {"tokens": grid, "mean": mean_curve, "std": std_curve},
+            "probes_curve": _probes_curve(logs, grid),
+            "timing": {
+                "wall_clock_s": _mean_std([rows[-1]["time/elapsed_s"] for rows in logs]),
+                "eval_points": [[(r["time/elapsed_s"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r] for rows in logs],
+            },
+        }
+    reference = None
+    if REFERENCE in methods:
+        best = max(methods[REFERENCE]["curve"]["mean"])
+        reference = {"method": REFERENCE, "best_accuracy": best}
+        for row in methods.values():
+            reached = [t for t, a in zip(grid, row["curve"]["mean"]) if a >= best - 1e-12]
+            row["tokens_to_reference"] = reached[0] if reached else None
+    return {
+        "task": config["task"],
+        "model": config["model"]["path"],
+        "plan": asdict(plan),
+        "start": None if start is None else {"accuracy": start["accuracy"], "n": start["n"], "by_difficulty": start["by_difficulty"]},
+        "reference": reference,
+        "methods": methods,
+        "missing_runs": [f"{m}-seed{s}" for m in plan.methods for s in range(plan.seeds)
+                         if not (run_dir(out, RunSpec(m, s)) / "eval.json").is_file()],
+        "machine": _machine(plan),
+    }
+
+
+def _step_tokens(rows: list[dict]) -> int:
+    """The most tokens any one step of a run generated."""
+    totals = [r["tokens/total"] for r in rows]
+    return max((b - a for a, b in zip(totals, totals[1:])), default=0)
+
+
+def _mean_of(rows: list[dict], key: str, last_fraction: float = 1.0) -> float | None:
+    """Mean of a per-step metric over the run (or its last ``last_fraction`` of steps); None if never logged."""
+    values = [(r["step"], r[key]) for r in rows if key in r and isinstance(r[key], (int, float)) and math.isfinite(r[key])]
+    if not values:
+        return None
+    cutoff = rows[-1]["step"] * (1 - last_fraction)
+    kept = [v for s, v in values if s >= cutoff] or [v for _, v in values]
+    return statistics.mean(kept)
+
+
+def _probes_curve(logs: list[list[dict]], grid: list[float]) -> dict | None:
+    """Probes per failure against generated tokens: each seed's per-step values averaged within the grid's
+    intervals, then the mean over seeds."""
+    per_seed = []
+    for rows in logs:
+        points = [(r["tokens/total"], r["loc/probes_per_failure"]) for r in rows if isinstance(r.get("loc/probes_per_failure"), (int, float))]
+        points = [(t, v) for t, v in points if math.isfinite(v)]
+        if not points:
+            return None
+        bins = []
+        for lo, hi in zip(grid, grid[1:]):
+            inside = [v for t, v in points if lo < t <= hi]
+            bins.append(statistics.mean(inside) if inside else None)
+        per_seed.append(bins)
+    mids = [(lo + hi) / 2 for lo, hi in zip(grid, grid[1:])]
+    means = []
+    for i in range(len(mids)):
+        values = [b[i] for b in per_seed if b[i] is not None]
+        means.append(statistics.mean(values) if values else None)
+    return {"tokens": mids, "mean": means}
+
+
+def _machine(plan: ComparePlan) -> dict:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "jobs": plan.jobs,
+        "threads_per_run": _threads(plan),
+    }
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def _pct(stat: dict | None, digits: int = 1) -> str:
+    if not stat or stat.get("mean") is None:
+        return "-"
+    return f"{stat['mean']:.{digits}%} ± {stat['std']:.{digits}%}" if stat["std"] else f"{stat['mean']:.{digits}%}"
+
+
+def _number(stat: dict) -> str:
+    return "-" if stat["mean"] is None else f"{stat['mean']:.2f}"
+
+
+def _tokens(n: float | None) -> str:
+    if n is None:
+        return "not reached"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def results_markdown(results: dict) -> str:
+    plan, methods, start = results["plan"], results["methods"], results["start"]
+    task = results["task"]
+    lines = [
+        f"# {task['name']}: {', '.join(plan['methods'])} at {plan['budget_tokens']:,} generated tokens",
+        "",
+        f"Task `{task['name']}` {json.dumps(task.get('args') or {})}, starting policy `{results['model']}`"
+        + (f" ({start['accuracy']:.1%} on the final set, n={start['n']})" if start else "")
+        + f". {plan['seeds']} seeds per method; every run generates {plan['budget_tokens']:,} tokens (policy samples, "
+        "probes and self-verification all counted) and stops at the step that crosses that budget.",
+        "",
+    ]
+    reference = results["reference"]
+    target = f"tokens to reach grpo's best ({reference['best_accuracy']:.1%})" if reference else "tokens to reach grpo's best"
+    lines += [
+        f"| method | final accuracy (mean ± std over seeds) | seeds | {target} | wall-clock (min) | steps | probe tokens | "
+        "localization accuracy | probes per failure (last quarter) | self-localization accuracy (last quarter) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in methods.items():
+        seeds = ", ".join(f"{v:.1%}" for v in row["final_accuracy"]["values"])
+        wall = row["timing"]["wall_clock_s"]["mean"]
+        lines.append(
+            f"| {name} | {_pct(row['final_accuracy'])} | {seeds} | {_tokens(row.get('tokens_to_reference'))} | {wall / 60:.1f} | "
+            f"{row['steps']['mean']:.0f} | {row['probe_share']['mean']:.0%} | {_pct(row['localization_accuracy'])} | "
+            f"{_number(row['probes_per_failure'])} | "
+            f"{_pct(row['selfloc_accuracy'])} |"
+        )
+    levels = sorted({int(level) for row in methods.values() for level in row["by_difficulty"]}
+                    | ({int(k) for k in start["by_difficulty"]} if start else set()))
+    if levels:
+        lines += ["", f"Final accuracy by difficulty (`{task['name']}`'s difficulty level; mean over seeds, n per level in the header):", ""]
+        counts = start["by_difficulty"] if start else {}
+        header = [f"{level}" + (f" (n={counts[str(level)]['n']})" if str(level) in counts else "") for level in levels]
+        lines += ["| method | " + " | ".join(header) + " |", "|---|" + "---:|" * len(levels)]
+        if start:
+            lines.append("| starting policy | " + " | ".join(
+                f"{start['by_difficulty'][str(level)]['accuracy']:.1%}" if str(level) in start["by_difficulty"] else "-" for level in levels) + " |")
+        for name, row in methods.items():
+            cells = [_pct(row["by_difficulty"].get(level) or row["by_difficulty"].get(str(level)), 1) for level in levels]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if results["missing_runs"]:
+        lines += ["", f"Runs not finished (left out of the table): {', '.join(results['missing_runs'])}."]
+    machine = results["machine"]
+    lines += [
+        "",
+        "![accuracy against generated tokens](accuracy_vs_tokens.png)",
+        "![accuracy against wall-clock](accuracy_vs_time.png)",
+        "![probes per failure](probes_per_failure.png)",
+        "![accuracy by difficulty](accuracy_by_difficulty.png)",
+        "",
+        f"Machine: {machine['processor']}, {machine['cpu_count']} CPU cores{', GPU ' + machine['gpu'] if machine['gpu'] else ''}; "
+        f"{machine['jobs']} run(s) at a time with {machine['threads_per_run']} thread(s) each; Python {machine['python']}, "
+        f"torch {machine['torch']}. Wall-clock includes the periodic held-out evaluations (the same number for every method).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, results: dict) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(results_markdown(results))
+    if results["methods"]:
+        plot_comparison(out, results)
+
+
+def plot_comparison(out: Path, results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = results["methods"]
+    colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(methods)}
+    title = results["task"]["name"]
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, row in methods.items():
+        xs = [t / 1e3 for t in row["curve"]["tokens"]]
+        mean, std = row["curve"]["mean"], row["curve"]["std"]
+        ax.plot(xs, [100 * m for m in mean], label=f"{name} (n={len(row['seeds'])})", color=colors[name], lw=2)
+        ax.fill_between(xs, [100 * (m - s) for m, s in zip(mean, std)], [100 * (m + s) for m, s in zip(mean, std)], color=colors[name], alpha=0.15)
+    ax.set(xlabel="generated tokens (thousands; samples + probes + verification)", ylabel="held-out accuracy (%)",
+           title=f"{title}: accuracy at equal generated tokens (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_tokens.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, row in methods.items():
+        for i, points in enumerate(row["timing"]["eval_points"]):
+            ax.plot([p[0] / 60 for p in points], [100 * p[1] for p in points], color=colors[name], lw=1.5, alpha=0.8,
+                    label=name if i == 0 else None)
+    ax.set(xlabel="wall-clock (minutes, one line per seed)", ylabel="held-out accuracy (%)", title=f"{title}: accuracy against wall-clock")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_time.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = False
+    for name, row in methods.items():
+        curve = row["probes_curve"]
+        if curve is None:
+            continue
+        points = [(t / 1e3, v) for t, v in zip(curve["tokens"], curve["mean"]) if v is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=colors[name], label=name)
+        drawn = True
+    ax.set(xlabel="generated tokens (thousands)", ylabel="probes per localized failure",
+           title=f"{title}: probes per failure (mean over seeds)" if drawn else f"{title}: no method localized failures")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "probes_per_failure.png", dpi=120)
+    plt.close(fig)
+
+    levels = sorted({int(level) for row in methods.values() for level in row["by_difficulty"]})
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    start = results["start"]
+    width = 0.8 / (len(methods) + (1 if start else 0))
+    series = ([("starting policy", {int(k): {"mean": v["accuracy"], "std": 0.0} for k, v in start["by_difficulty"].items()}, "0.6")] if start else [])
+    series += [(name, {int(k): v for k, v in row["by_difficulty"].items()}, colors[name]) for name, row in methods.items()]
+    for i, (name, by_level, color) in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(levels))]
+        means = [100 * (by_level.get(level) or {}).get("mean") if (by_level.get(level) or {}).get("mean") is not None else 0 for level in levels]
+        stds = [100 * (by_level.get(level) or {}).get("std", 0) if (by_level.get(level) or {}).get("std") is not None else 0 for level in levels]
+        ax.bar(xs, means, width, yerr=stds, color=color, label=name, capsize=2)
+    ax.set_xticks(range(len(levels)), [str(level) for level in levels])
+    ax.set(xlabel="difficulty", ylabel="final held-out accuracy (%)", title=f"{title}: final accuracy by difficulty")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_by_difficulty.png", dpi=120)
+    plt.close(fig)
