@@ -178,7 +178,7 @@ def evaluate(
     if pass_k:
         if n_samples < max(pass_k):
             raise ValueError(f"eval.n_samples={n_samples} must be >= max(eval.pass_k)={max(pass_k)}")
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator(device=model.device).manual_seed(seed)  # on the device that samples
         sampled, _ = complete(
             model,
             tokenizer,
@@ -260,7 +260,7 @@ def evaluate_self_verification(
     format, for the first wrong step of each (greedy verdicts)."""
     from sirl.internalize.selfverify import propose  # imported here: it builds on this module's neighbours
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=model.device).manual_seed(seed)  # on the device that samples
     completions, _ = complete(
         model, tokenizer, task, problems, SamplingParams(max_new_tokens, temperature=temperature),
         repeats=samples, batch_size=batch_size, generator=generator, verifier=verifier,

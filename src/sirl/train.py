@@ -310,7 +310,8 @@ def _train(
     state = LoopState(
         prompt_rng=random.Random(f"{config.seed}-prompts-{dist.rank}"),  # each process its own prompts
         method_rng=random.Random(f"{config.seed}-method-{dist.rank}"),
-        sample_gen=torch.Generator().manual_seed(config.seed * 1009 + dist.rank),
+        # Sampling draws on the policy's device (torch.multinomial needs a generator there); shuffles on the CPU.
+        sample_gen=torch.Generator(device=model.device).manual_seed(config.seed * 1009 + dist.rank),
         update_gen=torch.Generator().manual_seed(config.seed * 2003 + dist.rank),
         repair=RepairBuffer(config.method.repair_capacity),
         verification=VerificationExamples(config.method.verification_capacity),
