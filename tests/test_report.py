@@ -1,5 +1,5 @@
 """The HTML run report: read from a run folder built by hand, checked in the HTML and in headless
-Chromium (DOM and screenshot)."""
+Chromium (DOM and screenshot), and through `sirl report`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from sirl.cli import main
 from sirl.report import ReportError, advantage_color, load_run, write_report, write_report_or_warn
 from sirl.report.page import tokens_by_step
 from sirl.report.svg import nice_ticks
@@ -181,12 +182,23 @@ def test_an_unfinished_run_without_samples_still_reports(run_dir):
     assert "No samples logged yet" in page
 
 
-def test_a_malformed_metrics_line_is_an_error_naming_file_and_line(run_dir):
+def test_a_malformed_metrics_line_is_an_error_naming_file_and_line(run_dir, capsys):
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     lines[2] = lines[2][:40]  # torn
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(ReportError, match=rf"{re.escape(str(run_dir / 'metrics.jsonl'))}, line 3: not JSON"):
         load_run(run_dir)
+    assert main(["report", str(run_dir)]) == 2
+    assert f"{run_dir / 'metrics.jsonl'}, line 3" in capsys.readouterr().err
+
+
+def test_cli_writes_the_report_and_names_missing_folders(run_dir, tmp_path, capsys):
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "out" / "r.html")]) == 0
+    assert (tmp_path / "out" / "r.html").is_file() and str(tmp_path / "out" / "r.html") in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "out")]) == 2
+    assert "has no metrics.jsonl" in capsys.readouterr().err
 
 
 def test_a_report_that_fails_after_training_only_warns(tmp_path, capsys):
