@@ -1,5 +1,5 @@
-"""The HTML run report: read from a run folder built by hand, checked in the HTML and in headless
-Chromium (DOM and screenshot), and through `sirl report`."""
+"""The HTML run report: read from a run folder built by hand, checked in the HTML, in headless Chromium
+(DOM and screenshot), and written by a real short `sirl train` run."""
 
 from __future__ import annotations
 
@@ -253,3 +253,19 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert drawn > 0.03 * len(pixels), f"only {drawn} pixels differ from the page background"
     for color in (RED, GREEN):  # token backgrounds at the ends of the scale
         assert (pixels == color).all(axis=1).sum() > 200, f"no token of colour {color} on screen"
+
+
+def test_sirl_train_writes_the_report(tmp_path):
+    from sirl.config import load_config
+    from sirl.train import run_train
+
+    config = load_config("arith", [
+        "model.path=null", "model.size=nano", "model.device=cpu", "algo.name=grpo", "train.steps=1", "train.eval_every=1",
+        "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=20", "eval.n_problems=4",
+        "eval.max_new_tokens=20",
+    ])
+    run_train(config, tmp_path / "run", quiet=True)
+    page = (tmp_path / "run" / "report.html").read_text()
+    samples = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
+    assert len(trajectories(page)) == len(samples) > 0
+    assert "final held-out accuracy" in page and 'id="curves"' in page

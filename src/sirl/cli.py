@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
             "vine are the method's baselines. Updates are PPO-clip steps. Held-out accuracy is measured before "
             "the first update, every train.eval_every steps and at the end. The run folder gets config.yaml, "
             "metrics.jsonl, tb/ (TensorBoard), samples.jsonl, checkpoints/ (Hugging Face directories that also hold "
-            "the trainer's state; checkpoints/latest names the newest) and eval.json. A run stops when "
+            "the trainer's state; checkpoints/latest names the newest), eval.json and report.html (`sirl report`). A run stops when "
             "3 steps in a row have a non-finite loss or gradient (each such step is skipped); --resume continues it."
         ),
         epilog=OVERRIDES_HELP,
