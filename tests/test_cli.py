@@ -11,7 +11,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "sirl.cli", *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("command", [[], ["sft"], ["eval"], ["tasks"], ["config"]])
+@pytest.mark.parametrize("command", [[], ["sft"], ["eval"], ["tasks"], ["config"], ["report"]])
 def test_help_of_every_command(command):
     result = run_cli(*command, "--help")
     assert result.returncode == 0

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
             "vine are the method's baselines. Updates are PPO-clip steps. Held-out accuracy is measured before "
             "the first update, every train.eval_every steps and at the end. The run folder gets config.yaml, "
             "metrics.jsonl, tb/ (TensorBoard), samples.jsonl, checkpoints/ (Hugging Face directories that also hold "
-            "the trainer's state; checkpoints/latest names the newest) and eval.json. A run stops when "
+            "the trainer's state; checkpoints/latest names the newest), eval.json and report.html (`sirl report`). A run stops when "
             "3 steps in a row have a non-finite loss or gradient (each such step is skipped); --resume continues it."
         ),
         epilog=OVERRIDES_HELP,
@@ -146,6 +146,22 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--jobs", type=int, metavar="N", help="runs at once, each its own process (default 1)")
     compare.add_argument("--threads", type=int, metavar="N", help="CPU threads per run (default: cores / jobs)")
 
+    report = commands.add_parser(
+        "report",
+        help="write a self-contained HTML report of a run folder: curves, final evaluation, trajectories",
+        description=_wrap(
+            "Write one HTML file (no network needed to open it) from the logs of a run folder: held-out accuracy "
+            "against generated tokens, reward, the token budget by use, the localization and self-localization "
+            "curves and losses, the final evaluation by difficulty, and a viewer of the sampled trajectories "
+            "step by step with the localized step, the ground-truth first wrong step, the correction, the "
+            "policy's own verdict and token advantages as colours. `sirl train` writes it at the end of every "
+            "run; run this for a run that stopped early or is still going."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `sirl train` (it holds metrics.jsonl)")
+    report.add_argument("--out", metavar="FILE", help="where to write the report (default RUN_DIR/report.html)")
+
     show = commands.add_parser(
         "config",
         help="print the resolved config (preset + overrides) as YAML",
@@ -207,6 +223,13 @@ def cmd_tasks() -> int:
         truth = "" if cls.has_ground_truth else " [no ground-truth steps]"
         print(f"{name:<{width}}  {cls.description}{truth}")
     print("\nA task of your own: --task my_tasks.py:MyTask or --task package.module:MyTask (see README).")
+    return 0
+
+
+def cmd_report(run_dir: str, out: str | None) -> int:
+    from sirl.report import write_report
+
+    print(f"report: {write_report(run_dir, out)}")
     return 0
 
 
@@ -343,9 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     subparser = parser._subparsers._group_actions[0].choices[args.command]  # for errors in its own usage
+    if args.command in ("tasks", "report") and extra:
+        subparser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "tasks":
-        if extra:
-            subparser.error(f"unrecognized arguments: {' '.join(extra)}")
         return cmd_tasks()
     resume = getattr(args, "resume", None)
     if resume:
@@ -359,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "compare":
             return cmd_compare(args, _split_overrides(extra, subparser), subparser)
+        if args.command == "report":  # reads a run folder only: no config to resolve
+            return cmd_report(args.run_dir, args.out)
         config = resolve_config(args, _split_overrides(extra, subparser))
         if args.command == "config":
             print(to_yaml(config), end="")

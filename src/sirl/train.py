@@ -9,9 +9,9 @@ optional KL penalty to the starting policy. Held-out greedy accuracy is measured
 every ``train.eval_every`` steps and at the end. Everything lands in the run folder: config.yaml,
 isolation.json (the verifier's isolation), metrics.jsonl (one object per step), TensorBoard events (tb/),
 samples.jsonl, checkpoints (checkpoints/step_N, checkpoints/final: Hugging Face directories with the
-trainer's state, sirl.checkpoint) and eval.json. ``run_train(..., resume=True)`` continues a run from its
-latest complete checkpoint with the same results as an uninterrupted run; everything that carries over
-between steps lives in ``LoopState``.
+trainer's state, sirl.checkpoint), eval.json and report.html (the HTML run report, sirl.report).
+``run_train(..., resume=True)`` continues a run from its latest complete checkpoint with the same results
+as an uninterrupted run; everything that carries over between steps lives in ``LoopState``.
 
     sirl train --config arith --algo grpo --out runs/grpo
     sirl train --resume runs/grpo
@@ -49,6 +49,7 @@ from sirl.internalize.credit import Credit, method_credit, outcome_advantages, o
 from sirl.internalize.selfverify import AuditSchedule, Verdict
 from sirl.evaluate import EvalResult, evaluate, heldout_problems
 from sirl.model import count_parameters, policy_from_config, save_model, token_logprobs
+from sirl.report import write_report_or_warn
 from sirl.rollout import SamplingParams, sample_trajectories
 from sirl.runlog import RunLog
 from sirl.sft import collate, sft_loss
@@ -533,6 +534,7 @@ def _train(
     if log:
         log.write_json("eval.json", {"step": state.step, "tokens/total": sum(state.tokens.values()), **last_eval.to_json()})
         log.close()
+        write_report_or_warn(run_dir)  # last: a report that fails warns and loses nothing
     if not quiet:
         first = state.first_eval
         print(f"held-out accuracy {first.accuracy:.1%} (95% CI {first.ci95[0]:.1%}-{first.ci95[1]:.1%}, n={first.n}) "
