@@ -1,0 +1,183 @@
+"""`sirl compare`: the summary's arithmetic on a hand-built folder, plan files, equal-budget accounting and
+an interrupted comparison resumed to the same results as an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sirl.compare import ComparePlan, _interp, read_plan_file, summarize
+from sirl.config import ConfigError, load_config, to_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- the summary, by hand ------------------------------------------------------------------------
+
+
+def write_run(folder: Path, evals: list[tuple[int, float]], final: float, probe: int = 0, loc: list[float] = ()):
+    """A finished run: eval points (tokens, accuracy), 100 tokens per step, ``probe`` of them probes."""
+    folder.mkdir(parents=True)
+    rows = []
+    for step in range(0, evals[-1][0] // 100 + 1):
+        row = {"step": step, "time/elapsed_s": float(step), "tokens/total": step * 100}
+        if step:
+            row.update({"tokens/policy": step * (100 - probe), "tokens/probe": step * probe, "tokens/verify": 0})
+            if loc:
+                row["loc/accuracy"] = loc[(step - 1) % len(loc)]
+        for tokens, accuracy in evals:
+            if tokens == step * 100:
+                row["eval/accuracy"] = accuracy
+        rows.append(row)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    by_difficulty = {"1": {"n": 10, "accuracy": final + 0.1}, "2": {"n": 10, "accuracy": final - 0.1}}
+    (folder / "eval.json").write_text(json.dumps({"step": len(rows) - 1, "tokens/total": evals[-1][0], "n": 20, "accuracy": final,
+                                                  "by_difficulty": by_difficulty}))
+
+
+@pytest.fixture
+def hand_built(tmp_path):
+    plan = ComparePlan(methods=["grpo", "si"], seeds=2, budget_tokens=400, eval_every_tokens=200)
+    (tmp_path / "compare.json").write_text(json.dumps(plan.__dict__))
+    (tmp_path / "base.yaml").write_text(to_yaml(load_config("arith")))
+    # grpo's evaluations land exactly on the grid; si's are off it and need interpolation.
+    write_run(tmp_path / "runs/grpo/seed0", [(0, 0.5), (200, 0.6), (400, 0.7)], final=0.70)
+    write_run(tmp_path / "runs/grpo/seed1", [(0, 0.5), (200, 0.8), (400, 0.7)], final=0.72)
+    write_run(tmp_path / "runs/si/seed0", [(0, 0.5), (100, 0.7), (300, 0.9), (400, 0.9)], final=0.80, probe=20, loc=[1.0, 0.5])
+    write_run(tmp_path / "runs/si/seed1", [(0, 0.5), (300, 0.8), (400, 0.8)], final=0.76, probe=20, loc=[0.5])
+    return tmp_path
+
+
+def test_the_summary_matches_hand_computed_values(hand_built):
+    results = summarize(hand_built)
+    grpo, si = results["methods"]["grpo"], results["methods"]["si"]
+    assert grpo["curve"]["tokens"] == [0, 200, 400]
+    # grpo: mean of (0.6, 0.8) at 200 -> 0.7; the sample std of two values d apart is d/sqrt(2)
+    assert grpo["curve"]["mean"] == pytest.approx([0.5, 0.7, 0.7])
+    assert grpo["curve"]["std"][1] == pytest.approx(0.2 / 2**0.5)
+    # si seed0 at 200: halfway between (100, 0.7) and (300, 0.9) -> 0.8; seed1: two thirds of the way from 0.5 to 0.8 -> 0.7
+    assert si["curve"]["mean"][1] == pytest.approx((0.8 + 0.7) / 2)
+    # grpo's best mean is 0.7, first reached at 200 tokens; si's mean is 0.75 at 200
+    assert results["reference"] == {"method": "grpo", "best_accuracy": pytest.approx(0.7)}
+    assert grpo["tokens_to_reference"] == 200 and si["tokens_to_reference"] == 200
+    assert grpo["final_accuracy"]["mean"] == pytest.approx(0.71) and grpo["final_accuracy"]["values"] == [0.70, 0.72]
+    assert si["probe_share"]["mean"] == pytest.approx(0.2) and grpo["probe_share"]["mean"] == 0
+    # loc/accuracy means per seed: (1.0, 0.5, 1.0, 0.5) -> 0.75 and 0.5; over seeds 0.625
+    assert si["localization_accuracy"]["mean"] == pytest.approx(0.625) and grpo["localization_accuracy"]["mean"] is None
+    assert si["by_difficulty"][1]["mean"] == pytest.approx(0.88) and si["by_difficulty"][2]["mean"] == pytest.approx(0.68)
+    assert si["max_step_tokens"] == 100 and results["missing_runs"] == []
+
+
+def test_unreached_targets_and_missing_runs_are_reported(hand_built):
+    (hand_built / "runs/si/seed1/eval.json").unlink()
+    write_run(hand_built / "runs/grpo/seed2", [(0, 0.5), (400, 0.99)], final=0.99)  # beyond the plan's seeds: ignored
+    results = summarize(hand_built)
+    assert results["missing_runs"] == ["si-seed1"]
+    assert results["methods"]["si"]["seeds"] == [0] and results["methods"]["grpo"]["seeds"] == [0, 1]
+
+
+def test_interpolation_equals_a_naive_evaluation():
+    xs, ys = [0, 10, 40], [0.0, 1.0, 4.0]
+    assert _interp(xs, ys, [-5, 0, 5, 10, 25, 40, 99]) == pytest.approx([0.0, 0.0, 0.5, 1.0, 2.5, 4.0, 4.0])
+
+
+# --- plans ---------------------------------------------------------------------------------------
+
+
+def test_plan_files_are_read_and_their_mistakes_named(tmp_path):
+    preset, overrides, settings = read_plan_file(ROOT / "benchmarks/compare_cpu.yaml", "arith")
+    assert preset == "arith" and "task.args.max_ops=18" in overrides
+    assert ComparePlan(**settings).methods == ["grpo", "random_reset", "si", "si_internal"]
+    bad = tmp_path / "plan.yaml"
+    bad.write_text("methods: [grpo]\nbudget: 5\ntasks: {arith: {config: arith}}\n")
+    with pytest.raises(ConfigError, match=r"plan.yaml: unknown setting\(s\) \['budget'\]"):
+        read_plan_file(bad, "arith")
+    with pytest.raises(ConfigError, match=r"no task 'countdown' under 'tasks:'; it has \['arith'\]"):
+        read_plan_file(bad, "countdown")
+    with pytest.raises(ConfigError, match="unknown method"):
+        ComparePlan(methods=["grpo", "ppo"])
+    with pytest.raises(ConfigError, match="larger than budget_tokens"):
+        ComparePlan(methods=["grpo"], budget_tokens=10, eval_every_tokens=20)
+
+
+# --- end to end: sirl compare in a subprocess ----------------------------------------------------
+
+TINY = [
+    "--task", "arith", "--methods", "grpo,si", "--seeds", "1", "--budget-tokens", "2500", "--eval-every-tokens", "1000",
+    "--final-problems", "16", "--checkpoint-every", "1", "--jobs", "1", "--threads", "1", "--quiet",
+    "--eval.n_problems=8", "--rollout.prompts_per_step=2", "--rollout.group_size=4", "--model.device=cpu",
+]
+
+
+def compare(out: Path, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.Popen([sys.executable, "-m", "sirl.cli", "compare", *TINY, "--out", str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def without_timing(results: dict) -> dict:
+    """Wall-clock figures differ between any two runs; everything else must not."""
+    results = json.loads(json.dumps(results))
+    results.pop("machine")
+    for row in results["methods"].values():
+        row.pop("timing")
+    return results
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "cmp"
+    process = compare(out)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    return out
+
+
+def test_no_run_exceeds_the_budget_by_more_than_one_step(uninterrupted):
+    results = json.loads((uninterrupted / "results.json").read_text())
+    assert set(results["methods"]) == {"grpo", "si"}
+    for name, row in results["methods"].items():
+        for seed in row["seeds"]:
+            rows = [json.loads(line) for line in (uninterrupted / f"runs/{name}/seed{seed}/metrics.jsonl").read_text().splitlines()]
+            totals = [r["tokens/total"] for r in rows]
+            assert totals[-2] < 2500 <= totals[-1] <= 2500 + row["max_step_tokens"], (name, totals)
+            assert rows[-1]["tokens/total"] == rows[-1]["tokens/policy"] + rows[-1]["tokens/probe"] + rows[-1]["tokens/verify"]
+    assert results["methods"]["si"]["probe_share"]["mean"] > 0
+    for name in ("results.md", "accuracy_vs_tokens.png", "accuracy_vs_time.png", "probes_per_failure.png", "accuracy_by_difficulty.png"):
+        assert (uninterrupted / name).stat().st_size > 0, name
+    assert "| grpo |" in (uninterrupted / "results.md").read_text()
+
+
+def test_a_killed_comparison_resumes_to_the_same_results(uninterrupted, tmp_path):
+    out = tmp_path / "cmp"
+    process = compare(out, start_new_session=True)
+    checkpoint = out / "runs/si/seed0/checkpoints/latest"  # the second run, part-way through
+    deadline = time.time() + 600
+    while not checkpoint.is_file():
+        assert process.poll() is None and time.time() < deadline, "the comparison ended before it could be interrupted"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the comparison and the run it was running
+    process.wait()
+    assert not (out / "runs/si/seed0/eval.json").exists() and (out / "runs/grpo/seed0/eval.json").exists()
+    resumed = compare(out)
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output
+    assert "--resume" in (out / "logs/si-seed0.log").read_text()
+    assert without_timing(json.loads((out / "results.json").read_text())) == without_timing(
+        json.loads((uninterrupted / "results.json").read_text())
+    )
+
+
+def test_a_rerun_with_other_settings_is_refused(uninterrupted):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    args = [a if a != "2500" else "3000" for a in TINY]
+    done = subprocess.run([sys.executable, "-m", "sirl.cli", "compare", *args, "--out", str(uninterrupted)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "budget_tokens: 2500 -> 3000" in done.stderr and "give a new --out" in done.stderr
