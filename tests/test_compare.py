@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sirl.compare import ComparePlan, _interp, read_plan_file, summarize
+from sirl.compare import ComparePlan, _interp, read_plan_file, results_markdown, summarize
 from sirl.config import ConfigError, load_config, to_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +51,9 @@ def hand_built(tmp_path):
     write_run(tmp_path / "runs/grpo/seed1", [(0, 0.5), (200, 0.8), (400, 0.7)], final=0.72)
     write_run(tmp_path / "runs/si/seed0", [(0, 0.5), (100, 0.7), (300, 0.9), (400, 0.9)], final=0.80, probe=20, loc=[1.0, 0.5])
     write_run(tmp_path / "runs/si/seed1", [(0, 0.5), (300, 0.8), (400, 0.8)], final=0.76, probe=20, loc=[0.5])
+    (tmp_path / "start").mkdir()
+    start_levels = {"1": {"n": 10, "accuracy": 0.1}, "2": {"n": 10, "accuracy": 0.5}, "3": {"n": 30, "accuracy": 0.9}}
+    (tmp_path / "start/eval.json").write_text(json.dumps({"accuracy": 0.7, "n": 50, "by_difficulty": start_levels}))
     return tmp_path
 
 
@@ -72,6 +75,11 @@ def test_the_summary_matches_hand_computed_values(hand_built):
     assert si["localization_accuracy"]["mean"] == pytest.approx(0.625) and grpo["localization_accuracy"]["mean"] is None
     assert si["by_difficulty"][1]["mean"] == pytest.approx(0.88) and si["by_difficulty"][2]["mean"] == pytest.approx(0.68)
     assert si["max_step_tokens"] == 100 and results["missing_runs"] == []
+    # level 1 starts below 15%: the hard band. The runs know levels 1 and 2 only, so the other band (2, 3)
+    # cannot be pooled; si's hard-band accuracy is its level-1 accuracy (0.90, 0.86).
+    assert results["difficulty_bands"] == {"hard": [1], "other": [2, 3]}
+    assert si["hard_levels_accuracy"]["values"] == pytest.approx([0.90, 0.86]) and si["other_levels_accuracy"]["mean"] is None
+    assert "| si | 88.0% ± 2.8% | - |" in results_markdown(results)
 
 
 def test_unreached_targets_and_missing_runs_are_reported(hand_built):

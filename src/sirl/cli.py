@@ -346,7 +346,8 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str], parser: argparse
     settings.setdefault("methods", ["grpo", "dr_grpo", "rloo", "random_reset", "vine", "si", "si_internal"])
     settings.setdefault("eval_every_tokens", max(1, settings["budget_tokens"] // 5))
     plan = ComparePlan(**settings)
-    args.seed = None
+    if args.seed is not None:
+        parser.error("--seed: a comparison runs seeds 0..N-1 of every method; set N with --seeds")
     out = Path(args.out) if args.out else Path("runs") / f"compare-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     args.out = None  # the runs get their own folders inside it
     config = resolve_config(args, overrides)

@@ -47,6 +47,8 @@ import yaml
 
 from sirl.config import AlgoConfig, ConfigError, ExperimentConfig, config_differences, to_yaml
 
+HARD_LEVEL = 0.15
+"""Difficulty levels where the starting policy's final-set accuracy is below this are pooled as "hard"."""
 REFERENCE = "grpo"
 """The outcome-only baseline whose best accuracy sets the "tokens to reach" target."""
 
@@ -335,11 +337,32 @@ def summarize(out: Path) -> dict:
         "plan": asdict(plan),
         "start": None if start is None else {"accuracy": start["accuracy"], "n": start["n"], "by_difficulty": start["by_difficulty"]},
         "reference": reference,
+        "difficulty_bands": difficulty_bands(start, methods),
         "methods": methods,
         "missing_runs": [f"{m}-seed{s}" for m in plan.methods for s in range(plan.seeds)
                          if not (run_dir(out, RunSpec(m, s)) / "eval.json").is_file()],
         "machine": _machine(plan),
     }
+
+
+def difficulty_bands(start: dict | None, methods: dict[str, dict]) -> dict | None:
+    """Pool the final accuracy by difficulty into two bands: the levels where the starting policy is below
+    HARD_LEVEL ("hard": METHOD.md's first hypothesis is about prompts it almost never solves) and the rest,
+    each level weighted by its problem count. Adds ``hard_levels_accuracy`` and ``other_levels_accuracy``
+    (mean and std over seeds) to each method's row; works on a summary read back from results.json too."""
+    if start is None or not start["by_difficulty"]:
+        return None
+    levels = {int(k): v for k, v in start["by_difficulty"].items()}
+    hard = sorted(k for k, v in levels.items() if v["accuracy"] < HARD_LEVEL)
+    bands = {"hard": hard, "other": sorted(k for k in levels if k not in hard)}
+    for row in methods.values():
+        by_level = {int(k): v for k, v in row["by_difficulty"].items()}
+        for band, members in bands.items():
+            n = sum(levels[k]["n"] for k in members)
+            known = n and all(k in by_level and len(by_level[k]["values"]) == len(row["seeds"]) for k in members)
+            per_seed = [sum(levels[k]["n"] * by_level[k]["values"][i] for k in members) / n for i in range(len(row["seeds"]))] if known else []
+            row[f"{band}_levels_accuracy"] = _mean_std(per_seed)
+    return bands
 
 
 def _step_tokens(rows: list[dict]) -> int:
@@ -455,6 +478,18 @@ def results_markdown(results: dict) -> str:
         for name, row in methods.items():
             cells = [_pct(row["by_difficulty"].get(level) or row["by_difficulty"].get(str(level)), 1) for level in levels]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    bands = results.get("difficulty_bands")
+    if bands and bands["hard"] and bands["other"]:
+        lines += ["", f"Pooled over the levels where the starting policy is below {HARD_LEVEL:.0%} (hard: {bands['hard']}) and over "
+                  f"the others ({bands['other']}), each level weighted by its problem count; mean ± std over seeds:", "",
+                  "| method | hard levels | other levels |", "|---|---:|---:|"]
+        if start:
+            def pooled(levels):
+                n = sum(start["by_difficulty"][str(level)]["n"] for level in levels)
+                return sum(start["by_difficulty"][str(level)]["n"] * start["by_difficulty"][str(level)]["accuracy"] for level in levels) / n
+            lines.append(f"| starting policy | {pooled(bands['hard']):.1%} | {pooled(bands['other']):.1%} |")
+        for name, row in methods.items():
+            lines.append(f"| {name} | {_pct(row.get('hard_levels_accuracy'))} | {_pct(row.get('other_levels_accuracy'))} |")
     if results["missing_runs"]:
         lines += ["", f"Runs not finished (left out of the table): {', '.join(results['missing_runs'])}."]
     machine = results["machine"]
