@@ -201,7 +201,11 @@ def run_comparison(config: ExperimentConfig, plan: ComparePlan, out: Path, quiet
 
     def one(run: RunSpec) -> None:
         t0 = time.time()
-        code = _execute(_train_command(out, run, plan), out / "logs" / f"{run.name}.log", threads)
+        command = _train_command(out, run, plan)
+        if not quiet:
+            how = "resuming" if "--resume" in command else "starting"
+            print(f"  {run.name}: {how} (log {out / 'logs' / f'{run.name}.log'})", flush=True)
+        code = _execute(command, out / "logs" / f"{run.name}.log", threads)
         if code != 0:
             failed.append(f"{run.name} (exit {code}, see {out / 'logs' / f'{run.name}.log'})")
             if not quiet:
@@ -212,10 +216,8 @@ def run_comparison(config: ExperimentConfig, plan: ComparePlan, out: Path, quiet
             print(f"  {run.name}: {result['accuracy']:.1%} after {result['tokens/total']:,} tokens, {time.time() - t0:.0f} s "
                   f"[{time.time() - start:.0f} s in]", flush=True)
 
-    start_eval = out / "start" / "eval.json"
-    tasks = [] if start_eval.is_file() else ["start"]
     with ThreadPoolExecutor(max_workers=plan.jobs) as pool:
-        futures = [pool.submit(_evaluate_start, config, plan, out, threads)] if tasks else []
+        futures = [] if (out / "start" / "eval.json").is_file() else [pool.submit(_evaluate_start, config, plan, out, threads)]
         futures += [pool.submit(one, run) for run in pending]
         for future in futures:
             future.result()
