@@ -221,3 +221,14 @@ def test_a_run_where_every_completion_is_truncated_is_finite_and_learns_nothing(
     for r in rows:
         assert r["rollout/truncated_frac"] == 1.0 and r["reward/mean"] == 0.0 and r["adv/zero_std_frac"] == 1.0
         assert r["loss/policy"] == 0.0 and r["grad_norm"] == 0.0 and r["guard/skipped_steps"] == 0
+
+
+def test_evaluations_on_a_token_grid_fall_at_the_steps_that_cross_each_multiple(tmp_path):
+    config = tiny_config(tmp_path, "train.steps=6", "train.eval_every=0", "train.eval_every_tokens=300")
+    run_train(config, tmp_path / "run", quiet=True)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    totals = [r["tokens/total"] for r in records]
+    # naive: a step evaluates when it is the first (step 0), the last, or its tokens pass a multiple of 300
+    expected = [i for i in range(len(records)) if i in (0, len(records) - 1) or totals[i] // 300 > totals[i - 1] // 300]
+    assert [i for i, r in enumerate(records) if "eval/accuracy" in r] == expected
+    assert 2 <= len(expected) < len(records)
