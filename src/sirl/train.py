@@ -6,10 +6,11 @@ that declare their verifier safe, else in worker processes with deadlines); turn
 group-relative advantages (sirl.algos.ADVANTAGES), broadcast over each response's tokens; then
 ``algo.ppo_epochs`` passes of ``algo.minibatches`` PPO-clip updates against the sampling log-probs, with an
 optional KL penalty to the starting policy. Held-out greedy accuracy is measured before the first update,
-every ``train.eval_every`` steps (or each ``train.eval_every_tokens`` generated tokens) and at the end. Everything lands in the run folder: config.yaml,
-isolation.json (the verifier's isolation), metrics.jsonl (one object per step), TensorBoard events (tb/),
-samples.jsonl, checkpoints (checkpoints/step_N, checkpoints/final: Hugging Face directories with the
-trainer's state, sirl.checkpoint), eval.json and report.html (the HTML run report, sirl.report).
+every ``train.eval_every`` steps (or each ``train.eval_every_tokens`` generated tokens) and at the end.
+Everything lands in the run folder: config.yaml, isolation.json (the verifier's isolation), metrics.jsonl
+(one object per step), TensorBoard events (tb/), samples.jsonl, checkpoints (checkpoints/step_N,
+checkpoints/final: Hugging Face directories with the trainer's state, sirl.checkpoint), eval.json and
+report.html (the HTML run report, sirl.report).
 ``run_train(..., resume=True)`` continues a run from its latest complete checkpoint with the same results
 as an uninterrupted run; everything that carries over between steps lives in ``LoopState``.
 
