@@ -192,6 +192,16 @@ def test_a_malformed_metrics_line_is_an_error_naming_file_and_line(run_dir, caps
     assert f"{run_dir / 'metrics.jsonl'}, line 3" in capsys.readouterr().err
 
 
+def test_a_record_still_being_written_is_left_out_but_a_torn_last_line_with_its_newline_is_an_error(run_dir):
+    text = (run_dir / "metrics.jsonl").read_text()
+    n = len(text.splitlines())
+    (run_dir / "metrics.jsonl").write_text(text + '{"step": 99, "tokens/to')  # a training process mid-write
+    assert len(load_run(run_dir).metrics) == n
+    (run_dir / "metrics.jsonl").write_text(text + '{"step": 99, "tokens/to\n')
+    with pytest.raises(ReportError, match=f"line {n + 1}: not JSON"):
+        load_run(run_dir)
+
+
 def test_cli_writes_the_report_and_names_missing_folders(run_dir, tmp_path, capsys):
     assert main(["report", str(run_dir), "--out", str(tmp_path / "out" / "r.html")]) == 0
     assert (tmp_path / "out" / "r.html").is_file() and str(tmp_path / "out" / "r.html") in capsys.readouterr().out

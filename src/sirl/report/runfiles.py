@@ -93,16 +93,21 @@ def load_run(run_dir: Path) -> Run:
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-empty line; NaN and Infinity parse (metrics are written with
-    ``allow_nan``)."""
+    ``allow_nan``). A last line without its newline that does not parse is a record still being written by
+    a running training process: it is left out, so a run can be reported while it trains."""
     if not path.is_file():
         return []
+    text = path.read_text()
+    lines = text.splitlines()
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
+            if number == len(lines) and not text.endswith("\n"):
+                break
             raise ReportError(f"{path}, line {number}: not JSON ({error.msg}); fix or delete that line") from None
         if not isinstance(record, dict):
             raise ReportError(f"{path}, line {number}: expected a JSON object, found {type(record).__name__}")
