@@ -156,6 +156,8 @@ def test_no_run_exceeds_the_budget_by_more_than_one_step(uninterrupted):
             totals = [r["tokens/total"] for r in rows]
             assert totals[-2] < 2500 <= totals[-1] <= 2500 + row["max_step_tokens"], (name, totals)
             assert rows[-1]["tokens/total"] == rows[-1]["tokens/policy"] + rows[-1]["tokens/probe"] + rows[-1]["tokens/verify"]
+            checkpoints = uninterrupted / f"runs/{name}/seed{seed}/checkpoints"
+            assert (checkpoints / "final").is_dir() and not list(checkpoints.glob("step_*"))  # pruned once finished
     assert results["methods"]["si"]["probe_share"]["mean"] > 0
     for name in ("results.md", "accuracy_vs_tokens.png", "accuracy_vs_time.png", "probes_per_failure.png", "accuracy_by_difficulty.png"):
         assert (uninterrupted / name).stat().st_size > 0, name

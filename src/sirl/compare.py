@@ -20,7 +20,8 @@ The comparison folder::
 
 A killed comparison continues where it stopped when rerun with the same folder: finished runs (eval.json)
 are kept, interrupted ones resume from their latest checkpoint (which gives the same numbers as a run never
-stopped, see sirl.checkpoint), and runs never started start. The summary is computed from the run folders
+stopped, see sirl.checkpoint), and runs never started start. A finished run keeps only its final
+checkpoint. The summary is computed from the run folders
 only, so rerunning on a finished folder just rewrites it.
 
     sirl compare --task arith --methods grpo,si --seeds 3 --budget-tokens 500000 --out runs/cmp
@@ -211,6 +212,10 @@ def run_comparison(config: ExperimentConfig, plan: ComparePlan, out: Path, quiet
             if not quiet:
                 print(f"  {run.name}: failed (exit {code})", flush=True)
             return
+        # A finished run keeps checkpoints/final; the step checkpoints only served resumption, and with a
+        # large policy and many runs they would fill the disk.
+        for step_checkpoint in (run_dir(out, run) / "checkpoints").glob("step_*"):
+            shutil.rmtree(step_checkpoint)
         if not quiet:
             result = json.loads((run_dir(out, run) / "eval.json").read_text())
             print(f"  {run.name}: {result['accuracy']:.1%} after {result['tokens/total']:,} tokens, {time.time() - t0:.0f} s "
