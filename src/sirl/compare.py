@@ -540,11 +540,7 @@ def plot_comparison(out: Path, results: dict) -> None:
         ax.fill_between(xs, [100 * (m - s) for m, s in zip(mean, std)], [100 * (m + s) for m, s in zip(mean, std)], color=colors[name], alpha=0.15)
     ax.set(xlabel="generated tokens (thousands; samples + probes + verification)", ylabel="held-out accuracy (%)",
            title=f"{title}: accuracy at equal generated tokens (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_tokens.png", dpi=120)
-    plt.close(fig)
+    _save(fig, ax, out / "accuracy_vs_tokens.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, row in methods.items():
@@ -552,11 +548,7 @@ def plot_comparison(out: Path, results: dict) -> None:
             ax.plot([p[0] / 60 for p in points], [100 * p[1] for p in points], color=colors[name], lw=1.5, alpha=0.8,
                     label=name if i == 0 else None)
     ax.set(xlabel="wall-clock (minutes, one line per seed)", ylabel="held-out accuracy (%)", title=f"{title}: accuracy against wall-clock")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_time.png", dpi=120)
-    plt.close(fig)
+    _save(fig, ax, out / "accuracy_vs_time.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
@@ -569,12 +561,7 @@ def plot_comparison(out: Path, results: dict) -> None:
         drawn = True
     ax.set(xlabel="generated tokens (thousands)", ylabel="probes per localized failure",
            title=f"{title}: probes per failure (mean over seeds)" if drawn else f"{title}: no method localized failures")
-    ax.grid(alpha=0.3)
-    if drawn:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "probes_per_failure.png", dpi=120)
-    plt.close(fig)
+    _save(fig, ax, out / "probes_per_failure.png", legend=drawn)
 
     levels = sorted({int(level) for row in methods.values() for level in row["by_difficulty"]})
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -589,8 +576,16 @@ def plot_comparison(out: Path, results: dict) -> None:
         ax.bar(xs, means, width, yerr=stds, color=color, label=name, capsize=2)
     ax.set_xticks(range(len(levels)), [str(level) for level in levels])
     ax.set(xlabel="difficulty", ylabel="final held-out accuracy (%)", title=f"{title}: final accuracy by difficulty")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    _save(fig, ax, out / "accuracy_by_difficulty.png", grid_axis="y", legend_size=8)
+
+
+def _save(fig, ax, path: Path, legend: bool = True, grid_axis: str = "both", legend_size: float | None = None) -> None:
+    """The finish every comparison plot shares: a light grid, the legend, tight layout, PNG, figure closed."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3, axis=grid_axis)
+    if legend:
+        ax.legend(fontsize=legend_size)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_by_difficulty.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
