@@ -33,6 +33,8 @@ VARIANTS: dict[str, list[str]] = {
     "si (K=2 base)": SI_BASE,
     "si K=1": [*SI_BASE, "method.probes=1"],
     "si K=4": [*SI_BASE, "method.probes=4"],
+    "si K=1 settle 3": [*SI_BASE, "method.probes=1", "method.settle_probes=3"],
+    "si K=2 settle 6": [*SI_BASE, "method.settle_probes=6"],
     "si without free evidence": [*SI_BASE, "method.free_evidence=false", "method.first_check=bisect"],
     "si drop 0 (V > 0 rule)": [*SI_BASE, "method.drop=0.0"],
     "si error scale 0.5": [*SI_BASE, "method.error_scale=0.5"],

@@ -1,22 +1,25 @@
 """How well the oracle localizer finds the first wrong step, and what it costs, on the shipped policies.
 
 For each task: sample groups from its shipped policy on fixed test prompts, keep the failures (the
-localizable ones: their group holds a success), and localize each with the rollout engine as training
-does. Against the task's ground truth it reports:
+localizable ones: their group holds a success), and localize the same failures with each localizer
+setting (K probes per check, the drop rule, settle probes), through the rollout engine as training does.
+Against the task's ground truth it reports, per setting:
 
-- exact first-error accuracy of the localizer (free evidence + divergence check, the default), and of
-  plain bisection without free evidence;
-- probe continuations per failure for both, against the bisection bound K * ceil(log2(n+1)) and against a
-  linear scan (probe k = 1, 2, ... until a prefix fails: K * t*);
-- the monotone-value assumption: with M probes at every prefix, how often the estimated value comes back
-  above 0 after having been 0 along a failed trajectory, and how the localizer's misses split into
-  "earlier than the truth" (a correct prefix the policy already cannot finish) and "later than the truth"
-  (the wrong step was still recoverable: a later answer verified), with the mean M-probe value of the
-  prefix that ends with the true wrong step in those cases;
-- agreement with the first irrecoverable step found by that exhaustive M-probe scan, which is what the
-  method defines t* to be (the ground truth is the first *wrong* step, and a wrong step can be recoverable).
+- exact first-error accuracy (free evidence + divergence check, as in training), and for the first
+  setting also plain bisection without free evidence;
+- probe continuations per failure, against the bisection bound K * ceil(log2(n+1)) and against a linear
+  scan (probe k = 1, 2, ... until a prefix fails: K * t*);
+- how the misses split into "earlier than the truth" (a correct prefix the policy already cannot finish)
+  and "later than the truth" (a probe verified after the wrong step: the step was recoverable, or the
+  final answer right by luck);
+- agreement with the first irrecoverable step found by an exhaustive scan with M probes at every prefix,
+  which is METHOD.md's t* (the ground truth is the first *wrong* step, and a wrong step can be recoverable).
 
-    python benchmarks/localization.py                       # arith and countdown, K=2, 200 failures each
+Per task, from the same M-probe value profiles: how often the monotone-value assumption fails (the value
+comes back above 0 after having been 0), and the mean value of the prefix ending with the true wrong step.
+
+    python benchmarks/localization.py          # arith and countdown, 200 failures each, the settings below
+    python benchmarks/localization.py --settings "k=1,drop=0.5,settle=3;k=4,drop=0.5"
 """
 
 from __future__ import annotations
@@ -45,19 +48,31 @@ def task_from_preset(name: str):
     return load_task(name, **args)
 
 
-def run(name: str, k: int, n_failures: int, profile_probes: int, group: int, seed: int, drop: float) -> dict:
+DEFAULT_SETTINGS = "k=2,drop=0;k=1,drop=0.5;k=1,drop=0.5,settle=3;k=2,drop=0.5;k=2,drop=0.5,settle=6;k=4,drop=0.5"
+
+
+def parse_settings(text: str) -> list[dict]:
+    settings = []
+    for item in text.split(";"):
+        fields = dict(part.split("=") for part in item.split(","))
+        unknown = set(fields) - {"k", "drop", "settle"}
+        if unknown:
+            raise SystemExit(f"--settings: unknown field(s) {sorted(unknown)} in {item!r}; use k=, drop=, settle=")
+        settings.append({"k": int(fields["k"]), "drop": float(fields.get("drop", 0)), "settle": int(fields.get("settle", 0))})
+    return settings
+
+
+def run(name: str, settings: list[dict], n_failures: int, profile_probes: int, group: int, seed: int) -> list[dict]:
     model, tokenizer = load_model(SHIPPED[name][0])
     task = task_from_preset(name)
     params = SamplingParams(96, temperature=1.0)
     generator = torch.Generator().manual_seed(seed)
-    spent = {"continuations": 0}
 
     def probe(requests, count):
         found = sample_trajectories(
             model, tokenizer, task, [t.problem for t, _ in requests], params, group_size=count,
             prefixes=[prefix_ids(t, s) for t, s in requests], groups=[t.group for t, _ in requests], generator=generator,
         )
-        spent["continuations"] += len(found)
         return [found[i * count : (i + 1) * count] for i in range(len(requests))]
 
     # Failures of localizable groups, from fixed held-out prompts.
@@ -68,69 +83,78 @@ def run(name: str, k: int, n_failures: int, profile_probes: int, group: int, see
     localizable = [t for t in failures if book.certified(t.group, [])][:n_failures]
     truth = [task.first_error(t.problem, t.text) for t in localizable]
 
-    start = time.time()
-    default = localize(localizable, PrefixBook(samples), lambda r: probe(r, k), free_evidence=True, first_check="divergence", drop=drop)
-    seconds = time.time() - start
-    plain = localize(localizable, PrefixBook(samples), lambda r: probe(r, k), free_evidence=False, first_check="bisect")
-
-    # Linear scan and the value profile: M probes at every prefix k = 1..n-1 (V(0) > 0 is known, V(n) = 0).
+    # The value profile: M probes at every prefix k = 1..n-1 (V(0) > 0 is known, V(n) = 0).
     profiles = []
-    for t in localizable:
+    for t in localizable if profile_probes else []:
         n = len(t.step_spans)
         found = probe([(t, s) for s in range(1, n)], profile_probes) if n > 1 else []
         profiles.append([1.0] + [sum(p.reward >= 1 for p in probes) / profile_probes for probes in found] + [0.0])
     # t* by an exhaustive scan of the profile: the first prefix with no success in M probes
-    first_dead = [next(s for s, v in enumerate(profile) if v == 0) for profile in profiles]
-    linear_cost = [k * t_star for t_star in first_dead]
-    later_values = [profile[e + 1] for loc, e, profile in zip(default, truth, profiles) if loc.error_step > e]
+    first_dead = [next(s for s, v in enumerate(profile) if v == 0) for profile in profiles] if profiles else [0] * len(localizable)
     non_monotone = sum(any(profile[j] == 0 and profile[i] > 0 for j in range(len(profile)) for i in range(j + 1, len(profile))) for profile in profiles)
-    earlier = sum(loc.error_step < e for loc, e in zip(default, truth))
-    later = sum(loc.error_step > e for loc, e in zip(default, truth))
-    bound = [k * math.ceil(math.log2(len(t.step_spans) + 1)) for t in localizable]
-    return {
-        "task": name,
-        "failures": len(failures),
-        "localizable": len(localizable),
-        "accuracy": sum(loc.error_step == e for loc, e in zip(default, truth)) / len(localizable),
-        "accuracy_bisect": sum(loc.error_step == e for loc, e in zip(plain, truth)) / len(localizable),
-        "agree_scan": sum(loc.error_step == t_star - 1 for loc, t_star in zip(default, first_dead)) / len(localizable),
-        "later_value": statistics.mean(later_values) if later_values else float("nan"),
-        "probes": statistics.mean(loc.probes for loc in default),
-        "probes_bisect": statistics.mean(loc.probes for loc in plain),
-        "bound": statistics.mean(bound),
-        "linear": statistics.mean(linear_cost),
-        "earlier": earlier,
-        "later": later,
-        "non_monotone": non_monotone,
-        "steps": statistics.mean(len(t.step_spans) for t in localizable),
-        "seconds": seconds,
+    task_row = {
+        "task": name, "failures": len(failures), "localizable": len(localizable),
+        "steps": statistics.mean(len(t.step_spans) for t in localizable), "non_monotone": non_monotone,
+        "value_after_error": statistics.mean(p[e + 1] for p, e in zip(profiles, truth) if e + 1 < len(p)) if profiles else math.nan,
     }
+
+    rows = []
+    for index, setting in enumerate(settings):
+        k, drop, settle = setting["k"], setting["drop"], setting["settle"]
+        start = time.time()
+        found = localize(
+            localizable, PrefixBook(samples), lambda r: probe(r, k), free_evidence=True, first_check="divergence", drop=drop,
+            settle=(lambda r: probe(r, settle)) if settle else None,
+        )
+        seconds = time.time() - start
+        row = {
+            **task_row, **setting, "seconds": seconds,
+            "accuracy": sum(loc.error_step == e for loc, e in zip(found, truth)) / len(localizable),
+            "agree_scan": sum(loc.error_step == t_star - 1 for loc, t_star in zip(found, first_dead)) / len(localizable),
+            "probes": statistics.mean(loc.probes for loc in found),
+            "bound": statistics.mean(k * math.ceil(math.log2(len(t.step_spans) + 1)) for t in localizable),
+            "linear": statistics.mean(k * t_star for t_star in first_dead),
+            "earlier": sum(loc.error_step < e for loc, e in zip(found, truth)),
+            "later": sum(loc.error_step > e for loc, e in zip(found, truth)),
+        }
+        if index == 0:
+            plain = localize(localizable, PrefixBook(samples), lambda r: probe(r, k), free_evidence=False, first_check="bisect", drop=drop)
+            row["accuracy_bisect"] = sum(loc.error_step == e for loc, e in zip(plain, truth)) / len(localizable)
+            row["probes_bisect"] = statistics.mean(loc.probes for loc in plain)
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="arith,countdown")
-    parser.add_argument("-k", type=int, default=2, help="probes per checked prefix")
+    parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="localizer settings, ';'-separated: k=K,drop=D,settle=S")
     parser.add_argument("--failures", type=int, default=200)
-    parser.add_argument("--profile-probes", type=int, default=8, help="probes per prefix for the value profile")
+    parser.add_argument("--profile-probes", type=int, default=8, help="probes per prefix for the value profile (0: skip it, and the columns from it)")
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--drop", type=float, default=0.0, help="the localizer's value-drop rule (0: V > 0)")
     args = parser.parse_args()
-    rows = [run(name, args.k, args.failures, args.profile_probes, args.group, args.seed, args.drop) for name in args.tasks.split(",")]
-    print(f"K = {args.k}, drop = {args.drop}; value profiles from {args.profile_probes} probes per prefix; groups of {args.group}; seed {args.seed}\n")
-    print("| task | failures localized | mean steps | exact accuracy (default) | exact accuracy (bisect, no free evidence) "
-          "| agreement with exhaustive-scan t* | probes/failure (default) | probes/failure (bisect) | K*ceil(log2(n+1)) "
-          "| linear scan K*t* | localized earlier / later than truth | value after the true error, in later cases "
-          "| non-monotone value profiles | search time |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['task']} | {r['localizable']} of {r['failures']} | {r['steps']:.1f} | {r['accuracy']:.1%} | {r['accuracy_bisect']:.1%} "
-            f"| {r['agree_scan']:.1%} | {r['probes']:.2f} | {r['probes_bisect']:.2f} | {r['bound']:.2f} | {r['linear']:.2f} "
-            f"| {r['earlier']} / {r['later']} | {r['later_value']:.2f} | {r['non_monotone']} ({r['non_monotone'] / r['localizable']:.0%}) "
-            f"| {r['seconds']:.1f} s |"
-        )
+    settings = parse_settings(args.settings)
+    results = [run(name, settings, args.failures, args.profile_probes, args.group, args.seed) for name in args.tasks.split(",")]
+    print(f"value profiles from {args.profile_probes} probes per prefix; groups of {args.group}; seed {args.seed}\n")
+    print("| task | failures localized | mean steps | non-monotone value profiles | mean value after the true wrong step |")
+    print("|---|---:|---:|---:|---:|")
+    for rows in results:
+        r = rows[0]
+        print(f"| {r['task']} | {r['localizable']} of {r['failures']} | {r['steps']:.1f} | {r['non_monotone']} ({r['non_monotone'] / r['localizable']:.0%}) | {r['value_after_error']:.2f} |")
+    print("\n| task | K | drop | settle | exact accuracy | agreement with exhaustive-scan t* | localized earlier / later than truth "
+          "| probes/failure | K*ceil(log2(n+1)) | linear scan K*t* | search time |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for rows in results:
+        for r in rows:
+            print(
+                f"| {r['task']} | {r['k']} | {r['drop']:g} | {r['settle']} | {r['accuracy']:.1%} | {r['agree_scan']:.1%} "
+                f"| {r['earlier']} / {r['later']} | {r['probes']:.2f} | {r['bound']:.2f} | {r['linear']:.2f} | {r['seconds']:.1f} s |"
+            )
+    print("\nPlain bisection without free evidence, first setting:")
+    for rows in results:
+        r = rows[0]
+        print(f"- {r['task']}: exact accuracy {r['accuracy_bisect']:.1%}, {r['probes_bisect']:.2f} probes/failure")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import torch
 
 from sirl.config import MethodConfig
 from sirl.internalize import PrefixBook, localize, prefix_ids
+from sirl.internalize.localize import free_start
 from sirl.internalize.credit import method_credit, select_failures, step_index
 from sirl.tasks.base import Task, split_on_separator
 from sirl.types import Problem, Trajectory
@@ -203,3 +204,44 @@ def test_the_drop_rule_finds_a_wrong_step_that_leaves_a_little_value():
     # ... while METHOD.md's V > 0 rule passes it (a probe verified) and blames a later step
     [loc] = localize([failure], PrefixBook(siblings), lambda r: RecoverableSampler()(r, 4), drop=0.0)
     assert loc.error_step > 3
+
+
+def test_settle_probes_overrule_a_lucky_first_probe_and_cost_nothing_otherwise():
+    failure = make(wrong_at(3))
+    siblings = [make("".join(REFERENCE)), make("".join(REFERENCE)), failure]
+    sampler = RecoverableSampler()  # every call's first probe from the wrong prefix verifies
+    # K = 1: the one probe after the wrong step verifies, V̂ = 1/2 (it and the failure) > 0.5 * V̂(3) = 1/3
+    [loc] = localize([failure], PrefixBook(siblings), lambda r: sampler(r, 1), drop=0.5)
+    assert loc.error_step > 3
+    # With 7 settle probes that prefix holds 2 successes in 9 samples: 2/9 < 1/3, so step 3 is the error,
+    # found with one check: 1 probe + 7 settle probes.
+    settles = []
+    [loc] = localize(
+        [failure], PrefixBook(siblings), lambda r: sampler(r, 1), drop=0.5, settle=lambda r: settles.append(r) or sampler(r, 7)
+    )
+    assert (loc.error_step, loc.probes, loc.value_after) == (3, 8, pytest.approx(2 / 9))
+    assert [[(t is failure, k) for t, k in r] for r in settles] == [[(True, 4)]]
+    # A check whose probes all fail is decided on them alone: no settle probes are drawn.
+    plain = make(wrong_at(5))
+    settles.clear()
+    [loc] = localize(
+        [plain], PrefixBook([make("".join(REFERENCE)), plain]), lambda r: ScriptedSampler()(r, 1), drop=0.5,
+        settle=lambda r: settles.append(r) or ScriptedSampler()(r, 7),
+    )
+    assert (loc.error_step, loc.probes, settles) == (5, 1, [])
+
+
+def test_free_start_walks_certified_prefixes_with_the_drop_rule():
+    failure = make(wrong_at(3))
+    lucky = make(wrong_at(3)[:-2] + "#z")  # the same wrong step 3, then a right answer by luck
+    correct = [make("".join(REFERENCE)) for _ in range(3)]
+    other = [make(wrong_at(3)) for _ in range(3)]  # three more samples that made the same mistake and failed
+    book = PrefixBook([*correct, lucky, *other, failure])
+    # The lucky sample certifies the failure's prefix through step 3 and beyond (V > 0 there) ...
+    assert free_start(book, failure, drop=0.0) == (7, len(failure.step_spans))
+    # ... but the value falls there from 4/8 to 1/5 (under half), so the walk stops: step 3 is the error,
+    # localized without a probe.
+    assert free_start(book, failure, drop=0.5) == (3, 4)
+    [loc] = localize([failure], book, lambda r: pytest.fail("no probe is needed"), drop=0.5)
+    assert (loc.error_step, loc.probes) == (3, 0)
+    assert (loc.value_before, loc.value_after) == (pytest.approx(4 / 8), pytest.approx(1 / 5))

@@ -172,6 +172,10 @@ class MethodConfig:
     last good prefix; 0 is METHOD.md's rule (good while any probe verifies). On arith, where a wrong step
     often leaves some chance of a right final answer, 0.5 localized the first wrong step more often
     (benchmarks/localization.py)."""
+    settle_probes: int = 0
+    """With drop > 0: a checked prefix whose K probes include a verified one gets this many more before the
+    drop rule decides, so that a continuation that verified by luck after a wrong step does not pass the
+    step as good; most checks find no success and cost only K. 0: decide on the K probes."""
     max_localizations: int = 64
     """Most failures localized per step; the most informative first (prompts whose solve rate is closest
     to one half, round-robin over prompts; within a prompt, the failure with the longest certified prefix)."""

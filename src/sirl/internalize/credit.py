@@ -124,13 +124,16 @@ def self_localize(
     rng: random.Random,
     metrics: dict[str, float],
     confirm_probe: Callable[[list[tuple[Trajectory, int]]], list[list[Trajectory]]] | None = None,
+    settle_probe: Callable[[list[tuple[Trajectory, int]]], list[list[Trajectory]]] | None = None,
 ) -> list[Localization]:
     """si_internal's localization (METHOD.md, "Internalize"). The policy proposes the error step of each
     failure; an audited failure (a share given by ``audits``) always gets the oracle search, and its
     proposal is scored against it; any other proposal is confirmed by two checks: the prefix before the
     named step is still good and the prefix through it is not (each check K probes, or none when the
-    trajectories already sampled settle it; ``confirm_probe`` draws them, by default like the search). An unconfirmed, unparsable or "none" proposal falls back to
-    the oracle search, whose answer becomes that failure's self-verification example like every other."""
+    trajectories already sampled settle it; ``confirm_probe`` draws them, by default like the search; a
+    verified probe at the second check gets ``settle_probe``'s extra probes, as in the search). An
+    unconfirmed, unparsable or "none" proposal falls back to the oracle search, whose answer becomes that
+    failure's self-verification example like every other."""
     verdicts = propose(chosen)
     audit_fraction = audits.fraction
     audited = [rng.random() < audit_fraction for _ in chosen]
@@ -156,9 +159,18 @@ def self_localize(
             requests.append((t, s + 1))
             owners.append(i)
     spent = [0] * len(chosen)
-    for i, found in zip(owners, (confirm_probe or search_probe)(requests) if requests else []):
+    drawn = (confirm_probe or search_probe)(requests) if requests else []
+    for i, found in zip(owners, drawn):
         book.add(found)
         spent[i] += len(found)
+    if settle_probe is not None and config.drop > 0:  # the search's rule: a lucky success gets more probes
+        lucky = [
+            (i, request) for i, request, found in zip(owners, requests, drawn)
+            if request[1] == verdicts[i].step + 1 and any(p.reward >= 1 for p in found)
+        ]
+        for (i, _), found in zip(lucky, settle_probe([request for _, request in lucky]) if lucky else []):
+            book.add(found)
+            spent[i] += len(found)
     results: dict[int, Localization] = {}
     for i in candidates:
         t, s = chosen[i], verdicts[i].step
@@ -173,7 +185,8 @@ def self_localize(
     confirmed = len(results)
     rest = [i for i in range(len(chosen)) if i not in results]
     searched = localize(
-        [chosen[i] for i in rest], book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check, drop=config.drop
+        [chosen[i] for i in rest], book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check, drop=config.drop,
+        settle=settle_probe,
     )
     for i, loc in zip(rest, searched):
         results[i] = Localization(
@@ -270,6 +283,12 @@ def method_credit(
             searched.extend(found)
             return found
 
+        def settle_probe(requests: list[tuple[Trajectory, int]]) -> list[list[Trajectory]]:
+            found = probe(requests, config.settle_probes)
+            searched.extend(found)
+            return found
+
+        settle = settle_probe if config.settle_probes > 0 else None
         if name == "si_internal":
 
             def confirm_probe(requests: list[tuple[Trajectory, int]]) -> list[list[Trajectory]]:
@@ -277,10 +296,11 @@ def method_credit(
                 searched.extend(found)
                 return found
 
-            localizations = self_localize(chosen, book, search_probe, config, propose, audits, task, rng, metrics, confirm_probe)
+            localizations = self_localize(chosen, book, search_probe, config, propose, audits, task, rng, metrics, confirm_probe, settle)
         else:
             localizations = localize(
-                chosen, book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check, drop=config.drop
+                chosen, book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check, drop=config.drop,
+                settle=settle,
             )
         if config.correction_samples and chosen:  # a small group of its own for each good prefix
             for probes in probe([(t, loc.error_step) for t, loc in zip(chosen, localizations)], config.correction_samples):
