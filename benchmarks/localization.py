@@ -88,11 +88,17 @@ def run(name: str, settings: list[dict], n_failures: int, profile_probes: int, g
     for t in localizable if profile_probes else []:
         n = len(t.step_spans)
         found = probe([(t, s) for s in range(1, n)], profile_probes) if n > 1 else []
-        profiles.append([1.0] + [sum(p.reward >= 1 for p in probes) / profile_probes for probes in found] + [0.0])
+        solve_rate = book.value(t.group, [])[0]  # V(0) from the prompt's group
+        profiles.append([solve_rate] + [sum(p.reward >= 1 for p in probes) / profile_probes for probes in found] + [0.0])
     # t* by an exhaustive scan of the profile: the first prefix with no success in M probes
     first_dead = [next(s for s, v in enumerate(profile) if v == 0) for profile in profiles] if profiles else [0] * len(localizable)
     non_monotone = sum(any(profile[j] == 0 and profile[i] > 0 for j in range(len(profile)) for i in range(j + 1, len(profile))) for profile in profiles)
+    # What the exhaustive scan itself localizes: its first dead prefix (METHOD.md's t*), and the step with
+    # the largest value drop V(k) - V(k+1) (the most destructive step, as full Monte-Carlo values see it).
+    largest_drop = [max(range(len(p) - 1), key=lambda k: p[k] - p[k + 1]) for p in profiles]
     task_row = {
+        "scan_accuracy": sum(t_star - 1 == e for t_star, e in zip(first_dead, truth)) / len(profiles) if profiles else math.nan,
+        "drop_accuracy": sum(k == e for k, e in zip(largest_drop, truth)) / len(profiles) if profiles else math.nan,
         "task": name, "failures": len(failures), "localizable": len(localizable),
         "steps": statistics.mean(len(t.step_spans) for t in localizable), "non_monotone": non_monotone,
         "value_after_error": statistics.mean(p[e + 1] for p, e in zip(profiles, truth) if e + 1 < len(p)) if profiles else math.nan,
@@ -137,11 +143,15 @@ def main() -> None:
     settings = parse_settings(args.settings)
     results = [run(name, settings, args.failures, args.profile_probes, args.group, args.seed) for name in args.tasks.split(",")]
     print(f"value profiles from {args.profile_probes} probes per prefix; groups of {args.group}; seed {args.seed}\n")
-    print("| task | failures localized | mean steps | non-monotone value profiles | mean value after the true wrong step |")
-    print("|---|---:|---:|---:|---:|")
+    print("| task | failures localized | mean steps | non-monotone value profiles | mean value after the true wrong step "
+          "| exhaustive scan: exact accuracy of its first dead prefix | of its largest value drop | probes/failure of the scan |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for rows in results:
         r = rows[0]
-        print(f"| {r['task']} | {r['localizable']} of {r['failures']} | {r['steps']:.1f} | {r['non_monotone']} ({r['non_monotone'] / r['localizable']:.0%}) | {r['value_after_error']:.2f} |")
+        print(
+            f"| {r['task']} | {r['localizable']} of {r['failures']} | {r['steps']:.1f} | {r['non_monotone']} ({r['non_monotone'] / r['localizable']:.0%}) "
+            f"| {r['value_after_error']:.2f} | {r['scan_accuracy']:.1%} | {r['drop_accuracy']:.1%} | {args.profile_probes * (r['steps'] - 1):.1f} |"
+        )
     print("\n| task | K | drop | settle | exact accuracy | agreement with exhaustive-scan t* | localized earlier / later than truth "
           "| probes/failure | K*ceil(log2(n+1)) | linear scan K*t* | search time |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

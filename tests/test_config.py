@@ -1,6 +1,7 @@
 import pytest
 
-from sirl.config import ConfigError, ExperimentConfig, load_config, parse_overrides, to_yaml
+from sirl.config import ConfigError, ExperimentConfig, check_ranges, load_config, parse_overrides, to_yaml
+from sirl.paths import resolve_path
 from sirl.cli import main
 
 
@@ -72,3 +73,28 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(to_yaml(config))
     assert load_config(str(path)) == config
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("method.probes=0", "method.probes=0 is out of range: it must be at least 1"),
+        ("method.drop=1.0", "method.drop=1.0 is out of range: it must be in [0, 1)"),
+        ("method.repair_share=1.5", "method.repair_share=1.5 is out of range: it must be between 0 and 1"),
+        ("train.lr=0", "train.lr=0.0 is out of range: it must be greater than 0"),
+        ("rollout.group_size=0", "rollout.group_size=0 is out of range: it must be at least 1"),
+    ],
+)
+def test_values_out_of_range_are_refused_by_name(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config("arith", [override])
+    assert str(error.value) == message
+
+
+def test_every_shipped_preset_is_in_range_and_the_audit_bounds_are_ordered():
+    for preset in sorted(resolve_path("configs").glob("*.yaml")):
+        check_ranges(load_config(str(preset)))  # raises on a value out of range
+    with pytest.raises(ConfigError, match="audit_min=0.5 is above internalize.audit_max=0.2"):
+        load_config(None, ["internalize.audit_min=0.5", "internalize.audit_max=0.2"])
+    # the edges of each range are accepted
+    load_config(None, ["method.drop=0", "method.repair_share=1", "method.settle_probes=0", "train.eval_every=0"])

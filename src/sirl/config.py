@@ -14,6 +14,7 @@ import inspect
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -171,7 +172,8 @@ class MethodConfig:
     """A checked prefix is still good while its estimated value keeps more than drop x the value of the
     last good prefix; 0 is METHOD.md's rule (good while any probe verifies). On arith, where a wrong step
     often leaves some chance of a right final answer, 0.5 localized the first wrong step more often
-    (benchmarks/localization.py)."""
+    (benchmarks/localization.py). With drop > 0 free evidence follows the same rule: the prefixes that
+    verified siblings certify are walked from the prompt, and the walk stops where their value falls."""
     settle_probes: int = 0
     """With drop > 0: a checked prefix whose K probes include a verified one gets this many more before the
     drop rule decides, so that a continuation that verified by luck after a wrong step does not pass the
@@ -338,7 +340,48 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     data = read_preset(preset) if preset else {}
     data = deep_merge(data, parse_overrides(overrides or []))
-    return from_dict(ExperimentConfig, data, "")
+    config = from_dict(ExperimentConfig, data, "")
+    check_ranges(config)
+    return config
+
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v is None or v >= low), f"at least {low:g}"
+
+
+_POSITIVE = ((lambda v: v is None or v > 0), "greater than 0")
+_FRACTION = ((lambda v: 0 <= v <= 1), "between 0 and 1")
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "rollout.prompts_per_step": _at_least(1), "rollout.group_size": _at_least(1), "rollout.max_new_tokens": _at_least(1),
+    "rollout.batch_size": _at_least(1), "rollout.temperature": _POSITIVE, "rollout.top_p": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+    "algo.ppo_epochs": _at_least(1), "algo.minibatches": _at_least(1), "algo.kl_coef": _at_least(0),
+    "method.probes": _at_least(1), "method.settle_probes": _at_least(0), "method.drop": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    "method.max_localizations": _at_least(0), "method.error_scale": _at_least(0), "method.correction_samples": _at_least(0),
+    "method.repair_share": _FRACTION, "method.repair_capacity": _at_least(1), "method.verification_capacity": _at_least(1),
+    "internalize.verify_coef": _at_least(0), "internalize.verify_batch": _at_least(0), "internalize.verify_group": _at_least(1),
+    "internalize.none_share": _FRACTION, "internalize.confirm_probes": _at_least(1), "internalize.audit_min": _FRACTION,
+    "internalize.audit_max": _FRACTION, "internalize.audit_window": _at_least(1),
+    "train.steps": _at_least(1), "train.max_tokens": _at_least(1), "train.max_minutes": _POSITIVE, "train.lr": _POSITIVE,
+    "train.warmup_steps": _at_least(0), "train.micro_batch_size": _at_least(1), "train.eval_every": _at_least(0),
+    "train.eval_every_tokens": _at_least(1), "train.checkpoint_every": _at_least(0),
+    "eval.n_problems": _at_least(1), "eval.final_n_problems": _at_least(1), "eval.batch_size": _at_least(1),
+    "eval.max_new_tokens": _at_least(1), "eval.n_samples": _at_least(1),
+}
+"""Values a field's type allows but the run cannot use (0 probes, a share above 1), by dotted key."""
+
+
+def check_ranges(config: ExperimentConfig) -> None:
+    """Raise a ConfigError naming the first field whose value is out of its range (``RANGES``)."""
+    for key, (ok, requirement) in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r} is out of range: it must be {requirement}")
+    if config.internalize.audit_min > config.internalize.audit_max:
+        raise ConfigError(
+            f"internalize.audit_min={config.internalize.audit_min} is above internalize.audit_max={config.internalize.audit_max}; "
+            "the audit share is kept between them"
+        )
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
