@@ -101,3 +101,27 @@ def test_examples_are_drawn_with_the_requested_share_of_verified_solutions():
     assert len(drawn) == 16 and sum(e.first_error is None for e in drawn) == 4
     drawn = draw_examples(store, 60, none_share=0.25, rng=random.Random(0))
     assert len(drawn) == 40  # all there is
+
+
+def test_settle_probes_decide_a_lucky_second_check():
+    from test_localize import RecoverableSampler
+
+    failure = make(wrong_at(3))
+    siblings = [make("".join(REFERENCE)), make("".join(REFERENCE))]  # they certify the prefix before step 3
+
+    def confirm(settle):
+        sampler, settles, metrics = RecoverableSampler(), [], {}
+        [loc] = self_localize(
+            [failure], PrefixBook([*siblings, failure]), lambda r: sampler(r, 1), MethodConfig(probes=1, drop=0.5),
+            proposer([3]), AuditSchedule(**NEVER), TASK, random.Random(0), metrics,
+            settle_probe=(lambda r: settles.append(r) or sampler(r, settle)) if settle else None,
+        )
+        return loc, metrics, settles
+
+    # One probe after the wrong step verifies by luck: V̂ = 1/2 > 0.5 * 2/3, the proposal is not confirmed
+    loc, metrics, _ = confirm(0)
+    assert metrics["selfloc/confirmed_frac"] == 0.0
+    # 7 settle probes: 2 of 9 samples verify, 2/9 < 1/3: confirmed for 1 + 7 probes (the first check is free)
+    loc, metrics, settles = confirm(7)
+    assert metrics["selfloc/confirmed_frac"] == 1.0 and (loc.error_step, loc.probes) == (3, 8)
+    assert [[k for _, k in r] for r in settles] == [[4]]
