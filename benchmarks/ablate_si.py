@@ -11,13 +11,16 @@ Runs land in ``--out/<lr>/<variant>/seed<k>`` and are skipped when already finis
 continues where it stopped.
 
     python benchmarks/ablate_si.py --out runs/ablate --budget 250000 --seeds 2 --lr 1e-4 --second-lr 4e-4
+    python benchmarks/ablate_si.py --variants "grpo,si K=1" --seeds 4 --jobs 8   # several runs at a time
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import final_eval, metrics, train_run
@@ -35,6 +38,10 @@ VARIANTS: dict[str, list[str]] = {
     "si K=4": [*SI_BASE, "method.probes=4"],
     "si K=1 settle 3": [*SI_BASE, "method.probes=1", "method.settle_probes=3"],
     "si K=2 settle 6": [*SI_BASE, "method.settle_probes=6"],
+    "si K=1 post-error outcome": [*SI_BASE, "method.probes=1", "method.post_error=outcome"],
+    "si K=1 post-error outcome, probes not trained on": [
+        *SI_BASE, "method.probes=1", "method.post_error=outcome", "method.train_on_probes=false",
+    ],
     "si without free evidence": [*SI_BASE, "method.free_evidence=false", "method.first_check=bisect"],
     "si drop 0 (V > 0 rule)": [*SI_BASE, "method.drop=0.0"],
     "si error scale 0.5": [*SI_BASE, "method.error_scale=0.5"],
@@ -96,6 +103,7 @@ def main() -> None:
     parser.add_argument("--lr", default="1e-4", help="the learning rate of the full grid")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from the list in this file")
     parser.add_argument("--second-lr", default="4e-4", help="a second learning rate, run for grpo and si only ('' for none)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at the same time")
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--eval-problems", type=int, default=500)
     parser.add_argument("--final-problems", type=int, default=2000)
@@ -106,10 +114,14 @@ def main() -> None:
         parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
 
     plan = [(args.lr, v) for v in variants] + ([(args.second_lr, v) for v in ("grpo", "si (K=2 base)")] if args.second_lr else [])
-    results: dict[tuple[str, str], dict] = {}
-    for lr, variant in plan:
-        dirs = [run_one(args.out, variant, lr, seed, args) for seed in range(args.seeds)]
-        results[(lr, variant)] = summarize(dirs)
+    if args.jobs > 1:  # share the cores between the runs unless told otherwise
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+    with ThreadPoolExecutor(args.jobs) as pool:  # each run is its own `sirl train` process
+        dirs = {
+            (lr, variant): [pool.submit(run_one, args.out, variant, lr, seed, args) for seed in range(args.seeds)]
+            for lr, variant in plan
+        }
+        results = {key: summarize([future.result() for future in futures]) for key, futures in dirs.items()}
 
     print(f"\narith, budget {args.budget:,} generated tokens per run, {args.seeds} seeds, final accuracy on "
           f"{args.final_problems} held-out problems (95% interval of the pooled count)\n")
