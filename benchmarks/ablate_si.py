@@ -39,7 +39,7 @@ VARIANTS: dict[str, list[str]] = {
     "si K=1 settle 3": [*SI_BASE, "method.probes=1", "method.settle_probes=3"],
     "si K=2 settle 6": [*SI_BASE, "method.settle_probes=6"],
     "si K=1 post-error outcome": [*SI_BASE, "method.probes=1", "method.post_error=outcome"],
-    "si K=1 post-error outcome, probes not trained on": [
+    "si K=1 post-error outcome + probes not trained on": [
         *SI_BASE, "method.probes=1", "method.post_error=outcome", "method.train_on_probes=false",
     ],
     "si without free evidence": [*SI_BASE, "method.free_evidence=false", "method.first_check=bisect"],
