@@ -153,8 +153,7 @@ def self_localize(
     requests, owners = [], []
     for i in candidates:
         t, s = chosen[i], verdicts[i].step
-        unmeasured = config.drop > 0 and book.value(t.group, prefix_ids(t, s), excluding=t)[1] == 0
-        if not book.certified(t.group, prefix_ids(t, s)) or unmeasured:
+        if not book.certified(t.group, prefix_ids(t, s)) or (config.drop > 0 and book.value(t.group, prefix_ids(t, s), excluding=t)[1] == 0):
             requests.append((t, s))
             owners.append(i)
         if s + 1 < len(t.step_spans):
@@ -181,14 +180,14 @@ def self_localize(
         if before_ok and after_bad:  # confirmed
             results[i] = Localization(
                 i, error_step=s, value_before=book.value(t.group, prefix_ids(t, s), excluding=t)[0],
-                value_after=book.value(t.group, prefix_ids(t, s + 1), excluding=t)[0], probes=spent[i],
-                checks=((s, True), (s + 1, False)), proposal=verdicts[i].text,
+                value_after=book.value(t.group, prefix_ids(t, s + 1), excluding=t)[0], probes=spent[i], checks=((s, True), (s + 1, False)),
+                proposal=verdicts[i].text,
             )
     confirmed = len(results)
     rest = [i for i in range(len(chosen)) if i not in results]
     searched = localize(
-        [chosen[i] for i in rest], book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check,
-        drop=config.drop, settle=settle_probe,
+        [chosen[i] for i in rest], book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check, drop=config.drop,
+        settle=settle_probe,
     )
     for i, loc in zip(rest, searched):
         results[i] = Localization(
@@ -298,9 +297,7 @@ def method_credit(
                 searched.extend(found)
                 return found
 
-            localizations = self_localize(
-                chosen, book, search_probe, config, propose, audits, task, rng, metrics, confirm_probe, settle
-            )
+            localizations = self_localize(chosen, book, search_probe, config, propose, audits, task, rng, metrics, confirm_probe, settle)
         else:
             localizations = localize(
                 chosen, book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check, drop=config.drop,
