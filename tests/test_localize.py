@@ -123,9 +123,6 @@ def test_prefix_values_use_only_free_samples():
     book = PrefixBook([success, failure, probe_from_step_6])
     # through the first 2 steps pass all three, but the probe was forced past step 2: it is not counted
     assert book.value(0, prefix_ids(success, 2)) == (0.5, 2)
-    # the failure being localized is no fair sample of its own prefixes: left out, only the success remains
-    assert book.value(0, prefix_ids(success, 2), excluding=failure) == (1.0, 1)
-    assert book.value(0, prefix_ids(failure, 5), excluding=failure) == (0.0, 0)
     assert book.certified(0, prefix_ids(success, 2))
     assert not book.certified(0, prefix_ids(failure, 5))
 
@@ -142,17 +139,16 @@ def test_failure_selection_prefers_uncertain_prompts_round_robin():
 def test_si_credit_by_hand():
     # A group of 4: one success, failures with errors at steps 2 and 5, and one more at 5. Rewards 1,0,0,0:
     # GRPO outcome advantages 1.5 and -0.5 (std 0.5), so value differences are scaled by 1 / 0.5 = 2.
-    # Each failure: V(good prefix) = the share of the other free samples through it that succeeded (the
-    # failure itself is left out: it was picked for failing). For the step-2 failure the prefix through 2
-    # steps is shared by the three others (1 success): V = 1/3, and its step 2 gets -(1/3) * 2 = -2/3.
-    # Each step-5 failure shares 5 steps with the success and the other step-5 failure: V = 1/2 -> -1.
+    # Each failure: V(good prefix) = free samples through it that succeeded. For the step-2 failure the
+    # prefix through 2 steps is shared by all four samples (1 success): V = 1/4, and its step 2 gets
+    # -(1/4) * 2 = -0.5. The two step-5 failures share 5 steps with the success: V = 1/3 -> -2/3.
     group = [make("".join(REFERENCE)), make(wrong_at(2)), make(wrong_at(5)), make(wrong_at(5))]
     sampler = ScriptedSampler()
     config = MethodConfig(probes=2, train_on_probes=True)
     credit = method_credit("si", group, lambda r, k: sampler(r, k), config, "grpo", TASK, None)
     assert credit.metrics["loc/accuracy"] == 1.0 and credit.metrics["loc/localized_frac"] == 1.0
     assert torch.allclose(credit.token_advantages[0], torch.full((len(group[0].response_ids),), 1.5), atol=1e-4)
-    for row, error, value in [(1, 2, 1 / 3), (2, 5, 1 / 2), (3, 5, 1 / 2)]:
+    for row, error, value in [(1, 2, 0.25), (2, 5, 1 / 3), (3, 5, 1 / 3)]:
         steps = step_index(group[row])
         expected = torch.where(steps == error, -value * 2, 0.0)
         assert torch.allclose(credit.token_advantages[row], expected, atol=1e-4), row
@@ -200,11 +196,11 @@ class RecoverableSampler(ScriptedSampler):
 def test_the_drop_rule_finds_a_wrong_step_that_leaves_a_little_value():
     failure = make(wrong_at(3))
     siblings = [make("".join(REFERENCE)), make("".join(REFERENCE)), failure]
-    # V(good prefix through 3 steps) = 1 from the two verified siblings (the failure itself is left out);
-    # the wrong step keeps 1 in 4 probes: 0.25 < 0.5 * 1, so with drop 0.5 step 3 is the error ...
+    # V(good prefix through 3 steps) = 2/3 from the siblings; the wrong step keeps 1 in 5 (one of four
+    # probes plus the failure itself): 0.2 < 0.5 * 2/3, so with drop 0.5 step 3 is the error ...
     [loc] = localize([failure], PrefixBook(siblings), lambda r: RecoverableSampler()(r, 4), drop=0.5)
     assert loc.error_step == 3
-    assert loc.value_before == pytest.approx(1.0) and loc.value_after == pytest.approx(0.25)
+    assert loc.value_before == pytest.approx(2 / 3) and loc.value_after == pytest.approx(0.2)
     # ... while METHOD.md's V > 0 rule passes it (a probe verified) and blames a later step
     [loc] = localize([failure], PrefixBook(siblings), lambda r: RecoverableSampler()(r, 4), drop=0.0)
     assert loc.error_step > 3
@@ -214,16 +210,16 @@ def test_settle_probes_overrule_a_lucky_first_probe_and_cost_nothing_otherwise()
     failure = make(wrong_at(3))
     siblings = [make("".join(REFERENCE)), make("".join(REFERENCE)), failure]
     sampler = RecoverableSampler()  # every call's first probe from the wrong prefix verifies
-    # K = 1: the one probe after the wrong step verifies, V̂ = 1 > 0.5 * V̂(3) = 1/2
+    # K = 1: the one probe after the wrong step verifies, V̂ = 1/2 (it and the failure) > 0.5 * V̂(3) = 1/3
     [loc] = localize([failure], PrefixBook(siblings), lambda r: sampler(r, 1), drop=0.5)
     assert loc.error_step > 3
-    # With 7 settle probes that prefix holds 2 successes in 8 probes: 1/4 < 1/2, so step 3 is the error,
+    # With 7 settle probes that prefix holds 2 successes in 9 samples: 2/9 < 1/3, so step 3 is the error,
     # found with one check: 1 probe + 7 settle probes.
     settles = []
     [loc] = localize(
         [failure], PrefixBook(siblings), lambda r: sampler(r, 1), drop=0.5, settle=lambda r: settles.append(r) or sampler(r, 7)
     )
-    assert (loc.error_step, loc.probes, loc.value_after) == (3, 8, pytest.approx(1 / 4))
+    assert (loc.error_step, loc.probes, loc.value_after) == (3, 8, pytest.approx(2 / 9))
     assert [[(t is failure, k) for t, k in r] for r in settles] == [[(True, 4)]]
     # A check whose probes all fail is decided on them alone: no settle probes are drawn.
     plain = make(wrong_at(5))
@@ -243,10 +239,9 @@ def test_free_start_walks_certified_prefixes_with_the_drop_rule():
     book = PrefixBook([*correct, lucky, *other, failure])
     # The lucky sample certifies the failure's prefix through step 3 and beyond (V > 0 there) ...
     assert free_start(book, failure, drop=0.0) == (7, len(failure.step_spans))
-    # ... but the value of the other samples falls there from 4/7 to 1/4 (under half), so the walk stops:
-    # step 3 is the error,
+    # ... but the value falls there from 4/8 to 1/5 (under half), so the walk stops: step 3 is the error,
     # localized without a probe.
     assert free_start(book, failure, drop=0.5) == (3, 4)
     [loc] = localize([failure], book, lambda r: pytest.fail("no probe is needed"), drop=0.5)
     assert (loc.error_step, loc.probes) == (3, 0)
-    assert (loc.value_before, loc.value_after) == (pytest.approx(4 / 7), pytest.approx(1 / 4))
+    assert (loc.value_before, loc.value_after) == (pytest.approx(4 / 8), pytest.approx(1 / 5))

@@ -118,10 +118,10 @@ def test_settle_probes_decide_a_lucky_second_check():
         )
         return loc, metrics, settles
 
-    # One probe after the wrong step verifies by luck: V̂ = 1 > 0.5 * 1, the proposal is not confirmed
+    # One probe after the wrong step verifies by luck: V̂ = 1/2 > 0.5 * 2/3, the proposal is not confirmed
     loc, metrics, _ = confirm(0)
     assert metrics["selfloc/confirmed_frac"] == 0.0
-    # 7 settle probes: 2 of 8 probes verify, 1/4 < 1/2: confirmed for 1 + 7 probes (the first check is free)
+    # 7 settle probes: 2 of 9 samples verify, 2/9 < 1/3: confirmed for 1 + 7 probes (the first check is free)
     loc, metrics, settles = confirm(7)
     assert metrics["selfloc/confirmed_frac"] == 1.0 and (loc.error_step, loc.probes) == (3, 8)
     assert [[k for _, k in r] for r in settles] == [[4]]

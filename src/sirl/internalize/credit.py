@@ -145,15 +145,14 @@ def self_localize(
         """The localizer's rule for "prefix k is still good", relative to prefix ``reference``."""
         if config.drop == 0:
             return book.certified(t.group, prefix_ids(t, k))
-        value = book.value(t.group, prefix_ids(t, k), excluding=t)[0]
-        return value > config.drop * book.value(t.group, prefix_ids(t, reference), excluding=t)[0]
+        return book.value(t.group, prefix_ids(t, k))[0] > config.drop * book.value(t.group, prefix_ids(t, reference))[0]
 
     # The two checks, batched: prefix s (skipped when a verified trajectory passes through it) and
     # prefix s+1 (skipped when it is the whole failed response, whose value is 0).
     requests, owners = [], []
     for i in candidates:
         t, s = chosen[i], verdicts[i].step
-        if not book.certified(t.group, prefix_ids(t, s)) or (config.drop > 0 and book.value(t.group, prefix_ids(t, s), excluding=t)[1] == 0):
+        if not book.certified(t.group, prefix_ids(t, s)) or (config.drop > 0 and book.value(t.group, prefix_ids(t, s))[1] == 0):
             requests.append((t, s))
             owners.append(i)
         if s + 1 < len(t.step_spans):
@@ -179,8 +178,8 @@ def self_localize(
         after_bad = s + 1 == len(t.step_spans) or not good(t, s + 1, s)
         if before_ok and after_bad:  # confirmed
             results[i] = Localization(
-                i, error_step=s, value_before=book.value(t.group, prefix_ids(t, s), excluding=t)[0],
-                value_after=book.value(t.group, prefix_ids(t, s + 1), excluding=t)[0], probes=spent[i], checks=((s, True), (s + 1, False)),
+                i, error_step=s, value_before=book.value(t.group, prefix_ids(t, s))[0],
+                value_after=book.value(t.group, prefix_ids(t, s + 1))[0], probes=spent[i], checks=((s, True), (s + 1, False)),
                 proposal=verdicts[i].text,
             )
     confirmed = len(results)

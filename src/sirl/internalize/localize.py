@@ -59,13 +59,9 @@ class PrefixBook:
     def certified(self, group: int, prefix: list[int]) -> bool:
         return any(t.reward >= 1 for t in self._through(group, prefix))
 
-    def value(self, group: int, prefix: list[int], excluding: Trajectory | None = None) -> tuple[float, int]:
-        """(success rate, number of samples) among free samples through ``prefix``; (0, 0) if none.
-
-        ``excluding``: leave that trajectory out. A failure being localized is one: it was picked because
-        it failed, so its own continuation of any of its prefixes is not a fair sample of that prefix's value.
-        """
-        free = [t for t in self._through(group, prefix) if t.prefix_len <= len(prefix) and t is not excluding]
+    def value(self, group: int, prefix: list[int]) -> tuple[float, int]:
+        """(success rate, number of samples) among free samples through ``prefix``; (0, 0) if none."""
+        free = [t for t in self._through(group, prefix) if t.prefix_len <= len(prefix)]
         if not free:
             return 0.0, 0
         return sum(t.reward >= 1 for t in free) / len(free), len(free)
@@ -102,9 +98,9 @@ def free_start(book: PrefixBook, trajectory: Trajectory, drop: float) -> tuple[i
     certified = certified_prefix_steps(book, trajectory, below=n)
     if drop == 0:
         return certified, n
-    lo, value_lo = 0, book.value(trajectory.group, [], excluding=trajectory)[0]
+    lo, value_lo = 0, book.value(trajectory.group, [])[0]
     for k in range(1, certified + 1):
-        value = book.value(trajectory.group, prefix_ids(trajectory, k), excluding=trajectory)[0]
+        value = book.value(trajectory.group, prefix_ids(trajectory, k))[0]
         if value <= drop * value_lo:
             return lo, k
         lo, value_lo = k, value
@@ -185,8 +181,8 @@ def localize(
         for s in active:
             prefix = prefix_ids(s.trajectory, s.mid)
             if drop > 0:
-                value_lo, _ = book.value(s.trajectory.group, prefix_ids(s.trajectory, s.lo), excluding=s.trajectory)
-                ok = book.value(s.trajectory.group, prefix, excluding=s.trajectory)[0] > drop * value_lo
+                value_lo, _ = book.value(s.trajectory.group, prefix_ids(s.trajectory, s.lo))
+                ok = book.value(s.trajectory.group, prefix)[0] > drop * value_lo
             else:
                 ok = book.certified(s.trajectory.group, prefix)
             s.checks.append((s.mid, ok))
@@ -199,8 +195,8 @@ def localize(
             s.mid = (s.lo + s.hi) // 2
 
     for s in searches:
-        before, _ = book.value(s.trajectory.group, prefix_ids(s.trajectory, s.lo), excluding=s.trajectory)
-        after, _ = book.value(s.trajectory.group, prefix_ids(s.trajectory, s.hi), excluding=s.trajectory)
+        before, _ = book.value(s.trajectory.group, prefix_ids(s.trajectory, s.lo))
+        after, _ = book.value(s.trajectory.group, prefix_ids(s.trajectory, s.hi))
         results[s.index] = Localization(
             s.index, error_step=s.hi - 1, value_before=before, value_after=after, probes=s.probes, checks=tuple(s.checks)
         )
