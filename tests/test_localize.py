@@ -8,7 +8,6 @@ import torch
 
 from sirl.config import MethodConfig
 from sirl.internalize import PrefixBook, localize, prefix_ids
-from sirl.internalize.localize import free_start
 from sirl.internalize.credit import method_credit, select_failures, step_index
 from sirl.tasks.base import Task, split_on_separator
 from sirl.types import Problem, Trajectory
@@ -230,18 +229,3 @@ def test_settle_probes_overrule_a_lucky_first_probe_and_cost_nothing_otherwise()
     )
     assert (loc.error_step, loc.probes, settles) == (5, 1, [])
 
-
-def test_free_start_walks_certified_prefixes_with_the_drop_rule():
-    failure = make(wrong_at(3))
-    lucky = make(wrong_at(3)[:-2] + "#z")  # the same wrong step 3, then a right answer by luck
-    correct = [make("".join(REFERENCE)) for _ in range(3)]
-    other = [make(wrong_at(3)) for _ in range(3)]  # three more samples that made the same mistake and failed
-    book = PrefixBook([*correct, lucky, *other, failure])
-    # The lucky sample certifies the failure's prefix through step 3 and beyond (V > 0 there) ...
-    assert free_start(book, failure, drop=0.0) == (7, len(failure.step_spans))
-    # ... but the value falls there from 4/8 to 1/5 (under half), so the walk stops: step 3 is the error,
-    # localized without a probe.
-    assert free_start(book, failure, drop=0.5) == (3, 4)
-    [loc] = localize([failure], book, lambda r: pytest.fail("no probe is needed"), drop=0.5)
-    assert (loc.error_step, loc.probes) == (3, 0)
-    assert (loc.value_before, loc.value_after) == (pytest.approx(4 / 8), pytest.approx(1 / 5))

@@ -172,8 +172,7 @@ class MethodConfig:
     """A checked prefix is still good while its estimated value keeps more than drop x the value of the
     last good prefix; 0 is METHOD.md's rule (good while any probe verifies). On arith, where a wrong step
     often leaves some chance of a right final answer, 0.5 localized the first wrong step more often
-    (benchmarks/localization.py). With drop > 0 free evidence follows the same rule: the prefixes that
-    verified siblings certify are walked from the prompt, and the walk stops where their value falls."""
+    (benchmarks/localization.py)."""
     settle_probes: int = 0
     """With drop > 0: a checked prefix whose K probes include a verified one gets this many more before the
     drop rule decides, so that a continuation that verified by luck after a wrong step does not pass the

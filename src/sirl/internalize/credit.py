@@ -185,8 +185,8 @@ def self_localize(
     confirmed = len(results)
     rest = [i for i in range(len(chosen)) if i not in results]
     searched = localize(
-        [chosen[i] for i in rest], book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check, drop=config.drop,
-        settle=settle_probe,
+        [chosen[i] for i in rest], book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check,
+        drop=config.drop, settle=settle_probe,
     )
     for i, loc in zip(rest, searched):
         results[i] = Localization(
@@ -296,7 +296,9 @@ def method_credit(
                 searched.extend(found)
                 return found
 
-            localizations = self_localize(chosen, book, search_probe, config, propose, audits, task, rng, metrics, confirm_probe, settle)
+            localizations = self_localize(
+                chosen, book, search_probe, config, propose, audits, task, rng, metrics, confirm_probe, settle
+            )
         else:
             localizations = localize(
                 chosen, book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check, drop=config.drop,

@@ -83,30 +83,6 @@ class Localization:
     """The policy's own verdict on the failure (si_internal), as it wrote it."""
 
 
-def free_start(book: PrefixBook, trajectory: Trajectory, drop: float) -> tuple[int, int]:
-    """Where free evidence puts a failure's search: (lo, hi) with prefix lo known good and prefix hi
-    known bad, before any probe.
-
-    With ``drop = 0`` a prefix is good once a verified trajectory passes through it, so lo is the longest
-    certified prefix and hi the whole response. With ``drop > 0`` the certified prefixes are walked from
-    the prompt with the drop rule on the values of the samples through them: a sibling that made the
-    same wrong step and still verified by luck certifies that prefix, but the value falls there (fewer
-    of the samples through it verify), so the walk stops at that step; if it stops before the longest
-    certified prefix, the failure is localized without a probe (hi = lo + 1).
-    """
-    n = len(trajectory.step_spans)
-    certified = certified_prefix_steps(book, trajectory, below=n)
-    if drop == 0:
-        return certified, n
-    lo, value_lo = 0, book.value(trajectory.group, [])[0]
-    for k in range(1, certified + 1):
-        value = book.value(trajectory.group, prefix_ids(trajectory, k))[0]
-        if value <= drop * value_lo:
-            return lo, k
-        lo, value_lo = k, value
-    return certified, n
-
-
 @dataclass
 class _Search:
     index: int
@@ -161,9 +137,9 @@ def localize(
         if not book.certified(trajectory.group, []):
             results[index] = Localization(index, None)
             continue
-        lo, hi = free_start(book, trajectory, drop) if free_evidence else (0, n)
-        mid = lo + 1 if first_check == "divergence" else (lo + hi) // 2
-        searches.append(_Search(index, trajectory, lo=lo, hi=hi, mid=mid))
+        lo = certified_prefix_steps(book, trajectory, below=n) if free_evidence else 0
+        mid = lo + 1 if first_check == "divergence" else (lo + n) // 2
+        searches.append(_Search(index, trajectory, lo=lo, hi=n, mid=mid))
 
     while True:
         active = [s for s in searches if s.hi - s.lo > 1]
