@@ -32,7 +32,7 @@ import time
 import torch
 
 from sirl.evaluate import heldout_problems
-from sirl.internalize import PrefixBook, localize, prefix_ids
+from sirl.internalize import PrefixBook, certified_prefix_steps, localize, prefix_ids
 from sirl.model import load_model
 from sirl.paths import resolve_path
 from sirl.rollout import SamplingParams, sample_trajectories
@@ -82,6 +82,10 @@ def run(name: str, settings: list[dict], n_failures: int, profile_probes: int, g
     failures = [t for t in samples if t.reward < 1]
     localizable = [t for t in failures if book.certified(t.group, [])][:n_failures]
     truth = [task.first_error(t.problem, t.text) for t in localizable]
+    # Where free evidence starts each search: the failure's longest prefix shared with a verified sample,
+    # against the wrong step (after it: a sibling made the same wrong step and still verified).
+    starts = [certified_prefix_steps(book, t, below=len(t.step_spans)) for t in localizable]
+    divergence = [sum(c < e for c, e in zip(starts, truth)), sum(c == e for c, e in zip(starts, truth)), sum(c > e for c, e in zip(starts, truth))]
 
     # The value profile: M probes at every prefix k = 1..n-1 (V(0) > 0 is known, V(n) = 0).
     profiles = []
@@ -97,6 +101,7 @@ def run(name: str, settings: list[dict], n_failures: int, profile_probes: int, g
     # the largest value drop V(k) - V(k+1) (the most destructive step, as full Monte-Carlo values see it).
     largest_drop = [max(range(len(p) - 1), key=lambda k: p[k] - p[k + 1]) for p in profiles]
     task_row = {
+        "divergence": divergence,
         "scan_accuracy": sum(t_star - 1 == e for t_star, e in zip(first_dead, truth)) / len(profiles) if profiles else math.nan,
         "drop_accuracy": sum(k == e for k, e in zip(largest_drop, truth)) / len(profiles) if profiles else math.nan,
         "task": name, "failures": len(failures), "localizable": len(localizable),
@@ -144,13 +149,15 @@ def main() -> None:
     results = [run(name, settings, args.failures, args.profile_probes, args.group, args.seed) for name in args.tasks.split(",")]
     print(f"value profiles from {args.profile_probes} probes per prefix; groups of {args.group}; seed {args.seed}\n")
     print("| task | failures localized | mean steps | non-monotone value profiles | mean value after the true wrong step "
-          "| exhaustive scan: exact accuracy of its first dead prefix | of its largest value drop | probes/failure of the scan |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| exhaustive scan: exact accuracy of its first dead prefix | of its largest value drop | probes/failure of the scan "
+          "| failure leaves every verified sibling before / at / after the wrong step |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for rows in results:
         r = rows[0]
         print(
             f"| {r['task']} | {r['localizable']} of {r['failures']} | {r['steps']:.1f} | {r['non_monotone']} ({r['non_monotone'] / r['localizable']:.0%}) "
-            f"| {r['value_after_error']:.2f} | {r['scan_accuracy']:.1%} | {r['drop_accuracy']:.1%} | {args.profile_probes * (r['steps'] - 1):.1f} |"
+            f"| {r['value_after_error']:.2f} | {r['scan_accuracy']:.1%} | {r['drop_accuracy']:.1%} | {args.profile_probes * (r['steps'] - 1):.1f} "
+            f"| {' / '.join(map(str, r['divergence']))} |"
         )
     print("\n| task | K | drop | settle | exact accuracy | agreement with exhaustive-scan t* | localized earlier / later than truth "
           "| probes/failure | K*ceil(log2(n+1)) | linear scan K*t* | search time |")
