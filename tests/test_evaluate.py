@@ -1,10 +1,12 @@
+import json
 import math
 import random
 from itertools import combinations
 
 import pytest
 
-from sirl.evaluate import heldout_problems, pass_at_k, wilson_interval
+from sirl.cli import main as cli_main
+from sirl.evaluate import guessing_baselines, heldout_problems, pass_at_k, wilson_interval
 from sirl.tasks.arith import ArithTask
 
 
@@ -44,3 +46,21 @@ def test_heldout_set_stops_when_the_split_runs_out():
     problems = heldout_problems(task, 500, seed=0)
     assert 10 < len(problems) < 60
     assert math.isclose(len({p.prompt for p in problems}), len(problems))
+
+
+def test_guessing_baselines_by_hand():
+    # first wrong steps 2, 2, 5, 0: always answering 2 is right on 2 of 4; a random step among 4, 4, 8 and 2
+    # steps is right with probability 1/4, 1/4, 1/8, 1/2: mean 9/32
+    assert guessing_baselines([2, 2, 5, 0], [4, 4, 8, 2]) == (0.5, 9 / 32)
+
+
+def test_eval_verify_reports_self_localization_beside_guessing(capsys):
+    args = ["eval", "--config", "arith", "--eval.n_problems=8", "--eval.n_samples=2", "--eval.pass_k=[1, 2]", "--verify", "--json", "--quiet"]
+    assert cli_main(args) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["self_verification"]
+    assert report["n_failures"] + report["n_successes"] == 16
+    assert 0 < report["uniform_step"] < 1 and 0 < report["most_common_step"] <= 1
+    assert report["failure_accuracy"] is not None and len(report["failure_ci95"]) == 2
+    assert cli_main(args[:-2]) == 0
+    printed = capsys.readouterr().out
+    assert "names the first wrong step" in printed and "guessing would score" in printed

@@ -235,12 +235,25 @@ class SelfVerifyResult:
     """Share of verified solutions the policy called correct ("none")."""
     invalid: float
     """Share of verdicts that did not parse."""
+    most_common_step: float | None = None
+    """What guessing scores on the same failures: the share whose first wrong step is the most common one
+    (the best constant answer, chosen knowing the answers), None without ground truth ..."""
+    uniform_step: float | None = None
+    """... and the expected accuracy of naming one of each failure's steps at random."""
 
     def to_json(self) -> dict:
         out = asdict(self)
         if self.failure_ci95 is not None:
             out["failure_ci95"] = list(self.failure_ci95)
         return out
+
+
+def guessing_baselines(first_errors: list[int], n_steps: list[int]) -> tuple[float, float]:
+    """What naming a step without reading the solution scores on failures with these first wrong steps:
+    (the share of the most common one, the expected share when each failure gets one of its steps at random)."""
+    most_common = Counter(first_errors).most_common(1)[0][1] / len(first_errors)
+    uniform = sum(1 / max(n, 1) for n in n_steps) / len(n_steps)
+    return most_common, uniform
 
 
 def evaluate_self_verification(
@@ -269,10 +282,12 @@ def evaluate_self_verification(
     successes = [c for c in completions if c.reward >= 1]
     verdicts = propose(model, tokenizer, task, [(c.problem, c.text) for c in failures + successes], batch_size)
     on_failures, on_successes = verdicts[: len(failures)], verdicts[len(failures) :]
-    accuracy, interval = None, None
+    accuracy, interval, most_common, uniform = None, None, None, None
     if task.has_ground_truth and failures:
-        right = sum(v.step == task.first_error(c.problem, c.text) and v.valid for v, c in zip(on_failures, failures))
+        truth = [task.first_error(c.problem, c.text) for c in failures]
+        right = sum(v.step == e and v.valid for v, e in zip(on_failures, truth))
         accuracy, interval = right / len(failures), wilson_interval(right, len(failures))
+        most_common, uniform = guessing_baselines(truth, [len(task.split_steps(c.text)) for c in failures])
     return SelfVerifyResult(
         n_failures=len(failures),
         n_successes=len(successes),
@@ -281,6 +296,8 @@ def evaluate_self_verification(
         failure_said_none=sum(v.valid and v.step is None for v in on_failures) / max(len(failures), 1),
         success_accuracy=sum(v.valid and v.step is None for v in on_successes) / max(len(successes), 1),
         invalid=sum(not v.valid for v in verdicts) / max(len(verdicts), 1),
+        most_common_step=most_common,
+        uniform_step=uniform,
     )
 
 
@@ -289,6 +306,10 @@ def format_self_verification(result: SelfVerifyResult) -> str:
     if result.failure_accuracy is not None:
         lo, hi = result.failure_ci95
         lines.append(f"  names the first wrong step   {result.failure_accuracy:.1%}  95% CI [{lo:.1%}, {hi:.1%}] (ground truth)")
+        lines.append(
+            f"  guessing would score         {result.most_common_step:.1%} (always the most common step), "
+            f"{result.uniform_step:.1%} (a step at random)"
+        )
     lines += [
         f"  calls a failure correct      {result.failure_said_none:.1%}",
         f"  calls a verified one correct {result.success_accuracy:.1%}",
