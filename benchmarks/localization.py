@@ -58,7 +58,10 @@ def parse_settings(text: str) -> list[dict]:
         unknown = set(fields) - {"k", "drop", "settle"}
         if unknown:
             raise SystemExit(f"--settings: unknown field(s) {sorted(unknown)} in {item!r}; use k=, drop=, settle=")
-        settings.append({"k": int(fields["k"]), "drop": float(fields.get("drop", 0)), "settle": int(fields.get("settle", 0))})
+        setting = {"k": int(fields["k"]), "drop": float(fields.get("drop", 0)), "settle": int(fields.get("settle", 0))}
+        if setting["settle"] and not setting["drop"]:
+            raise SystemExit(f"--settings: {item!r} has settle probes but drop=0, where they change nothing; give drop > 0")
+        settings.append(setting)
     return settings
 
 

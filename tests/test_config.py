@@ -94,6 +94,8 @@ def test_values_out_of_range_are_refused_by_name(override, message):
 def test_every_shipped_preset_is_in_range_and_the_audit_bounds_are_ordered():
     for preset in sorted(resolve_path("configs").glob("*.yaml")):
         check_ranges(load_config(str(preset)))  # raises on a value out of range
+    with pytest.raises(ConfigError, match="method.settle_probes=3 needs method.drop > 0"):
+        load_config(None, ["method.settle_probes=3", "method.drop=0"])
     with pytest.raises(ConfigError, match="audit_min=0.5 is above internalize.audit_max=0.2"):
         load_config(None, ["internalize.audit_min=0.5", "internalize.audit_max=0.2"])
     # the edges of each range are accepted

@@ -378,6 +378,11 @@ def check_ranges(config: ExperimentConfig) -> None:
         value = getattr(getattr(config, section), name)
         if not ok(value):
             raise ConfigError(f"{key}={value!r} is out of range: it must be {requirement}")
+    if config.method.settle_probes > 0 and config.method.drop == 0:
+        raise ConfigError(
+            f"method.settle_probes={config.method.settle_probes} needs method.drop > 0: with drop = 0 one verified probe "
+            "already makes a prefix good, so settle probes would change nothing; set method.drop (e.g. 0.5) or settle_probes=0"
+        )
     if config.internalize.audit_min > config.internalize.audit_max:
         raise ConfigError(
             f"internalize.audit_min={config.internalize.audit_min} is above internalize.audit_max={config.internalize.audit_max}; "
