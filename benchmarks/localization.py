@@ -98,8 +98,8 @@ def run(name: str, settings: list[dict], n_failures: int, profile_probes: int, g
         solve_rate = book.value(t.group, [])[0]  # V(0) from the prompt's group
         profiles.append([solve_rate] + [sum(p.reward >= 1 for p in probes) / profile_probes for probes in found] + [0.0])
     # t* by an exhaustive scan of the profile: the first prefix with no success in M probes
-    first_dead = [next(s for s, v in enumerate(profile) if v == 0) for profile in profiles] if profiles else [0] * len(localizable)
-    non_monotone = sum(any(profile[j] == 0 and profile[i] > 0 for j in range(len(profile)) for i in range(j + 1, len(profile))) for profile in profiles)
+    first_dead = [next(s for s, v in enumerate(profile) if v == 0) for profile in profiles]
+    non_monotone = math.nan if not profiles else sum(any(profile[j] == 0 and profile[i] > 0 for j in range(len(profile)) for i in range(j + 1, len(profile))) for profile in profiles)
     # What the exhaustive scan itself localizes: its first dead prefix (METHOD.md's t*), and the step with
     # the largest value drop V(k) - V(k+1) (the most destructive step, as full Monte-Carlo values see it).
     largest_drop = [max(range(len(p) - 1), key=lambda k: p[k] - p[k + 1]) for p in profiles]
@@ -124,10 +124,10 @@ def run(name: str, settings: list[dict], n_failures: int, profile_probes: int, g
         row = {
             **task_row, **setting, "seconds": seconds,
             "accuracy": sum(loc.error_step == e for loc, e in zip(found, truth)) / len(localizable),
-            "agree_scan": sum(loc.error_step == t_star - 1 for loc, t_star in zip(found, first_dead)) / len(localizable),
+            "agree_scan": sum(loc.error_step == t_star - 1 for loc, t_star in zip(found, first_dead)) / len(profiles) if profiles else math.nan,
             "probes": statistics.mean(loc.probes for loc in found),
             "bound": statistics.mean(k * math.ceil(math.log2(len(t.step_spans) + 1)) for t in localizable),
-            "linear": statistics.mean(k * t_star for t_star in first_dead),
+            "linear": statistics.mean(k * t_star for t_star in first_dead) if profiles else math.nan,
             "earlier": sum(loc.error_step < e for loc, e in zip(found, truth)),
             "later": sum(loc.error_step > e for loc, e in zip(found, truth)),
         }
@@ -137,6 +137,11 @@ def run(name: str, settings: list[dict], n_failures: int, profile_probes: int, g
             row["probes_bisect"] = statistics.mean(loc.probes for loc in plain)
         rows.append(row)
     return rows
+
+
+def shown(value: float, spec: str) -> str:
+    """A figure, or "-" where it was not measured (the columns from the value profile, without one)."""
+    return "-" if math.isnan(value) else format(value, spec)
 
 
 def main() -> None:
@@ -158,8 +163,10 @@ def main() -> None:
     for rows in results:
         r = rows[0]
         print(
-            f"| {r['task']} | {r['localizable']} of {r['failures']} | {r['steps']:.1f} | {r['non_monotone']} ({r['non_monotone'] / r['localizable']:.0%}) "
-            f"| {r['value_after_error']:.2f} | {r['scan_accuracy']:.1%} | {r['drop_accuracy']:.1%} | {args.profile_probes * (r['steps'] - 1):.1f} "
+            f"| {r['task']} | {r['localizable']} of {r['failures']} | {r['steps']:.1f} "
+            f"| {shown(r['non_monotone'], '.0f')} ({shown(r['non_monotone'] / r['localizable'], '.0%')}) "
+            f"| {shown(r['value_after_error'], '.2f')} | {shown(r['scan_accuracy'], '.1%')} | {shown(r['drop_accuracy'], '.1%')} "
+            f"| {shown(args.profile_probes * (r['steps'] - 1) if args.profile_probes else math.nan, '.1f')} "
             f"| {' / '.join(map(str, r['divergence']))} |"
         )
     print("\n| task | K | drop | settle | exact accuracy | agreement with exhaustive-scan t* | localized earlier / later than truth "
@@ -168,8 +175,8 @@ def main() -> None:
     for rows in results:
         for r in rows:
             print(
-                f"| {r['task']} | {r['k']} | {r['drop']:g} | {r['settle']} | {r['accuracy']:.1%} | {r['agree_scan']:.1%} "
-                f"| {r['earlier']} / {r['later']} | {r['probes']:.2f} | {r['bound']:.2f} | {r['linear']:.2f} | {r['seconds']:.1f} s |"
+                f"| {r['task']} | {r['k']} | {r['drop']:g} | {r['settle']} | {r['accuracy']:.1%} | {shown(r['agree_scan'], '.1%')} "
+                f"| {r['earlier']} / {r['later']} | {r['probes']:.2f} | {r['bound']:.2f} | {shown(r['linear'], '.2f')} | {r['seconds']:.1f} s |"
             )
     print("\nPlain bisection without free evidence, first setting:")
     for rows in results:
