@@ -229,3 +229,52 @@ def test_settle_probes_overrule_a_lucky_first_probe_and_cost_nothing_otherwise()
     )
     assert (loc.error_step, loc.probes, settles) == (5, 1, [])
 
+
+
+def test_samples_besides_the_failure_settle_a_check_without_probes():
+    failure = make(wrong_at(3))
+    twin = make(wrong_at(3))  # a sibling that wrote the same wrong step 3 and failed too
+    book_items = [make("".join(REFERENCE)), failure, twin]
+    # With K = 1 the twin is one sample through the prefix of the first 4 steps besides the failure: the
+    # divergence check there needs no probe, and finds the same step as the probing search.
+    sampler = ScriptedSampler()
+    [loc] = localize([failure], PrefixBook(book_items), lambda r: sampler(r, 1), drop=0.5, reuse=1)
+    assert (loc.error_step, loc.probes, sampler.calls) == (3, 0, [])
+    [probed] = localize([failure], PrefixBook(book_items), lambda r: ScriptedSampler()(r, 1), drop=0.5)
+    assert (probed.error_step, probed.probes) == (3, 1)
+    # With K = 2 one sample is not enough: the check draws its K probes as usual.
+    sampler = ScriptedSampler()
+    [loc] = localize([failure], PrefixBook(book_items), lambda r: sampler(r, 2), drop=0.5, reuse=2)
+    assert (loc.error_step, loc.probes) == (3, 2)
+    # The failure's own outcome never counts (it was picked because it failed), nor does a probe forced
+    # past the checked prefix from a longer one.
+    forced = make(wrong_at(5), prefix_len=len("".join(REFERENCE[:5])))
+    book = PrefixBook([make("".join(REFERENCE)), failure, forced])
+    assert book.samples_besides(0, prefix_ids(failure, 4), failure) == 0
+    sampler = ScriptedSampler()
+    [loc] = localize([failure], book, lambda r: sampler(r, 1), drop=0.5, reuse=1)
+    assert (loc.error_step, loc.probes) == (3, 1)
+
+
+def test_reused_samples_with_a_success_still_get_settle_probes():
+    failure = make(wrong_at(3))
+    lucky_twin = make(wrong_at(3)[: len("".join(REFERENCE[:4]))] + "".join(REFERENCE[4:]))  # wrong step 3, right answer
+    assert lucky_twin.reward == 1 and TASK.first_error(PROBLEM, lucky_twin.text) == 3
+    siblings = [make("".join(REFERENCE)), make("".join(REFERENCE)), failure, lucky_twin]
+    # Plain bisection (the twin would otherwise certify the start), K = 1, every check settled by the
+    # siblings. V̂(0) = 3/4. First check at 4 steps: the twin and the failure, V̂ = 1/2 > 0.5 * 3/4, the
+    # wrong step passes, and the search blames step 4 after probing the prefixes of 6 and 5 steps, which
+    # only the failure wrote ...
+    [loc] = localize([failure], PrefixBook(siblings), lambda r: ScriptedSampler()(r, 1), free_evidence=False,
+                     first_check="bisect", drop=0.5, reuse=1)
+    assert (loc.error_step, loc.probes, [k for k, _ in loc.checks]) == (4, 2, [4, 6, 5])
+    # ... unless the twin's success draws settle probes (7, all failing: V̂ = 1/9), and so does every later
+    # check whose samples include a success (at 2 and 3 steps the references verify, and so do the settle
+    # probes from those correct prefixes): step 3 is found, for settle probes only.
+    settles = []
+    [loc] = localize(
+        [failure], PrefixBook(siblings), lambda r: ScriptedSampler()(r, 1), free_evidence=False, first_check="bisect",
+        drop=0.5, reuse=1, settle=lambda r: settles.append(r) or ScriptedSampler()(r, 7),
+    )
+    assert [[k for _, k in r] for r in settles] == [[4], [2], [3]]
+    assert (loc.error_step, loc.probes, loc.value_after) == (3, 21, pytest.approx(1 / 9))

@@ -125,3 +125,21 @@ def test_settle_probes_decide_a_lucky_second_check():
     loc, metrics, settles = confirm(7)
     assert metrics["selfloc/confirmed_frac"] == 1.0 and (loc.error_step, loc.probes) == (3, 8)
     assert [[k for _, k in r] for r in settles] == [[4]]
+
+
+def test_reused_samples_make_a_confirmation_free():
+    failure, twin = make(wrong_at(4)), make(wrong_at(4))  # the twin failed through the same wrong step
+    siblings = [make("".join(REFERENCE)), twin]  # the success certifies the prefix before the named step
+    sampler, metrics = ScriptedSampler(), {}
+    [loc] = self_localize(
+        [failure], PrefixBook([*siblings, failure]), lambda r: sampler(r, 1), MethodConfig(probes=1, drop=0.5, reuse_samples=True),
+        proposer([4]), AuditSchedule(**NEVER), TASK, random.Random(0), metrics,
+    )
+    assert metrics["selfloc/confirmed_frac"] == 1.0 and (loc.error_step, loc.probes, sampler.calls) == (4, 0, [])
+    # Without reuse the second check draws its probe.
+    sampler, metrics = ScriptedSampler(), {}
+    [loc] = self_localize(
+        [failure], PrefixBook([*siblings, failure]), lambda r: sampler(r, 1), MethodConfig(probes=1, drop=0.5),
+        proposer([4]), AuditSchedule(**NEVER), TASK, random.Random(0), metrics,
+    )
+    assert metrics["selfloc/confirmed_frac"] == 1.0 and (loc.error_step, loc.probes) == (4, 1)

@@ -149,13 +149,21 @@ def self_localize(
 
     # The two checks, batched: prefix s (skipped when a verified trajectory passes through it) and
     # prefix s+1 (skipped when it is the whole failed response, whose value is 0).
+    # With method.reuse_samples, a check is also skipped when K samples of the group besides the failure
+    # already pass through its prefix (as in the search).
+    reuse = config.probes if config.reuse_samples else 0
+
+    def settled(t: Trajectory, k: int) -> bool:
+        return reuse > 0 and book.samples_besides(t.group, prefix_ids(t, k), t) >= reuse
+
     requests, owners = [], []
     for i in candidates:
         t, s = chosen[i], verdicts[i].step
-        if not book.certified(t.group, prefix_ids(t, s)) or (config.drop > 0 and book.value(t.group, prefix_ids(t, s))[1] == 0):
+        unsettled = not book.certified(t.group, prefix_ids(t, s)) or (config.drop > 0 and book.value(t.group, prefix_ids(t, s))[1] == 0)
+        if unsettled and not settled(t, s):
             requests.append((t, s))
             owners.append(i)
-        if s + 1 < len(t.step_spans):
+        if s + 1 < len(t.step_spans) and not settled(t, s + 1):
             requests.append((t, s + 1))
             owners.append(i)
     spent = [0] * len(chosen)
@@ -167,6 +175,10 @@ def self_localize(
         lucky = [
             (i, request) for i, request, found in zip(owners, requests, drawn)
             if request[1] == verdicts[i].step + 1 and any(p.reward >= 1 for p in found)
+        ] + [
+            (i, (chosen[i], verdicts[i].step + 1)) for i in candidates
+            if verdicts[i].step + 1 < len(chosen[i].step_spans) and settled(chosen[i], verdicts[i].step + 1)
+            and book.value(chosen[i].group, prefix_ids(chosen[i], verdicts[i].step + 1))[0] > 0
         ]
         for (i, _), found in zip(lucky, settle_probe([request for _, request in lucky]) if lucky else []):
             book.add(found)
@@ -186,7 +198,7 @@ def self_localize(
     rest = [i for i in range(len(chosen)) if i not in results]
     searched = localize(
         [chosen[i] for i in rest], book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check,
-        drop=config.drop, settle=settle_probe,
+        drop=config.drop, settle=settle_probe, reuse=reuse,
     )
     for i, loc in zip(rest, searched):
         results[i] = Localization(
@@ -302,7 +314,7 @@ def method_credit(
         else:
             localizations = localize(
                 chosen, book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check, drop=config.drop,
-                settle=settle,
+                settle=settle, reuse=config.probes if config.reuse_samples else 0,
             )
         if config.correction_samples and chosen:  # a small group of its own for each good prefix
             for probes in probe([(t, loc.error_step) for t, loc in zip(chosen, localizations)], config.correction_samples):
