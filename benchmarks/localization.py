@@ -2,7 +2,7 @@
 
 For each task: sample groups from its shipped policy on fixed test prompts, keep the failures (the
 localizable ones: their group holds a success), and localize the same failures with each localizer
-setting (K probes per check, the drop rule, settle probes, reuse of siblings' samples), through the rollout engine as training does.
+setting (K probes per check, the drop rule, settle probes), through the rollout engine as training does.
 Against the task's ground truth it reports, per setting:
 
 - exact first-error accuracy (free evidence + divergence check, as in training), and for the first
@@ -55,11 +55,10 @@ def parse_settings(text: str) -> list[dict]:
     settings = []
     for item in text.split(";"):
         fields = dict(part.split("=") for part in item.split(","))
-        unknown = set(fields) - {"k", "drop", "settle", "reuse"}
+        unknown = set(fields) - {"k", "drop", "settle"}
         if unknown:
-            raise SystemExit(f"--settings: unknown field(s) {sorted(unknown)} in {item!r}; use k=, drop=, settle=, reuse=")
-        setting = {"k": int(fields["k"]), "drop": float(fields.get("drop", 0)), "settle": int(fields.get("settle", 0)),
-                   "reuse": int(fields.get("reuse", 0))}
+            raise SystemExit(f"--settings: unknown field(s) {sorted(unknown)} in {item!r}; use k=, drop=, settle=")
+        setting = {"k": int(fields["k"]), "drop": float(fields.get("drop", 0)), "settle": int(fields.get("settle", 0))}
         if setting["settle"] and not setting["drop"]:
             raise SystemExit(f"--settings: {item!r} has settle probes but drop=0, where they change nothing; give drop > 0")
         settings.append(setting)
@@ -115,11 +114,11 @@ def run(name: str, settings: list[dict], n_failures: int, profile_probes: int, g
 
     rows = []
     for index, setting in enumerate(settings):
-        k, drop, settle, reuse = setting["k"], setting["drop"], setting["settle"], setting["reuse"]
+        k, drop, settle = setting["k"], setting["drop"], setting["settle"]
         start = time.time()
         found = localize(
             localizable, PrefixBook(samples), lambda r: probe(r, k), free_evidence=True, first_check="divergence", drop=drop,
-            settle=(lambda r: probe(r, settle)) if settle else None, reuse=k if reuse else 0,
+            settle=(lambda r: probe(r, settle)) if settle else None,
         )
         seconds = time.time() - start
         row = {
@@ -148,7 +147,7 @@ def shown(value: float, spec: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="arith,countdown")
-    parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="localizer settings, ';'-separated: k=K,drop=D,settle=S,reuse=0|1")
+    parser.add_argument("--settings", default=DEFAULT_SETTINGS, help="localizer settings, ';'-separated: k=K,drop=D,settle=S")
     parser.add_argument("--failures", type=int, default=200)
     parser.add_argument("--profile-probes", type=int, default=8, help="probes per prefix for the value profile (0: skip it, and the columns from it)")
     parser.add_argument("--group", type=int, default=8)
@@ -170,13 +169,13 @@ def main() -> None:
             f"| {shown(args.profile_probes * (r['steps'] - 1) if args.profile_probes else math.nan, '.1f')} "
             f"| {' / '.join(map(str, r['divergence']))} |"
         )
-    print("\n| task | K | drop | settle | reuse | exact accuracy | agreement with exhaustive-scan t* | localized earlier / later than truth "
+    print("\n| task | K | drop | settle | exact accuracy | agreement with exhaustive-scan t* | localized earlier / later than truth "
           "| probes/failure | K*ceil(log2(n+1)) | linear scan K*t* | search time |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for rows in results:
         for r in rows:
             print(
-                f"| {r['task']} | {r['k']} | {r['drop']:g} | {r['settle']} | {'yes' if r['reuse'] else 'no'} | {r['accuracy']:.1%} | {shown(r['agree_scan'], '.1%')} "
+                f"| {r['task']} | {r['k']} | {r['drop']:g} | {r['settle']} | {r['accuracy']:.1%} | {shown(r['agree_scan'], '.1%')} "
                 f"| {r['earlier']} / {r['later']} | {r['probes']:.2f} | {r['bound']:.2f} | {shown(r['linear'], '.2f')} | {r['seconds']:.1f} s |"
             )
     print("\nPlain bisection without free evidence, first setting:")

@@ -132,10 +132,18 @@ def test_reused_samples_make_a_confirmation_free():
     siblings = [make("".join(REFERENCE)), twin]  # the success certifies the prefix before the named step
     sampler, metrics = ScriptedSampler(), {}
     [loc] = self_localize(
-        [failure], PrefixBook([*siblings, failure]), lambda r: sampler(r, 1), MethodConfig(probes=1, drop=0.5, reuse_samples=True),
-        proposer([4]), AuditSchedule(**NEVER), TASK, random.Random(0), metrics,
+        [failure], PrefixBook([*siblings, failure]), lambda r: sampler(r, 1), MethodConfig(probes=1, drop=0.5),
+        proposer([4]), AuditSchedule(**NEVER), TASK, random.Random(0), metrics, reuse_samples=True,
     )
     assert metrics["selfloc/confirmed_frac"] == 1.0 and (loc.error_step, loc.probes, sampler.calls) == (4, 0, [])
+    # A proposal one step too early is not confirmed by the same samples: the success passes through the
+    # prefix after the named step, so the second check finds value there, and the search takes over.
+    sampler, metrics = ScriptedSampler(), {}
+    [loc] = self_localize(
+        [failure], PrefixBook([*siblings, failure]), lambda r: sampler(r, 1), MethodConfig(probes=1, drop=0.5),
+        proposer([3]), AuditSchedule(**NEVER), TASK, random.Random(0), metrics, reuse_samples=True,
+    )
+    assert metrics["selfloc/confirmed_frac"] == 0.0 and loc.error_step == 4
     # Without reuse the second check draws its probe.
     sampler, metrics = ScriptedSampler(), {}
     [loc] = self_localize(

@@ -179,10 +179,6 @@ class MethodConfig:
     step as good; most checks find no success and cost only K. 0: decide on the K probes. Measured on arith
     (benchmarks/results/): localization 78.0% -> 74.5% at K=1 and 73.0% -> 78.5% at K=2 (settle 6); si
     K=1 trained to 85.0% with 3 against 85.1% without (3 seeds), so it is off by default."""
-    reuse_samples: bool = False
-    """A check draws no probes when K samples of the same prompt besides the failure already pass through
-    its prefix (a sibling that wrote the same steps is a draw from that prefix like a probe); si_internal's
-    confirmation checks follow the same rule."""
     max_localizations: int = 64
     """Most failures localized per step; the most informative first (prompts whose solve rate is closest
     to one half, round-robin over prompts; within a prompt, the failure with the longest certified prefix)."""
@@ -225,6 +221,12 @@ class InternalizeConfig:
     """Share of verified solutions (verdict "none") among the examples trained on per step."""
     confirm_probes: int | None = None
     """Probes per confirmation check; None uses method.probes (K)."""
+    reuse_samples: bool = False
+    """A confirmation check draws no probes when K samples of the same prompt besides the failure already
+    pass through its prefix: a sibling that wrote the same steps is a draw from that prefix like a probe.
+    Sound only because the proposal does not look at any outcome; the oracle search cannot do the same,
+    since past the longest certified prefix, where it checks, every sibling failed by definition (measured:
+    reusing them there made the search name earlier steps; benchmarks/results/localization.md)."""
     audit_min: float = 0.1
     """The audit fraction never falls below this: some failures always get the full oracle search."""
     audit_max: float = 1.0

@@ -415,6 +415,7 @@ def _train(
             credit = method_credit(
                 algo.name, trajectories, probe, config.method, algo.outcome_advantage, task, state.method_rng,
                 propose=propose, audits=state.audits, confirm_probes=internal.confirm_probes,
+                reuse_samples=internal.reuse_samples,
             )
         for t, prefix in credit.good_prefixes:
             state.repair.add(RepairEntry(t.problem, prefix, step))

@@ -125,15 +125,18 @@ def self_localize(
     metrics: dict[str, float],
     confirm_probe: Callable[[list[tuple[Trajectory, int]]], list[list[Trajectory]]] | None = None,
     settle_probe: Callable[[list[tuple[Trajectory, int]]], list[list[Trajectory]]] | None = None,
+    reuse_samples: bool = False,
+    confirm_k: int | None = None,
 ) -> list[Localization]:
     """si_internal's localization (METHOD.md, "Internalize"). The policy proposes the error step of each
     failure; an audited failure (a share given by ``audits``) always gets the oracle search, and its
     proposal is scored against it; any other proposal is confirmed by two checks: the prefix before the
     named step is still good and the prefix through it is not (each check K probes, or none when the
     trajectories already sampled settle it; ``confirm_probe`` draws them, by default like the search; a
-    verified probe at the second check gets ``settle_probe``'s extra probes, as in the search). An
-    unconfirmed, unparsable or "none" proposal falls back to the oracle search, whose answer becomes that
-    failure's self-verification example like every other."""
+    verified probe at the second check gets ``settle_probe``'s extra probes, as in the search; with
+    ``reuse_samples`` a check needs none when ``confirm_k`` (default K) samples besides the failure already
+    pass through its prefix). An unconfirmed, unparsable or "none" proposal falls back to the oracle
+    search, whose answer becomes that failure's self-verification example like every other."""
     verdicts = propose(chosen)
     audit_fraction = audits.fraction
     audited = [rng.random() < audit_fraction for _ in chosen]
@@ -149,9 +152,9 @@ def self_localize(
 
     # The two checks, batched: prefix s (skipped when a verified trajectory passes through it) and
     # prefix s+1 (skipped when it is the whole failed response, whose value is 0).
-    # With method.reuse_samples, a check is also skipped when K samples of the group besides the failure
-    # already pass through its prefix (as in the search).
-    reuse = config.probes if config.reuse_samples else 0
+    # With reuse_samples, a check is also skipped when K samples of the group besides the failure already pass
+    # through its prefix. They are fair draws from it because the proposal never saw their outcomes.
+    reuse = (confirm_k or config.probes) if reuse_samples else 0
 
     def settled(t: Trajectory, k: int) -> bool:
         return reuse > 0 and book.samples_besides(t.group, prefix_ids(t, k), t) >= reuse
@@ -198,7 +201,7 @@ def self_localize(
     rest = [i for i in range(len(chosen)) if i not in results]
     searched = localize(
         [chosen[i] for i in rest], book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check,
-        drop=config.drop, settle=settle_probe, reuse=reuse,
+        drop=config.drop, settle=settle_probe,
     )
     for i, loc in zip(rest, searched):
         results[i] = Localization(
@@ -230,6 +233,7 @@ def method_credit(
     propose: Callable[[list[Trajectory]], list[Verdict]] | None = None,
     audits: AuditSchedule | None = None,
     confirm_probes: int | None = None,
+    reuse_samples: bool = False,
 ) -> Credit:
     """Credit for si, si_internal, random_reset and vine (see the module docstring). ``trajectories`` are
     this step's samples: fresh groups and repair-buffer groups alike (a repair group's members share a
@@ -309,12 +313,13 @@ def method_credit(
                 return found
 
             localizations = self_localize(
-                chosen, book, search_probe, config, propose, audits, task, rng, metrics, confirm_probe, settle
+                chosen, book, search_probe, config, propose, audits, task, rng, metrics, confirm_probe, settle,
+                reuse_samples=reuse_samples, confirm_k=confirm_probes,
             )
         else:
             localizations = localize(
                 chosen, book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check, drop=config.drop,
-                settle=settle, reuse=config.probes if config.reuse_samples else 0,
+                settle=settle,
             )
         if config.correction_samples and chosen:  # a small group of its own for each good prefix
             for probes in probe([(t, loc.error_step) for t, loc in zip(chosen, localizations)], config.correction_samples):

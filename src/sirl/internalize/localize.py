@@ -68,7 +68,7 @@ class PrefixBook:
 
     def samples_besides(self, group: int, prefix: list[int], trajectory: Trajectory) -> int:
         """How many free samples through ``prefix`` there are besides ``trajectory`` (the failure being
-        localized: it was picked because it failed, so its own outcome is no fresh evidence about the prefix)."""
+        localized: it was picked because it failed, so its own outcome is no evidence about the prefix)."""
         return sum(t is not trajectory and t.prefix_len <= len(prefix) for t in self._through(group, prefix))
 
 
@@ -117,7 +117,6 @@ def localize(
     first_check: Literal["divergence", "bisect"] = "divergence",
     drop: float = 0.0,
     settle: Probe | None = None,
-    reuse: int = 0,
 ) -> list[Localization]:
     """Localize each failure (a trajectory with reward < 1), all searches advancing together.
 
@@ -135,11 +134,6 @@ def localize(
     drawn by ``settle``, before the drop rule decides. A few probes from a wrong step sometimes verify
     by luck, and one such probe would make the prefix look as good as the one before; most checks find
     no success and cost only their first probes.
-
-    ``reuse`` (K, or 0 for off): a check draws no probes when the book already holds at least ``reuse`` free
-    samples through its prefix besides the failure itself: siblings that wrote the same steps are draws
-    from that prefix just like probes would be (on arith half of the failures share their wrong step with a
-    failed sibling). Settle probes still follow when those samples include a verified one.
     """
     results: dict[int, Localization] = {}
     searches: list[_Search] = []
@@ -156,19 +150,12 @@ def localize(
         active = [s for s in searches if s.hi - s.lo > 1]
         if not active:
             break
-        settled = [
-            reuse > 0 and book.samples_besides(s.trajectory.group, prefix_ids(s.trajectory, s.mid), s.trajectory) >= reuse
-            for s in active
-        ]
-        probing = [s for s, done in zip(active, settled) if not done]
-        probes = probe([(s.trajectory, s.mid) for s in probing]) if probing else []
-        for s, found in zip(probing, probes):
+        probes = probe([(s.trajectory, s.mid) for s in active])
+        for s, found in zip(active, probes):
             book.add(found)
             s.probes += len(found)
         if settle is not None and drop > 0:
-            lucky = [s for s, found in zip(probing, probes) if any(p.reward >= 1 for p in found)] + [
-                s for s, done in zip(active, settled) if done and book.value(s.trajectory.group, prefix_ids(s.trajectory, s.mid))[0] > 0
-            ]
+            lucky = [s for s, found in zip(active, probes) if any(p.reward >= 1 for p in found)]
             for s, found in zip(lucky, settle([(s.trajectory, s.mid) for s in lucky]) if lucky else []):
                 book.add(found)
                 s.probes += len(found)
