@@ -25,6 +25,7 @@ RUNS: dict[str, list[str]] = {
     "si_internal (sft; coef 0.5)": ["--algo", "si_internal", "--internalize.verify_loss=sft", "--internalize.verify_coef=0.5"],
     "si_internal (rl; coef 0.5)": ["--algo", "si_internal", "--internalize.verify_loss=rl", "--internalize.verify_coef=0.5"],
     "si_internal (both)": ["--algo", "si_internal", "--internalize.verify_loss=both"],
+    "si_internal (sft; reuse samples)": ["--algo", "si_internal", "--internalize.verify_loss=sft", "--internalize.reuse_samples=true"],
 }
 
 
