@@ -13,7 +13,10 @@ Against the task's ground truth it reports, per setting:
   and "later than the truth" (a probe verified after the wrong step: the step was recoverable, or the
   final answer right by luck);
 - agreement with the first irrecoverable step found by an exhaustive scan with M probes at every prefix,
-  which is METHOD.md's t* (the ground truth is the first *wrong* step, and a wrong step can be recoverable).
+  which is METHOD.md's t* (the ground truth is the first *wrong* step, and a wrong step can be recoverable);
+- for the first setting, si_internal's floor: what self-localization with confirmation would spend if the
+  policy always named the ground-truth step (10% still audited), with and without reusing siblings'
+  samples in the checks.
 
 Per task, from the same M-probe value profiles: how often the monotone-value assumption fails (the value
 comes back above 0 after having been 0), and the mean value of the prefix ending with the true wrong step.
@@ -26,13 +29,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import statistics
 import time
 
 import torch
 
+from sirl.config import MethodConfig
 from sirl.evaluate import heldout_problems
 from sirl.internalize import PrefixBook, certified_prefix_steps, localize, prefix_ids
+from sirl.internalize.credit import self_localize
+from sirl.internalize.selfverify import AuditSchedule, Verdict
 from sirl.model import load_model
 from sirl.paths import resolve_path
 from sirl.rollout import SamplingParams, sample_trajectories
@@ -135,6 +142,20 @@ def run(name: str, settings: list[dict], n_failures: int, profile_probes: int, g
             plain = localize(localizable, PrefixBook(samples), lambda r: probe(r, k), free_evidence=False, first_check="bisect", drop=drop)
             row["accuracy_bisect"] = sum(loc.error_step == e for loc, e in zip(plain, truth)) / len(localizable)
             row["probes_bisect"] = statistics.mean(loc.probes for loc in plain)
+            # si_internal's floor: the policy names the ground-truth step every time, a tenth of the
+            # failures are still audited (internalize.audit_min), the rest confirmed by the two checks,
+            # with and without reusing siblings' samples (internalize.reuse_samples).
+            for reuse in (False, True):
+                proposals = [Verdict(task.verdict_text(e), e, True, 1) for e in truth]
+                confirmed = self_localize(
+                    localizable, PrefixBook(samples), lambda r: probe(r, k), MethodConfig(probes=k, drop=drop),
+                    lambda chosen: proposals[: len(chosen)], AuditSchedule(0.1, 0.1, 256), task, random.Random(seed), {},
+                    reuse_samples=reuse,
+                )
+                row[f"oracle_proposals_reuse_{reuse}"] = (
+                    sum(loc.error_step == e for loc, e in zip(confirmed, truth)) / len(localizable),
+                    statistics.mean(loc.probes for loc in confirmed),
+                )
         rows.append(row)
     return rows
 
@@ -182,6 +203,13 @@ def main() -> None:
     for rows in results:
         r = rows[0]
         print(f"- {r['task']}: exact accuracy {r['accuracy_bisect']:.1%}, {r['probes_bisect']:.2f} probes/failure")
+    print("\nsi_internal's floor, first setting: every proposal the ground-truth step, 10% audited, the rest confirmed "
+          "(exact accuracy, probes/failure), against the search's probes/failure:")
+    for rows in results:
+        r = rows[0]
+        (plain_accuracy, plain_probes), (reuse_accuracy, reuse_probes) = r["oracle_proposals_reuse_False"], r["oracle_proposals_reuse_True"]
+        print(f"- {r['task']}: {plain_accuracy:.1%} at {plain_probes:.2f} probes/failure; with reuse_samples {reuse_accuracy:.1%} at "
+              f"{reuse_probes:.2f}; the search {r['probes']:.2f}")
 
 
 if __name__ == "__main__":
