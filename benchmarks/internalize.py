@@ -22,10 +22,10 @@ from common import final_eval, metrics, train_run
 RUNS: dict[str, list[str]] = {
     "si": ["--algo", "si"],
     "si_internal (sft)": ["--algo", "si_internal", "--internalize.verify_loss=sft"],
+    "si_internal (sft; no reuse)": ["--algo", "si_internal", "--internalize.verify_loss=sft", "--internalize.reuse_samples=false"],
     "si_internal (sft; coef 0.5)": ["--algo", "si_internal", "--internalize.verify_loss=sft", "--internalize.verify_coef=0.5"],
     "si_internal (rl; coef 0.5)": ["--algo", "si_internal", "--internalize.verify_loss=rl", "--internalize.verify_coef=0.5"],
     "si_internal (both)": ["--algo", "si_internal", "--internalize.verify_loss=both"],
-    "si_internal (sft; reuse samples)": ["--algo", "si_internal", "--internalize.verify_loss=sft", "--internalize.reuse_samples=true"],
 }
 
 

@@ -221,12 +221,14 @@ class InternalizeConfig:
     """Share of verified solutions (verdict "none") among the examples trained on per step."""
     confirm_probes: int | None = None
     """Probes per confirmation check; None uses method.probes (K)."""
-    reuse_samples: bool = False
+    reuse_samples: bool = True
     """A confirmation check draws no probes when K samples of the same prompt besides the failure already
     pass through its prefix: a sibling that wrote the same steps is a draw from that prefix like a probe.
     Sound only because the proposal does not look at any outcome; the oracle search cannot do the same,
     since past the longest certified prefix, where it checks, every sibling failed by definition (measured:
-    reusing them there made the search name earlier steps; benchmarks/results/localization.md)."""
+    reusing them there made the search name earlier steps). With proposals that were always right it
+    brings arith's confirmations from 1.30 to 0.78 probes per failure; in 100-step si_internal runs
+    held-out accuracy was 86.1% with it and 86.3% without (2 seeds each; benchmarks/results/)."""
     audit_min: float = 0.1
     """The audit fraction never falls below this: some failures always get the full oracle search."""
     audit_max: float = 1.0
