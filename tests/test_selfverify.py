@@ -151,3 +151,28 @@ def test_reused_samples_make_a_confirmation_free():
         proposer([4]), AuditSchedule(**NEVER), TASK, random.Random(0), metrics,
     )
     assert metrics["selfloc/confirmed_frac"] == 1.0 and (loc.error_step, loc.probes) == (4, 1)
+
+
+def test_a_reused_lucky_sample_still_gets_settle_probes():
+    failure = make(wrong_at(3))
+    lucky_twin = make(wrong_at(3)[: len("".join(REFERENCE[:4]))] + "".join(REFERENCE[4:]))  # wrong step 3, right answer
+    assert lucky_twin.reward == 1
+    book_items = [make("".join(REFERENCE)), make("".join(REFERENCE)), lucky_twin, failure]
+
+    def confirm(settle):
+        sampler, settles, metrics = ScriptedSampler(), [], {}
+        [loc] = self_localize(
+            [failure], PrefixBook(book_items), lambda r: sampler(r, 1), MethodConfig(probes=1, drop=0.5),
+            proposer([3]), AuditSchedule(**NEVER), TASK, random.Random(0), metrics,
+            settle_probe=(lambda r: settles.append(r) or sampler(r, settle)) if settle else None, reuse_samples=True,
+        )
+        return loc, metrics, settles
+
+    # The twin settles the second check without a probe: V̂(4 steps) = 1/2 (twin and failure), not under
+    # 0.5 * V̂(3 steps) = 0.5 * 3/4, so the proposal is not confirmed ...
+    loc, metrics, settles = confirm(0)
+    assert metrics["selfloc/confirmed_frac"] == 0.0
+    # ... unless its success draws the settle probes, as a probe's would: 1 success in 9, confirmed for 7.
+    loc, metrics, settles = confirm(7)
+    assert metrics["selfloc/confirmed_frac"] == 1.0 and (loc.error_step, loc.probes) == (3, 7)
+    assert [[k for _, k in r] for r in settles] == [[4]]
