@@ -103,26 +103,28 @@ def test_examples_are_drawn_with_the_requested_share_of_verified_solutions():
     assert len(drawn) == 40  # all there is
 
 
+def confirm_at_k1(failure, siblings, proposal, sampler, settle=0, reuse=False):
+    """self_localize of one failure at K=1 with the drop rule (0.5), never audited; returns the localization,
+    the metrics and the settle requests (``settle`` probes each, drawn by ``sampler``; 0 for none)."""
+    settles, metrics = [], {}
+    [loc] = self_localize(
+        [failure], PrefixBook([*siblings, failure]), lambda r: sampler(r, 1), MethodConfig(probes=1, drop=0.5),
+        proposer([proposal]), AuditSchedule(**NEVER), TASK, random.Random(0), metrics,
+        settle_probe=(lambda r: settles.append(r) or sampler(r, settle)) if settle else None, reuse_samples=reuse,
+    )
+    return loc, metrics, settles
+
+
 def test_settle_probes_decide_a_lucky_second_check():
     from test_localize import RecoverableSampler
 
     failure = make(wrong_at(3))
     siblings = [make("".join(REFERENCE)), make("".join(REFERENCE))]  # they certify the prefix before step 3
-
-    def confirm(settle):
-        sampler, settles, metrics = RecoverableSampler(), [], {}
-        [loc] = self_localize(
-            [failure], PrefixBook([*siblings, failure]), lambda r: sampler(r, 1), MethodConfig(probes=1, drop=0.5),
-            proposer([3]), AuditSchedule(**NEVER), TASK, random.Random(0), metrics,
-            settle_probe=(lambda r: settles.append(r) or sampler(r, settle)) if settle else None,
-        )
-        return loc, metrics, settles
-
     # One probe after the wrong step verifies by luck: V̂ = 1/2 > 0.5 * 2/3, the proposal is not confirmed
-    loc, metrics, _ = confirm(0)
+    loc, metrics, _ = confirm_at_k1(failure, siblings, 3, RecoverableSampler())
     assert metrics["selfloc/confirmed_frac"] == 0.0
     # 7 settle probes: 2 of 9 samples verify, 2/9 < 1/3: confirmed for 1 + 7 probes (the first check is free)
-    loc, metrics, settles = confirm(7)
+    loc, metrics, settles = confirm_at_k1(failure, siblings, 3, RecoverableSampler(), settle=7)
     assert metrics["selfloc/confirmed_frac"] == 1.0 and (loc.error_step, loc.probes) == (3, 8)
     assert [[k for _, k in r] for r in settles] == [[4]]
 
@@ -130,26 +132,15 @@ def test_settle_probes_decide_a_lucky_second_check():
 def test_reused_samples_make_a_confirmation_free():
     failure, twin = make(wrong_at(4)), make(wrong_at(4))  # the twin failed through the same wrong step
     siblings = [make("".join(REFERENCE)), twin]  # the success certifies the prefix before the named step
-    sampler, metrics = ScriptedSampler(), {}
-    [loc] = self_localize(
-        [failure], PrefixBook([*siblings, failure]), lambda r: sampler(r, 1), MethodConfig(probes=1, drop=0.5),
-        proposer([4]), AuditSchedule(**NEVER), TASK, random.Random(0), metrics, reuse_samples=True,
-    )
+    sampler = ScriptedSampler()
+    loc, metrics, _ = confirm_at_k1(failure, siblings, 4, sampler, reuse=True)
     assert metrics["selfloc/confirmed_frac"] == 1.0 and (loc.error_step, loc.probes, sampler.calls) == (4, 0, [])
     # A proposal one step too early is not confirmed by the same samples: the success passes through the
     # prefix after the named step, so the second check finds value there, and the search takes over.
-    sampler, metrics = ScriptedSampler(), {}
-    [loc] = self_localize(
-        [failure], PrefixBook([*siblings, failure]), lambda r: sampler(r, 1), MethodConfig(probes=1, drop=0.5),
-        proposer([3]), AuditSchedule(**NEVER), TASK, random.Random(0), metrics, reuse_samples=True,
-    )
+    loc, metrics, _ = confirm_at_k1(failure, siblings, 3, ScriptedSampler(), reuse=True)
     assert metrics["selfloc/confirmed_frac"] == 0.0 and loc.error_step == 4
     # Without reuse the second check draws its probe.
-    sampler, metrics = ScriptedSampler(), {}
-    [loc] = self_localize(
-        [failure], PrefixBook([*siblings, failure]), lambda r: sampler(r, 1), MethodConfig(probes=1, drop=0.5),
-        proposer([4]), AuditSchedule(**NEVER), TASK, random.Random(0), metrics,
-    )
+    loc, metrics, _ = confirm_at_k1(failure, siblings, 4, ScriptedSampler())
     assert metrics["selfloc/confirmed_frac"] == 1.0 and (loc.error_step, loc.probes) == (4, 1)
 
 
@@ -157,22 +148,12 @@ def test_a_reused_lucky_sample_still_gets_settle_probes():
     failure = make(wrong_at(3))
     lucky_twin = make(wrong_at(3)[: len("".join(REFERENCE[:4]))] + "".join(REFERENCE[4:]))  # wrong step 3, right answer
     assert lucky_twin.reward == 1
-    book_items = [make("".join(REFERENCE)), make("".join(REFERENCE)), lucky_twin, failure]
-
-    def confirm(settle):
-        sampler, settles, metrics = ScriptedSampler(), [], {}
-        [loc] = self_localize(
-            [failure], PrefixBook(book_items), lambda r: sampler(r, 1), MethodConfig(probes=1, drop=0.5),
-            proposer([3]), AuditSchedule(**NEVER), TASK, random.Random(0), metrics,
-            settle_probe=(lambda r: settles.append(r) or sampler(r, settle)) if settle else None, reuse_samples=True,
-        )
-        return loc, metrics, settles
-
+    siblings = [make("".join(REFERENCE)), make("".join(REFERENCE)), lucky_twin]
     # The twin settles the second check without a probe: V̂(4 steps) = 1/2 (twin and failure), not under
     # 0.5 * V̂(3 steps) = 0.5 * 3/4, so the proposal is not confirmed ...
-    loc, metrics, settles = confirm(0)
+    loc, metrics, _ = confirm_at_k1(failure, siblings, 3, ScriptedSampler(), reuse=True)
     assert metrics["selfloc/confirmed_frac"] == 0.0
     # ... unless its success draws the settle probes, as a probe's would: 1 success in 9, confirmed for 7.
-    loc, metrics, settles = confirm(7)
+    loc, metrics, settles = confirm_at_k1(failure, siblings, 3, ScriptedSampler(), settle=7, reuse=True)
     assert metrics["selfloc/confirmed_frac"] == 1.0 and (loc.error_step, loc.probes) == (3, 7)
     assert [[k for _, k in r] for r in settles] == [[4]]
