@@ -13,6 +13,7 @@ parse, and the solver's greedy accuracy on held-out problems.
 
     python benchmarks/verify_capacity.py                  # arith, 500 steps
     python benchmarks/verify_capacity.py --task countdown --steps 300
+    python benchmarks/verify_capacity.py --model runs/sft-small --device cuda --train-problems 20000 --steps 1000
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from localization import SHIPPED, task_from_preset
 from sirl.evaluate import complete, evaluate, guessing_baselines, heldout_problems
 from sirl.internalize.selfverify import propose
-from sirl.model import encode_prompt, encode_text, load_model
+from sirl.model import count_parameters, encode_prompt, encode_text, load_model, resolve_device
 from sirl.rollout import SamplingParams
 from sirl.sft import collate, sft_loss
 
@@ -34,6 +35,9 @@ from sirl.sft import collate, sft_loss
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="arith", choices=sorted(SHIPPED))
+    parser.add_argument("--model", help="a policy directory trained on the task (default: the task's shipped policy)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--batch", type=int, default=256, help="sequences per generation batch")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--failures-per-step", type=int, default=48)
@@ -46,14 +50,17 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
-    model, tokenizer = load_model(SHIPPED[args.task][0])
+    device = resolve_device(args.device)
+    model, tokenizer = load_model(args.model or SHIPPED[args.task][0])
+    model.to(device)
     task = task_from_preset(args.task)
     rng = random.Random(args.seed)
     params = SamplingParams(96, temperature=1.0)
     start = time.time()
 
     def own_solutions(problems, seed):
-        completions, _ = complete(model, tokenizer, task, problems, params, generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator(device=device).manual_seed(seed)
+        completions, _ = complete(model, tokenizer, task, problems, params, batch_size=args.batch, generator=generator)
         return completions
 
     train = own_solutions([task.sample(rng, "train") for _ in range(args.train_problems)], args.seed + 1)
@@ -65,7 +72,8 @@ def main() -> None:
     truth = [task.first_error(c.problem, c.text) for c in test_failures]
     most_common, uniform = guessing_baselines(truth, [len(task.split_steps(c.text)) for c in test_failures])
     solver_problems = heldout_problems(task, 500, seed=args.seed + 7)
-    print(f"{args.task}: {len(failures)} failures and {len(successes)} verified solutions to train on, "
+    print(f"{args.task}: policy {args.model or SHIPPED[args.task][0]} ({count_parameters(model):,} parameters, {device}), "
+          f"{len(failures)} failures and {len(successes)} verified solutions to train on, "
           f"{len(test_failures)} held-out failures (guessing: most common step {most_common:.1%}, uniform {uniform:.1%}), "
           f"{time.time() - start:.0f} s", flush=True)
 
@@ -84,7 +92,7 @@ def main() -> None:
         right = sum(v.valid and v.step == e for v, e in zip(on_failures, truth)) / len(test_failures)
         said_none = sum(v.valid and v.step is None for v in on_successes) / max(len(on_successes), 1)
         invalid = sum(not v.valid for v in verdicts) / len(verdicts)
-        solver = evaluate(model, tokenizer, task, solver_problems, max_new_tokens=96, n_samples=1, temperature=0.0).accuracy
+        solver = evaluate(model, tokenizer, task, solver_problems, max_new_tokens=96, batch_size=args.batch).accuracy
         model.train()
         print(f"| {step} | {right:.1%} | {said_none:.1%} | {invalid:.1%} | {solver:.1%} | {time.time() - start:.0f} s |", flush=True)
 
@@ -98,11 +106,11 @@ def main() -> None:
         if step == args.steps:
             break
         batch = rng.sample(failures, args.failures_per_step) + rng.sample(successes, args.successes_per_step)
-        loss = sft_loss(model, *collate(verification_pairs(batch), tokenizer.pad_token_id))
+        loss = sft_loss(model, *(t.to(device) for t in collate(verification_pairs(batch), tokenizer.pad_token_id)))
         if args.solver_mix > 0:
             solved = [(encode_prompt(tokenizer, c.problem.prompt), encode_text(tokenizer, c.text) + [tokenizer.eos_token_id])
                       for c in rng.sample(successes, 32)]
-            loss = loss + args.solver_mix * sft_loss(model, *collate(solved, tokenizer.pad_token_id))
+            loss = loss + args.solver_mix * sft_loss(model, *(t.to(device) for t in collate(solved, tokenizer.pad_token_id)))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
