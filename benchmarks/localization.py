@@ -23,6 +23,7 @@ comes back above 0 after having been 0), and the mean value of the prefix ending
 
     python benchmarks/localization.py          # arith and countdown, 200 failures each, the settings below
     python benchmarks/localization.py --settings "k=1,drop=0.5,settle=3;k=4,drop=0.5"
+    python benchmarks/localization.py --tasks arith --model runs/grpo-15min/checkpoints/final   # another policy
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def parse_settings(text: str) -> list[dict]:
     return settings
 
 
-def run(name: str, settings: list[dict], n_failures: int, profile_probes: int, group: int, seed: int) -> list[dict]:
-    model, tokenizer = load_model(SHIPPED[name][0])
+def run(name: str, settings: list[dict], n_failures: int, profile_probes: int, group: int, seed: int, policy: str | None = None) -> list[dict]:
+    model, tokenizer = load_model(policy or SHIPPED[name][0])
     task = task_from_preset(name)
     params = SamplingParams(96, temperature=1.0)
     generator = torch.Generator().manual_seed(seed)
@@ -173,9 +174,14 @@ def main() -> None:
     parser.add_argument("--profile-probes", type=int, default=8, help="probes per prefix for the value profile (0: skip it, and the columns from it)")
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", help="localize the failures of this policy instead of the shipped one (one task in --tasks)")
     args = parser.parse_args()
     settings = parse_settings(args.settings)
-    results = [run(name, settings, args.failures, args.profile_probes, args.group, args.seed) for name in args.tasks.split(",")]
+    tasks = args.tasks.split(",")
+    if args.model and len(tasks) != 1:
+        parser.error(f"--model names one task's policy; give one task in --tasks (got {args.tasks!r})")
+    results = [run(name, settings, args.failures, args.profile_probes, args.group, args.seed, args.model) for name in tasks]
+    print(f"policy: {args.model or ', '.join(SHIPPED[t][0] for t in tasks)}")
     print(f"value profiles from {args.profile_probes} probes per prefix; groups of {args.group}; seed {args.seed}\n")
     print("| task | failures localized | mean steps | non-monotone value profiles | mean value after the true wrong step "
           "| exhaustive scan: exact accuracy of its first dead prefix | of its largest value drop | probes/failure of the scan "
