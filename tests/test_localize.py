@@ -172,6 +172,24 @@ def test_every_correction_verifies():
     assert credit.good_prefixes == [(failure, prefix_ids(failure, 3))]
 
 
+def test_the_ground_truth_localizer_names_the_true_step_by_hand():
+    # The diagnostic localizer (method.localizer=ground_truth). Rewards 1, 0: the group's std (unbiased) is
+    # sqrt(1/2), so value differences are scaled by sqrt(2). The error step is the ground truth, 3; K = 2
+    # probes from the prefix through 3 steps both verify, so V(before) = 3/4 (the success, the failure and
+    # both probes pass through it, 3 of them verified) and V(after) = 0 by the ground truth: step 3 gets
+    # -(3/4 - 0) * sqrt(2).
+    group = [make("".join(REFERENCE)), make(wrong_at(3))]
+    sampler = ScriptedSampler()
+    config = MethodConfig(probes=2, localizer="ground_truth")
+    credit = method_credit("si", group, lambda r, k: sampler(r, k), config, "grpo", TASK, None)
+    [(failure, loc, correction)] = credit.localizations
+    assert (loc.error_step, loc.probes, loc.value_before, loc.value_after) == (3, 2, 0.75, 0.0)
+    assert [[(t is failure, k) for t, k in call] for call in sampler.calls] == [[(True, 3)]]
+    assert credit.metrics["loc/accuracy"] == 1.0
+    assert torch.allclose(credit.token_advantages[1], torch.where(step_index(group[1]) == 3, -0.75 * math.sqrt(2), 0.0))
+    assert correction is not None and TASK.verify(PROBLEM, correction.text) == 1.0
+
+
 class RecoverableSampler(ScriptedSampler):
     """Like ScriptedSampler, but from a prefix whose only wrong step is the last one, one probe in four
     still verifies (the wrong step leaves a chance to recover, as a lucky final digit does on arith)."""
@@ -203,6 +221,11 @@ def test_the_drop_rule_finds_a_wrong_step_that_leaves_a_little_value():
     # ... while METHOD.md's V > 0 rule passes it (a probe verified) and blames a later step
     [loc] = localize([failure], PrefixBook(siblings), lambda r: RecoverableSampler()(r, 4), drop=0.0)
     assert loc.error_step > 3
+    # The ground-truth localizer is not misled: it names step 3 whatever the probes after it do.
+    credit = method_credit(
+        "si", siblings, lambda r, k: RecoverableSampler()(r, k), MethodConfig(probes=4, localizer="ground_truth"), "grpo", TASK, None
+    )
+    assert [loc.error_step for _, loc, _ in credit.localizations] == [3]
 
 
 def test_settle_probes_overrule_a_lucky_first_probe_and_cost_nothing_otherwise():

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from sirl.config import AlgoConfig, load_config
+from sirl.config import AlgoConfig, ConfigError, load_config
 from sirl.distributed import Distributed
 from sirl.model import token_logprobs
 from sirl.train import collate_trajectories, policy_update, run_train
@@ -158,6 +158,13 @@ def test_method_runs_log_their_metrics_and_count_probe_tokens(tmp_path, algo):
             assert key in records[-1], key
         assert records[-1]["tokens/verify"] > 0
         assert any("self_verdict" in s for s in samples)
+
+
+@pytest.mark.parametrize("algo", ["si_internal", "grpo"])
+def test_the_ground_truth_localizer_is_refused_outside_si(tmp_path, algo):
+    with pytest.raises(ConfigError, match="method.localizer=ground_truth needs algo.name=si"):
+        run_train(tiny_config(tmp_path, f"algo.name={algo}", "method.localizer=ground_truth"), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
 
 
 def test_sirl_train_without_algo_runs_si(tmp_path):

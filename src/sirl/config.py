@@ -166,6 +166,11 @@ class MethodConfig:
     (benchmarks/localization.py)."""
     free_evidence: bool = True
     """Start each search at the longest prefix a verified trajectory of the same prompt shares."""
+    localizer: Literal["search", "ground_truth"] = "search"
+    """search: the oracle localizer (METHOD.md). ground_truth: a diagnostic, never the method: the error step
+    is the task's own first wrong step (tasks with ground truth only), and K probes from the prefix before
+    it give V(before) and the corrections. METHOD.md keeps ground truth out of training; this setting
+    exists to measure what the search's mistakes cost (benchmarks/ablate_si.py)."""
     first_check: Literal["divergence", "bisect"] = "divergence"
     """divergence: the first probe checks the step right after that shared prefix; bisect: plain halving."""
     drop: float = 0.5

@@ -42,7 +42,7 @@ from sirl.checkpoint import (
     CheckpointError, decode_numpy_rng, decode_python_rng, decode_torch_rng, encode_numpy_rng, encode_python_rng, encode_torch_rng,
     load_checkpoint, load_policy_weights, optimizer_from_tensors, optimizer_to_tensors, write_checkpoint,
 )
-from sirl.config import AlgoConfig, ExperimentConfig, TrainConfig, check_task_args, config_differences, to_yaml
+from sirl.config import AlgoConfig, ConfigError, ExperimentConfig, TrainConfig, check_task_args, config_differences, to_yaml
 from sirl.distributed import Distributed
 from sirl.internalize import RepairBuffer, RepairEntry, VerificationExample, VerificationExamples, prefix_ids
 from sirl.internalize import selfverify
@@ -291,6 +291,11 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False, resu
     most recent complete checkpoint (sirl.checkpoint), exactly as if it had never stopped. Resuming with
     a config other than the checkpoint's is an error unless ``force``."""
     task = load_task(config.task.name, **check_task_args(resolve_task_class(config.task.name), config.task.args))
+    if config.method.localizer == "ground_truth" and (config.algo.name != "si" or not task.has_ground_truth):
+        raise ConfigError(
+            f"method.localizer=ground_truth needs algo.name=si and a task with ground truth (got algo.name="
+            f"{config.algo.name}, task {config.task.name}, ground truth: {task.has_ground_truth}); use method.localizer=search"
+        )
     with verifier_for(config.verifier, config.task, task) as verifier:  # its workers stop however the run ends
         return _train(config, run_dir, quiet, resume, force, task, verifier)
 

@@ -23,7 +23,7 @@ import torch
 
 from sirl import algos
 from sirl.config import MethodConfig
-from sirl.internalize.localize import Localization, PrefixBook, certified_prefix_steps, localize, prefix_ids
+from sirl.internalize.localize import Localization, PrefixBook, Probe, certified_prefix_steps, localize, prefix_ids
 from sirl.internalize.selfverify import AuditSchedule, Verdict
 from sirl.tasks.base import Task
 from sirl.types import Trajectory
@@ -222,6 +222,22 @@ def self_localize(
     return [results[i] for i in range(len(chosen))]
 
 
+def ground_truth_localize(failures: list[Trajectory], book: PrefixBook, probe: Probe, task: Task) -> list[Localization]:
+    """A diagnostic, never the method (``method.localizer=ground_truth``): each failure's error step is the
+    task's ground-truth first wrong step. One check of K probes from the prefix before it estimates
+    V(before) and gives the corrections, as the search's last check would. V(after) is taken as 0: the step
+    is wrong, and a lucky final digit after it is what the search's mistakes are made of."""
+    truth = [task.first_error(t.problem, t.text) for t in failures]
+    asked = [(i, t, e) for i, (t, e) in enumerate(zip(failures, truth)) if e is not None]
+    found = probe([(t, e) for _, t, e in asked]) if asked else []
+    results = [Localization(i, None) for i in range(len(failures))]
+    for (i, t, e), probes in zip(asked, found):
+        book.add(probes)
+        before, _ = book.value(t.group, prefix_ids(t, e))
+        results[i] = Localization(i, e, value_before=before, value_after=0.0, probes=len(probes), checks=((e, before > 0),))
+    return results
+
+
 def method_credit(
     name: str,
     trajectories: list[Trajectory],
@@ -316,6 +332,8 @@ def method_credit(
                 chosen, book, search_probe, config, propose, audits, task, rng, metrics, confirm_probe, settle,
                 reuse_samples=reuse_samples, confirm_k=confirm_probes,
             )
+        elif config.localizer == "ground_truth":
+            localizations = ground_truth_localize(chosen, book, search_probe, task)
         else:
             localizations = localize(
                 chosen, book, search_probe, free_evidence=config.free_evidence, first_check=config.first_check, drop=config.drop,
