@@ -65,7 +65,8 @@ def run_one(out: Path, variant: str, lr: str, seed: int, args) -> Path:
     return train_run(
         out / lr / slug(variant) / f"seed{seed}",
         [
-            "--config", args.config, "--seed", str(seed), f"--train.lr={lr}", f"--train.max_tokens={args.budget}",
+            "--config", args.config, *(["--model", args.model] if args.model else []), "--seed", str(seed),
+            f"--train.lr={lr}", f"--train.max_tokens={args.budget}",
             "--train.steps=100000", f"--train.eval_every={args.eval_every}", "--train.checkpoint_every=0",
             f"--eval.n_problems={args.eval_problems}", f"--eval.final_n_problems={args.final_problems}",
             *[f"--{o}" for o in VARIANTS[variant]],
@@ -101,6 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/ablate"))
     parser.add_argument("--config", default="arith")
+    parser.add_argument("--model", help="start every run from this policy instead of the preset's (model.path)")
     parser.add_argument("--budget", type=int, default=250_000, help="generated tokens per run, every kind counted")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--lr", default="1e-4", help="the learning rate of the full grid")
@@ -126,7 +128,7 @@ def main() -> None:
         }
         results = {key: summarize([future.result() for future in futures]) for key, futures in dirs.items()}
 
-    print(f"\narith, budget {args.budget:,} generated tokens per run, {args.seeds} seeds, final accuracy on "
+    print(f"\n{args.config}{f' from {args.model}' if args.model else ''}, budget {args.budget:,} generated tokens per run, {args.seeds} seeds, final accuracy on "
           f"{args.final_problems} held-out problems (95% interval of the pooled count)\n")
     print("| lr | variant | final accuracy | seeds | tokens/step | probe share | tokens to reach grpo's final accuracy |")
     print("|---|---|---:|---|---:|---:|---:|")
