@@ -24,6 +24,7 @@ comes back above 0 after having been 0), and the mean value of the prefix ending
     python benchmarks/localization.py          # arith and countdown, 200 failures each, the settings below
     python benchmarks/localization.py --settings "k=1,drop=0.5,settle=3;k=4,drop=0.5"
     python benchmarks/localization.py --tasks arith --model runs/grpo-15min/checkpoints/final   # another policy
+    python benchmarks/localization.py --tasks arith --config arith_mul                          # another distribution
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import time
 
 import torch
 
-from sirl.config import MethodConfig
+from sirl.config import MethodConfig, load_config
 from sirl.evaluate import heldout_problems
 from sirl.internalize import PrefixBook, certified_prefix_steps, localize, prefix_ids
 from sirl.internalize.credit import self_localize
@@ -49,11 +50,12 @@ from sirl.tasks import load_task
 SHIPPED = {"arith": ("checkpoints/arith-tiny", "configs/arith.yaml"), "countdown": ("checkpoints/countdown-tiny", "configs/countdown.yaml")}
 
 
-def task_from_preset(name: str):
-    import yaml
-
-    args = yaml.safe_load(resolve_path(SHIPPED[name][1]).read_text())["task"].get("args", {})
-    return load_task(name, **args)
+def task_from_preset(name: str, preset: str | None = None):
+    """The task of the shipped policy's RL preset, or of ``preset`` (a name in configs/ or a YAML file)."""
+    config = load_config(preset or str(resolve_path(SHIPPED[name][1])))
+    if config.task.name != name:
+        raise SystemExit(f"--config {preset}: its task is {config.task.name!r}, not {name!r}")
+    return load_task(name, **config.task.args)
 
 
 DEFAULT_SETTINGS = "k=2,drop=0;k=1,drop=0.5;k=1,drop=0.5,settle=3;k=2,drop=0.5;k=2,drop=0.5,settle=6;k=4,drop=0.5"
@@ -73,9 +75,12 @@ def parse_settings(text: str) -> list[dict]:
     return settings
 
 
-def run(name: str, settings: list[dict], n_failures: int, profile_probes: int, group: int, seed: int, policy: str | None = None) -> list[dict]:
+def run(
+    name: str, settings: list[dict], n_failures: int, profile_probes: int, group: int, seed: int,
+    policy: str | None = None, preset: str | None = None,
+) -> list[dict]:
     model, tokenizer = load_model(policy or SHIPPED[name][0])
-    task = task_from_preset(name)
+    task = task_from_preset(name, preset)
     params = SamplingParams(96, temperature=1.0)
     generator = torch.Generator().manual_seed(seed)
 
@@ -175,13 +180,14 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", help="localize the failures of this policy instead of the shipped one (one task in --tasks)")
+    parser.add_argument("--config", help="sample problems from this preset's task instead of the shipped policy's (one task in --tasks)")
     args = parser.parse_args()
     settings = parse_settings(args.settings)
     tasks = args.tasks.split(",")
-    if args.model and len(tasks) != 1:
-        parser.error(f"--model names one task's policy; give one task in --tasks (got {args.tasks!r})")
-    results = [run(name, settings, args.failures, args.profile_probes, args.group, args.seed, args.model) for name in tasks]
-    print(f"policy: {args.model or ', '.join(SHIPPED[t][0] for t in tasks)}")
+    if (args.model or args.config) and len(tasks) != 1:
+        parser.error(f"--model and --config name one task's policy or preset; give one task in --tasks (got {args.tasks!r})")
+    results = [run(name, settings, args.failures, args.profile_probes, args.group, args.seed, args.model, args.config) for name in tasks]
+    print(f"policy: {args.model or ', '.join(SHIPPED[t][0] for t in tasks)}; task from {args.config or 'the shipped presets'}")
     print(f"value profiles from {args.profile_probes} probes per prefix; groups of {args.group}; seed {args.seed}\n")
     print("| task | failures localized | mean steps | non-monotone value profiles | mean value after the true wrong step "
           "| exhaustive scan: exact accuracy of its first dead prefix | of its largest value drop | probes/failure of the scan "
