@@ -39,6 +39,9 @@ VARIANTS: dict[str, list[str]] = {
     "si K=1 settle 3": [*SI_BASE, "method.probes=1", "method.settle_probes=3"],
     "si K=2 settle 6": [*SI_BASE, "method.settle_probes=6"],
     "si K=1 post-error outcome": [*SI_BASE, "method.probes=1", "method.post_error=outcome"],
+    "si K=1 probes not trained on": [*SI_BASE, "method.probes=1", "method.train_on_probes=false"],
+    "si K=1 repair share 0": [*SI_BASE, "method.probes=1", "method.repair_share=0.0"],
+    "si K=1 error scale 0.5": [*SI_BASE, "method.probes=1", "method.error_scale=0.5"],
     "si K=1 post-error outcome + probes not trained on": [
         *SI_BASE, "method.probes=1", "method.post_error=outcome", "method.train_on_probes=false",
     ],
