@@ -221,10 +221,10 @@ def test_the_drop_rule_finds_a_wrong_step_that_leaves_a_little_value():
     # ... while METHOD.md's V > 0 rule passes it (a probe verified) and blames a later step
     [loc] = localize([failure], PrefixBook(siblings), lambda r: RecoverableSampler()(r, 4), drop=0.0)
     assert loc.error_step > 3
-    # The ground-truth localizer is not misled: it names step 3 whatever the probes after it do.
-    credit = method_credit(
-        "si", siblings, lambda r, k: RecoverableSampler()(r, k), MethodConfig(probes=4, localizer="ground_truth"), "grpo", TASK, None
-    )
+    # The ground-truth localizer, under the same V > 0 rule, is not misled: it names step 3 whatever the
+    # probes after it do.
+    config = MethodConfig(probes=4, drop=0.0, localizer="ground_truth")
+    credit = method_credit("si", siblings, lambda r, k: RecoverableSampler()(r, k), config, "grpo", TASK, None)
     assert [loc.error_step for _, loc, _ in credit.localizations] == [3]
 
 
