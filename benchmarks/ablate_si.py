@@ -131,8 +131,9 @@ def main() -> None:
         }
         results = {key: summarize([future.result() for future in futures]) for key, futures in dirs.items()}
 
-    print(f"\n{args.config}{f' from {args.model}' if args.model else ''}, budget {args.budget:,} generated tokens per run, {args.seeds} seeds, final accuracy on "
-          f"{args.final_problems} held-out problems (95% interval of the pooled count)\n")
+    start = f" from {args.model}" if args.model else ""
+    print(f"\n{args.config}{start}, budget {args.budget:,} generated tokens per run, {args.seeds} seeds, final accuracy "
+          f"on {args.final_problems} held-out problems (95% interval of the pooled count)\n")
     print("| lr | variant | final accuracy | seeds | tokens/step | probe share | tokens to reach grpo's final accuracy |")
     print("|---|---|---:|---|---:|---:|---:|")
     for lr, variant in plan:
