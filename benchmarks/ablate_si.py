@@ -55,7 +55,7 @@ VARIANTS: dict[str, list[str]] = {
     "si repair share 0": [*SI_BASE, "method.repair_share=0.0"],
     "si repair share 0.5": [*SI_BASE, "method.repair_share=0.5"],
     # A diagnostic, not a method: the task's ground-truth first wrong step in place of the search, to
-    # measure what the search's mistakes cost (METHOD.md keeps ground truth out of training).
+    # measure what the search's mistakes cost (docs/method.md keeps ground truth out of training).
     "si K=1 ground-truth localizer": [*SI_BASE, "method.probes=1", "method.localizer=ground_truth"],
 }
 

@@ -354,7 +354,7 @@ def summarize(out: Path) -> dict:
 
 def difficulty_bands(start: dict | None, methods: dict[str, dict]) -> dict | None:
     """Pool the final accuracy by difficulty into two bands: the levels where the starting policy is below
-    HARD_LEVEL ("hard": METHOD.md's first hypothesis is about prompts it almost never solves) and the rest,
+    HARD_LEVEL ("hard": docs/method.md's first hypothesis is about prompts it almost never solves) and the rest,
     each level weighted by its problem count. Adds ``hard_levels_accuracy`` and ``other_levels_accuracy``
     (mean and std over seeds) to each method's row; works on a summary read back from results.json too."""
     if start is None or not start["by_difficulty"]:
