@@ -13,7 +13,7 @@ Against the task's ground truth it reports, per setting:
   and "later than the truth" (a probe verified after the wrong step: the step was recoverable, or the
   final answer right by luck);
 - agreement with the first irrecoverable step found by an exhaustive scan with M probes at every prefix,
-  which is METHOD.md's t* (the ground truth is the first *wrong* step, and a wrong step can be recoverable);
+  which is docs/method.md's t* (the ground truth is the first *wrong* step, and a wrong step can be recoverable);
 - for the first setting, si_internal's floor: what self-localization with confirmation would spend if the
   policy always named the ground-truth step (10% still audited), with and without reusing siblings'
   samples in the checks.
@@ -37,15 +37,18 @@ import time
 
 import torch
 
-from sirl.config import MethodConfig, load_config
+from sirl.config import load_config
 from sirl.evaluate import heldout_problems
 from sirl.internalize import PrefixBook, certified_prefix_steps, localize, prefix_ids
-from sirl.internalize.credit import self_localize
-from sirl.internalize.selfverify import AuditSchedule, Verdict
+from sirl.internalize.credit import SearchSettings
+from sirl.internalize.selfverify import AuditSchedule
+from sirl.methods.si_internal import localize_with_proposals
 from sirl.model import load_model
 from sirl.paths import resolve_path
 from sirl.rollout import SamplingParams, sample_trajectories
 from sirl.tasks import load_task
+from sirl.types import Verdict
+from sirl.verifier import verify_trajectories
 
 SHIPPED = {"arith": ("checkpoints/arith-tiny", "configs/arith.yaml"), "countdown": ("checkpoints/countdown-tiny", "configs/countdown.yaml")}
 
@@ -85,15 +88,15 @@ def run(
     generator = torch.Generator().manual_seed(seed)
 
     def probe(requests, count):
-        found = sample_trajectories(
+        found = verify_trajectories(task, sample_trajectories(
             model, tokenizer, task, [t.problem for t, _ in requests], params, group_size=count,
             prefixes=[prefix_ids(t, s) for t, s in requests], groups=[t.group for t, _ in requests], generator=generator,
-        )
+        ))
         return [found[i * count : (i + 1) * count] for i in range(len(requests))]
 
     # Failures of localizable groups, from fixed held-out prompts.
     problems = heldout_problems(task, 4 * n_failures, seed=seed)
-    samples = sample_trajectories(model, tokenizer, task, problems, params, group_size=group, generator=generator)
+    samples = verify_trajectories(task, sample_trajectories(model, tokenizer, task, problems, params, group_size=group, generator=generator))
     book = PrefixBook(samples)
     failures = [t for t in samples if t.reward < 1]
     localizable = [t for t in failures if book.certified(t.group, [])][:n_failures]
@@ -113,7 +116,7 @@ def run(
     # t* by an exhaustive scan of the profile: the first prefix with no success in M probes
     first_dead = [next(s for s, v in enumerate(profile) if v == 0) for profile in profiles]
     non_monotone = math.nan if not profiles else sum(any(profile[j] == 0 and profile[i] > 0 for j in range(len(profile)) for i in range(j + 1, len(profile))) for profile in profiles)
-    # What the exhaustive scan itself localizes: its first dead prefix (METHOD.md's t*), and the step with
+    # What the exhaustive scan itself localizes: its first dead prefix (docs/method.md's t*), and the step with
     # the largest value drop V(k) - V(k+1) (the most destructive step, as full Monte-Carlo values see it).
     largest_drop = [max(range(len(p) - 1), key=lambda k: p[k] - p[k + 1]) for p in profiles]
     task_row = {
@@ -153,10 +156,9 @@ def run(
             # with and without reusing siblings' samples (internalize.reuse_samples).
             for reuse in (False, True):
                 proposals = [Verdict(task.verdict_text(e), e, True, 1) for e in truth]
-                confirmed = self_localize(
-                    localizable, PrefixBook(samples), lambda r: probe(r, k), MethodConfig(probes=k, drop=drop),
-                    lambda chosen: proposals[: len(chosen)], AuditSchedule(0.1, 0.1, 256), task, random.Random(seed), {},
-                    reuse_samples=reuse,
+                confirmed, _ = localize_with_proposals(
+                    localizable, proposals, PrefixBook(samples), probe, SearchSettings(probes=k, drop=drop, reuse_samples=reuse),
+                    AuditSchedule(0.1, 0.1, 256), random.Random(seed), truth,
                 )
                 row[f"oracle_proposals_reuse_{reuse}"] = (
                     sum(loc.error_step == e for loc, e in zip(confirmed, truth)) / len(localizable),

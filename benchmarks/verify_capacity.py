@@ -27,9 +27,9 @@ import torch
 from localization import SHIPPED, task_from_preset
 from sirl.evaluate import complete, evaluate, guessing_baselines, heldout_problems
 from sirl.internalize.selfverify import propose
-from sirl.model import count_parameters, encode_prompt, encode_text, load_model, resolve_device
+from sirl.model import count_parameters, encode_prompt, encode_text, load_model, resolve_device, supervised_loss
 from sirl.rollout import SamplingParams
-from sirl.sft import collate, sft_loss
+from sirl.batch import collate_supervised
 
 
 def main() -> None:
@@ -106,11 +106,11 @@ def main() -> None:
         if step == args.steps:
             break
         batch = rng.sample(failures, args.failures_per_step) + rng.sample(successes, args.successes_per_step)
-        loss = sft_loss(model, *(t.to(device) for t in collate(verification_pairs(batch), tokenizer.pad_token_id)))
+        loss = supervised_loss(model, collate_supervised(verification_pairs(batch), tokenizer.pad_token_id))
         if args.solver_mix > 0:
             solved = [(encode_prompt(tokenizer, c.problem.prompt), encode_text(tokenizer, c.text) + [tokenizer.eos_token_id])
                       for c in rng.sample(successes, 32)]
-            loss = loss + args.solver_mix * sft_loss(model, *(t.to(device) for t in collate(solved, tokenizer.pad_token_id)))
+            loss = loss + args.solver_mix * supervised_loss(model, collate_supervised(solved, tokenizer.pad_token_id))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

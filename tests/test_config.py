@@ -80,9 +80,14 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     [
         ("method.probes=0", "method.probes=0 is out of range: it must be at least 1"),
         ("method.drop=1.0", "method.drop=1.0 is out of range: it must be in [0, 1)"),
-        ("method.repair_share=1.5", "method.repair_share=1.5 is out of range: it must be between 0 and 1"),
-        ("train.lr=0", "train.lr=0.0 is out of range: it must be greater than 0"),
+        ("method.repair_share=1.5", "method.repair_share=1.5 is out of range: it must be in [0, 1]"),
+        ("train.lr=0", "train.lr=0.0 is out of range: it must be in (0, 1]"),
+        # a learning rate that overflows the weights in one step is refused before anything runs
+        ("train.lr=1e10", "train.lr=10000000000.0 is out of range: it must be in (0, 1]"),
         ("rollout.group_size=0", "rollout.group_size=0 is out of range: it must be at least 1"),
+        # AuditSchedule needs a positive floor: refused here, not when the run reaches it
+        ("internalize.audit_min=0", "internalize.audit_min=0.0 is out of range: it must be in (0, 1]"),
+        ("train.grad_clip=0", "train.grad_clip=0.0 is out of range: it must be greater than 0"),
     ],
 )
 def test_values_out_of_range_are_refused_by_name(override, message):
@@ -98,5 +103,29 @@ def test_every_shipped_preset_is_in_range_and_the_audit_bounds_are_ordered():
         load_config(None, ["method.settle_probes=3", "method.drop=0"])
     with pytest.raises(ConfigError, match="audit_min=0.5 is above internalize.audit_max=0.2"):
         load_config(None, ["internalize.audit_min=0.5", "internalize.audit_max=0.2"])
+    with pytest.raises(ConfigError, match=r"eval.pass_k=\[1, 16\] needs every k between 1 and eval.n_samples=8"):
+        load_config(None, ["eval.pass_k=[1, 16]"])
     # the edges of each range are accepted
-    load_config(None, ["method.drop=0", "method.repair_share=1", "method.settle_probes=0", "train.eval_every=0"])
+    load_config(None, ["method.drop=0", "method.repair_share=1", "method.settle_probes=0", "train.eval_every=0", "train.lr=1"])
+
+
+def test_every_numeric_field_declares_its_range_beside_it():
+    """Ranges sit in the field declarations (config.ranged), so none can be forgotten in a distant table:
+    every int or float field (optional or not) of every section has one, but seeds, which any int can be."""
+    import dataclasses
+    import types
+    import typing
+
+    from sirl.config import ExperimentConfig
+
+    missing = []
+    for section_name, section in typing.get_type_hints(ExperimentConfig).items():
+        if not dataclasses.is_dataclass(section):
+            continue
+        hints = typing.get_type_hints(section)
+        for f in dataclasses.fields(section):
+            tp = hints[f.name]
+            options = set(typing.get_args(tp)) if typing.get_origin(tp) in (typing.Union, types.UnionType) else {tp}
+            if options & {int, float} and "range" not in f.metadata and f.name != "seed":
+                missing.append(f"{section_name}.{f.name}")
+    assert missing == []

@@ -2,13 +2,16 @@
 correct, so the first irrecoverable step is planted and known."""
 
 import math
+import random
 
 import pytest
 import torch
 
-from sirl.config import MethodConfig
+from sirl.config import ExperimentConfig, MethodConfig
 from sirl.internalize import PrefixBook, localize, prefix_ids
-from sirl.internalize.credit import method_credit, select_failures, step_index
+from sirl.internalize.credit import select_failures, step_index
+from sirl.internalize.selfverify import AuditSchedule
+from sirl.methods import MethodContext, MethodMemory, get_method
 from sirl.tasks.base import Task, split_on_separator
 from sirl.types import Problem, Trajectory
 
@@ -72,6 +75,17 @@ class ScriptedSampler:
             out.append([make(text, t.group, prefix_len=len(prefix)) for _ in range(k)])
         return out
 
+    def probe(self, requests, k):  # the interface methods sample probes through (sirl.methods.base.PolicySampler)
+        return self(requests, k)
+
+
+def method_credit(name, group, sampler, config: MethodConfig):
+    """The registered method ``name``'s credit for ``group``, probing through ``sampler``; returns the
+    credit and the method's memory (repair buffer, self-verification examples)."""
+    memory = MethodMemory(64, 64, AuditSchedule(1.0, 1.0, 10))
+    context = MethodContext(TASK, ExperimentConfig(method=config), sampler, random.Random(0), memory, step=1)
+    return get_method(name).credit(group, context), memory
+
 
 @pytest.mark.parametrize("error", range(len(REFERENCE)))
 def test_divergence_search_finds_the_planted_step_with_k_probes(error):
@@ -131,7 +145,8 @@ def test_failure_selection_prefers_uncertain_prompts_round_robin():
     g0 = [make("".join(REFERENCE), 0)] + [make(wrong_at(e), 0) for e in (1, 2, 5)]
     g1 = [make("".join(REFERENCE), 1)] * 2 + [make(wrong_at(e), 1) for e in (3, 6)]
     book = PrefixBook(g0 + g1)
-    chosen = select_failures([t for t in g0 + g1 if t.reward < 1], book, {0: 0.25, 1: 0.5}, budget=3)
+    failures = [t for t in g0 + g1 if t.reward < 1]
+    chosen = [failures[i] for i in select_failures(failures, book, {0: 0.25, 1: 0.5}, budget=3)]
     assert [(t.group, TASK.first_error(PROBLEM, t.text)) for t in chosen] == [(1, 6), (0, 5), (1, 3)]
 
 
@@ -144,7 +159,7 @@ def test_si_credit_by_hand():
     group = [make("".join(REFERENCE)), make(wrong_at(2)), make(wrong_at(5)), make(wrong_at(5))]
     sampler = ScriptedSampler()
     config = MethodConfig(probes=2, train_on_probes=True)
-    credit = method_credit("si", group, lambda r, k: sampler(r, k), config, "grpo", TASK, None)
+    credit, _ = method_credit("si", group, sampler, config)
     assert credit.metrics["loc/accuracy"] == 1.0 and credit.metrics["loc/localized_frac"] == 1.0
     assert torch.allclose(credit.token_advantages[0], torch.full((len(group[0].response_ids),), 1.5), atol=1e-4)
     for row, error, value in [(1, 2, 0.25), (2, 5, 1 / 3), (3, 5, 1 / 3)]:
@@ -153,8 +168,9 @@ def test_si_credit_by_hand():
         assert torch.allclose(credit.token_advantages[row], expected, atol=1e-4), row
     # probes join as extra rows outside the reference batch with R - V(prefix); here every probe continued
     # a prefix that already holds the wrong step, all of them failed, so V(prefix) = 0 and R - V = 0
-    extra = credit.trajectories[4:]
+    extra = credit.rows[4:]
     assert extra and not any(credit.reference[4:]) and all(p.prefix_len > 0 for p in extra)
+    assert credit.row_kinds[:4] == ("sample",) * 4 and set(credit.row_kinds[4:]) == {"probe"}  # none verified
     assert all(torch.all(a == 0) for a in credit.token_advantages[4:])
 
 
@@ -163,13 +179,16 @@ def test_every_correction_verifies():
     group = [make("".join(REFERENCE)), make(wrong_at(3))]
     sampler = ScriptedSampler()
     config = MethodConfig(probes=2, free_evidence=False, first_check="bisect", correction_samples=2)
-    credit = method_credit("si", group, lambda r, k: sampler(r, k), config, "grpo", TASK, None)
-    [(failure, loc, correction)] = credit.localizations
-    assert loc.error_step == 3 and correction is not None
+    credit, memory = method_credit("si", group, sampler, config)
+    [found] = credit.localizations
+    failure, loc, correction = credit.rows[found.row], found.localization, credit.rows[found.correction_row]
+    assert failure is group[1] and loc.error_step == 3 and credit.kind(found.correction_row) == "correction"
     assert TASK.verify(PROBLEM, correction.text) == 1.0
     assert correction.response_ids[: correction.prefix_len] == prefix_ids(failure, 3)
     assert credit.metrics["repair/added"] >= 1
-    assert credit.good_prefixes == [(failure, prefix_ids(failure, 3))]
+    assert [(e.problem, e.prefix_ids) for e in memory.repair.entries] == [(failure.problem, prefix_ids(failure, 3))]
+    # the oracle's verdicts are kept for self-verification: the failure's step, and "none" for the success
+    assert [(e.completion, e.first_error) for e in memory.verification.examples] == [(failure.text, 3), (group[0].text, None)]
 
 
 def test_the_ground_truth_localizer_names_the_true_step_by_hand():
@@ -181,8 +200,10 @@ def test_the_ground_truth_localizer_names_the_true_step_by_hand():
     group = [make("".join(REFERENCE)), make(wrong_at(3))]
     sampler = ScriptedSampler()
     config = MethodConfig(probes=2, localizer="ground_truth")
-    credit = method_credit("si", group, lambda r, k: sampler(r, k), config, "grpo", TASK, None)
-    [(failure, loc, correction)] = credit.localizations
+    credit, _ = method_credit("si", group, sampler, config)
+    [found] = credit.localizations
+    failure, loc = credit.rows[found.row], found.localization
+    correction = credit.rows[found.correction_row] if found.correction_row is not None else None
     assert (loc.error_step, loc.probes, loc.value_before, loc.value_after) == (3, 2, 0.75, 0.0)
     assert [[(t is failure, k) for t, k in call] for call in sampler.calls] == [[(True, 3)]]
     assert credit.metrics["loc/accuracy"] == 1.0
@@ -218,14 +239,14 @@ def test_the_drop_rule_finds_a_wrong_step_that_leaves_a_little_value():
     [loc] = localize([failure], PrefixBook(siblings), lambda r: RecoverableSampler()(r, 4), drop=0.5)
     assert loc.error_step == 3
     assert loc.value_before == pytest.approx(2 / 3) and loc.value_after == pytest.approx(0.2)
-    # ... while METHOD.md's V > 0 rule passes it (a probe verified) and blames a later step
+    # ... while docs/method.md's V > 0 rule passes it (a probe verified) and blames a later step
     [loc] = localize([failure], PrefixBook(siblings), lambda r: RecoverableSampler()(r, 4), drop=0.0)
     assert loc.error_step > 3
     # The ground-truth localizer, under the same V > 0 rule, is not misled: it names step 3 whatever the
     # probes after it do.
     config = MethodConfig(probes=4, drop=0.0, localizer="ground_truth")
-    credit = method_credit("si", siblings, lambda r, k: RecoverableSampler()(r, k), config, "grpo", TASK, None)
-    assert [loc.error_step for _, loc, _ in credit.localizations] == [3]
+    credit, _ = method_credit("si", siblings, RecoverableSampler(), config)
+    assert [found.localization.error_step for found in credit.localizations] == [3]
 
 
 def test_settle_probes_overrule_a_lucky_first_probe_and_cost_nothing_otherwise():

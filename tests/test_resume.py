@@ -175,17 +175,16 @@ def test_resuming_with_a_changed_config_is_an_error_unless_forced(tmp_path, caps
 
 def poison_rewards(monkeypatch, from_step: int) -> None:
     """From training step ``from_step`` on, every reward of the step's rollout is NaN (a broken verifier)."""
-    real, calls = sirl.train.sample_trajectories, {"n": 0}
+    real, calls = sirl.train.verify_trajectories, {"n": 0}
 
-    def sample(*args, **kwargs):
+    def verify(*args, **kwargs):
         found = real(*args, **kwargs)
-        if kwargs.get("group_size") and not kwargs.get("groups"):
-            calls["n"] += 1
+        calls["n"] += 1  # the loop's verification stage runs once a step
         if calls["n"] >= from_step:
             found = [dataclasses.replace(t, reward=float("nan")) for t in found]
         return found
 
-    monkeypatch.setattr(sirl.train, "sample_trajectories", sample)
+    monkeypatch.setattr(sirl.train, "verify_trajectories", verify)
 
 
 def test_three_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -208,12 +207,12 @@ def test_a_skipped_step_leaves_the_weights_unchanged(tmp_path, monkeypatch):
     def update(model, *args, **kwargs):
         before = {k: v.clone() for k, v in model.state_dict().items()}
         stats = real_update(model, *args, **kwargs)
-        snapshots.append((stats["guard/skipped"], all(torch.equal(before[k], v) for k, v in model.state_dict().items())))
+        snapshots.append((int(stats.skipped), all(torch.equal(before[k], v) for k, v in model.state_dict().items())))
         return stats
 
-    real, calls = sirl.train.sample_trajectories, {"n": 0}
+    real, calls = sirl.train.verify_trajectories, {"n": 0}
 
-    def sample(*args, **kwargs):
+    def verify(*args, **kwargs):
         found = real(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 2:
@@ -221,7 +220,7 @@ def test_a_skipped_step_leaves_the_weights_unchanged(tmp_path, monkeypatch):
         return found
 
     monkeypatch.setattr(sirl.train, "policy_update", update)
-    monkeypatch.setattr(sirl.train, "sample_trajectories", sample)
+    monkeypatch.setattr(sirl.train, "verify_trajectories", verify)
     run_train(nano_config("train.steps=3"), tmp_path / "run", quiet=True)
     assert [s[0] for s in snapshots] == [0, 1, 0]
     assert snapshots[1][1] is True  # the skipped step changed nothing

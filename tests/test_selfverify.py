@@ -5,11 +5,12 @@ import random
 
 import pytest
 
-from sirl.config import MethodConfig
 from sirl.internalize import PrefixBook
-from sirl.internalize.credit import self_localize
+from sirl.internalize.credit import SearchSettings
 from sirl.internalize.repair import VerificationExample, VerificationExamples
-from sirl.internalize.selfverify import AuditSchedule, Verdict, draw_examples
+from sirl.internalize.selfverify import AuditSchedule, draw_examples
+from sirl.methods.si_internal import localize_with_proposals
+from sirl.types import Verdict
 from test_localize import PROBLEM, REFERENCE, TASK, ScriptedSampler, make, wrong_at
 
 NEVER = dict(low=1e-9, high=1e-9, window=10)
@@ -17,25 +18,23 @@ ALWAYS = dict(low=1.0, high=1.0, window=10)
 K = 2
 
 
-def proposer(steps):
-    """A policy whose verdicts are scripted: a step, None ("none") or "junk" (unparsable) per failure."""
+def verdicts(steps):
+    """Scripted verdicts of a policy: a step, None ("none") or "junk" (unparsable) per failure."""
+    return [Verdict("x?", None, False, 2) if s == "junk" else Verdict(TASK.verdict_text(s), s, True, 1) for s in steps]
 
-    def propose(failures):
-        return [
-            Verdict("x?", None, False, 2) if s == "junk" else Verdict(TASK.verdict_text(s), s, True, 1)
-            for s in steps[: len(failures)]
-        ]
 
-    return propose
+def self_localize_one(failure, siblings, proposal, probe, settings, audits=NEVER):
+    """si_internal's localization of one failure whose policy proposed ``proposal``."""
+    [loc], metrics = localize_with_proposals(
+        [failure], verdicts([proposal]), PrefixBook([*siblings, failure]), probe, settings, AuditSchedule(**audits),
+        random.Random(0), truth=[TASK.first_error(PROBLEM, failure.text)],
+    )
+    return loc, metrics
 
 
 def run(failure, siblings, steps, audits=NEVER):
     sampler = ScriptedSampler()
-    metrics = {}
-    [loc] = self_localize(
-        [failure], PrefixBook([*siblings, failure]), lambda r: sampler(r, K), MethodConfig(probes=K, drop=0.0),
-        proposer(steps), AuditSchedule(**audits), TASK, random.Random(0), metrics,
-    )
+    loc, metrics = self_localize_one(failure, siblings, steps[0], sampler, SearchSettings(probes=K, drop=0.0), audits)
     return loc, metrics, sampler
 
 
@@ -106,12 +105,15 @@ def test_examples_are_drawn_with_the_requested_share_of_verified_solutions():
 def confirm_at_k1(failure, siblings, proposal, sampler, settle=0, reuse=False):
     """self_localize of one failure at K=1 with the drop rule (0.5), never audited; returns the localization,
     the metrics and the settle requests (``settle`` probes each, drawn by ``sampler``; 0 for none)."""
-    settles, metrics = [], {}
-    [loc] = self_localize(
-        [failure], PrefixBook([*siblings, failure]), lambda r: sampler(r, 1), MethodConfig(probes=1, drop=0.5),
-        proposer([proposal]), AuditSchedule(**NEVER), TASK, random.Random(0), metrics,
-        settle_probe=(lambda r: settles.append(r) or sampler(r, settle)) if settle else None, reuse_samples=reuse,
-    )
+    settles = []
+
+    def probe(requests, k):
+        if k == settle:
+            settles.append(requests)
+        return sampler(requests, k)
+
+    settings = SearchSettings(probes=1, drop=0.5, settle_probes=settle, reuse_samples=reuse)
+    loc, metrics = self_localize_one(failure, siblings, proposal, probe, settings)
     return loc, metrics, settles
 
 

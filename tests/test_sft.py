@@ -4,15 +4,29 @@ import torch
 
 from sirl.config import load_config
 from sirl.model import load_model
-from sirl.sft import collate, run_sft, warmup_cosine
+from sirl.batch import collate_supervised
+from sirl.model import supervised_loss
+from sirl.sft import run_sft, warmup_cosine
 
 
 def test_collate_masks_exactly_the_response_predictions():
-    ids, attention, loss_mask = collate([([5, 6], [7, 8, 1]), ([9], [3, 1])], pad_id=0)
-    assert ids.tolist() == [[5, 6, 7, 8, 1], [9, 3, 1, 0, 0]]
-    assert attention.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    batch = collate_supervised([([5, 6], [7, 8, 1]), ([9], [3, 1])], pad_id=0)
+    assert batch.input_ids_BT.tolist() == [[5, 6, 7, 8, 1], [9, 3, 1, 0, 0]]
+    assert batch.attention_BT.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     # position t predicts token t+1: row 0 predicts 7, 8, 1 from positions 1, 2, 3
-    assert loss_mask.tolist() == [[0, 1, 1, 1, 0], [1, 1, 0, 0, 0]]
+    assert batch.target_mask_BT.tolist() == [[0, 1, 1, 1], [1, 1, 0, 0]]
+
+
+def test_the_supervised_loss_is_the_token_mean_cross_entropy_of_the_targets(nano_llama):
+    batch = collate_supervised([([5, 6], [7, 8, 1]), ([9], [3, 1])], pad_id=0)
+    # naive: each row on its own, the log-prob of each target given everything before it
+    terms = []
+    for prompt, response in [([5, 6], [7, 8, 1]), ([9], [3, 1])]:
+        ids = torch.tensor([prompt + response])
+        logp = torch.log_softmax(nano_llama(ids).logits[0].float(), -1)
+        terms += [-logp[len(prompt) - 1 + j, token] for j, token in enumerate(response)]
+    with torch.no_grad():
+        assert torch.allclose(supervised_loss(nano_llama, batch), torch.stack(terms).mean(), atol=1e-5)
 
 
 def test_warmup_cosine_schedule():

@@ -2,18 +2,22 @@
 
 import copy
 import json
+import math
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from sirl.batch import PolicyBatch, collate_rollouts
 from sirl.config import AlgoConfig, ConfigError, load_config
 from sirl.distributed import Distributed
 from sirl.model import token_logprobs
-from sirl.train import collate_trajectories, policy_update, run_train
+from sirl.train import run_train
 from sirl.types import Problem, Trajectory
+from sirl.update import UpdateStats, policy_update
 
 
 def trajectory(prompt_ids, response_ids, group=0, reward=0.0):
@@ -26,23 +30,23 @@ def trajectory(prompt_ids, response_ids, group=0, reward=0.0):
 
 def test_collate_aligns_response_tokens_with_their_logprob_positions(nano_llama):
     trajectories = [trajectory([5, 6, 7], [8, 9, 1]), trajectory([5], [10, 1])]
-    batch = collate_trajectories(trajectories, [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, 5.0])], pad_id=0)
-    assert batch.input_ids_BT.tolist() == [[5, 6, 7, 8, 9, 1], [5, 10, 1, 0, 0, 0]]
+    batch = collate_rollouts(trajectories, [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([4.0, 5.0])], pad_id=0)
+    assert batch.tokens.input_ids_BT.tolist() == [[5, 6, 7, 8, 9, 1], [5, 10, 1, 0, 0, 0]]
     # position t scores token t+1: row 0's response tokens 8, 9, 1 sit at input positions 3, 4, 5
-    assert batch.response_mask_BT.tolist() == [[0, 0, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert batch.tokens.target_mask_BT.tolist() == [[0, 0, 1, 1, 1], [1, 1, 0, 0, 0]]
     assert batch.adv_BT.tolist() == [[0, 0, 1, 2, 3], [4, 5, 0, 0, 0]]
-    logp, _ = token_logprobs(nano_llama, batch.input_ids_BT, batch.attention_BT)
-    scored = logp[0][batch.response_mask_BT[0].bool()]
+    logp, _ = token_logprobs(nano_llama, batch.tokens.input_ids_BT, batch.tokens.attention_BT)
+    scored = logp[0][batch.tokens.target_mask_BT[0].bool()]
     direct = torch.log_softmax(nano_llama(torch.tensor([[5, 6, 7, 8, 9, 1]])).logits[0, 2:5], -1)
     assert torch.allclose(scored, direct.gather(-1, torch.tensor([[8], [9], [1]])).squeeze(-1), atol=1e-5)
 
 
 def make_batch(nano_llama, advantages):
     trajectories = [trajectory([5, 6], [7 + 3 * i, 8 + 3 * i, 9 + 3 * i]) for i in range(len(advantages))]
-    batch = collate_trajectories(trajectories, [torch.full((3,), a) for a in advantages], pad_id=0)
+    batch = collate_rollouts(trajectories, [torch.full((3,), a) for a in advantages], pad_id=0)
     with torch.no_grad():  # on-policy: old log-probs are the current ones
-        logp, _ = token_logprobs(nano_llama, batch.input_ids_BT, batch.attention_BT)
-    return type(batch)(batch.input_ids_BT, batch.attention_BT, batch.response_mask_BT, logp * batch.response_mask_BT, batch.adv_BT, batch.reference_B)
+        logp, _ = token_logprobs(nano_llama, batch.tokens.input_ids_BT, batch.tokens.attention_BT)
+    return PolicyBatch(batch.tokens, logp * batch.tokens.target_mask_BT, batch.adv_BT, batch.reference_B)
 
 
 def run_update(model, batch, micro_batch_size, lr=1e-2, algo=None):
@@ -66,8 +70,8 @@ def test_micro_batches_give_the_same_update_as_one_batch(nano_llama):
 def test_zero_advantages_leave_the_policy_unchanged_and_the_loss_finite(nano_llama):
     model = copy.deepcopy(nano_llama)
     stats = run_update(model, make_batch(model, [0.0, 0.0, 0.0]), micro_batch_size=8)
-    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
-    assert stats["grad_norm"] == 0.0
+    assert all(math.isfinite(v) for v in stats.to_metrics().values())
+    assert stats.grad_norm == 0.0 and not stats.skipped
     for a, b in zip(model.parameters(), nano_llama.parameters()):
         assert torch.equal(a, b)
 
@@ -75,10 +79,10 @@ def test_zero_advantages_leave_the_policy_unchanged_and_the_loss_finite(nano_lla
 def test_a_positive_advantage_raises_the_sampled_tokens_logprob(nano_llama):
     model = copy.deepcopy(nano_llama)
     batch = make_batch(model, [1.0, -1.0])
-    before, _ = token_logprobs(model, batch.input_ids_BT, batch.attention_BT)
+    before, _ = token_logprobs(model, batch.tokens.input_ids_BT, batch.tokens.attention_BT)
     run_update(model, batch, micro_batch_size=8, lr=0.05)
-    after, _ = token_logprobs(model, batch.input_ids_BT, batch.attention_BT)
-    mask = batch.response_mask_BT.bool()
+    after, _ = token_logprobs(model, batch.tokens.input_ids_BT, batch.tokens.attention_BT)
+    mask = batch.tokens.target_mask_BT.bool()
     assert after[0][mask[0]].sum() > before[0][mask[0]].sum()
     assert after[1][mask[1]].sum() < before[1][mask[1]].sum()
 
@@ -141,7 +145,7 @@ def test_method_runs_log_their_metrics_and_count_probe_tokens(tmp_path, algo):
     for r in records[1:]:
         assert r["tokens/total"] == r["tokens/policy"] + r["tokens/probe"] + r["tokens/verify"]
         assert (r["tokens/verify"] > 0) == (algo == "si_internal")
-        assert r["loc/probes_per_trajectory" if algo == "vine" else "loc/probes_per_failure"] >= 0
+    assert max(r["loc/probes_per_trajectory" if algo == "vine" else "loc/probes_per_failure"] for r in records[1:]) > 0
     assert records[-1]["tokens/probe"] > 0
     if algo != "vine":
         for key in ["loc/localized_frac", "loc/unlocalizable_frac", "repair/added", "repair/buffer_draws"]:
@@ -151,6 +155,8 @@ def test_method_runs_log_their_metrics_and_count_probe_tokens(tmp_path, algo):
         assert records[2]["repair/buffer_draws"] > 0
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert samples and all(len(s["tokens"]) == len(s["token_advantages"]) for s in samples)
+    # given-prefix tokens are context: no advantage is shown on them, every trained token has one
+    assert all((a is None) == (k < s["prefix_len"]) for s in samples for k, a in enumerate(s["token_advantages"]))
     if algo.startswith("si"):
         assert any("localized_step" in s for s in samples)
     if algo == "si_internal":
@@ -162,19 +168,28 @@ def test_method_runs_log_their_metrics_and_count_probe_tokens(tmp_path, algo):
 
 @pytest.mark.parametrize("algo", ["si_internal", "grpo"])
 def test_the_ground_truth_localizer_is_refused_outside_si(tmp_path, algo):
-    with pytest.raises(ConfigError, match="method.localizer=ground_truth needs algo.name=si"):
+    with pytest.raises(ConfigError, match="method.localizer=ground_truth is a diagnostic of algo.name=si only"):
         run_train(tiny_config(tmp_path, f"algo.name={algo}", "method.localizer=ground_truth"), tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
 
 
-def test_sirl_train_without_algo_runs_si(tmp_path):
-    assert load_config(None).algo.name == "si"
+def test_an_unknown_method_is_refused_with_the_registered_names(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown method algo.name='grpoo'; valid methods: \['dr_grpo', 'grpo', 'random_reset', 'rloo', 'si', 'si_internal', 'vine'\]"):
+        run_train(tiny_config(tmp_path, "algo.name=grpoo"), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_two_data_parallel_processes_share_the_work(tmp_path):
-    """torchrun with two CPU processes (gloo): each samples its own prompts, gradients are averaged."""
+    """torchrun with two CPU processes (gloo): each samples its own prompts, gradients are summed over
+    global counts (tests/test_update.py holds that step equal to one process's)."""
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "sirl.cli", "train",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "sirl.cli", "train",
         "--config", "arith", "--out", str(tmp_path / "run"), "--quiet", "--algo", "grpo", "--model.device=cpu",
         "--train.steps=2", "--rollout.prompts_per_step=2", "--rollout.group_size=3", "--eval.n_problems=8",
     ]
@@ -190,10 +205,10 @@ def test_two_data_parallel_processes_share_the_work(tmp_path):
 
 def test_an_empty_batch_is_a_no_op_with_zero_losses(nano_llama):
     model = copy.deepcopy(nano_llama)
-    batch = collate_trajectories([], [], pad_id=0)
+    batch = collate_rollouts([], [], pad_id=0)
     assert len(batch) == 0
     stats = run_update(model, batch, micro_batch_size=8)
-    assert stats == {"loss/policy": 0.0, "loss/kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "grad_norm": 0.0, "guard/skipped": 0}
+    assert stats == UpdateStats() and stats.to_metrics() == {"loss/policy": 0.0, "loss/kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), nano_llama.parameters()))
 
 
@@ -205,7 +220,9 @@ def test_a_non_finite_advantage_skips_the_update_and_leaves_optimizer_and_weight
         model, optimizer, make_batch(model, [1.0, bad, -1.0]), AlgoConfig(), norm_length=3, micro_batch_size=8,
         grad_clip=1.0, generator=torch.Generator().manual_seed(0), dist=Distributed(),
     )
-    assert stats["guard/skipped"] == 1
+    assert stats.skipped
+    # the step that was refused reports what it measured, not a calm 0
+    assert not math.isfinite(stats.policy_loss) and not math.isfinite(stats.grad_norm)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), nano_llama.parameters()))
     assert not optimizer.state  # AdamW never stepped: no moments, no step count
     assert all(p.grad is None for p in model.parameters())
@@ -218,9 +235,9 @@ def test_a_run_where_every_completion_is_truncated_is_finite_and_learns_nothing(
 
     import sirl.train
 
-    real = sirl.train.sample_trajectories
+    real = sirl.train.verify_trajectories
     monkeypatch.setattr(
-        sirl.train, "sample_trajectories",
+        sirl.train, "verify_trajectories",
         lambda *a, **k: [dataclasses.replace(t, truncated=True, reward=0.0) for t in real(*a, **k)],
     )
     run_train(tiny_config(tmp_path, "rollout.max_new_tokens=3", "train.steps=2", "algo.name=grpo"), tmp_path / "run", quiet=True)

@@ -71,6 +71,19 @@ ADVANTAGES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
+def group_std_scales(rewards_B: torch.Tensor, group_B: torch.Tensor, eps: float = 1e-6) -> dict[int, float]:
+    """Per group id, 1 / (std + eps) of its rewards: the factor GRPO divides a group's reward differences
+    by, so step-level value differences (sirl.internalize.credit) can be put on the same scale. A group
+    whose std is 0 (or that has one member) gets 1. Each group's std is ``torch.std`` of its own rewards
+    (unbiased), like ``grpo_advantages``' group std."""
+    scales = {}
+    for group in dict.fromkeys(group_B.tolist()):  # first-seen order
+        values = rewards_B[group_B == group]
+        std = values.std().item() if len(values) > 1 else 0.0
+        scales[group] = 1.0 / (std + eps) if std > 0 else 1.0
+    return scales
+
+
 def zero_std_fraction(rewards_B: torch.Tensor, group_B: torch.Tensor) -> float:
     """Share of groups whose rewards are all equal (they carry no outcome signal)."""
     if len(rewards_B) == 0:
@@ -106,7 +119,7 @@ def localized_step_advantages(
     after_error_B: torch.Tensor,
     width: int,
 ) -> torch.Tensor:
-    """Step advantages of localized failures (METHOD.md, "Credit"), ``[B, width]``.
+    """Step advantages of localized failures (docs/method.md, "Credit"), ``[B, width]``.
 
     Steps before the error step get 0 (the good prefix is not punished); the error step e gets
     -(V(e) - V(e+1)) in prefix-value terms, i.e. -(value_before - value_after), the value it destroyed;
@@ -174,10 +187,10 @@ KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
 
 # --- loss aggregation ---------------------------------------------------------------------------
 # Each mode is written as per-token weights w, with the loss = sum(w * token_loss). Weights depend only on
-# the masks, so they are computed once for a whole minibatch and micro-batches (gradient accumulation, or
-# data-parallel ranks) add up exactly the loss the full minibatch would give.
-
-
+# the masks and on one count (tokens, sequences or rows) that sets the denominator. Weights are computed
+# once for a whole minibatch, so micro-batches (gradient accumulation) add up exactly to the minibatch's
+# loss; under data parallelism ``count`` is the sum of every process's count (as verl's ``agg_loss`` uses
+# global token counts), so the processes' losses add up to the loss of one process on the global batch.
 #
 # ``reference_B`` (default: every row) names the rows whose counts set the denominators. Extra samples
 # (corrections, probes) outside it then *add* gradient at the scale of the original batch instead of
@@ -188,26 +201,48 @@ def _reference(mask_BT: torch.Tensor, reference_B: torch.Tensor | None) -> torch
     return mask_BT if reference_B is None else mask_BT * reference_B[:, None]
 
 
-def token_mean_weights(mask_BT: torch.Tensor, norm_length: int, reference_B: torch.Tensor | None = None) -> torch.Tensor:
+def token_count(mask_BT: torch.Tensor, reference_B: torch.Tensor | None = None) -> torch.Tensor:
+    """Response tokens of the reference rows: token_mean's denominator."""
+    return _reference(mask_BT, reference_B).sum()
+
+
+def sequence_count(mask_BT: torch.Tensor, reference_B: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference rows with at least one response token: seq_mean_token_mean's denominator."""
+    return (_reference(mask_BT, reference_B).sum(-1) > 0).sum()
+
+
+def row_count(mask_BT: torch.Tensor, reference_B: torch.Tensor | None = None) -> int:
+    """Reference rows, with or without tokens: seq_mean_token_sum_norm's denominator (over norm_length)."""
+    return mask_BT.shape[0] if reference_B is None else int(reference_B.sum())
+
+
+def token_mean_weights(
+    mask_BT: torch.Tensor, norm_length: int, reference_B: torch.Tensor | None = None, count: float | None = None
+) -> torch.Tensor:
     """Mean over every response token of the batch (DAPO's token-level loss, Yu et al. 2025 sec. 3.3):
     w = mask / n_tokens."""
-    return mask_BT / _reference(mask_BT, reference_B).sum().clamp(min=1)
+    n_tokens = token_count(mask_BT, reference_B) if count is None else torch.as_tensor(count, dtype=mask_BT.dtype)
+    return mask_BT / n_tokens.clamp(min=1)
 
 
-def seq_mean_token_mean_weights(mask_BT: torch.Tensor, norm_length: int, reference_B: torch.Tensor | None = None) -> torch.Tensor:
+def seq_mean_token_mean_weights(
+    mask_BT: torch.Tensor, norm_length: int, reference_B: torch.Tensor | None = None, count: float | None = None
+) -> torch.Tensor:
     """Mean over sequences of each sequence's token mean (the original GRPO objective, Shao et al. 2024
     eq. 3): w = mask / (len_b * n_seqs). Long sequences weigh as much as short ones, so each of their
     tokens weighs less. Sequences without tokens are not counted."""
     lengths_B = mask_BT.sum(-1, keepdim=True)
-    n_seqs = (_reference(mask_BT, reference_B).sum(-1) > 0).sum().clamp(min=1)
-    return mask_BT / (lengths_B.clamp(min=1) * n_seqs)
+    n_seqs = sequence_count(mask_BT, reference_B) if count is None else torch.as_tensor(count, dtype=mask_BT.dtype)
+    return mask_BT / (lengths_B.clamp(min=1) * n_seqs.clamp(min=1))
 
 
-def seq_mean_token_sum_norm_weights(mask_BT: torch.Tensor, norm_length: int, reference_B: torch.Tensor | None = None) -> torch.Tensor:
+def seq_mean_token_sum_norm_weights(
+    mask_BT: torch.Tensor, norm_length: int, reference_B: torch.Tensor | None = None, count: float | None = None
+) -> torch.Tensor:
     """Each sequence's token sum over a constant length, averaged over sequences (Dr. GRPO, Liu et al.
     2025 sec. 3.1): w = mask / (n_seqs * norm_length), no length bias. norm_length is usually
     max_new_tokens."""
-    n_seqs = mask_BT.shape[0] if reference_B is None else int(reference_B.sum())
+    n_seqs = row_count(mask_BT, reference_B) if count is None else count
     return mask_BT / max(n_seqs * norm_length, 1)
 
 
@@ -216,6 +251,12 @@ LOSS_AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
     "seq_mean_token_mean": seq_mean_token_mean_weights,
     "seq_mean_token_sum_norm": seq_mean_token_sum_norm_weights,
 }
+LOSS_COUNTS: dict[str, Callable[..., torch.Tensor | int]] = {
+    "token_mean": token_count,
+    "seq_mean_token_mean": sequence_count,
+    "seq_mean_token_sum_norm": row_count,
+}
+"""The count behind each aggregation's denominator, summed over processes under data parallelism."""
 
 
 # --- metrics --------------------------------------------------------------------------------------

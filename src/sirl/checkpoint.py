@@ -17,6 +17,10 @@ the next most recent complete one is used.
 
 Nothing is unpickled: tensors come from safetensors and the rest from JSON. Python's ``random`` states and
 torch generator states are stored as numbers (see :func:`encode_python_rng`, :func:`encode_torch_rng`).
+
+:class:`TrainerState` is everything a training run carries from one step to the next besides the weights,
+the optimizer and the scheduler; :func:`save_training_checkpoint` and :func:`resume_training` write and
+restore all of them, so a resumed run continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 CHECKPOINTS = "checkpoints"
@@ -273,3 +278,148 @@ def encode_numpy_rng() -> list:
 def decode_numpy_rng(encoded: list) -> tuple:
     kind, keys, pos, has_gauss, cached = encoded
     return (kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached)
+
+
+# --- the trainer's state --------------------------------------------------------------------------
+
+
+@dataclass
+class TokenCounts:
+    """Generated tokens so far, by kind: the policy's rollouts, probes, and self-verification verdicts."""
+
+    policy: int = 0
+    probe: int = 0
+    verify: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.policy + self.probe + self.verify
+
+
+@dataclass
+class RandomStreams:
+    """The run's own random streams: prompts, the method's choices, sampling (on the policy's device:
+    torch.multinomial needs a generator there) and minibatch shuffles. Each process of a data-parallel run
+    has its own."""
+
+    prompts: random.Random
+    method: random.Random
+    sampling: torch.Generator
+    update: torch.Generator
+
+    @classmethod
+    def seeded(cls, seed: int, rank: int, device: torch.device) -> RandomStreams:
+        return cls(
+            prompts=random.Random(f"{seed}-prompts-{rank}"),
+            method=random.Random(f"{seed}-method-{rank}"),
+            sampling=torch.Generator(device=device).manual_seed(seed * 1009 + rank),
+            update=torch.Generator().manual_seed(seed * 2003 + rank),
+        )
+
+
+@dataclass
+class TrainerState:
+    """What carries over from one training step to the next besides the weights, the optimizer and the
+    scheduler. ``memory`` is the method's (sirl.methods.MethodMemory: repair buffer, self-verification
+    examples, audits); ``first_eval`` and ``last_eval`` are EvalResults (sirl.evaluate)."""
+
+    random: RandomStreams
+    memory: Any
+    tokens: TokenCounts
+    step: int = 0
+    train_elapsed_s: float = 0.0
+    log_elapsed_s: float = 0.0
+    skipped_steps: int = 0
+    skipped_in_row: int = 0
+    first_eval: Any = None
+    last_eval: Any = None
+
+    def process_json(self) -> dict:
+        """This process's own part (data-parallel processes differ in it): random states and the method's memory."""
+        return {
+            "prompt_rng": encode_python_rng(self.random.prompts),
+            "method_rng": encode_python_rng(self.random.method),
+            "sample_gen": encode_torch_rng(self.random.sampling.get_state()),
+            "update_gen": encode_torch_rng(self.random.update.get_state()),
+            "python_global": encode_python_rng(random),  # the module's own generator: random.getstate()
+            "numpy_global": encode_numpy_rng(),
+            "torch_global": encode_torch_rng(torch.get_rng_state()),
+            "repair": self.memory.repair.to_json(),
+            "verification": self.memory.verification.to_json(),
+            "audits": self.memory.audits.to_json(),
+        }
+
+    def load_process_json(self, data: dict) -> None:
+        self.random.prompts.setstate(decode_python_rng(data["prompt_rng"]))
+        self.random.method.setstate(decode_python_rng(data["method_rng"]))
+        self.random.sampling.set_state(decode_torch_rng(data["sample_gen"]))
+        self.random.update.set_state(decode_torch_rng(data["update_gen"]))
+        random.setstate(decode_python_rng(data["python_global"]))
+        np.random.set_state(decode_numpy_rng(data["numpy_global"]))
+        torch.set_rng_state(decode_torch_rng(data["torch_global"]))
+        self.memory.repair.load_json(data["repair"])
+        self.memory.verification.load_json(data["verification"])
+        self.memory.audits.load_json(data["audits"])
+
+    def shared_json(self) -> dict:
+        """The part every process shares: counters, clocks and evaluations."""
+        return {
+            "step": self.step,
+            "tokens": {"policy": self.tokens.policy, "probe": self.tokens.probe, "verify": self.tokens.verify},
+            "clock": {"log_s": self.log_elapsed_s, "train_s": self.train_elapsed_s},
+            "guard": {"skipped_steps": self.skipped_steps, "skipped_in_row": self.skipped_in_row},
+            "first_eval": self.first_eval.to_json(),
+            "last_eval": self.last_eval.to_json(),
+        }
+
+    def load_shared_json(self, data: dict, eval_from_json: Any) -> None:
+        self.step = data["step"]
+        self.tokens = TokenCounts(**data["tokens"])
+        self.train_elapsed_s, self.log_elapsed_s = data["clock"]["train_s"], data["clock"]["log_s"]
+        self.skipped_steps, self.skipped_in_row = data["guard"]["skipped_steps"], data["guard"]["skipped_in_row"]
+        self.first_eval, self.last_eval = eval_from_json(data["first_eval"]), eval_from_json(data["last_eval"])
+
+
+class NonFiniteWeights(RuntimeError):
+    """A checkpoint was refused because the model's weights are not all finite."""
+
+
+def save_training_checkpoint(
+    run_dir: Path, name: str, model: torch.nn.Module, save_policy: Any, optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler, state: TrainerState, processes: list[dict], config_yaml: str,
+) -> Path:
+    """Write a resumable checkpoint of a training run; refuses a model with non-finite weights, so
+    ``latest`` only ever names weights that passed the check. ``processes`` holds every process's
+    :meth:`TrainerState.process_json`, in rank order."""
+    broken = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if broken:
+        raise NonFiniteWeights(f"refusing to save checkpoint {name}: non-finite weights in {broken[:3]}")
+    optimizer_tensors, optimizer_meta = optimizer_to_tensors(optimizer)
+    trainer_state = {
+        **state.shared_json(),
+        "scheduler": schedule.state_dict(),
+        "optimizer": optimizer_meta,
+        "processes": processes,
+        "config": config_yaml,
+    }
+    return write_checkpoint(run_dir, name, save_policy, trainer_state, optimizer_tensors)
+
+
+def resume_training(
+    run_dir: Path, state: TrainerState, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler, *, rank: int, world_size: int, changed_config: Any, eval_from_json: Any,
+) -> LoadedCheckpoint:
+    """Restore ``run_dir``'s most recent complete checkpoint into the model, optimizer, scheduler and
+    ``state``. ``changed_config(saved_config_dict)`` returns the differences from the current config (a
+    list of strings) and decides, raising, whether they are allowed."""
+    loaded = load_checkpoint(run_dir)
+    saved = loaded.state
+    changed_config(yaml.safe_load(saved["config"]))
+    if len(saved["processes"]) != world_size:
+        raise CheckpointError(f"{loaded.path} was written by {len(saved['processes'])} process(es); resume it with as many, not {world_size}")
+    load_policy_weights(model, loaded.path)
+    optimizer_from_tensors(optimizer, loaded.tensors, saved["optimizer"])
+    schedule.load_state_dict(saved["scheduler"])
+    state.load_process_json(saved["processes"][rank])
+    state.load_shared_json(saved, eval_from_json)
+    return loaded

@@ -195,6 +195,9 @@ def resolve_config(args: argparse.Namespace, overrides: list[str]) -> Experiment
     if getattr(args, "algo", None):
         overrides = [*overrides, f"algo.name={args.algo}"]
     config = load_config(args.config, overrides)
+    from sirl.methods import get_method
+
+    get_method(config.algo.name)  # an unknown method is an error that lists the registered ones
     if args.task:
         config.task.name = args.task
     if args.model:
@@ -343,7 +346,9 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str], parser: argparse
     settings.update({k: v for k, v in flags.items() if v is not None})
     if "budget_tokens" not in settings:
         parser.error("--budget-tokens N is required (or a --plan that sets budget_tokens)")
-    settings.setdefault("methods", ["grpo", "dr_grpo", "rloo", "random_reset", "vine", "si", "si_internal"])
+    from sirl.methods import METHODS
+
+    settings.setdefault("methods", list(METHODS))
     settings.setdefault("eval_every_tokens", max(1, settings["budget_tokens"] // 5))
     plan = ComparePlan(**settings)
     if args.seed is not None:

@@ -14,7 +14,6 @@ import inspect
 import re
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +28,36 @@ _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 class ConfigError(ValueError):
     """A preset or override that does not fit the config schema."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field's type allows that a run can also use; None (for an optional field)
+    always passes."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: Any) -> bool:
+        if value is None:
+            return True
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"{'greater than' if self.low_open else 'at least'} {self.low:g}"
+        if self.low is None:
+            return f"{'less than' if self.high_open else 'at most'} {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+def ranged(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False) -> Any:
+    """A field with a default and the range its value must lie in (checked by :func:`check_ranges`)."""
+    return field(default=default, metadata={"range": Range(low, high, low_open, high_open)})
 
 
 @dataclass
@@ -48,11 +77,11 @@ class VerifierConfig:
     """in_process: verify in the trainer's process (no deadline); workers: a pool of spawned processes
     with a deadline, a memory cap and a process-group kill per completion; auto: in_process for tasks
     that declare their verifier safe (arith, countdown), workers for the others (gsm8k, code, user tasks)."""
-    workers: int | None = None
+    workers: int | None = ranged(None, 1)
     """Worker processes of the pool; None uses min(4, CPU count)."""
-    timeout_s: float = 5.0
+    timeout_s: float = ranged(5.0, 0, low_open=True)
     """Wall-clock deadline per completion in a worker; an overrun scores 0 and counts in verify/timeouts."""
-    memory_mb: int = 2048
+    memory_mb: int = ranged(2048, 64)
     """Address-space cap (RLIMIT_AS) of each worker, in MB; past it, verify raises MemoryError (verify/errors)."""
 
 
@@ -64,11 +93,11 @@ class ModelConfig:
     """Architecture of a newly built model."""
     size: Literal["nano", "tiny", "small", "base"] = "tiny"
     """Size preset of a newly built model (see sirl.model.SIZE_PRESETS); the four fields below override it."""
-    hidden_size: int | None = None
-    num_layers: int | None = None
-    num_heads: int | None = None
-    intermediate_size: int | None = None
-    max_position_embeddings: int = 512
+    hidden_size: int | None = ranged(None, 1)
+    num_layers: int | None = ranged(None, 1)
+    num_heads: int | None = ranged(None, 1)
+    intermediate_size: int | None = ranged(None, 1)
+    max_position_embeddings: int = ranged(512, 2)
     """Longest prompt + response a newly built model can see."""
     device: str = "auto"
     """"auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"."""
@@ -80,86 +109,86 @@ class ModelConfig:
 class SFTConfig:
     task_args: dict[str, Any] = field(default_factory=dict)
     """Overrides of task.args for the SFT training distribution (e.g. shorter chains, fewer hard steps)."""
-    steps: int = 4000
+    steps: int = ranged(4000, 1)
     """Most optimizer steps; SFT stops earlier when target_accuracy or max_minutes is reached."""
-    batch_size: int = 64
-    lr: float = 3e-3
-    warmup_steps: int = 100
+    batch_size: int = ranged(64, 1)
+    lr: float = ranged(3e-3, 0, 1, low_open=True)
+    warmup_steps: int = ranged(100, 0)
     """Linear warmup, then cosine decay to 10% of lr over ``steps``."""
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    eval_every: int = 250
+    weight_decay: float = ranged(0.01, 0, 1)
+    grad_clip: float = ranged(1.0, 0, low_open=True)
+    eval_every: int = ranged(250, 1)
     """Greedy held-out evaluation (on the task distribution, i.e. task.args) every this many steps."""
-    target_accuracy: float | None = None
+    target_accuracy: float | None = ranged(None, 0, 1)
     """Stop at the first evaluation whose accuracy reaches this; None trains for all ``steps``."""
-    max_minutes: float | None = None
+    max_minutes: float | None = ranged(None, 0, low_open=True)
     """Wall-clock budget; None for no limit."""
 
 
 @dataclass
 class EvalConfig:
-    n_problems: int = 500
+    n_problems: int = ranged(500, 1)
     """Size of the fixed held-out set (test split), the same for every run with the same eval.seed."""
     seed: int = 1234
     """Seed of the held-out set; independent of the run seed so runs are compared on the same problems."""
-    final_n_problems: int | None = None
+    final_n_problems: int | None = ranged(None, 1)
     """Size of the final evaluation of `sirl train` (a superset of the periodic one, for a tighter
     interval); None uses n_problems."""
-    batch_size: int = 256
-    max_new_tokens: int = 160
+    batch_size: int = ranged(256, 1)
+    max_new_tokens: int = ranged(160, 1)
     pass_k: list[int] = field(default_factory=lambda: [1, 4])
     """k values for pass@k under sampled decoding (sirl eval); [] skips sampling."""
-    n_samples: int = 8
+    n_samples: int = ranged(8, 1)
     """Samples per problem for pass@k (unbiased estimator, needs n_samples >= max(pass_k))."""
-    temperature: float = 1.0
+    temperature: float = ranged(1.0, 0, 10, low_open=True)
     """Sampling temperature for pass@k."""
 
 
 @dataclass
 class RolloutConfig:
-    prompts_per_step: int = 8
+    prompts_per_step: int = ranged(8, 1)
     """Prompts drawn per training step (per process under data parallelism)."""
-    group_size: int = 8
+    group_size: int = ranged(8, 1)
     """Samples per prompt; advantages are relative to the group."""
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 96
+    temperature: float = ranged(1.0, 0, 10, low_open=True)
+    top_p: float = ranged(1.0, 0, 1, low_open=True)
+    max_new_tokens: int = ranged(96, 1)
     """Responses longer than this are cut off (truncated) and score what the verifier gives them."""
-    batch_size: int = 1024
+    batch_size: int = ranged(1024, 1)
     """Most rows the engine decodes at once."""
 
 
 @dataclass
 class AlgoConfig:
-    name: Literal["si", "si_internal", "grpo", "dr_grpo", "rloo", "random_reset", "vine"] = "si"
-    """The method. grpo, dr_grpo, rloo: outcome-only advantages (sirl.algos.ADVANTAGES). si: localize,
-    correct and reuse failures with step-level credit (the method section configures it). si_internal:
-    si where the policy also learns to localize its own errors and proposes the error step itself,
-    confirmed by two probe checks, with oracle audits (the internalize section). random_reset: the same as
-    si, with the reset step drawn at random instead of localized. vine: K probes at every step of every
-    trajectory (Monte-Carlo step values)."""
+    name: str = "si"
+    """The method, a name in the methods registry (sirl.methods; ``sirl train --help`` lists them). grpo,
+    dr_grpo, rloo: outcome-only advantages. si: localize, correct and reuse failures with step-level credit
+    (the method section configures it). si_internal: si where the policy also learns to localize its own
+    errors and proposes the error step itself, confirmed by two probe checks, with oracle audits (the
+    internalize section). random_reset: si with the reset step drawn at random instead of localized. vine:
+    K probes at every step of every trajectory (Monte-Carlo step values)."""
     outcome_advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
     """Outcome advantages beside the step credit of si, random_reset and vine."""
-    clip_low: float = 0.2
+    clip_low: float = ranged(0.2, 0, 1, high_open=True)
     """PPO ratio clip below 1: the ratio is kept >= 1 - clip_low."""
-    clip_high: float = 0.28
+    clip_high: float = ranged(0.28, 0)
     """PPO ratio clip above 1 (DAPO's clip-higher): the ratio is kept <= 1 + clip_high."""
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
     """How per-token losses become one number (sirl.algos.LOSS_AGGREGATIONS)."""
-    kl_coef: float = 0.0
+    kl_coef: float = ranged(0.0, 0)
     """Weight of the KL penalty to the frozen starting policy; 0 disables it (and the reference model)."""
     kl_estimator: Literal["k1", "k3"] = "k3"
-    ppo_epochs: int = 1
+    ppo_epochs: int = ranged(1, 1)
     """Passes over each step's rollouts; more than 1 makes later passes off-policy (then clipping acts)."""
-    minibatches: int = 1
+    minibatches: int = ranged(1, 1)
     """Optimizer steps per epoch; the rollouts are split into this many minibatches."""
 
 
 @dataclass
 class MethodConfig:
-    """Knobs of si (and of random_reset and vine where they apply); METHOD.md defines the terms."""
+    """Knobs of si (and of random_reset and vine where they apply); docs/method.md defines the terms."""
 
-    probes: int = 1
+    probes: int = ranged(1, 1)
     """K: probe continuations per checked prefix. 1 measured best at an equal token budget on arith
     (benchmarks/ablate_si.py: 85.3% vs 82.4% for K=2 and 81.7% for K=4, two seeds each, 250k tokens): a
     cheaper check localizes more failures per token; K=2 or 4 localize more exactly
@@ -167,41 +196,41 @@ class MethodConfig:
     free_evidence: bool = True
     """Start each search at the longest prefix a verified trajectory of the same prompt shares."""
     localizer: Literal["search", "ground_truth"] = "search"
-    """search: the oracle localizer (METHOD.md). ground_truth: a diagnostic, never the method: the error step
+    """search: the oracle localizer (docs/method.md). ground_truth: a diagnostic, never the method: the error step
     is the task's own first wrong step (tasks with ground truth only), and K probes from the prefix before
-    it give V(before) and the corrections. METHOD.md keeps ground truth out of training; this setting
+    it give V(before) and the corrections. docs/method.md keeps ground truth out of training; this setting
     exists to measure what the search's mistakes cost (benchmarks/ablate_si.py)."""
     first_check: Literal["divergence", "bisect"] = "divergence"
     """divergence: the first probe checks the step right after that shared prefix; bisect: plain halving."""
-    drop: float = 0.5
+    drop: float = ranged(0.5, 0, 1, high_open=True)
     """A checked prefix is still good while its estimated value keeps more than drop x the value of the
-    last good prefix; 0 is METHOD.md's rule (good while any probe verifies). On arith, where a wrong step
+    last good prefix; 0 is docs/method.md's rule (good while any probe verifies). On arith, where a wrong step
     often leaves some chance of a right final answer, 0.5 localized the first wrong step more often
     (benchmarks/localization.py)."""
-    settle_probes: int = 0
+    settle_probes: int = ranged(0, 0)
     """With drop > 0: a checked prefix whose K probes include a verified one gets this many more before the
     drop rule decides, so that a continuation that verified by luck after a wrong step does not pass the
     step as good; most checks find no success and cost only K. 0: decide on the K probes. Measured on arith
     (benchmarks/results/): localization 78.0% -> 74.5% at K=1 and 73.0% -> 78.5% at K=2 (settle 6); si
     K=1 trained to 85.0% with 3 against 85.1% without (3 seeds), so it is off by default."""
-    max_localizations: int = 64
+    max_localizations: int = ranged(64, 0)
     """Most failures localized per step; the most informative first (prompts whose solve rate is closest
     to one half, round-robin over prompts; within a prompt, the failure with the longest certified prefix)."""
-    error_scale: float = 1.0
+    error_scale: float = ranged(1.0, 0)
     """Multiplier of the error step's penalty -(V(before) - V(after))."""
     post_error: Literal["zero", "outcome"] = "zero"
     """Credit of the steps after the error step: 0, or the trajectory's outcome advantage."""
     train_on_probes: bool = True
     """Every probe joins the batch (advantage R - V(prefix) on its own tokens); otherwise only corrections."""
-    correction_samples: int = 0
+    correction_samples: int = ranged(0, 0)
     """Extra continuations sampled from each good prefix, so it has a small group of its own."""
     normalization: Literal["additive", "diluting"] = "additive"
     """additive: loss denominators count the original batch only, so extra samples add gradient;
     diluting: they count every row, so extra samples shrink the original batch's weight."""
-    repair_share: float = 0.25
+    repair_share: float = ranged(0.25, 0, 1)
     """Share of each step's prompts drawn from the repair buffer (continued from a stored good prefix)."""
-    repair_capacity: int = 512
-    verification_capacity: int = 4096
+    repair_capacity: int = ranged(512, 1)
+    verification_capacity: int = ranged(4096, 1)
     """Self-verification examples kept (the most recent)."""
 
 
@@ -213,18 +242,18 @@ class InternalizeConfig:
     verify_loss: Literal["sft", "rl", "both"] = "sft"
     """How the policy learns self-verification: sft, an auxiliary cross-entropy on the oracle's verdict;
     rl, verdicts sampled and rewarded +1 for agreeing with the oracle, -1 otherwise; or both."""
-    verify_coef: float = 0.01
+    verify_coef: float = ranged(0.01, 0)
     """Weight of the self-verification term (the auxiliary loss, or the verdicts' advantages under rl).
     The auxiliary loss starts near 12 nats with gradients ~50x the policy gradient's: at 0.5 it took the
     shared weights over and held-out accuracy fell from 65% to 31% in 100 steps on arith; at 0.01 accuracy
     followed si's (benchmarks/internalize.py)."""
-    verify_batch: int = 32
+    verify_batch: int = ranged(32, 0)
     """Self-verification examples trained on per step, drawn from the most recent ones."""
-    verify_group: int = 4
+    verify_group: int = ranged(4, 1)
     """rl: verdicts sampled per example (their rewards are compared within the group)."""
-    none_share: float = 0.25
+    none_share: float = ranged(0.25, 0, 1)
     """Share of verified solutions (verdict "none") among the examples trained on per step."""
-    confirm_probes: int | None = None
+    confirm_probes: int | None = ranged(None, 1)
     """Probes per confirmation check; None uses method.probes (K)."""
     reuse_samples: bool = True
     """A confirmation check draws no probes when K samples of the same prompt besides the failure already
@@ -234,36 +263,36 @@ class InternalizeConfig:
     reusing them there made the search name earlier steps). With proposals that were always right it
     brings arith's confirmations from 1.30 to 0.78 probes per failure; in 100-step si_internal runs
     held-out accuracy was 86.1% with it and 86.3% without (2 seeds each; benchmarks/results/)."""
-    audit_min: float = 0.1
+    audit_min: float = ranged(0.1, 0, 1, low_open=True)
     """The audit fraction never falls below this: some failures always get the full oracle search."""
-    audit_max: float = 1.0
-    audit_window: int = 256
+    audit_max: float = ranged(1.0, 0, 1, low_open=True)
+    audit_window: int = ranged(256, 1)
     """Audits over which agreement with the oracle is measured; audit fraction = 1 - agreement, clamped."""
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 200
+    steps: int = ranged(200, 1)
     """Most training steps; a run also stops at max_tokens or max_minutes."""
-    max_tokens: int | None = None
+    max_tokens: int | None = ranged(None, 1)
     """Budget of generated tokens (every kind counted); None for no budget."""
-    max_minutes: float | None = None
-    lr: float = 1e-4
-    warmup_steps: int = 10
+    max_minutes: float | None = ranged(None, 0, low_open=True)
+    lr: float = ranged(1e-4, 0, 1, low_open=True)
+    warmup_steps: int = ranged(10, 0)
     """Linear warmup, then constant."""
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    micro_batch_size: int = 64
+    weight_decay: float = ranged(0.0, 0, 1)
+    grad_clip: float = ranged(1.0, 0, low_open=True)
+    micro_batch_size: int = ranged(64, 1)
     """Sequences per forward/backward pass; gradients accumulate up to the minibatch (memory only)."""
-    eval_every: int = 25
+    eval_every: int = ranged(25, 0)
     """Held-out evaluation every this many steps (and before the first update, and at the end); 0 for none
     between the first and the last."""
-    eval_every_tokens: int | None = None
+    eval_every_tokens: int | None = ranged(None, 1)
     """Also evaluate at the first step that crosses each multiple of this many generated tokens (every kind
     counted): methods that spend different tokens per step then get curves on the same token grid."""
-    checkpoint_every: int = 100
+    checkpoint_every: int = ranged(100, 0)
     """A Hugging Face checkpoint under checkpoints/step_N every this many steps (and at the end); 0 only at the end."""
-    log_samples: int = 4
+    log_samples: int = ranged(4, 0)
     """Sampled trajectories written to samples.jsonl at each evaluation step."""
 
 
@@ -359,38 +388,22 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
     return config
 
 
-def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v is None or v >= low), f"at least {low:g}"
+def check_ranges(config: Any, prefix: str = "") -> None:
+    """Raise a ConfigError naming the first field whose value is outside the range declared beside it
+    (:func:`ranged`), then apply the checks that involve several fields (:func:`check_consistency`)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, key + ".")
+        elif "range" in f.metadata and not f.metadata["range"].admits(value):
+            raise ConfigError(f"{key}={value!r} is out of range: it must be {f.metadata['range'].describe()}")
+    if not prefix:
+        check_consistency(config)
 
 
-_POSITIVE = ((lambda v: v is None or v > 0), "greater than 0")
-_FRACTION = ((lambda v: 0 <= v <= 1), "between 0 and 1")
-RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "rollout.prompts_per_step": _at_least(1), "rollout.group_size": _at_least(1), "rollout.max_new_tokens": _at_least(1),
-    "rollout.batch_size": _at_least(1), "rollout.temperature": _POSITIVE, "rollout.top_p": ((lambda v: 0 < v <= 1), "in (0, 1]"),
-    "algo.ppo_epochs": _at_least(1), "algo.minibatches": _at_least(1), "algo.kl_coef": _at_least(0),
-    "method.probes": _at_least(1), "method.settle_probes": _at_least(0), "method.drop": ((lambda v: 0 <= v < 1), "in [0, 1)"),
-    "method.max_localizations": _at_least(0), "method.error_scale": _at_least(0), "method.correction_samples": _at_least(0),
-    "method.repair_share": _FRACTION, "method.repair_capacity": _at_least(1), "method.verification_capacity": _at_least(1),
-    "internalize.verify_coef": _at_least(0), "internalize.verify_batch": _at_least(0), "internalize.verify_group": _at_least(1),
-    "internalize.none_share": _FRACTION, "internalize.confirm_probes": _at_least(1), "internalize.audit_min": _FRACTION,
-    "internalize.audit_max": _FRACTION, "internalize.audit_window": _at_least(1),
-    "train.steps": _at_least(1), "train.max_tokens": _at_least(1), "train.max_minutes": _POSITIVE, "train.lr": _POSITIVE,
-    "train.warmup_steps": _at_least(0), "train.micro_batch_size": _at_least(1), "train.eval_every": _at_least(0),
-    "train.eval_every_tokens": _at_least(1), "train.checkpoint_every": _at_least(0),
-    "eval.n_problems": _at_least(1), "eval.final_n_problems": _at_least(1), "eval.batch_size": _at_least(1),
-    "eval.max_new_tokens": _at_least(1), "eval.n_samples": _at_least(1),
-}
-"""Values a field's type allows but the run cannot use (0 probes, a share above 1), by dotted key."""
-
-
-def check_ranges(config: ExperimentConfig) -> None:
-    """Raise a ConfigError naming the first field whose value is out of its range (``RANGES``)."""
-    for key, (ok, requirement) in RANGES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if not ok(value):
-            raise ConfigError(f"{key}={value!r} is out of range: it must be {requirement}")
+def check_consistency(config: ExperimentConfig) -> None:
+    """Every check that involves more than one field, in one place."""
     if config.method.settle_probes > 0 and config.method.drop == 0:
         raise ConfigError(
             f"method.settle_probes={config.method.settle_probes} needs method.drop > 0: with drop = 0 one verified probe "
@@ -400,6 +413,11 @@ def check_ranges(config: ExperimentConfig) -> None:
         raise ConfigError(
             f"internalize.audit_min={config.internalize.audit_min} is above internalize.audit_max={config.internalize.audit_max}; "
             "the audit share is kept between them"
+        )
+    if config.eval.pass_k and (min(config.eval.pass_k) < 1 or max(config.eval.pass_k) > config.eval.n_samples):
+        raise ConfigError(
+            f"eval.pass_k={config.eval.pass_k} needs every k between 1 and eval.n_samples={config.eval.n_samples}; "
+            "raise eval.n_samples or drop the larger k"
         )
 
 

@@ -2,8 +2,10 @@
 
 Launched by ``torchrun --nproc_per_node N -m sirl.cli train ...``, every process reads its rank from the
 environment, draws its own prompts (seeded by rank), computes its loss on its own rollouts, and the
-gradients are averaged across processes before each optimizer step, so all copies of the policy stay
-identical. Run as a single process (the default), every method here is a no-op.
+gradients are summed across processes before each optimizer step, so all copies of the policy stay
+identical. Loss denominators are counts over all processes (sirl.update), so summing the gradients gives
+exactly the gradient of one process on the global batch. Run as a single process (the default), every
+method here is a no-op.
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def average_gradients(self, model: torch.nn.Module) -> None:
+    def sum_gradients(self, model: torch.nn.Module) -> None:
+        """Sum every parameter's gradient over the processes (each process's loss already divides by the
+        global count, so the sum is the global batch's gradient)."""
         if self.world_size == 1:
             return
         for parameter in model.parameters():
-            if parameter.grad is not None:
-                dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
-                parameter.grad /= self.world_size
+            if parameter.grad is None:  # a process whose rows never reached this parameter still takes part
+                parameter.grad = torch.zeros_like(parameter)
+            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum of a list of numbers over all processes."""

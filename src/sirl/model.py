@@ -26,6 +26,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from sirl import algos
+from sirl.batch import TokenBatch
 from sirl.config import ModelConfig
 from sirl.paths import resolve_path
 from sirl.tokenizer import build_char_tokenizer
@@ -140,6 +141,19 @@ def token_logprobs(
     logp_BT = log_probs_BTV.gather(-1, input_ids_BT[:, 1:, None]).squeeze(-1)
     entropy_BT = algos.entropy(log_probs_BTV.detach())
     return logp_BT, entropy_BT
+
+
+def supervised_loss(model: PreTrainedModel, batch: TokenBatch, n_targets: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of the target tokens of ``batch`` (teacher forcing), summed and divided by
+    ``n_targets`` (default: this batch's own target count, a token mean; data-parallel callers pass the
+    count over every process so the processes' losses add up to the single-process one)."""
+    device = next(model.parameters()).device
+    input_ids_BT = batch.input_ids_BT.to(device)
+    logits_BTV = model(input_ids=input_ids_BT, attention_mask=batch.attention_BT.to(device)).logits
+    losses_BT = F.cross_entropy(logits_BTV[:, :-1].float().transpose(1, 2), input_ids_BT[:, 1:], reduction="none")  # [B, T-1]
+    mask_BT = batch.target_mask_BT.to(device)
+    denominator = mask_BT.sum().clamp(min=1) if n_targets is None else n_targets
+    return (losses_BT * mask_BT).sum() / denominator
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:

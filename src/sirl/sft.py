@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from sirl.config import ExperimentConfig, check_task_args
 from sirl.evaluate import EvalResult, evaluate, heldout_problems
-from sirl.model import count_parameters, encode_prompt, encode_text, policy_from_config, save_model
+from sirl.batch import collate_supervised
+from sirl.model import count_parameters, encode_prompt, encode_text, policy_from_config, save_model, supervised_loss
 from sirl.runlog import RunLog
 from sirl.tasks import Task, load_task, resolve_task_class
 from sirl.verifier import Verifier, verifier_for
@@ -36,32 +36,6 @@ class SFTResult:
     steps: int
     stopped_because: str
     final_eval: EvalResult
-
-
-def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad (prompt, response) id pairs into ``input_ids_BT``, ``attention_mask_BT`` and
-    ``loss_mask_BT`` (True on positions whose *next* token is a response token), all ``[B, T]``."""
-    width = max(len(p) + len(r) for p, r in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(examples), width), dtype=torch.bool)
-    loss_mask = torch.zeros((len(examples), width), dtype=torch.bool)
-    for i, (prompt, response) in enumerate(examples):
-        n = len(prompt) + len(response)
-        input_ids[i, :n] = torch.tensor(prompt + response)
-        attention[i, :n] = True
-        loss_mask[i, len(prompt) - 1 : n - 1] = True
-    return input_ids, attention, loss_mask
-
-
-def sft_loss(model, input_ids_BT, attention_BT, loss_mask_BT) -> torch.Tensor:
-    """Token-mean cross-entropy of the response tokens (teacher forcing)."""
-    logits_BTV = model(input_ids=input_ids_BT, attention_mask=attention_BT.long()).logits
-    targets_BT = input_ids_BT[:, 1:]
-    losses_BT = F.cross_entropy(
-        logits_BTV[:, :-1].float().transpose(1, 2), targets_BT, reduction="none"
-    )  # [B, T-1]
-    mask_BT = loss_mask_BT[:, :-1]
-    return (losses_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1)
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
@@ -114,8 +88,7 @@ def _sft(config: ExperimentConfig, run_dir: Path, quiet: bool, task: Task, train
             (encode_prompt(tokenizer, p.prompt), encode_text(tokenizer, train_task.reference_solution(p)) + [tokenizer.eos_token_id])
             for p in problems
         ]
-        input_ids, attention, loss_mask = (t.to(device) for t in collate(examples, tokenizer.pad_token_id))
-        loss = sft_loss(model, input_ids, attention, loss_mask)
+        loss = supervised_loss(model, collate_supervised(examples, tokenizer.pad_token_id))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), sft.grad_clip)

@@ -1,6 +1,6 @@
 """Find where a failed trajectory went wrong by sampling from its prefixes (the oracle localizer).
 
-Terms follow METHOD.md. The prefix value V(k) is the chance that the current policy, continuing from the
+Terms follow docs/method.md. The prefix value V(k) is the chance that the current policy, continuing from the
 prompt plus the first k steps of a response, reaches a verified answer; it is estimated by K sampled
 continuations (probes). The first irrecoverable step t* of a failed trajectory is the smallest k with
 V̂(k) = 0 given V̂(k-1) > 0; under the assumption that V̂ falls monotonically along a failed trajectory,
@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sirl.types import Trajectory
+from sirl.types import Localization, Trajectory
 
 Probe = Callable[[list[tuple[Trajectory, int]]], list[list[Trajectory]]]
 """Given (trajectory, k) requests, return for each the probe trajectories continuing the trajectory's
@@ -72,22 +72,6 @@ class PrefixBook:
         return sum(t is not trajectory and t.prefix_len <= len(prefix) for t in self._through(group, prefix))
 
 
-@dataclass(frozen=True)
-class Localization:
-    """The outcome of one search. ``error_step`` is the 0-based index of the first irrecoverable step
-    (t* - 1 in METHOD.md's 1-based terms), None when the failure could not be localized; the good prefix is
-    the first ``error_step`` steps. ``checks`` lists (k, V̂(k) > 0) in the order probed."""
-
-    index: int
-    error_step: int | None
-    value_before: float = 0.0
-    value_after: float = 0.0
-    probes: int = 0
-    checks: tuple[tuple[int, bool], ...] = ()
-    proposal: str | None = None
-    """The policy's own verdict on the failure (si_internal), as it wrote it."""
-
-
 @dataclass
 class _Search:
     index: int
@@ -125,7 +109,7 @@ def localize(
     ``free_evidence`` the search ignores shared prefixes and bisects the whole response (the prompt's
     own group still has to contain a success: V̂(0) > 0).
 
-    ``drop = 0`` is METHOD.md's rule: a checked prefix is still good when any trajectory through it
+    ``drop = 0`` is docs/method.md's rule: a checked prefix is still good when any trajectory through it
     verified (V̂ > 0). With ``drop > 0`` it is still good only when its estimated value keeps more than
     ``drop`` times the value of the last good prefix, so the search finds the step that destroyed most
     of the value even where a wrong step leaves a little chance of recovery (a lucky final answer).

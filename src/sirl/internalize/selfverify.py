@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -21,21 +20,10 @@ from sirl.internalize.repair import VerificationExample, VerificationExamples
 from sirl.model import encode_prompt, encode_text, eos_ids
 from sirl.rollout import SamplingParams, generate
 from sirl.tasks.base import Task
-from sirl.types import Problem, Trajectory
+from sirl.types import Problem, Trajectory, Verdict
 
 VERDICT_TOKENS = 8
 """Most new tokens of a verdict ("none", or a step number)."""
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What the policy answered: ``step`` is the 0-based step it named (None for "none"); ``valid`` is
-    False when the answer did not parse (it then counts as a disagreement)."""
-
-    text: str
-    step: int | None
-    valid: bool
-    n_tokens: int
 
 
 def propose(

@@ -1,4 +1,8 @@
-"""Sampling engines: continuations of prompts or of arbitrary prefixes, with log-probs and step spans."""
+"""Sampling engines: continuations of prompts or of arbitrary prefixes, with log-probs and step spans.
+
+Rollout only samples: its trajectories are unscored (``reward`` None) until the verification stage
+(sirl.verifier.verify_trajectories) scores them.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sirl.model import encode_prompt, eos_ids
-from sirl.rollout.engine import Generations, SamplingParams, generate, pick_backend
+from sirl.rollout.engine import Generations, NonFiniteLogits, SamplingParams, generate, pick_backend
 from sirl.rollout.steps import char_spans_to_token_spans, token_char_offsets
 from sirl.tasks.base import Task
 from sirl.types import Problem, Trajectory
-from sirl.verifier import Verifier, score_completions
 
-__all__ = ["Generations", "SamplingParams", "generate", "pick_backend", "sample_trajectories"]
+__all__ = ["Generations", "NonFiniteLogits", "SamplingParams", "generate", "pick_backend", "sample_trajectories"]
 
 
 def sample_trajectories(
@@ -27,16 +30,14 @@ def sample_trajectories(
     groups: list[int] | None = None,
     generator: torch.Generator | None = None,
     max_batch: int = 1024,
-    verifier: Verifier | None = None,
 ) -> list[Trajectory]:
-    """Scored trajectories, ``group_size`` (one int, or one per problem) per problem, problem-major, with
+    """Unscored trajectories, ``group_size`` (one int, or one per problem) per problem, problem-major, with
     one prefill per problem.
 
     ``prefixes[i]``, when given, is a partial response (token ids) that problem i's samples continue: the
     trajectory's response is the prefix followed by the sampled tokens, its ``prefix_len`` is the length
     of the prefix, and its log-probs are 0 on the given tokens. ``groups[i]`` is the group id of problem
-    i's samples (default: i). Rewards come from ``verifier`` in one batch (sirl.verifier: in process or
-    in isolated workers); without one, ``task.verify`` is called here, in this process.
+    i's samples (default: i).
     """
     prefixes = prefixes or [[] for _ in problems]
     groups = groups if groups is not None else list(range(len(problems)))
@@ -56,11 +57,8 @@ def sample_trajectories(
         index = int(generations.context_index_B[row])
         response = prefixes[index] + generations.row_tokens(row)
         rows.append((index, response, *token_char_offsets(tokenizer, response)))
-    texts = [text for _, _, text, _ in rows]
-    row_problems = [problems[index] for index, *_ in rows]
-    rewards = score_completions(task, row_problems, texts, verifier)
     trajectories = []
-    for row, ((index, response, text, offsets), reward) in enumerate(zip(rows, rewards)):
+    for row, (index, response, text, offsets) in enumerate(rows):
         prefix = prefixes[index]
         trajectories.append(
             Trajectory(
@@ -69,7 +67,7 @@ def sample_trajectories(
                 response_ids=response,
                 logprobs=[0.0] * len(prefix) + generations.logp_BT[row, : len(response) - len(prefix)].tolist(),
                 text=text,
-                reward=reward,
+                reward=None,
                 truncated=bool(generations.truncated_B[row]),
                 group=groups[index],
                 step_spans=char_spans_to_token_spans(task.split_steps(text), offsets, len(text)),

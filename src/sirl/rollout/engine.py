@@ -337,6 +337,11 @@ def pick_backend(model: PreTrainedModel) -> FastBackend | HFBackend:
 # --- sampling ------------------------------------------------------------------------------------
 
 
+class NonFiniteLogits(FloatingPointError):
+    """The policy produced a NaN or infinite logit while sampling: its weights are broken (a diverged
+    update). The trainer treats it like a non-finite loss: the step is skipped and counted."""
+
+
 def sample_next(
     logits_BV: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -438,8 +443,13 @@ def _generate_chunk(
     compacted = False
     check_every = 1 if device.type == "cpu" else 8  # a host sync per check is free on CPU, not on GPU
 
+    finite = torch.ones((), dtype=torch.bool, device=device)  # every logit so far was finite (no host sync)
     for t in range(T):
-        next_A, logp_A = sample_next(logits_BV, params, generator)
+        finite_A = torch.isfinite(logits_BV).all(-1)
+        finite = finite & finite_A.all()
+        # A broken row samples from uniform logits rather than crash inside torch.multinomial; `finite`
+        # then refuses the whole chunk below.
+        next_A, logp_A = sample_next(torch.where(finite_A[:, None], logits_BV, torch.zeros_like(logits_BV)), params, generator)
         if compacted:
             tokens_BT[active_A, t], logp_BT[active_A, t] = next_A, logp_A
         else:  # every row still in place: a plain column write
@@ -448,6 +458,8 @@ def _generate_chunk(
         if t == T - 1:
             break
         if t % check_every == 0:
+            if not bool(finite):
+                break
             live = int((~done_A).sum())
             if live == 0:
                 break
@@ -459,6 +471,8 @@ def _generate_chunk(
                 compacted = True
         logits_BV = backend.decode(next_A, state)
 
+    if not bool(finite):
+        raise NonFiniteLogits(f"the policy produced non-finite logits while sampling (by new token {t + 1}): its weights are broken")
     # A row is real up to and including its first EOS; after it, only padding.
     is_eos_BT = torch.isin(tokens_BT, eos)
     ended_before_BT = (is_eos_BT.long().cumsum(-1) - is_eos_BT.long()) > 0

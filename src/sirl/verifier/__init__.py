@@ -25,14 +25,15 @@ from __future__ import annotations
 
 import os
 import sys
+import dataclasses
 from dataclasses import asdict, dataclass
 
 from sirl.config import TaskConfig, VerifierConfig
 from sirl.tasks.base import Task
-from sirl.types import Problem
+from sirl.types import Problem, Trajectory
 from sirl.verifier.pool import TaskSpec, VerifierPool, VerifierStartupError, VerifyCounts
 
-__all__ = ["Isolation", "TaskSpec", "Verifier", "VerifierPool", "VerifierStartupError", "VerifyCounts", "make_verifier", "resolve_isolation", "score_completions", "verifier_for"]
+__all__ = ["Isolation", "TaskSpec", "Verifier", "VerifierPool", "VerifierStartupError", "VerifyCounts", "make_verifier", "resolve_isolation", "score_completions", "verifier_for", "verify_trajectories"]
 
 LEVELS = ("in_process", "workers")
 
@@ -142,6 +143,13 @@ def score_completions(task: Task, problems: list[Problem], completions: list[str
     if verifier is not None:
         return verifier.score(problems, completions)
     return [task.verify(problem, completion) for problem, completion in zip(problems, completions, strict=True)]
+
+
+def verify_trajectories(task: Task, trajectories: list[Trajectory], verifier: Verifier | None = None) -> list[Trajectory]:
+    """The verification stage: the trajectories with their rewards, scored in one batch by ``verifier``
+    (in process or in isolated workers; without one, ``task.verify`` in this process)."""
+    rewards = score_completions(task, [t.problem for t in trajectories], [t.text for t in trajectories], verifier)
+    return [dataclasses.replace(t, reward=reward) for t, reward in zip(trajectories, rewards, strict=True)]
 
 
 def verifier_for(config: VerifierConfig, task_config: TaskConfig, task: Task) -> Verifier:

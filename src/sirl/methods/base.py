@@ -1,0 +1,150 @@
+"""What every method shares: its registry entry, what it is given each step, and the policy as it samples.
+
+A method's credit function takes the step's verified rollouts and a :class:`MethodContext` and returns a
+frozen :class:`~sirl.types.Credit`. Extra samples it needs (probes, verdicts) come from the context's
+:class:`PolicySampler`, which verifies them and counts the tokens it generates, so every token a method
+spends lands in the budget without the method counting it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sirl.batch import TokenBatch, collate_supervised
+from sirl.config import ConfigError, ExperimentConfig
+from sirl.internalize import selfverify
+from sirl.internalize.localize import prefix_ids
+from sirl.internalize.repair import RepairBuffer, RepairEntry, VerificationExample, VerificationExamples
+from sirl.internalize.selfverify import AuditSchedule
+from sirl.rollout import SamplingParams, sample_trajectories
+from sirl.tasks.base import Task
+from sirl.types import Credit, Trajectory, Verdict
+from sirl.verifier import Verifier, verify_trajectories
+
+
+class PolicySampler:
+    """The current policy as a method samples from it during one step: probes from prefixes (verified,
+    like the rollouts) and self-verification verdicts. ``tokens`` counts what it generated, by kind:
+    ``probe`` (response tokens past the given prefix) and ``verify`` (verdict tokens)."""
+
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, params: SamplingParams, *,
+        generator: torch.Generator, verifier: Verifier | None, max_batch: int,
+    ):
+        self.model, self.tokenizer, self.task, self.params = model, tokenizer, task, params
+        self.generator, self.verifier, self.max_batch = generator, verifier, max_batch
+        self.tokens = {"probe": 0, "verify": 0}
+
+    def probe(self, requests: list[tuple[Trajectory, int]], k: int) -> list[list[Trajectory]]:
+        """``k`` verified continuations of each (trajectory, steps) request's prefix through that many steps,
+        in the trajectory's group."""
+        found = sample_trajectories(
+            self.model, self.tokenizer, self.task, [t.problem for t, _ in requests], self.params, group_size=k,
+            prefixes=[prefix_ids(t, steps) for t, steps in requests], groups=[t.group for t, _ in requests],
+            generator=self.generator, max_batch=self.max_batch,
+        )
+        found = verify_trajectories(self.task, found, self.verifier)
+        self.tokens["probe"] += sum(len(p.response_ids) - p.prefix_len for p in found)
+        return [found[i * k : (i + 1) * k] for i in range(len(requests))]
+
+    def propose(self, failures: list[Trajectory]) -> list[Verdict]:
+        """The policy's greedy verdicts on the failures (which step went wrong first)."""
+        verdicts = selfverify.propose(self.model, self.tokenizer, self.task, [(t.problem, t.text) for t in failures], self.max_batch)
+        self.tokens["verify"] += sum(v.n_tokens for v in verdicts)
+        return verdicts
+
+    def sample_verdicts(self, examples: list[VerificationExample], group: int, first_group: int) -> list[Trajectory]:
+        """``group`` sampled verdicts per example, rewarded for agreeing with the oracle (selfverify)."""
+        verdicts = selfverify.sampled_verdicts(
+            self.model, self.tokenizer, self.task, examples, group, self.generator, first_group=first_group, max_batch=self.max_batch,
+        )
+        self.tokens["verify"] += sum(len(v.response_ids) for v in verdicts)
+        return verdicts
+
+    def verdict_batch(self, examples: list[VerificationExample]) -> TokenBatch:
+        """The oracle's verdicts on ``examples`` as a supervised batch (nothing is generated)."""
+        return collate_supervised(selfverify.supervised_batch(self.task, self.tokenizer, examples), self.tokenizer.pad_token_id)
+
+
+class MethodMemory:
+    """What a method keeps from one step to the next (saved in every checkpoint): good prefixes to restart
+    from, self-verification examples, and the audit schedule."""
+
+    def __init__(self, repair_capacity: int, verification_capacity: int, audits: AuditSchedule):
+        self.repair = RepairBuffer(repair_capacity)
+        self.verification = VerificationExamples(verification_capacity)
+        self.audits = audits
+
+    def remember(self, step: int, rollouts: Sequence[Trajectory], credit: Credit, good_prefixes: Sequence[tuple[Trajectory, list[int]]]) -> None:
+        """Keep the step's good prefixes (repair buffer) and its oracle verdicts: each localized failure's
+        error step, and "none" for each verified fresh sample (self-verification examples)."""
+        for t, prefix in good_prefixes:
+            self.repair.add(RepairEntry(t.problem, prefix, step))
+        for found in credit.localizations:
+            t = credit.rows[found.row]
+            self.verification.add(VerificationExample(t.problem, t.text, found.localization.error_step, step))
+        for t in rollouts:
+            if t.reward >= 1 and t.prefix_len == 0:
+                self.verification.add(VerificationExample(t.problem, t.text, None, step))
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method is given each step besides the rollouts."""
+
+    task: Task
+    config: ExperimentConfig
+    sampler: PolicySampler
+    rng: random.Random
+    """The method's own random stream (saved in checkpoints)."""
+    memory: MethodMemory
+    step: int
+
+
+CreditFn = Callable[[Sequence[Trajectory], MethodContext], Credit]
+
+
+def refuse_ground_truth(config: ExperimentConfig, task: Task) -> None:
+    """Every method's check but si's: the ground-truth localizer is a diagnostic of si only."""
+    if config.method.localizer == "ground_truth":
+        raise ConfigError(
+            f"method.localizer=ground_truth is a diagnostic of algo.name=si only (got algo.name={config.algo.name}); "
+            "use method.localizer=search"
+        )
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registry entry. ``credit`` turns the step's verified rollouts into a :class:`Credit`;
+    ``uses_repair``: a share of each step's prompts continue good prefixes from the repair buffer;
+    ``check`` refuses, before anything runs, a config or task the method cannot work with."""
+
+    name: str
+    summary: str
+    credit: CreditFn
+    uses_repair: bool = False
+    check: Callable[[ExperimentConfig, Task], None] = refuse_ground_truth
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to the registry; a name can be registered once."""
+    if method.name in METHODS:
+        raise ValueError(f"a method named {method.name!r} is already registered ({METHODS[method.name].summary})")
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    """The registered method ``name``; an unknown name is a ConfigError listing the valid ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown method algo.name={name!r}; valid methods: {sorted(METHODS)}") from None

@@ -1,0 +1,47 @@
+"""random_reset: si's harness with the reset step drawn at random instead of localized, the baseline that
+isolates what localization buys (docs/method.md, "Baselines").
+
+Each chosen failure gets K probes from the prefix through a uniformly random number of its steps; the
+probes join the batch with R - V(prefix), the failure keeps its outcome advantage, and a prefix from which
+a probe verified goes to the repair buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sirl.internalize.credit import probe_credit
+from sirl.internalize.localize import prefix_ids
+from sirl.methods.base import Method, MethodContext, register
+from sirl.methods.common import StepEvidence
+from sirl.types import Credit, Trajectory
+
+
+def random_reset_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
+    config = context.config.method
+    evidence = StepEvidence.of(rollouts, context.config.algo.outcome_advantage)
+    chosen_rows, metrics = evidence.choose_failures(config.max_localizations)
+    requests = [(rollouts[i], context.rng.randrange(len(rollouts[i].step_spans))) for i in chosen_rows]
+    found = context.sampler.probe(requests, config.probes) if requests else []
+    good_prefixes = []
+    for (t, k), probes in zip(requests, found):
+        evidence.book.add(probes)
+        if any(p.reward >= 1 for p in probes):
+            good_prefixes.append((t, prefix_ids(t, k)))
+    probes = [p for group in found for p in group]
+    kept = probes if config.train_on_probes else [p for p in probes if p.reward >= 1]
+    metrics["loc/localized_frac"] = 0.0
+    metrics["loc/probes_per_failure"] = len(probes) / max(len(chosen_rows), 1)
+    metrics["repair/added"] = sum(p.reward >= 1 for p in kept)
+    credit = Credit(
+        rows=(*rollouts, *kept),
+        token_advantages=(*evidence.outcome_token_advantages(), *probe_credit(kept, evidence.book, evidence.scales)),
+        reference=(True,) * len(rollouts) + (False,) * len(kept),
+        metrics=metrics,
+        row_kinds=("sample",) * len(rollouts) + ("probe",) * len(kept),
+    )
+    context.memory.remember(context.step, rollouts, credit, good_prefixes)
+    return credit
+
+
+register(Method("random_reset", "si's resets at a random step instead of a localized one (baseline)", random_reset_credit, uses_repair=True))

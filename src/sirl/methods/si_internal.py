@@ -1,0 +1,96 @@
+"""si_internal (docs/method.md, "Internalize"): si where the policy, on the same weights, learns to name the
+first wrong step of its own solutions and proposes it for new failures.
+
+Per step: the policy proposes the error step of each chosen failure; a share of failures (the audit
+fraction, which falls as the policy agrees with the oracle, never below ``internalize.audit_min``) gets
+the full oracle search and scores the proposal; any other proposal is confirmed by two probe checks and
+falls back to the search when they disagree. Credit is si's. The policy then trains on self-verification
+examples drawn from its own recent outputs (the oracle's verdicts): an auxiliary cross-entropy
+(``verify_loss=sft``), sampled verdicts rewarded for agreeing with the oracle (``rl``), or both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+
+import torch
+
+from sirl.internalize import selfverify
+from sirl.internalize.credit import ProbeFn, SearchSettings, outcome_advantages, self_localize
+from sirl.internalize.localize import PrefixBook
+from sirl.internalize.selfverify import AuditSchedule
+from sirl.methods.base import Method, MethodContext, register
+from sirl.methods.si import localized_credit, search_settings
+from sirl.types import AuxiliaryLoss, Credit, Localization, Trajectory, Verdict
+
+
+def localize_with_proposals(
+    failures: list[Trajectory], verdicts: list[Verdict], book: PrefixBook, probe: ProbeFn, settings: SearchSettings,
+    audits: AuditSchedule, rng: random.Random, truth: list[int | None] | None,
+) -> tuple[list[Localization], dict[str, float]]:
+    """Audit a share of the failures (``audits.fraction``, drawn with ``rng``), confirm the other proposals or
+    fall back to the search (sirl.internalize.credit.self_localize), record the audits' agreement, and
+    measure the verdicts: ``selfloc/*`` metrics, with ``truth`` (ground-truth first errors) where the
+    task has it."""
+    audit_fraction = audits.fraction
+    audited = [rng.random() < audit_fraction for _ in failures]
+    found = self_localize(failures, verdicts, audited, book, probe, settings)
+    for agreed in found.audited_agreement:
+        audits.record(agreed)
+    metrics = {}
+    if found.audited_agreement:
+        metrics["selfloc/agreement"] = sum(found.audited_agreement) / len(found.audited_agreement)
+    metrics["selfloc/audit_frac"] = audit_fraction
+    metrics["selfloc/confirmed_frac"] = found.confirmed / max(found.candidates, 1)
+    metrics["selfloc/valid_frac"] = sum(v.valid for v in verdicts) / max(len(verdicts), 1)
+    if truth is not None and failures:
+        metrics["selfloc/accuracy"] = sum(v.step == e for v, e in zip(verdicts, truth)) / len(failures)
+    return list(found.localizations), metrics
+
+
+def si_internal_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
+    internal, task = context.config.internalize, context.task
+    settings = search_settings(context.config)
+
+    def localizer(failures, book, probe, metrics):
+        verdicts = context.sampler.propose(failures)
+        truth = [task.first_error(t.problem, t.text) for t in failures] if task.has_ground_truth else None
+        localizations, found = localize_with_proposals(failures, verdicts, book, probe, settings, context.memory.audits, context.rng, truth)
+        metrics.update(found)
+        return localizations
+
+    credit, good_prefixes = localized_credit(rollouts, context, localizer)
+    context.memory.remember(context.step, rollouts, credit, good_prefixes)
+
+    # Teach self-verification on the policy's own recent outputs, this step's included.
+    examples = selfverify.draw_examples(context.memory.verification, internal.verify_batch, internal.none_share, context.rng)
+    if not examples:
+        return credit
+    aux_losses, metrics, verdict_rows, verdict_adv = [], dict(credit.metrics), [], []
+    if internal.verify_loss in ("sft", "both"):
+        batch = context.sampler.verdict_batch(examples)
+        aux_losses.append(AuxiliaryLoss("verify", internal.verify_coef, batch.input_ids_BT, batch.attention_BT, batch.target_mask_BT))
+    if internal.verify_loss in ("rl", "both"):
+        verdict_rows = context.sampler.sample_verdicts(examples, internal.verify_group, first_group=max(t.group for t in credit.rows) + 1)
+        verdict_adv = [
+            torch.full((len(v.response_ids),), float(a) * internal.verify_coef)
+            for v, a in zip(verdict_rows, outcome_advantages(verdict_rows, "grpo"))
+        ]
+        metrics["reward/verify"] = sum(v.reward for v in verdict_rows) / len(verdict_rows)
+    return dataclasses.replace(
+        credit,
+        rows=(*credit.rows, *verdict_rows),
+        token_advantages=(*credit.token_advantages, *verdict_adv),
+        reference=(*credit.reference, *(False,) * len(verdict_rows)),
+        aux_losses=tuple(aux_losses),
+        metrics=metrics,
+        row_kinds=(*(credit.row_kinds or ("sample",) * len(credit.rows)), *("verdict",) * len(verdict_rows)),
+    )
+
+
+register(Method(
+    "si_internal", "si where the policy also learns to name its own first wrong step and proposes it, confirmed by probes",
+    si_internal_credit, uses_repair=True,
+))
