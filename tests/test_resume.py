@@ -190,13 +190,39 @@ def poison_rewards(monkeypatch, from_step: int) -> None:
 def test_three_non_finite_steps_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
     poison_rewards(monkeypatch, from_step=3)
-    with pytest.raises(Diverged, match=r"steps 3\.\.5 all had a non-finite loss or gradient.*checkpoints/step_2"):
+    with pytest.raises(Diverged, match=r"steps 3\.\.5 all had a non-finite loss, gradient or sampling logit.*checkpoints/step_2"):
         run_train(nano_config("train.steps=10"), run, quiet=True)
     rows = records(run)
     assert [r["guard/skipped_steps"] for r in rows[1:]] == [0, 0, 1, 2, 3]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_2"
     assert not (run / "checkpoints" / "step_4").exists() and not (run / "checkpoints" / "final").exists()
     assert check_checkpoint(run / "checkpoints" / "step_2") is None
+
+
+def test_non_finite_logits_while_sampling_skip_steps_and_stop_the_run_at_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """Weights broken after step 2's update (as an overflowing update would leave them): step 2's
+    checkpoint is refused, steps 3..5 cannot sample (NaN logits) and are skipped and logged as such, and
+    the run stops naming step_1, the last checkpoint whose weights passed the finite check."""
+    real_update, calls = sirl.train.policy_update, {"n": 0}
+
+    def update(model, *args, **kwargs):
+        stats = real_update(model, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return stats
+
+    monkeypatch.setattr(sirl.train, "policy_update", update)
+    run = tmp_path / "run"
+    with pytest.raises(Diverged, match=r"steps 3\.\.5 all had a non-finite loss, gradient or sampling logit.*checkpoints/step_1 \(checkpoints/latest\)"):
+        run_train(nano_config("train.steps=10", "train.checkpoint_every=1"), run, quiet=True)
+    rows = records(run)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5]
+    assert [r.get("guard/nonfinite_logits", 0) for r in rows[1:]] == [0, 0, 1, 1, 1]
+    assert [r["guard/skipped_steps"] for r in rows[1:]] == [0, 0, 1, 2, 3]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_1" and not (run / "checkpoints" / "step_2").exists()
+    assert calls["n"] == 2  # no update after the weights broke
 
 
 def test_a_skipped_step_leaves_the_weights_unchanged(tmp_path, monkeypatch):

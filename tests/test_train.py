@@ -256,3 +256,17 @@ def test_evaluations_on_a_token_grid_fall_at_the_steps_that_cross_each_multiple(
     expected = [i for i in range(len(records)) if i in (0, len(records) - 1) or totals[i] // 300 > totals[i - 1] // 300]
     assert [i for i, r in enumerate(records) if "eval/accuracy" in r] == expected
     assert 2 <= len(expected) < len(records)
+
+
+def test_grpo_from_the_shipped_policy_improves_held_out_accuracy(tmp_path):
+    """A real improvement, end to end: 30 grpo steps from the shipped arith policy (fixed seed, one
+    thread, so the run is the same on every CPU) lift greedy accuracy on 300 held-out problems from 63.3%
+    to 78.0% (measured); the test asks for 8 points, beyond the 95% interval of either figure (±5)."""
+    torch.set_num_threads(1)
+    config = load_config("arith", [
+        "model.device=cpu", "algo.name=grpo", "seed=0", "train.steps=30", "train.lr=2e-4", "train.warmup_steps=0",
+        "train.eval_every=0", "train.checkpoint_every=0", "eval.n_problems=300",
+    ])
+    final = run_train(config, tmp_path / "run", quiet=True)
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["eval/accuracy"]
+    assert final.n == 300 and final.accuracy - first >= 0.08, (first, final.accuracy)

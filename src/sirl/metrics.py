@@ -107,8 +107,8 @@ def pick_sample_rows(credit: Credit, n: int) -> list[int]:
     queues = []
     for rows in by_group.values():
         first = [i for i in rows if i in localized]
-        failures = [i for i in rows if i not in localized and credit.rows[i].reward < 1]
         successes = [i for i in rows if credit.rows[i].reward >= 1]
+        failures = [i for i in rows if i not in localized and i not in successes]  # a NaN reward is no success
         interleaved = [i for pair in zip(failures, successes) for i in pair]
         rest = failures[len(successes):] + successes[len(failures):]
         queues.append(first + interleaved + rest)

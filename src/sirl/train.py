@@ -103,6 +103,7 @@ def _train(
         return evaluate(model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size, verifier=verifier)
 
     def checkpoint(name: str) -> None:
+        """Write checkpoint ``name``; weights that are not all finite are never written (NonFiniteWeights)."""
         processes = dist.gather_json(state.process_json())  # every process takes part; the first writes
         if log:
             state.log_elapsed_s = time.time() - log.start_time
@@ -186,7 +187,10 @@ def _train(
             log.log(step, metrics)
         # No checkpoint while steps are being skipped: `latest` stays the last one before the trouble.
         if train.checkpoint_every and step % train.checkpoint_every == 0 and not finishing and not state.skipped_in_row:
-            checkpoint(f"step_{step}")
+            try:
+                checkpoint(f"step_{step}")
+            except NonFiniteWeights as error:  # `latest` keeps naming the last good one; sampling will stop the run
+                print(f"train: {error}; {_last_good(run_dir)}", flush=True)
         bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", eval_acc=f"{state.last_eval.accuracy:.1%}",
                         tok_s=f"{metrics['tokens_per_s']:.0f}", eta=_eta(state.train_elapsed_s, step, train, state.tokens.total))
         if finishing:
