@@ -96,7 +96,10 @@ def _worker_main(fd: int, parent: int) -> None:
     limit = memory_mb << 20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    from sirl.data import silence_warnings
     from sirl.tasks import load_task  # imported here, after the limits, in the fresh interpreter
+
+    silence_warnings()  # the trainer built this task from the same files first and printed their warnings
 
     try:
         task = load_task(spec.name, **spec.args)
