@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import types
 from pathlib import Path
 
 from sirl.tasks.arith import ArithTask
@@ -26,7 +27,8 @@ TASKS: dict[str, type[Task]] = {
     CodeTask.name: CodeTask,
 }
 
-__all__ = ["TASKS", "Task", "NoGroundTruth", "load_task", "resolve_task_class", "task_knobs", "split_of"]
+__all__ = ["OPTIONAL", "REQUIRED", "TASKS", "NoGroundTruth", "NotATask", "Task", "check_task_class", "load_task",
+           "resolve_task_class", "split_of", "task_knobs"]
 
 
 def _import_class(spec: str) -> type:
@@ -51,17 +53,48 @@ def _import_class(spec: str) -> type:
         raise ValueError(f"{module_part!r} has no attribute {class_name!r} (from --task {spec!r})") from None
 
 
+REQUIRED = ("sample", "verify", "split_steps", "reference_solution")
+"""The methods a task must implement (sirl.tasks.base has their contracts)."""
+OPTIONAL = (
+    "name", "description", "first_error", "has_ground_truth", "safe_verify", "program_isolation", "difficulty",
+    "verification_prompt", "verdict_text", "parse_verdict", "verify_query", "verdict_none", "alphabet",
+)
+"""Members with a default in :class:`~sirl.tasks.base.Task`, which a class written to the interface
+without subclassing it gets too."""
+
+
+class NotATask(ValueError):
+    """``--task`` names something that does not implement the task interface (a config error)."""
+
+
+def check_task_class(cls: object, spec: str) -> type[Task]:
+    """``cls`` as a task class, checked once, up front: every required method missing is named in one
+    error. A class written to the interface without subclassing :class:`Task` is adapted to one (a
+    subclass of both), so it takes the base class's defaults for the optional members."""
+    if not isinstance(cls, type):
+        raise NotATask(f"--task {spec!r} names a value of type {type(cls).__name__}, not a class; give a task class (see README, Adding a task)")
+    missing = sorted(cls.__abstractmethods__) if issubclass(cls, Task) else [m for m in REQUIRED if not callable(getattr(cls, m, None))]
+    if missing:
+        raise NotATask(
+            f"task class {cls.__qualname__} (from --task {spec!r}) lacks the required method(s) {missing}; a task "
+            f"implements {list(REQUIRED)} and may override {list(OPTIONAL)} (sirl.tasks.base.Task has the contract "
+            "and the defaults)"
+        )
+    if issubclass(cls, Task):
+        return cls
+    namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+    if "safe_verify" in cls.__dict__:  # the class's own declaration about its own verify still holds
+        namespace["safe_verify"] = cls.__dict__["safe_verify"]
+    return types.new_class(cls.__name__, (cls, Task), exec_body=lambda ns: ns.update(namespace))
+
+
 def resolve_task_class(spec: str) -> type[Task]:
-    """The task class named by a registry name or an import path."""
+    """The task class named by a registry name or an import path (checked by :func:`check_task_class`)."""
     if spec in TASKS:
         return TASKS[spec]
     if ":" not in spec:
         raise ValueError(f"unknown task {spec!r}; registered tasks: {sorted(TASKS)} (or give 'file.py:Class')")
-    cls = _import_class(spec)
-    missing = [m for m in ("sample", "verify", "split_steps", "first_error", "reference_solution") if not hasattr(cls, m)]
-    if missing:
-        raise TypeError(f"{spec!r} is not a task: it lacks {missing}; subclass sirl.tasks.base.Task")
-    return cls
+    return check_task_class(_import_class(spec), spec)
 
 
 def task_knobs(cls: type[Task]) -> dict[str, inspect.Parameter]:

@@ -10,7 +10,8 @@ isolation levels (``verifier.isolation`` in the config):
 - ``workers``: a :class:`~sirl.verifier.pool.VerifierPool` of spawned worker processes with a deadline,
   a memory cap and a process-group kill per completion. The default for every other task.
 
-``auto`` (the default) picks ``in_process`` for tasks with ``safe_verify`` and ``workers`` otherwise. A
+``auto`` (the default) picks ``in_process`` for tasks whose class declares ``safe_verify`` itself (not
+a subclass that inherits it: it may verify differently) and ``workers`` otherwise. A
 task that executes model-written programs (``code``) also has a program sandbox of its own
 (sirl.verifier.sandbox); :attr:`Isolation.programs` names it. The isolation in use is printed when a run
 starts and written to the run folder, never chosen silently.
@@ -28,7 +29,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from sirl.config import TaskConfig, VerifierConfig
-from sirl.tasks.base import Task
+from sirl.tasks.base import Task, declares_safe_verify
 from sirl.types import Problem
 from sirl.verifier.pool import TaskSpec, VerifierPool, VerifierStartupError, VerifyCounts
 
@@ -62,9 +63,10 @@ class Isolation:
 
 
 def resolve_isolation(isolation: str, task: Task) -> str:
-    """``auto`` -> ``in_process`` for a task with ``safe_verify``, else ``workers``; others as given."""
+    """``auto`` -> ``in_process`` for a task whose class declares ``safe_verify`` itself (a subclass that
+    only inherits it runs in workers), else ``workers``; others as given."""
     if isolation == "auto":
-        return "in_process" if task.safe_verify else "workers"
+        return "in_process" if declares_safe_verify(type(task)) else "workers"
     if isolation not in LEVELS:
         raise ValueError(f"verifier.isolation must be 'auto' or one of {list(LEVELS)}, got {isolation!r}")
     return isolation
