@@ -10,10 +10,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import json
 import sys
 import types
 from pathlib import Path
 
+from sirl.config import ConfigError
+from sirl.paths import resolve_path
 from sirl.tasks.arith import ArithTask
 from sirl.tasks.base import NoGroundTruth, Task, split_of
 from sirl.tasks.code import CodeTask
@@ -27,8 +30,9 @@ TASKS: dict[str, type[Task]] = {
     CodeTask.name: CodeTask,
 }
 
-__all__ = ["OPTIONAL", "REQUIRED", "TASKS", "NoGroundTruth", "NotATask", "Task", "check_task_class", "load_task",
-           "resolve_task_class", "split_of", "task_knobs"]
+__all__ = ["OPTIONAL", "REQUIRED", "TASKS", "TASK_RECORD", "NoGroundTruth", "NotATask", "Task", "check_model_task",
+           "check_task_class", "load_task", "read_task_record", "resolve_task_class", "split_of", "task_knobs",
+           "write_task_record"]
 
 
 def _import_class(spec: str) -> type:
@@ -111,3 +115,54 @@ def load_task(spec: str, **kwargs) -> Task:
     if unknown:
         raise ValueError(f"task {spec!r} has no knob(s) {unknown}; valid knobs: {sorted(knobs)}")
     return cls(**kwargs)
+
+
+# --- which task a model directory was trained on ----------------------------------------------------
+TASK_RECORD = "sirl_task.json"
+"""The file in a model directory written by sirl that names the task it was trained on and its knobs."""
+
+
+def write_task_record(model_dir: str | Path, spec: str, args: dict) -> Path:
+    """Record in ``model_dir`` that its model was trained on task ``spec`` with knobs ``args``: the task's
+    ``name`` (compared when the model is loaded again), and the spec and knobs as given (quoted back)."""
+    record = {"name": resolve_task_class(spec).name, "task": spec, "args": args}
+    path = Path(model_dir) / TASK_RECORD
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_task_record(model_dir: str | Path) -> dict | None:
+    """The task record of a model directory, or None for one that has none (a model not trained by sirl)."""
+    path = resolve_path(model_dir) / TASK_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record.get("name"), str):
+            raise ValueError("no task name")
+    except (ValueError, AttributeError) as error:
+        raise ConfigError(f"{path}: not a task record ({error}); delete it, or write it again with sirl.tasks.write_task_record") from None
+    return record
+
+
+def _flags(spec: str, args: dict) -> str:
+    return " ".join([f"--task {spec}", *(f"--task.args.{key}={json.dumps(value)}" for key, value in sorted(args.items()))])
+
+
+def check_model_task(model_dir: str | Path, spec: str, args: dict, *, allow_mismatch: bool = False) -> str | None:
+    """Refuse to use a model trained by sirl on one task for another: a :class:`ConfigError` that names
+    both and what to give, unless ``allow_mismatch`` (then the same message comes back as a note to
+    print). Other knobs of the same task are fine (a harder distribution than the model was trained on is
+    a normal experiment); a model directory without a record (not written by sirl) is never refused."""
+    record = read_task_record(model_dir)
+    if record is None:
+        return None
+    wanted = resolve_task_class(spec).name
+    if record["name"] == wanted:
+        return None
+    trained = _flags(record.get("task", record["name"]), record.get("args") or {})
+    message = (f"model {model_dir} was trained on task {record['name']!r} ({trained}), but the task given is "
+               f"{wanted!r} ({_flags(spec, args)})")
+    if allow_mismatch:
+        return f"{message}; using it for {wanted!r} as asked (--allow-task-mismatch)"
+    raise ConfigError(f"{message}; give {trained}, or add --allow-task-mismatch to use this model for {wanted!r} anyway")
