@@ -96,7 +96,7 @@ def _prctl(option: int, value: int) -> bool:
         return False
 
 
-def _live_descendants(root: int) -> list[int]:
+def live_descendants(root: int) -> list[int]:
     """Living (not zombie) processes below ``root``, from /proc (one pass over every process: the
     kernel's per-task ``children`` lists are not built on every system)."""
     children: dict[int, list[int]] = {}
@@ -134,7 +134,7 @@ def kill_descendants(root: int) -> None:
     finds processes that left their session or process group (``setsid``, a double fork): they are
     re-parented to it when their parent dies, so they stay below it."""
     for _ in range(1000):  # each round kills all it sees; only a process forked meanwhile is left for the next
-        alive = _live_descendants(root)
+        alive = live_descendants(root)
         if not alive:
             return
         for pid in alive:
