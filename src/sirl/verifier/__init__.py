@@ -8,7 +8,8 @@ isolation levels (``verifier.isolation`` in the config):
   declare ``safe_verify = True`` (their verifier is bounded in time and memory for any completion, like
   the string checks of ``arith`` and ``countdown``); an exception still scores 0 and is counted.
 - ``workers``: a :class:`~sirl.verifier.pool.VerifierPool` of spawned worker processes with a deadline,
-  a memory cap and a process-group kill per completion. The default for every other task.
+  a memory cap and, on overrun, a kill of the worker and every process it started (its guardian is a
+  child subreaper). The default for every other task.
 
 ``auto`` (the default) picks ``in_process`` for tasks whose class declares ``safe_verify`` itself (not
 a subclass that inherits it: it may verify differently) and ``workers`` otherwise. A
@@ -55,7 +56,7 @@ class Isolation:
             text = "in process (no deadline, no memory cap; the task declares its verify safe)"
         else:
             text = (f"{self.workers} worker processes (spawned, {self.timeout_s:g} s deadline per completion, "
-                    f"{self.memory_mb} MB address space, process-group kill on overrun)")
+                    f"{self.memory_mb} MB address space, the worker and every process it started killed on overrun)")
         return text + (f"; programs: {self.programs}" if self.programs else "")
 
     def to_json(self) -> dict:
