@@ -107,3 +107,79 @@ def test_gsm8k_reads_a_file_with_a_few_bad_rows_and_parquet(tmp_path, capsys):
     assert len(GSM8KTask(path=str(tmp_path / "g.parquet"))) == 199
     with pytest.raises(DataError, match="max_bad_fraction=0"):
         GSM8KTask(path=str(tmp_path / "g.jsonl"), max_bad_fraction=0.0)
+
+
+# --- rows that are never lost, errors that are never silent -----------------------------------------
+# json.dumps escapes the ASCII control characters (\x0b, \x1c, \r ...) but with ensure_ascii=False writes
+# these three as they are, and str.splitlines() splits at each of them.
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085"])
+def test_a_line_separator_inside_a_string_keeps_the_row_whole(tmp_path, separator):
+    odd = {"question": f"What is 2+2?{separator}Think.", "answer": "#### 4"}
+    rows = [GOOD] * 100 + [odd] + [GOOD] * 99 + ['{"question": "q"}']  # one truly bad row, after it
+    path = tmp_path / "p.jsonl"
+    path.write_bytes("\n".join(json.dumps(r, ensure_ascii=False) if isinstance(r, dict) else r for r in rows).encode() + b"\n")
+    messages, warn = collect()
+    records = read_records(path, FIELDS, warn=warn)
+    assert records.total == 201 and len(records.rows) == 200
+    assert records.rows[100]["question"] == odd["question"]
+    assert [str(b) for b in records.bad] == [f"{path}, line 201: missing field 'answer' (fields present: ['question'])"]
+
+
+def test_invalid_utf8_is_a_bad_row_reported_by_line(tmp_path):
+    lines = [json.dumps(GOOD).encode()] * 150 + [b'{"question": "What is \xff\xfe?", "answer": "#### 4"}'] + [json.dumps(GOOD).encode()] * 49
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    messages, warn = collect()
+    records = read_records(path, FIELDS, warn=warn)
+    assert len(records.rows) == 199 and "\ufffd" not in "".join(r["question"] for r in records.rows)
+    assert [str(b) for b in records.bad] == [f"{path}, line 151: not valid UTF-8 (byte 0xff at byte 23 of the line: invalid start byte)"]
+    assert "line 151: not valid UTF-8" in messages[0]
+
+
+def test_a_field_named_twice_is_a_bad_row(tmp_path):
+    path = jsonl(tmp_path / "p.jsonl", [GOOD] * 150 + ['{"question": "What is 1?", "answer": "#### 1", "answer": "#### 2"}'] + [GOOD] * 49)
+    records = read_records(path, FIELDS, warn=lambda m: None)
+    assert len(records.rows) == 199
+    assert [str(b) for b in records.bad] == [f"{path}, line 151: field 'answer' appears twice in one object; each field may appear once"]
+    nested = jsonl(tmp_path / "n.jsonl", ['{"question": "q?", "answer": "#### 1", "meta": {"a": 1, "a": 2}}'])
+    with pytest.raises(DataError, match="field 'a' appears twice"):
+        read_records(nested, FIELDS)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])
+def test_utf16_and_utf32_files_with_a_byte_order_mark_are_read(tmp_path, encoding):
+    rows = [dict(GOOD, question=f"What is {i}+{i}? \u00e9\u2028") for i in range(300)]
+    text = "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n"
+    bom = {"utf-16": "", "utf-32": ""}.get(encoding, "\ufeff")  # the plain codecs write their own mark
+    path = tmp_path / "p.jsonl"
+    path.write_bytes((bom + text).encode(encoding))
+    records = read_records(path, FIELDS)
+    assert [r["question"] for r in records.rows] == [r["question"] for r in rows] and not records.bad
+
+
+@pytest.mark.parametrize("encoding, named", [("utf-16-le", "UTF-16"), ("utf-16-be", "UTF-16"), ("utf-32-le", "UTF-32")])
+def test_a_utf16_file_without_a_mark_is_refused_naming_its_encoding_and_the_fix(tmp_path, encoding, named):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes("\n".join(json.dumps(GOOD) for _ in range(300)).encode(encoding))
+    with pytest.raises(DataError, match=f"looks like {named} without a byte-order mark.*iconv -f {named}") as error:
+        read_records(path, FIELDS)
+    assert "rows are bad" not in str(error.value)
+
+
+def test_a_file_whose_mark_lies_is_refused_naming_the_encoding(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"\xff\xfe" + json.dumps(GOOD).encode("utf-16-le") + b"\x00\xd8")  # a lone high surrogate at the end
+    with pytest.raises(DataError, match=r"UTF-16-LE byte-order mark but is not valid UTF-16-LE.*iconv -f UTF-16-LE -t UTF-8"):
+        read_records(path, FIELDS)
+
+
+def test_a_files_warning_is_printed_once_per_process_and_never_by_verifier_workers(tmp_path, capfd):
+    from sirl.verifier import TaskSpec, VerifierPool
+
+    rows = [dict(GOOD, question=f"What is {i}+{i}?") for i in range(199)] + [{"question": "q?", "answer": "no gold line"}]
+    path = str(jsonl(tmp_path / "g.jsonl", rows))
+    GSM8KTask(path=path)
+    GSM8KTask(path=path)  # SFT builds the task twice; a run builds it again for its verifier
+    with VerifierPool(TaskSpec("gsm8k", {"path": path}), workers=2, timeout_s=5, memory_mb=1024) as pool:
+        pool.wait_ready()
+    assert capfd.readouterr().err.count("line 200: field 'answer' must end in a line") == 1

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from sirl.tasks import TASKS, load_task
+from sirl.tasks import TASKS, NotATask, Task, load_task
 from sirl.verifier.sandbox import bwrap_path
 from sirl.tasks.base import NoGroundTruth, partition_check
 
@@ -93,3 +93,130 @@ def test_a_task_loads_by_module_path():
 def test_unknown_task_lists_the_registered_ones():
     with pytest.raises(ValueError, match="registered tasks: \\['arith', 'code', 'countdown', 'gsm8k'\\]"):
         load_task("arithmetic")
+
+
+# --- what a task class says about itself, derived from the class --------------------------------------
+def _write(tmp_path, source: str, name: str = "user_tasks.py"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def test_ground_truth_is_recognised_from_the_class(tmp_path):
+    """A task that leaves first_error has no ground truth: calling it raises NoGroundTruth, and everything
+    that reads has_ground_truth (evaluation's first-error histogram, loc/accuracy) must skip it."""
+    path = _write(tmp_path, '''
+        from sirl.tasks.arith import ArithTask
+        from sirl.tasks.base import Task
+
+        class Plain(Task):
+            def sample(self, rng, split): ...
+            def verify(self, problem, completion): ...
+            def split_steps(self, completion): ...
+            def reference_solution(self, problem): ...
+
+        class Knows(Plain):
+            def first_error(self, problem, completion):
+                return None
+
+        class Harder(ArithTask):  # inherits arith's first_error
+            pass
+    ''')
+    assert load_task(f"{path}:Plain").has_ground_truth is False
+    assert load_task(f"{path}:Knows").has_ground_truth is True
+    assert load_task(f"{path}:Harder").has_ground_truth is True
+    assert [TASKS[n].has_ground_truth for n in ("arith", "countdown", "gsm8k", "code")] == [True, True, False, False]
+    with pytest.raises(TypeError, match="declares has_ground_truth = True but does not implement first_error"):
+        _write(tmp_path, '''
+            from sirl.tasks.base import Task
+            class Liar(Task):
+                has_ground_truth = True
+        ''', "liar.py")
+        load_task(f"{tmp_path}/liar.py:Liar")
+
+
+def test_safe_verify_holds_only_for_the_class_that_declares_it(tmp_path, capsys):
+    from sirl.verifier import make_verifier, resolve_isolation
+    from sirl.verifier.pool import TaskSpec
+
+    path = _write(tmp_path, '''
+        from sirl.tasks.arith import ArithTask
+
+        class NanArith(ArithTask):  # its own verify, which arith's declaration says nothing about
+            def verify(self, problem, completion):
+                return float("nan")
+
+        class StillSafe(ArithTask):
+            safe_verify = True
+    ''')
+    assert resolve_isolation("auto", load_task("arith")) == "in_process"
+    assert resolve_isolation("auto", load_task(f"{path}:NanArith")) == "workers"
+    assert resolve_isolation("auto", load_task(f"{path}:StillSafe")) == "in_process"
+    task = load_task(f"{path}:NanArith")
+    with make_verifier(task, TaskSpec.of(f"{path}:NanArith", {}), workers=1, timeout_s=5, memory_mb=1024) as verifier:
+        assert verifier.isolation.level == "workers" and "worker processes" in verifier.isolation.describe()
+        problem = task.sample(random.Random(0), "train")
+        assert verifier.score([problem], ["x"]) == [0.0] and verifier.counts.errors == 1
+
+
+INTERFACE_ONLY = '''
+    from sirl.tasks.base import split_on_separator
+    from sirl.types import Problem
+
+    class AddTask:  # the interface, without subclassing Task
+        name = "add"
+
+        def __init__(self, top: int = 9):
+            self.top = top
+
+        def sample(self, rng, split):
+            a, b = rng.randint(0, self.top), rng.randint(0, self.top)
+            return Problem(prompt=f"{a}+{b}=", answer=str(a + b), meta={"difficulty": 1})
+
+        def verify(self, problem, completion):
+            return float(completion == problem.answer)
+
+        def split_steps(self, completion):
+            return split_on_separator(completion, ";")
+
+        def reference_solution(self, problem):
+            return problem.answer
+
+    class Half:
+        def sample(self, rng, split): ...
+        def verify(self, problem, completion): ...
+'''
+
+
+def test_a_class_written_to_the_interface_takes_the_base_defaults(tmp_path):
+    from sirl.verifier import make_verifier
+    from sirl.verifier.pool import TaskSpec
+
+    path = _write(tmp_path, INTERFACE_ONLY)
+    task = load_task(f"{path}:AddTask", top=5)
+    assert isinstance(task, Task) and task.name == "add" and task.top == 5
+    assert task.safe_verify is False and task.program_isolation() is None and task.has_ground_truth is False
+    problem = task.sample(random.Random(0), "train")
+    assert task.parse_verdict(task.verdict_text(0)) == 0 and task.verification_prompt(problem, "1;2").endswith("[1]1;[2]2\n?")
+    with make_verifier(task, TaskSpec.of(f"{path}:AddTask", {"top": 5}), workers=1, timeout_s=5, memory_mb=1024) as verifier:
+        assert verifier.isolation.level == "workers"  # not declared safe: a user task runs in workers
+        assert verifier.score([problem, problem], [problem.answer, "no"]) == [1.0, 0.0]
+
+
+def test_a_class_missing_required_members_is_named_in_one_error(tmp_path):
+    path = _write(tmp_path, INTERFACE_ONLY)
+    with pytest.raises(NotATask) as error:
+        load_task(f"{path}:Half")
+    text = str(error.value)
+    assert "Half" in text and "lacks the required method(s) ['split_steps', 'reference_solution']" in text
+    assert "may override" in text and "safe_verify" in text
+    _write(tmp_path, '''
+        from sirl.tasks.base import Task
+        class Abstract(Task):
+            def sample(self, rng, split): ...
+    ''', "abstract.py")
+    with pytest.raises(NotATask, match=r"lacks the required method\(s\) \['reference_solution', 'split_steps', 'verify'\]"):
+        load_task(f"{tmp_path}/abstract.py:Abstract")
+    _write(tmp_path, "not_a_class = 3\n", "value.py")
+    with pytest.raises(NotATask, match="names a value of type int, not a class"):
+        load_task(f"{tmp_path}/value.py:not_a_class")

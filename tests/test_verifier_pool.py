@@ -7,6 +7,9 @@ that nothing is left behind: no process below this one, no extra file descriptor
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -15,7 +18,7 @@ from sirl.config import ConfigError, load_config
 from sirl.tasks import load_task
 from sirl.tasks.arith import ArithTask
 from sirl.verifier import Isolation, TaskSpec, Verifier, VerifierPool, VerifierStartupError, make_verifier, resolve_isolation
-from verifier_helpers import HERE, HostileTask, descendants, open_fds, wait_until_gone
+from verifier_helpers import HERE, HostileTask, descendants, open_fds, running, wait_until_gone
 
 DEADLINE = 1.0
 HOSTILE = TaskSpec(f"{HERE}:HostileTask")
@@ -91,6 +94,51 @@ def test_a_failing_verify_scores_zero_and_is_counted(no_leaks, completion, count
             assert wait_until_gone(first) == set() and set(pool.pids()).isdisjoint(first)
         if completion == "raise":
             assert pool.first_error == "RuntimeError: verifier bug"
+
+
+@pytest.mark.parametrize("mode", ["return", "daemon", "hang", "exit"])
+def test_a_helper_that_left_the_session_dies_with_the_pool(no_leaks, mode):
+    """setsid takes a helper out of the worker's process group, so a group kill misses it; the worker's
+    guardian (a child subreaper) still finds and kills it, on close, on a deadline and when the worker dies."""
+    seconds = f"{1000 + 0.001 * random.Random().randrange(10**6):.3f}"  # a command line no other test uses
+    argv = ["sleep", seconds]
+    with VerifierPool(HOSTILE, workers=1, timeout_s=DEADLINE, memory_mb=512) as pool:
+        pool.wait_ready()
+        scores = pool.score([OK, OK], [f"escape-{mode}-{seconds}", "ok"])
+        assert scores == [1.0 if mode in ("return", "daemon") else 0.0, 1.0]
+        if mode in ("return", "daemon"):  # alive until the pool closes (setsid -f execs it a moment later)
+            deadline = time.monotonic() + 2.0
+            while not running(argv) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert len(running(argv)) == 1
+        else:  # the worker overran or died: its helper went with it before the next worker took over
+            assert wait_until_gone(running(argv)) == set()
+    assert wait_until_gone(running(argv)) == set()
+
+
+def test_helpers_die_when_the_trainer_is_killed(tmp_path):
+    """SIGKILL to the process that owns the pool: its guardians get SIGTERM (PR_SET_PDEATHSIG) and clean up."""
+    seconds = f"{1000 + 0.001 * random.Random().randrange(10**6):.3f}"
+    script = tmp_path / "owner.py"
+    script.write_text(textwrap.dedent(f"""
+        import random, sys, time
+        from sirl.verifier import TaskSpec, VerifierPool
+        sys.path.insert(0, {str(HERE.parent)!r})
+        from verifier_helpers import HostileTask
+        pool = VerifierPool(TaskSpec({str(HOSTILE.name)!r}), workers=1, timeout_s=5, memory_mb=512)
+        pool.wait_ready()
+        print(pool.score([HostileTask().sample(random.Random(0), "train")], ["escape-return-{seconds}"]), flush=True)
+        time.sleep(1e6)
+    """))
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "[1.0]"
+        assert len(running(["sleep", seconds])) == 1
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdout.close()
+    assert wait_until_gone(running(["sleep", seconds]), 5.0) == set()
 
 
 def test_each_completion_has_its_own_deadline(no_leaks):

@@ -35,6 +35,17 @@ class HostileTask(Task):
         if completion == "helper":  # a child process in the worker's group that would outlive a plain kill
             subprocess.Popen(["sleep", "1000"])
             time.sleep(1e6)
+        if completion.startswith("escape"):  # helpers that leave the worker's session: escape-MODE-SECONDS
+            _, mode, seconds = completion.split("-")
+            if mode == "daemon":  # the classic double fork: the helper's parent exits at once
+                subprocess.Popen(["setsid", "-f", "sleep", seconds])
+            else:
+                subprocess.Popen(["sleep", seconds], start_new_session=True)
+            if mode == "hang":
+                time.sleep(1e6)
+            if mode == "exit":
+                os._exit(3)
+            return 1.0  # "return" and "daemon": the helper outlives the call
         if completion == "raise":
             raise RuntimeError("verifier bug")
         if completion == "exit":
@@ -85,6 +96,19 @@ def descendants(root: int | None = None) -> set[int]:
         for child in children.get(stack.pop(), []):
             found.add(child)
             stack.append(child)
+    return found
+
+
+def running(argv: list[str]) -> set[int]:
+    """Living processes, anywhere on the machine, whose command line is exactly ``argv``."""
+    wanted = "\0".join(argv).encode() + b"\0"
+    found = set()
+    for pid in processes():
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes() == wanted and _stat(str(pid)) is not None:
+                found.add(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
     return found
 
 

@@ -43,6 +43,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quiet", action="store_true", help="no progress bar; print only the result")
 
 
+def _add_task_mismatch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-task-mismatch", action="store_true",
+        help="use a model that sirl trained on another task (its sirl_task.json names it) for this one",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sirl",
@@ -68,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(sft)
+    _add_task_mismatch(sft)
 
     train = commands.add_parser(
         "train",
@@ -88,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(train)
+    _add_task_mismatch(train)
     train.add_argument(
         "--algo", metavar="NAME", help="si (default), si_internal, grpo, dr_grpo, rloo, random_reset or vine (sets algo.name)"
     )
@@ -113,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(evaluate)
+    _add_task_mismatch(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     evaluate.add_argument(
         "--verify", action="store_true",
@@ -236,16 +246,28 @@ def cmd_report(run_dir: str, out: str | None) -> int:
     return 0
 
 
-def cmd_sft(config: ExperimentConfig, quiet: bool) -> int:
+def cmd_sft(config: ExperimentConfig, quiet: bool, allow_task_mismatch: bool) -> int:
     from sirl.sft import run_sft
 
-    run_sft(config, _run_dir("sft", config), quiet=quiet)
+    run_sft(config, _run_dir("sft", config), quiet=quiet, allow_task_mismatch=allow_task_mismatch)
     return 0
 
 
-def cmd_train(config: ExperimentConfig, quiet: bool, resume: bool, force: bool) -> int:
+def _check_model_task(config: ExperimentConfig, allow_mismatch: bool) -> None:
+    """A model that sirl trained on one task is not used for another without being asked."""
+    from sirl.tasks import check_model_task
+
+    if config.model.path:
+        note = check_model_task(config.model.path, config.task.name, config.task.args, allow_mismatch=allow_mismatch)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+
+
+def cmd_train(config: ExperimentConfig, quiet: bool, resume: bool, force: bool, allow_task_mismatch: bool) -> int:
     from sirl.train import Diverged, run_train
 
+    if not resume:  # a resumed run's task and model were accepted when it started
+        _check_model_task(config, allow_task_mismatch)
     run_dir = _run_dir("train", config)
     try:
         run_train(config, run_dir, quiet=quiet, resume=resume, force=force)
@@ -255,12 +277,13 @@ def cmd_train(config: ExperimentConfig, quiet: bool, resume: bool, force: bool) 
     return 0
 
 
-def cmd_eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool) -> int:
+def cmd_eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool, allow_task_mismatch: bool) -> int:
     from sirl.tasks import load_task, resolve_task_class
     from sirl.verifier import verifier_for
 
     if not config.model.path:
         raise ConfigError("sirl eval needs a model: --model PATH (or model.path in the preset)")
+    _check_model_task(config, allow_task_mismatch)
     task = load_task(config.task.name, **check_task_args(resolve_task_class(config.task.name), config.task.args))
     with verifier_for(config.verifier, config.task, task) as verifier:  # its workers stop however eval ends
         # On stderr with --json, so stdout stays one JSON object; printed even with --quiet.
@@ -395,11 +418,11 @@ def main(argv: list[str] | None = None) -> int:
             print(to_yaml(config), end="")
             return 0
         if args.command == "sft":
-            return cmd_sft(config, args.quiet)
+            return cmd_sft(config, args.quiet, args.allow_task_mismatch)
         if args.command == "train":
-            return cmd_train(config, args.quiet, bool(resume), args.force)
+            return cmd_train(config, args.quiet, bool(resume), args.force, args.allow_task_mismatch)
         if args.command == "eval":
-            return cmd_eval(config, args.quiet, args.json, args.verify)
+            return cmd_eval(config, args.quiet, args.json, args.verify, args.allow_task_mismatch)
     except (ConfigError, FileNotFoundError, ValueError, VerifierStartupError) as error:
         if os.environ.get("SIRL_TRACEBACK"):
             raise

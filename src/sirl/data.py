@@ -7,11 +7,15 @@ against the fields a task needs (``fields``: name -> expected type). It never st
   *bad*: it is skipped and reported with its file and line (JSONL) or row number (Parquet);
 - a row whose prompt is longer than ``max_prompt_chars`` is *too long*: it is skipped and counted, never
   truncated (a cut prompt is a different problem);
-- blank lines are not rows; a UTF-8 byte-order mark and CRLF line ends are read as if absent.
+- a line that is not valid UTF-8, or an object that names a field twice, is bad too (never loaded with
+  replacement characters or with one of the two values);
+- blank lines are not rows; lines end at ``\n`` (a CRLF end and a UTF-8 byte-order mark are read as if
+  absent); a UTF-16 or UTF-32 file is read when it starts with its byte-order mark, and refused with the
+  command that converts it when it does not.
 
 When more than ``max_bad_fraction`` of the rows are bad, or no row is left, it raises :class:`DataError`
-listing the first bad rows; otherwise it warns once with the counts and the first few, and returns the
-good rows. Parquet needs pyarrow (``pip install 'sirl[parquet]'``).
+listing the first bad rows; otherwise it warns with the counts and the first few (once per process:
+a file read again says the same), and returns the good rows. Parquet needs pyarrow (``pip install 'sirl[parquet]'``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,25 @@ from typing import Any
 
 SHOWN = 5
 """Bad rows quoted in an error or warning."""
+
+# Warnings already printed by this process. A prompt file is read again each time its task is built (SFT
+# builds two, the verifier's workers one each); its warning says the same every time, so it is printed
+# once. Process state on purpose, like the ``warnings`` module's registry.
+_printed: set[str] = set()
+_silenced = False
+
+
+def silence_warnings() -> None:
+    """Print no prompt-file warning from this process: a verifier worker rebuilds a task that the trainer
+    has already built (and warned about) from the same file."""
+    global _silenced
+    _silenced = True
+
+
+def _print_once(message: str) -> None:
+    if not _silenced and message not in _printed:
+        _printed.add(message)
+        print(f"warning: {message}", file=sys.stderr)
 
 
 class DataError(ValueError):
@@ -78,19 +101,90 @@ def check_record(record: Any, fields: dict[str, type | tuple[type, ...]]) -> str
     return None
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` that refuses an object naming a field twice (json keeps the last silently)."""
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise _DuplicateKey(key)
+        record[key] = value
+    return record
+
+
+# Byte-order marks, the longest first: the UTF-32-LE mark begins with the UTF-16-LE one.
+BOMS = [
+    (b"\xff\xfe\x00\x00", "UTF-32-LE"),
+    (b"\x00\x00\xfe\xff", "UTF-32-BE"),
+    (b"\xef\xbb\xbf", "UTF-8"),
+    (b"\xff\xfe", "UTF-16-LE"),
+    (b"\xfe\xff", "UTF-16-BE"),
+]
+
+
+def _encoding_of(path: Path, data: bytes) -> tuple[str, int]:
+    """The file's encoding from its byte-order mark and the mark's length; UTF-8 without one. A file
+    that looks like UTF-16 or UTF-32 without a mark (NUL bytes between the ASCII characters of its JSON)
+    is refused: guessing its byte order could turn every row into another text."""
+    for mark, encoding in BOMS:
+        if data.startswith(mark):
+            return encoding, len(mark)
+    head = data[:400]
+    if head and head.count(0) * 4 >= len(head):
+        guess = "UTF-32" if b"\x00\x00\x00" in head else "UTF-16"
+        raise DataError(
+            f"{path}: the file looks like {guess} without a byte-order mark (NUL bytes between its characters); "
+            f"prompt files are UTF-8: convert it with `iconv -f {guess}LE -t UTF-8 {path} > fixed.jsonl` "
+            f"(or {guess}BE for big-endian), or write it with a byte-order mark"
+        )
+    return "UTF-8", 0
+
+
 def _jsonl_rows(path: Path) -> list[tuple[str, Any, str | None]]:
-    """(location, record or None, JSON error or None) for each non-blank line."""
+    """(location, record or None, error or None) for each non-blank line.
+
+    Lines end at ``\n`` only (a ``\r`` before it is dropped): ``str.splitlines()`` would also split at
+    U+2028, U+2029, U+0085 and the other separators that a JSON string may hold unescaped (as
+    ``json.dumps(..., ensure_ascii=False)`` writes them), turning one good row into two bad ones. A UTF-8
+    file is decoded line by line, so a line with invalid bytes is one bad row, not a silently altered one;
+    a UTF-16 or UTF-32 file with a byte-order mark is decoded whole, and refused if it does not decode."""
+    data = path.read_bytes()
+    encoding, skip = _encoding_of(path, data)
+    if encoding == "UTF-8":
+        lines: list[bytes | str] = list(data[skip:].split(b"\n"))
+    else:
+        try:
+            lines = list(data[skip:].decode(encoding.lower().replace("-", "_")).split("\n"))
+        except UnicodeDecodeError as error:
+            raise DataError(
+                f"{path}: the file starts with a {encoding} byte-order mark but is not valid {encoding} "
+                f"(at byte {error.start + skip}: {error.reason}); prompt files should be UTF-8: convert it with "
+                f"`iconv -f {encoding} -t UTF-8 {path} > fixed.jsonl`"
+            ) from None
     out = []
-    # utf-8-sig drops a byte-order mark; splitlines() takes \n, \r\n and \r alike.
-    text = path.read_bytes().decode("utf-8-sig", errors="replace")
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(lines, start=1):
+        where = f"{path}, line {number}"
+        if isinstance(raw, bytes):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                if raw.strip():
+                    out.append((where, None, f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line: {error.reason})"))
+                continue
+        else:
+            line = raw
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
-        where = f"{path}, line {number}"
         try:
-            out.append((where, json.loads(line), None))
+            out.append((where, json.loads(line, object_pairs_hook=_unique_keys), None))
         except json.JSONDecodeError as error:
             out.append((where, None, f"not valid JSON ({error.msg} at column {error.colno})"))
+        except _DuplicateKey as error:
+            out.append((where, None, f"field {error.args[0]!r} appears twice in one object; each field may appear once"))
     return out
 
 
@@ -147,7 +241,7 @@ def read_records(
     if not records.rows:
         raise DataError(f"{path}: no usable rows ({records.summary()}); the first over-long: {records.too_long[0] if records.too_long else '-'}")
     if records.bad or records.too_long:
-        warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr))
+        warn = warn or _print_once
         message = f"{path}: {records.summary()}"
         if records.bad:
             message += f"; bad: {listing}"

@@ -35,11 +35,38 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
     tmp.replace(path)
 
 
+def truncate_tensorboard(tb_dir: Path, last_step: int) -> None:
+    """Drop the TensorBoard events of steps after ``last_step`` from the event files in ``tb_dir``, which
+    a resumed run then writes again. ``SummaryWriter(purge_step=...)`` alone only appends a marker that
+    some readers honour (TensorBoard's Python loader) and others do not (its fast data server, tbparse,
+    a plain record reader), which then show those steps twice. Each file is rewritten beside the folder
+    and renamed into place; a torn last record (the process was killed mid-write) goes with the rest."""
+    if not tb_dir.is_dir():
+        return
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    for path in sorted(tb_dir.glob("*tfevents*")):
+        records = list(RawEventFileLoader(str(path)).Load())
+        kept = [r for r in records if (event := event_pb2.Event.FromString(r)).step <= last_step or event.HasField("file_version")]
+        if len(kept) == len(records) and path.stat().st_size == sum(len(r) + 16 for r in records):
+            continue  # nothing to drop, nothing torn (a record is its bytes plus 16 bytes of length and checksums)
+        tmp = tb_dir.with_name(f".{tb_dir.name}-{path.name}.tmp")  # outside tb/: a reader never sees it half written
+        with tmp.open("wb") as handle:
+            writer = RecordWriter(handle)
+            for record in kept:
+                writer.write(record)
+            writer.flush()
+        tmp.replace(path)
+
+
 class RunLog:
     """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
 
     ``resume_step`` continues an existing run folder after its checkpoint of that step: records of later
-    steps (logged before the run stopped) are dropped from metrics.jsonl, samples.jsonl and TensorBoard,
+    steps (logged before the run stopped) are dropped from metrics.jsonl, samples.jsonl and the TensorBoard
+    event files, so every reader sees each step once,
     the clock continues from ``elapsed_s``, and config.yaml is rewritten only when ``write_config``."""
 
     def __init__(
@@ -59,8 +86,12 @@ class RunLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported here: it is slow to import
 
-            # purge_step hides events of steps after the checkpoint that an earlier process wrote.
-            purge = None if resume_step is None else resume_step + 1
+            # The earlier process's events after the checkpoint are removed; purge_step also tells readers
+            # that honour it, should a file have been missed (one being written by a process not yet dead).
+            purge = None
+            if resume_step is not None:
+                truncate_tensorboard(self.run_dir / "tb", resume_step)
+                purge = resume_step + 1
             self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge)
         self.start_time = time.time() - elapsed_s
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,12 @@ from sirl.evaluate import EvalResult, evaluate, heldout_problems
 from sirl.batch import collate_supervised
 from sirl.model import count_parameters, encode_prompt, encode_text, policy_from_config, save_model, supervised_loss
 from sirl.runlog import RunLog
-from sirl.tasks import Task, load_task, resolve_task_class
+from sirl.tasks import Task, check_model_task, load_task, resolve_task_class, write_task_record
 from sirl.verifier import Verifier, verifier_for
+
+
+class EvaluationFailed(RuntimeError):
+    """The held-out evaluation raised during SFT; the weights trained until then were saved first."""
 
 
 @dataclass(frozen=True)
@@ -46,9 +51,15 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> flo
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def run_sft(config: ExperimentConfig, run_dir: Path, quiet: bool = False) -> SFTResult:
+def run_sft(config: ExperimentConfig, run_dir: Path, quiet: bool = False, allow_task_mismatch: bool = False) -> SFTResult:
+    """SFT into ``run_dir`` (module docstring). Starting from a model that sirl trained on another task
+    is refused unless ``allow_task_mismatch`` (sirl.tasks.check_model_task)."""
     task_class = resolve_task_class(config.task.name)
     task_args = check_task_args(task_class, config.task.args)
+    if config.model.path:
+        note = check_model_task(config.model.path, config.task.name, task_args, allow_mismatch=allow_task_mismatch)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     train_args = check_task_args(task_class, {**task_args, **config.sft.task_args}, key="sft.task_args")
     task = load_task(config.task.name, **task_args)
     train_task = load_task(config.task.name, **train_args)
@@ -71,11 +82,24 @@ def _sft(config: ExperimentConfig, run_dir: Path, quiet: bool, task: Task, train
     print(f"verifier: {verifier.isolation.describe()}")  # even with --quiet: never silent
     log.write_json("isolation.json", verifier.isolation.to_json())
 
-    def held_out_eval() -> EvalResult:
-        return evaluate(
-            model, tokenizer, task, heldout, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
-            verifier=verifier,
-        )
+    def save() -> None:
+        save_model(model, tokenizer, run_dir)
+        write_task_record(run_dir, config.task.name, config.task.args)  # so the model is not used for another task
+
+    def held_out_eval(step: int) -> EvalResult:
+        try:
+            return evaluate(
+                model, tokenizer, task, heldout, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
+                verifier=verifier,
+            )
+        except Exception as error:  # a bug in a task (or in evaluation) must not cost the training done so far
+            save()
+            log.close()
+            raise EvaluationFailed(
+                f"the held-out evaluation at SFT step {step} failed ({type(error).__name__}: {error}; the traceback "
+                f"above shows where); the weights trained until then are saved in {run_dir}, a model directory that "
+                f"--model {run_dir} loads"
+            ) from error
 
     start = time.time()
     stopped_because, accuracy, step = "steps", float("nan"), 0
@@ -98,7 +122,7 @@ def _sft(config: ExperimentConfig, run_dir: Path, quiet: bool, task: Task, train
         minutes = (time.time() - start) / 60
         out_of_time = sft.max_minutes is not None and minutes >= sft.max_minutes
         if step % sft.eval_every == 0 or step == sft.steps or out_of_time:
-            last_eval, last_eval_step = held_out_eval(), step
+            last_eval, last_eval_step = held_out_eval(step), step
             accuracy = metrics["eval/accuracy"] = last_eval.accuracy
         log.log(step, metrics)
         bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.1%}")
@@ -109,8 +133,8 @@ def _sft(config: ExperimentConfig, run_dir: Path, quiet: bool, task: Task, train
             stopped_because = f"time budget of {sft.max_minutes} minutes reached"
             break
     bar.close()
-    final = last_eval if last_eval_step == step else held_out_eval()
-    save_model(model, tokenizer, run_dir)
+    final = last_eval if last_eval_step == step else held_out_eval(step)
+    save()
     log.write_json("eval.json", final.to_json())
     log.close()
     if not quiet:

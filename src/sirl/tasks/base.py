@@ -12,13 +12,17 @@ Contract (other code and outside users rely on these exact names):
   in order and contiguous, at least one span (the empty completion is one empty step). The end of
   the response (EOS) belongs to the last step.
 - ``first_error(problem, completion) -> int | None``: 0-based index of the first wrong step, None when
-  no step is wrong. Tasks without ground truth set ``has_ground_truth = False`` and raise
-  :class:`NoGroundTruth`.
+  no step is wrong. Tasks without ground truth leave it (it raises :class:`NoGroundTruth`).
+- ``has_ground_truth``: derived from the class, never a flag to remember: True when the class (or the
+  nearest ancestor that says anything about it) implements ``first_error``; a class that overrides
+  ``first_error`` only to raise :class:`NoGroundTruth` with its own message declares
+  ``has_ground_truth = False``.
 - ``reference_solution(problem) -> str``: a correct completion (synthetic tasks; data tasks return the
   dataset's worked solution).
 - ``safe_verify``: True only when ``verify`` is bounded in time and memory for *any* completion, so the
   trainer may call it in its own process (sirl.verifier); otherwise it runs in worker processes with a
-  deadline and a memory cap.
+  deadline and a memory cap. It holds only for the class that declares it (:func:`declares_safe_verify`):
+  a subclass may change ``verify``, so it runs in workers unless it declares it again.
 - ``program_isolation() -> str | None``: for tasks whose verifier executes model-written programs, a
   description of the sandbox it runs them in (printed at the start of a run); None otherwise.
 
@@ -62,10 +66,25 @@ class Task(ABC):
 
     name: str = "task"
     description: str = ""
-    has_ground_truth: bool = True
+    has_ground_truth: bool = False
+    """Set for each subclass by ``__init_subclass__`` from whether it implements ``first_error`` (module
+    docstring); a class may declare it, and declaring True without a ``first_error`` is an error."""
     safe_verify: bool = False
     """True when ``verify`` is bounded in time and memory for any completion (plain string checks on
-    bounded data), so it may run in the trainer's process; the default runs it in isolated workers."""
+    bounded data), so it may run in the trainer's process; the default runs it in isolated workers.
+    Read with :func:`declares_safe_verify`: it is not inherited."""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = "has_ground_truth" in cls.__dict__
+        cls._declares_ground_truth = declared
+        if not declared:
+            cls.has_ground_truth = _derived_ground_truth(cls)
+        elif cls.has_ground_truth and cls.first_error is Task.first_error:
+            raise TypeError(
+                f"task class {cls.__qualname__} declares has_ground_truth = True but does not implement "
+                "first_error(problem, completion); implement it, or remove the declaration"
+            )
 
     # Self-verification format: the policy sees the problem and a solution with numbered steps, then
     # writes the number of the first wrong step (1-based) or "none". Kept compact for character-level
@@ -130,6 +149,25 @@ class Task(ABC):
             solution = self.reference_solution(problem)
             chars.update(problem.prompt, solution, problem.answer)
         return "".join(sorted(chars))
+
+
+def _derived_ground_truth(cls: type) -> bool:
+    """Whether the nearest class in ``cls``'s MRO that says anything about ground truth (declares
+    ``has_ground_truth``, or defines ``first_error``) says it has it; Task itself says it has not."""
+    for klass in cls.__mro__:
+        if klass is Task:
+            return False
+        if "has_ground_truth" in klass.__dict__ and klass.__dict__.get("_declares_ground_truth", True):
+            return bool(klass.__dict__["has_ground_truth"])
+        if "first_error" in klass.__dict__:
+            return True
+    return False
+
+
+def declares_safe_verify(cls: type) -> bool:
+    """True when ``cls`` itself declares ``safe_verify = True``. An inherited declaration does not count:
+    it was made about the parent's ``verify``, which a subclass may have replaced."""
+    return bool(cls.__dict__.get("safe_verify", False))
 
 
 def partition_check(completion: str, spans: list[Span]) -> None:

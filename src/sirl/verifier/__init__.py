@@ -8,9 +8,11 @@ isolation levels (``verifier.isolation`` in the config):
   declare ``safe_verify = True`` (their verifier is bounded in time and memory for any completion, like
   the string checks of ``arith`` and ``countdown``); an exception still scores 0 and is counted.
 - ``workers``: a :class:`~sirl.verifier.pool.VerifierPool` of spawned worker processes with a deadline,
-  a memory cap and a process-group kill per completion. The default for every other task.
+  a memory cap and, on overrun, a kill of the worker and every process it started (its guardian is a
+  child subreaper). The default for every other task.
 
-``auto`` (the default) picks ``in_process`` for tasks with ``safe_verify`` and ``workers`` otherwise. A
+``auto`` (the default) picks ``in_process`` for tasks whose class declares ``safe_verify`` itself (not
+a subclass that inherits it: it may verify differently) and ``workers`` otherwise. A
 task that executes model-written programs (``code``) also has a program sandbox of its own
 (sirl.verifier.sandbox); :attr:`Isolation.programs` names it. The isolation in use is printed when a run
 starts and written to the run folder, never chosen silently.
@@ -29,7 +31,7 @@ import dataclasses
 from dataclasses import asdict, dataclass
 
 from sirl.config import TaskConfig, VerifierConfig
-from sirl.tasks.base import Task
+from sirl.tasks.base import Task, declares_safe_verify
 from sirl.types import Problem, Trajectory
 from sirl.verifier.pool import TaskSpec, VerifierPool, VerifierStartupError, VerifyCounts
 
@@ -55,7 +57,7 @@ class Isolation:
             text = "in process (no deadline, no memory cap; the task declares its verify safe)"
         else:
             text = (f"{self.workers} worker processes (spawned, {self.timeout_s:g} s deadline per completion, "
-                    f"{self.memory_mb} MB address space, process-group kill on overrun)")
+                    f"{self.memory_mb} MB address space, the worker and every process it started killed on overrun)")
         return text + (f"; programs: {self.programs}" if self.programs else "")
 
     def to_json(self) -> dict:
@@ -63,9 +65,10 @@ class Isolation:
 
 
 def resolve_isolation(isolation: str, task: Task) -> str:
-    """``auto`` -> ``in_process`` for a task with ``safe_verify``, else ``workers``; others as given."""
+    """``auto`` -> ``in_process`` for a task whose class declares ``safe_verify`` itself (a subclass that
+    only inherits it runs in workers), else ``workers``; others as given."""
     if isolation == "auto":
-        return "in_process" if task.safe_verify else "workers"
+        return "in_process" if declares_safe_verify(type(task)) else "workers"
     if isolation not in LEVELS:
         raise ValueError(f"verifier.isolation must be 'auto' or one of {list(LEVELS)}, got {isolation!r}")
     return isolation

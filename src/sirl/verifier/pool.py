@@ -9,9 +9,13 @@ failure costs one sample's reward, never the run:
   trainer (a fork copies locks held by other threads, and CUDA state);
 - each worker leads a session and process group of its own (``start_new_session``) and caps its own
   address space (``RLIMIT_AS``); an allocation past the cap raises MemoryError inside ``verify``;
+- each worker has a guardian: the process the pool starts, which forks the worker and is its *child
+  subreaper* (``PR_SET_CHILD_SUBREAPER``), so every process the worker starts stays below it, even one
+  that starts a session of its own and so leaves the worker's process group;
 - every completion has a wall-clock deadline from the moment its worker receives it; on overrun the
-  worker's whole process group gets SIGKILL (so helper processes it started die with it), the completion
-  scores 0 and counts as a timeout, and a new worker is started in its place;
+  guardian kills the worker and every process below itself (so helper processes die with it, wherever
+  they went), the completion scores 0 and counts as a timeout, and a new worker is started in its place;
+  the same happens on close, when a worker dies, and when the trainer dies (``PR_SET_PDEATHSIG``);
 - an exception in ``verify``, a result outside [0, 1] or a worker that dies counts as an error and
   scores 0; the first error message is kept for the caller to show once.
 
@@ -34,6 +38,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -43,6 +48,9 @@ from sirl.types import Problem
 
 STARTUP_TIMEOUT_S = 120.0
 """Longest a worker may take to import and build its task before the pool gives up (a config error)."""
+
+GUARDIAN_GRACE_S = 2.0
+"""Longest a worker's guardian may take to kill the worker and what it started when asked."""
 
 
 @dataclass(frozen=True)
@@ -75,14 +83,127 @@ class VerifierStartupError(RuntimeError):
     """A worker could not build the task (a wrong knob, a missing file, a missing sandbox)."""
 
 
+# --- the guardian: one per worker, reaps whatever the worker started ---------------------------------
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, value: int) -> bool:
+    """``prctl(option, value)``; False where it is unavailable (not Linux)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(option, value) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def live_descendants(root: int) -> list[int]:
+    """Living (not zombie) processes below ``root``, from /proc (one pass over every process: the
+    kernel's per-task ``children`` lists are not built on every system)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[0] != b"Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _reap_all() -> None:
+    """Wait for every child that has ended (orphans re-parented to this subreaper end up here)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def kill_descendants(root: int) -> None:
+    """SIGKILL every process below ``root`` until none is left. Called by a subreaper on itself, it also
+    finds processes that left their session or process group (``setsid``, a double fork): they are
+    re-parented to it when their parent dies, so they stay below it."""
+    for _ in range(1000):  # each round kills all it sees; only a process forked meanwhile is left for the next
+        alive = live_descendants(root)
+        if not alive:
+            return
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if root == os.getpid():
+            _reap_all()
+        time.sleep(0.001)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop(signum, frame) -> None:
+    raise _Stop
+
+
+def _guardian_main(fd: int, parent: int) -> None:
+    """Body of the process the pool starts for each worker: it forks the worker, waits, and when the
+    worker ends, or the pool asks with SIGTERM, or the trainer dies, kills the worker and everything
+    below it, then exits with the worker's exit code.
+
+    A process group kill misses a helper that started a session of its own (``setsid``,
+    ``start_new_session=True``); on its parent's death such a helper is re-parented to the nearest
+    *child subreaper* instead of init. The guardian is that subreaper, and it runs no task code, so
+    it is never stuck when it must clean up (a worker may be: in a C call, past its memory cap)."""
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it closes the pool
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # the trainer died: clean up as if asked
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    code = 0
+    try:
+        if os.getppid() != parent:  # the trainer died before the call above
+            raise _Stop
+        worker = os.fork()
+        if worker == 0:  # the worker: a fork of this fresh single-threaded interpreter, not of the trainer
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            status = 0
+            try:
+                _worker_main(fd, os.getppid())
+            except BaseException:  # a bug in the worker itself: shown, and seen by the pool as a death
+                traceback.print_exc()
+                status = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+        os.close(fd)  # the worker's end only: the pool sees EOF as soon as the worker is gone
+        while True:
+            pid, status = os.wait()
+            if pid == worker:
+                code = os.waitstatus_to_exitcode(status)
+                break
+    except _Stop:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second request must not cut the cleanup short
+        kill_descendants(os.getpid())
+    os._exit(code if code >= 0 else 128 - code)
+
+
 # --- the worker -------------------------------------------------------------------------------------
 def _die_with_parent(parent: int) -> None:
-    """SIGKILL this process when the trainer dies, even while it is stuck in a verify call (Linux)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the socket's EOF still ends an idle worker
-        pass
-    if os.getppid() != parent:  # the trainer died before the call above
+    """SIGKILL this process when its guardian dies, even while it is stuck in a verify call (Linux)."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # not Linux: the socket's EOF still ends an idle worker
+    if os.getppid() != parent:  # the guardian died before the call above
         os._exit(0)
 
 
@@ -96,7 +217,10 @@ def _worker_main(fd: int, parent: int) -> None:
     limit = memory_mb << 20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    from sirl.data import silence_warnings
     from sirl.tasks import load_task  # imported here, after the limits, in the fresh interpreter
+
+    silence_warnings()  # the trainer built this task from the same files first and printed their warnings
 
     try:
         task = load_task(spec.name, **spec.args)
@@ -125,14 +249,15 @@ def _worker_main(fd: int, parent: int) -> None:
 
 # --- the pool ---------------------------------------------------------------------------------------
 class _Worker:
-    """One worker: a fresh interpreter (fork + exec of ``python``, never a bare fork of the trainer) that
-    leads its own session, talking over a socket pair."""
+    """One worker: a guardian process (a fresh interpreter: fork + exec of ``python``, never a bare fork
+    of the trainer) that leads its own session and forks the worker, which talks over a socket pair.
+    ``process`` is the guardian; the worker and everything it starts are below it."""
 
     def __init__(self, spec: TaskSpec, memory_mb: int):
         ours, theirs = socket.socketpair()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # the trainer's imports
         self.process = subprocess.Popen(
-            [sys.executable, "-c", f"from sirl.verifier.pool import _worker_main; _worker_main({theirs.fileno()}, {os.getpid()})"],
+            [sys.executable, "-c", f"from sirl.verifier.pool import _guardian_main; _guardian_main({theirs.fileno()}, {os.getpid()})"],
             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env, start_new_session=True,
         )
         theirs.close()
@@ -144,12 +269,19 @@ class _Worker:
         self.deadline = 0.0
 
     def kill(self) -> None:
-        """SIGKILL the worker's process group (the worker and anything it started), reap it, free its fds."""
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
+        """Kill the worker and everything it started, reap the guardian, free the fds: SIGTERM asks the
+        guardian to do it; a guardian that has not finished within GUARDIAN_GRACE_S gets its process
+        group killed (the worker and helpers that stayed in it)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(GUARDIAN_GRACE_S)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.process.wait()
         self.conn.close()
 
 
