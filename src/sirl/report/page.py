@@ -310,8 +310,8 @@ def _viewer_legend(keys: ViewerKeys) -> str:
     return (
         '<div class="legend">'
         f'<div class="scale"><span>−max</span><span class="bar" style="background: linear-gradient(to right, {stops})"></span>'
-        '<span>+max</span><span class="muted">token advantage, scaled per trajectory to its largest |value| (given on each '
-        "card; hover a token for its value)</span></div>"
+        '<span>+max</span><span class="muted">token advantage, scaled per trajectory to its largest |value| (each card '
+        "states it; hover a token for its value)</span></div>"
         f'<div class="keys">{" · ".join(marks)}</div>'
         "</div>"
     )
