@@ -296,15 +296,15 @@ def run_comparison(config: ExperimentConfig, plan: ComparePlan, out: Path, quiet
     with ThreadPoolExecutor(max_workers=plan.jobs) as pool:
         futures = [] if (out / "start" / "eval.json").is_file() else [pool.submit(start_eval)]
         futures += [pool.submit(one, run) for run in pending]
-        while futures:
+        while True:
             _, not_done = wait(futures, timeout=POLL_S)
             bar.update(tokens_done(out, runs, plan.budget_tokens) - bar.n)
             bar.set_postfix_str(f"{sum((run_dir(out, r) / 'eval.json').is_file() for r in runs)}/{len(runs)} runs done")
+            if not not_done:
+                break
             if time.time() - last_load >= LOAD_EVERY_S:
                 _record_load(load_path, "during", len(running), threads)
                 last_load = time.time()
-            if not not_done:
-                break
         for future in futures:
             future.result()  # an error of the starting policy's evaluation is raised here
     bar.close()
