@@ -323,6 +323,8 @@ def test_the_colour_scale_is_per_trajectory_so_small_step_advantages_show(run_di
     assert f'style="background:{advantage_color(-1, 1)}" title="&#x27;4&#x27; advantage -0.14"' in failure
     assert "colours ±0.14" in failure and "colours ±2.47" in success
     assert f'background:{advantage_color(0.0, 1)}' in failure  # the zeros stay neutral
+    write_samples(run_dir, [{**big, "token_advantages": [0.0] * 9}])  # a group whose rewards were all equal
+    assert "advantage 0 on every token" in write_report(run_dir).read_text()
 
 
 def test_new_records_with_kinds_and_untrained_given_tokens(run_dir):

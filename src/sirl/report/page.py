@@ -405,7 +405,10 @@ def _trajectory_header(sample: Sample, kind: str, scale: float) -> str:
             items.append(f'<span class="agreement {"yes" if agree else "no"}">{"agrees" if agree else "disagrees"} with ground truth</span>')
     if sample.self_verdict is not None:
         items.append(_verdict(sample))
-    if any(not _given(sample, i) for i in range(len(sample.tokens))):
+    trained = [sample.advantage(i) for i in range(len(sample.tokens)) if not _given(sample, i)]
+    if trained and all(a == 0 for a in trained):
+        items.append('<span class="muted scale-note">advantage 0 on every token</span>')
+    elif trained:
         items.append(f'<span class="muted scale-note">colours ±{escape(format_number(scale))}</span>')
     return f'<div class="meta">{"".join(items)}</div>'
 
