@@ -55,7 +55,7 @@ def test_guessing_baselines_by_hand():
 
 
 def test_eval_verify_reports_self_localization_beside_guessing(capsys):
-    args = ["eval", "--config", "arith", "--eval.n_problems=8", "--eval.n_samples=2", "--eval.pass_k=[1, 2]", "--verify", "--json", "--quiet"]
+    args = ["eval", "--config", "arith", "--eval.n_problems=8", "--eval.n_samples=2", "--verify", "--json", "--quiet"]
     assert cli_main(args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["self_verification"]
     assert report["n_failures"] + report["n_successes"] == 16
