@@ -86,6 +86,7 @@ def test_eval_shows_progress_bars_and_quiet_prints_only_the_result(capsys):
 
 def test_a_wrong_model_path_is_reported_before_anything_slow_starts(monkeypatch, capsys):
     import sirl.sft
+    import sirl.train  # imported before the patch, so that they keep the real verifier_for
     import sirl.verifier
 
     def too_late(*args, **kwargs):
