@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sirl.compare import ComparePlan, _interp, load_sample, plot_comparison, read_plan_file, results_markdown, summarize, tokens_done, RunSpec
+from sirl.compare import (
+    ComparePlan, RunSpec, _interp, load_sample, plot_comparison, read_plan_file, results_markdown, summarize, tokens_done,
+)
 from sirl.config import ConfigError, load_config, to_yaml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,19 +8,19 @@ import os
 import sys
 import textwrap
 import time
-from pathlib import Path
-
-from typing import TYPE_CHECKING
-
 from dataclasses import fields, is_dataclass
-from typing import get_args, get_type_hints
+from pathlib import Path
+from typing import TYPE_CHECKING, get_args, get_type_hints
 
 from sirl.config import AlgoConfig, ConfigError, EvalConfig, ExperimentConfig, check_task_args, load_config, to_yaml
 from sirl.paths import resolve_path
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     from sirl.tasks import Task
     from sirl.verifier import Verifier
+
 
 def preset_names() -> list[str]:
     """The presets ``--config NAME`` finds: the YAML files of configs/ (as ``sirl.config.preset_path``
@@ -335,7 +335,10 @@ def cmd_eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool,
         return _eval(config, quiet, as_json, verify, pass_k, task, verifier, model, tokenizer)
 
 
-def _eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool, pass_k: bool, task: Task, verifier: Verifier, model, tokenizer) -> int:
+def _eval(
+    config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool, pass_k: bool, task: Task, verifier: Verifier,
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+) -> int:
     from sirl.evaluate import evaluate, evaluate_self_verification, format_result, format_self_verification, heldout_problems
 
     progress = None if quiet else "eval"
