@@ -18,11 +18,13 @@ install: $(BIN)/sirl
 demo: $(BIN)/sirl
 	$(BIN)/sirl train --config demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
+# pytest's default output: a line per test file with a dot per test and the share of the suite done, so a
+# long run never looks hung; the slowest tests are listed at the end.
 test: $(BIN)/sirl
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest --durations=5
 
 test-slow: $(BIN)/sirl
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -m slow --durations=5
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -46,7 +47,7 @@ def test_eval_json_on_a_freshly_trained_model(tmp_path, capsys):
     capsys.readouterr()
     assert main([
         "eval", "--model", str(tmp_path / "m"), "--task", "arith", "--json", "--eval.n_problems=12",
-        "--eval.max_new_tokens=40", "--eval.pass_k=[1,2]", "--eval.n_samples=2", "--out", str(tmp_path / "e"),
+        "--eval.max_new_tokens=40", "--pass-k", "--eval.pass_k=[1,2]", "--eval.n_samples=2", "--out", str(tmp_path / "e"),
     ]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 12 and 0 <= result["accuracy"] <= 1
@@ -55,3 +56,57 @@ def test_eval_json_on_a_freshly_trained_model(tmp_path, capsys):
     assert set(result["pass_at_k"]) == {"1", "2"}
     assert result["first_error_histogram"] is not None and sum(result["first_error_histogram"].values()) <= 12
     assert json.loads((tmp_path / "e" / "eval.json").read_text())["n"] == 12
+
+
+EVAL = ["eval", "--config", "arith", "--eval.n_problems=8", "--eval.max_new_tokens=60"]
+
+
+def test_eval_is_greedy_only_unless_asked_for_pass_at_k(capsys):
+    assert main([*EVAL, "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["pass_at_k"] == {}
+    assert main(EVAL) == 0
+    assert "pass@k             not measured (--pass-k samples eval.n_samples=8 per problem)" in capsys.readouterr().out
+    assert main([*EVAL, "--pass-k", "--eval.n_samples=2", "--eval.pass_k=[1,2]", "--json", "--quiet"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["pass_at_k"]) == {"1", "2"}
+    assert main([*EVAL, "--pass-k", "--eval.n_samples=2"]) == 2  # k=4 from 2 samples: refused before any decoding
+    assert "eval.n_samples=2 must be >= max(eval.pass_k)=4" in capsys.readouterr().err
+
+
+def test_eval_shows_progress_bars_and_quiet_prints_only_the_result(capsys):
+    assert main(EVAL) == 0
+    captured = capsys.readouterr()
+    assert "eval (greedy):" in captured.err and "/8 [" in captured.err  # the bar, on stderr (how far it got is timing)
+    assert captured.out.startswith("verifier: ")
+    assert main([*EVAL, "--quiet", "--verify", "--eval.n_samples=2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # no bars
+    assert captured.out.startswith("accuracy (greedy)") and "verifier" not in captured.out and "model " not in captured.out
+    assert "self-verification of its own samples" in captured.out
+
+
+def test_a_wrong_model_path_is_reported_before_anything_slow_starts(monkeypatch, capsys):
+    import sirl.sft
+    import sirl.train  # imported before the patch, so that they keep the real verifier_for
+    import sirl.verifier
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("started before the model path was checked")
+
+    monkeypatch.setattr(sirl.verifier, "verifier_for", too_late)
+    monkeypatch.setattr(sirl.sft, "run_sft", too_late)
+    for command in (["eval", "--task", "gsm8k"], ["sft", "--config", "arith_sft"], ["train", "--config", "arith"]):
+        assert main([*command, "--model", "/nonexistent/model"]) == 2, command
+        assert "/nonexistent/model is not a Hugging Face model directory" in capsys.readouterr().err
+    assert main(["eval", "--task", "nosuchtask", "--model", "checkpoints/arith-tiny"]) == 2
+    assert "unknown task 'nosuchtask'" in capsys.readouterr().err
+
+
+def test_sft_quiet_prints_the_result_line_only(tmp_path, capsys):
+    assert main([
+        "sft", "--config", "arith_sft", "--out", str(tmp_path / "m"), "--quiet", "--model.size=nano", "--model.device=cpu",
+        "--sft.steps=3", "--sft.eval_every=3", "--eval.n_problems=4", "--eval.max_new_tokens=20",
+    ]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    [line] = captured.out.splitlines()
+    assert re.fullmatch(rf"sft stopped after 3 steps \(steps\); held-out accuracy \d+\.\d%; saved {re.escape(str(tmp_path / 'm'))}", line)

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sirl.compare import ComparePlan, _interp, read_plan_file, results_markdown, summarize
+from sirl.compare import (
+    ComparePlan, RunSpec, _interp, load_sample, plot_comparison, read_plan_file, results_markdown, summarize, tokens_done,
+)
 from sirl.config import ConfigError, load_config, to_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +95,55 @@ def test_unreached_targets_and_missing_runs_are_reported(hand_built):
 def test_interpolation_equals_a_naive_evaluation():
     xs, ys = [0, 10, 40], [0.0, 1.0, 4.0]
     assert _interp(xs, ys, [-5, 0, 5, 10, 25, 40, 99]) == pytest.approx([0.0, 0.0, 0.5, 1.0, 2.5, 4.0, 4.0])
+
+
+def test_one_seed_has_no_spread_and_reads_as_one_seed(hand_built, monkeypatch):
+    import matplotlib.axes
+
+    for method in ("grpo", "si"):
+        for path in (hand_built / f"runs/{method}/seed1").iterdir():
+            path.unlink()
+        (hand_built / f"runs/{method}/seed1").rmdir()
+    plan = json.loads((hand_built / "compare.json").read_text())
+    (hand_built / "compare.json").write_text(json.dumps({**plan, "seeds": 1}))
+    results = summarize(hand_built)
+    assert results["methods"]["grpo"]["final_accuracy"] == {"mean": 0.70, "std": None, "values": [0.70]}
+    text = results_markdown(results)
+    assert "1 seed per method" in text and "1 seeds" not in text and "final accuracy (n=50; 1 seed)" in text
+    error_bars = []
+    original = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda self, *a, **k: (error_bars.append(k.get("yerr")), original(self, *a, **k))[1])
+    plot_comparison(hand_built, results)
+    assert error_bars and all(e is None for e in error_bars)  # the final-set markers, without bars: n=1
+
+
+def test_plots_and_tables_say_which_evaluations_they_show(hand_built):
+    results = summarize(hand_built)
+    assert results["eval_sets"] == {"periodic_n": 500, "final_n": 50}  # base.yaml's eval.n_problems; start/eval.json's n
+    text = results_markdown(results)
+    assert "final accuracy (n=50; mean ± std over seeds)" in text and "grpo's best periodic accuracy (70.0%)" in text
+    assert "Lines: the periodic evaluations (n=500) interpolated onto the token grid; diamonds: the final set (n=50)" in text
+
+
+def test_machine_load_is_recorded_beside_wall_clock(hand_built):
+    assert "load was not recorded" in results_markdown(summarize(hand_built))
+    sample = load_sample("during", 1, 2)
+    assert sample is not None and len(sample["load"]) == 3 and sample["cpu_count"] == os.cpu_count()
+    (hand_built / "logs").mkdir()
+    rows = [{**sample, "phase": phase, "load": [load, 0, 0]} for phase, load in [("before", 0.5), ("during", 2.0), ("during", 3.0), ("after", 1.0)]]
+    (hand_built / "logs/load.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    load = summarize(hand_built)["machine"]["load"]
+    assert load == {"cpu_count": os.cpu_count(), "before": 0.5, "during_mean": 2.5, "during_max": 3.0, "during_samples": 2, "after": 1.0}
+    assert "0.5 before the runs, 2.5 on average and 3.0 at most during them (2 samples, 30 s apart), 1.0 after" in results_markdown(summarize(hand_built))
+
+
+def test_progress_counts_every_runs_tokens_up_to_the_budget(hand_built):
+    runs = [RunSpec(m, s) for m in ("grpo", "si") for s in (0, 1, 2)]
+    assert tokens_done(hand_built, runs, 400) == 4 * 400  # four finished runs, two never started
+    partial = hand_built / "runs/grpo/seed2"
+    partial.mkdir()
+    (partial / "metrics.jsonl").write_text('{"step": 1, "tokens/total": 150}\n{"step": 2, "tokens/tot')  # torn last line
+    assert tokens_done(hand_built, runs, 400) == 4 * 400 + 150
 
 
 # --- plans ---------------------------------------------------------------------------------------

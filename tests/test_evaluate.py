@@ -55,7 +55,7 @@ def test_guessing_baselines_by_hand():
 
 
 def test_eval_verify_reports_self_localization_beside_guessing(capsys):
-    args = ["eval", "--config", "arith", "--eval.n_problems=8", "--eval.n_samples=2", "--eval.pass_k=[1, 2]", "--verify", "--json", "--quiet"]
+    args = ["eval", "--config", "arith", "--eval.n_problems=8", "--eval.n_samples=2", "--verify", "--json", "--quiet"]
     assert cli_main(args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["self_verification"]
     assert report["n_failures"] + report["n_successes"] == 16
@@ -64,3 +64,27 @@ def test_eval_verify_reports_self_localization_beside_guessing(capsys):
     assert cli_main(args[:-2]) == 0
     printed = capsys.readouterr().out
     assert "names the first wrong step" in printed and "guessing would score" in printed
+
+
+def test_decoding_chunk_by_chunk_samples_what_one_call_does(nano_llama, arith_tokenizer):
+    """complete() decodes in chunks to show progress; the chunks are generate's own, so a sampling
+    generator gives the same completions as one generate call over all problems."""
+    import torch
+
+    from sirl.evaluate import complete, problem_chunks
+    from sirl.model import encode_prompt, eos_ids
+    from sirl.rollout import SamplingParams, generate
+
+    assert [list(c) for c in problem_chunks(5, 2, 4)] == [[0, 1], [2, 3], [4]]
+    assert [list(c) for c in problem_chunks(3, 8, 4)] == [[0], [1], [2]]  # at least one problem a chunk
+    task = ArithTask(min_ops=1, max_ops=2)
+    problems = heldout_problems(task, 5, seed=0)
+    params = SamplingParams(12, temperature=1.0)
+    done, _ = complete(nano_llama, arith_tokenizer, task, problems, params, repeats=2, batch_size=4,
+                       generator=torch.Generator().manual_seed(7), progress="test")
+    whole = generate(nano_llama, [encode_prompt(arith_tokenizer, p.prompt) for p in problems], params,
+                     eos_ids=eos_ids(nano_llama, arith_tokenizer), pad_id=arith_tokenizer.pad_token_id, repeats=2,
+                     generator=torch.Generator().manual_seed(7), max_batch=4)
+    expected = [arith_tokenizer.decode(whole.row_tokens(row), skip_special_tokens=True) for row in range(len(whole))]
+    assert [c.text for c in done] == expected
+    assert [c.problem.prompt for c in done] == [p.prompt for p in problems for _ in range(2)]

@@ -279,3 +279,99 @@ def test_sirl_train_writes_the_report(tmp_path):
     samples = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
     assert len(trajectories(page)) == len(samples) > 0
     assert "final held-out accuracy" in page and 'id="curves"' in page
+
+
+# --- what the viewer shows depends on what the run has -------------------------------------------
+
+
+def write_samples(run: Path, samples: list[dict], algo: str | None = None) -> None:
+    (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    if algo is not None:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "algo": {"name": algo}}))
+
+
+def legend(page: str) -> str:
+    return re.search(r'<div class="legend">.*?</div></div>', page, re.S).group(0)
+
+
+def test_a_grpo_run_without_ground_truth_gets_no_legend_or_notes_for_marks_it_lacks(run_dir):
+    plain = [{  # the shape of an outcome-only run of a task without ground truth: no localization fields, no first_error
+        "step": 1, "prompt": "q=", "steps": ["ab;", "#c"], "reward": reward, "truncated": False, "prefix_len": 0,
+        "tokens": chars("ab;#c"), "token_advantages": [value] * 6,
+    } for reward, value in ((0.0, -0.7), (1.0, 0.7))]
+    write_samples(run_dir, plain, algo="grpo")
+    page = write_report(run_dir).read_text()
+    keys = legend(page)
+    assert "localized" not in keys and "ground truth" not in keys and 'class="tok given"' not in keys
+    assert "steps are numbered from 1" in keys
+    assert "No corrected continuation" not in page and '<option value="localized">' not in page
+    # a localized failure of a method that makes no corrections (random_reset would not localize; a log of
+    # another method's shape) says nothing about a missing correction either
+    write_samples(run_dir, [SAMPLES[1]], algo="grpo")
+    assert "No corrected continuation" not in write_report(run_dir).read_text()
+    write_samples(run_dir, [SAMPLES[1]], algo="si")
+    assert "No corrected continuation logged" in write_report(run_dir).read_text()
+
+
+def test_the_colour_scale_is_per_trajectory_so_small_step_advantages_show(run_dir):
+    big = {**SAMPLES[2], "token_advantages": [2.47] * 9}
+    small = {**SAMPLES[1], "token_advantages": [0.0] * 6 + [-0.14] * 6 + [0.0] * 3}  # the error step, on its own scale
+    write_samples(run_dir, [big, small], algo="si")
+    shown = trajectories(write_report(run_dir).read_text())
+    failure, success = shown["t4-0"], shown["t4-1"]
+    assert f'style="background:{advantage_color(-1, 1)}" title="&#x27;4&#x27; advantage -0.14"' in failure
+    assert "colours ±0.14" in failure and "colours ±2.47" in success
+    assert f'background:{advantage_color(0.0, 1)}' in failure  # the zeros stay neutral
+    write_samples(run_dir, [{**big, "token_advantages": [0.0] * 9}])  # a group whose rewards were all equal
+    assert "advantage 0 on every token" in write_report(run_dir).read_text()
+
+
+def test_new_records_with_kinds_and_untrained_given_tokens(run_dir):
+    """The records sirl train writes now: a kind, and null advantages on the tokens that were given."""
+    failure = {**SAMPLES[1], "kind": "sample", "correction": None}  # localized at step 2 (0-based 1), good prefix "7-2=4;"
+    correction = {
+        "kind": "correction", "step": 4, "prompt": "7-2+5=", "steps": ["7-2=4;", "4+5=9;", "#9"], "reward": 1.0,
+        "truncated": False, "prefix_len": 6, "tokens": chars("7-2=4;4+5=9;#9"), "token_advantages": [None] * 6 + [0.5] * 9,
+    }
+    branch = {**correction, "kind": "branch", "prompt": "9+9=", "steps": ["9+9=8;", "#8"], "reward": 1.0, "prefix_len": 4,
+              "tokens": chars("9+9=8;#8"), "token_advantages": [None] * 4 + [0.25] * 5}
+    old = SAMPLES[3]  # an old record: numbers on its given prefix too
+    write_samples(run_dir, [failure, correction, branch, old], algo="si")
+    page = write_report(run_dir).read_text()
+    shown = trajectories(page)
+    assert [shown[k].count('class="tok given"') for k in ("t4-0", "t4-1", "t4-2", "t4-3")] == [0, 4, 6, 4]
+    records = re.findall(r'<article class="trajectory[^"]*" id="(t4-\d)"[^>]*data-record="(\w+)"', page)
+    assert records == [("t4-0", "sample"), ("t4-1", "sample"), ("t4-2", "correction"), ("t4-3", "branch")]
+    # the localized failure links its correction record instead of saying none was logged
+    assert '<a href="#t4-2">the correction record below</a>' in shown["t4-0"] and "No corrected" not in page
+    assert "advantage None" not in page and "given, not sampled" in shown["t4-2"]
+    assert 'id="record-filter"' in page and '<option value="branch">branches</option>' in page
+    assert "given</span> context" in legend(page)
+
+
+def test_axis_tick_labels_are_never_repeated():
+    from sirl.report.svg import Series, format_percent, line_chart, tick_labels
+
+    ticks = nice_ticks(0.995, 0.9962)
+    assert len(set(tick_labels(ticks, format_percent))) == len(ticks)
+    assert tick_labels([0.995, 0.99525, 0.9955], format_percent) == ["99.500%", "99.525%", "99.550%"]
+    assert tick_labels([0.0, 0.5, 1.0], format_percent) == ["0%", "50%", "100%"]  # distinct already: unchanged
+    chart = line_chart("acc", [Series("eval/accuracy", [0, 1, 2], [0.9955, 0.9958, 0.9962])], x_label="x", y_label="y",
+                       y_format=format_percent)
+    labels = re.findall(r'text-anchor="end" fill="#444">([^<]*)</text>', chart)
+    assert len(labels) == len(set(labels)) >= 3
+
+
+def test_eval_and_the_report_number_the_first_wrong_steps_alike(run_dir):
+    """`sirl eval` prints and the report shows the same 1-based steps for the same eval.json."""
+    from sirl.evaluate import EvalResult, format_result
+
+    result = EvalResult(n=10, accuracy=0.6, ci95=(0.3, 0.85), by_difficulty={}, first_error_histogram={0: 3, 2: 1},
+                        mean_response_tokens=5.0, truncated_frac=0.0, tokens_per_second=1.0)
+    printed = re.findall(r"step +(\d+) +(\d+)", format_result(result))
+    (run_dir / "eval.json").write_text(json.dumps({"step": 4, **result.to_json()}))
+    table = re.search(r'<table class="first-errors">.*?</table>', write_report(run_dir).read_text(), re.S).group(0)
+    head = re.findall(r"<th>(\d+)</th>", table)
+    counts = re.findall(r"<td>(\d+)</td>", table)
+    assert printed == [("1", "3"), ("3", "1")] == list(zip(head, counts))

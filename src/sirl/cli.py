@@ -8,23 +8,57 @@ import os
 import sys
 import textwrap
 import time
+from dataclasses import fields, is_dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, get_type_hints
 
-from typing import TYPE_CHECKING
-
-from sirl.config import ConfigError, ExperimentConfig, check_task_args, load_config, to_yaml
+from sirl.config import AlgoConfig, ConfigError, EvalConfig, ExperimentConfig, check_task_args, load_config, to_yaml
+from sirl.paths import resolve_path
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     from sirl.tasks import Task
     from sirl.verifier import Verifier
 
-OVERRIDES_HELP = """\
+
+def preset_names() -> list[str]:
+    """The presets ``--config NAME`` finds: the YAML files of configs/ (as ``sirl.config.preset_path``
+    looks them up), read from the folder so that a new preset shows up in the help by itself."""
+    folder = resolve_path("configs")
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def config_sections() -> tuple[list[str], list[str]]:
+    """(the config sections, the top-level fields) of ExperimentConfig, in declaration order, read from the
+    dataclass itself so that the help and README lists cannot drift from it."""
+    hints = get_type_hints(ExperimentConfig)
+    sections = [f.name for f in fields(ExperimentConfig) if is_dataclass(hints[f.name])]
+    return sections, [f.name for f in fields(ExperimentConfig) if f.name not in sections]
+
+
+def task_names() -> list[str]:
+    from sirl.tasks import TASKS
+
+    return list(TASKS)
+
+
+def method_names() -> list[str]:
+    """The values ``algo.name`` accepts: the methods registry (sirl.methods)."""
+    from sirl.methods import METHODS
+
+    return list(METHODS)
+
+
+def _overrides_help() -> str:
+    sections, top_level = config_sections()
+    return f"""\
 config overrides:
   Any config field can be set with a dotted flag after the other flags, e.g.
     --model.hidden_size=128  --task.args.max_ops=16  --sft.steps=500  --eval.n_problems=2000
-  Values are read as YAML (128 is an int, true a bool, [1,4] a list). Sections: task, verifier, model,
-  sft, eval, rollout, algo, train, plus top-level name and seed. `sirl config` prints the resolved config; unknown keys and wrong types
-  are errors that list the valid choices.
+  Values are read as YAML (128 is an int, true a bool, [1,4] a list).
+{textwrap.fill(f"Sections: {', '.join(sections)}; top-level fields: {', '.join(top_level)}.", width=100, initial_indent="  ", subsequent_indent="  ")}
+  `sirl config` prints the resolved config; unknown keys and wrong types are errors that list the valid choices.
 """
 
 
@@ -35,12 +69,15 @@ def _wrap(text: str) -> str:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("common")
-    group.add_argument("--config", metavar="PRESET", help="a preset in configs/ (e.g. arith, arith_sft) or a YAML file")
-    group.add_argument("--task", metavar="NAME_OR_IMPORT_PATH", help="a task name (see `sirl tasks`) or file.py:Class / package.module:Class")
+    group.add_argument("--config", metavar="PRESET", help=f"a preset in configs/ ({', '.join(preset_names())}) or a YAML file")
+    group.add_argument(
+        "--task", metavar="NAME_OR_IMPORT_PATH",
+        help=f"a registered task ({', '.join(task_names())}; `sirl tasks` describes them) or file.py:Class / package.module:Class",
+    )
     group.add_argument("--model", metavar="PATH", help="a local Hugging Face causal LM directory (sets model.path)")
     group.add_argument("--out", metavar="DIR", help="the run folder (default runs/<name>-<time>)")
     group.add_argument("--seed", type=int, metavar="N", help="random seed of the run (sets seed)")
-    group.add_argument("--quiet", action="store_true", help="no progress bar; print only the result")
+    group.add_argument("--quiet", action="store_true", help="no progress bars; print only the result")
 
 
 def _add_task_mismatch(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    overrides_help = _overrides_help()
 
     commands.add_parser("tasks", help="list the registered tasks, one line each")
 
@@ -71,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
             "greedily on a fixed held-out set every sft.eval_every steps; stops at sft.target_accuracy, "
             "sft.max_minutes or sft.steps; saves config.json, model.safetensors and tokenizer files in --out."
         ),
-        epilog=OVERRIDES_HELP,
+        epilog=overrides_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(sft)
@@ -92,13 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
             "the trainer's state; checkpoints/latest names the newest), eval.json and report.html (`sirl report`). A run stops when "
             "3 steps in a row have a non-finite loss or gradient (each such step is skipped); --resume continues it."
         ),
-        epilog=OVERRIDES_HELP,
+        epilog=overrides_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(train)
     _add_task_mismatch(train)
+    default_method = AlgoConfig().name
     train.add_argument(
-        "--algo", metavar="NAME", help="si (default), si_internal, grpo, dr_grpo, rloo, random_reset or vine (sets algo.name)"
+        "--algo", metavar="NAME",
+        help=f"{default_method} (default), {', '.join(m for m in method_names() if m != default_method)} (sets algo.name)",
     )
     train.add_argument(
         "--resume", metavar="RUN_DIR",
@@ -111,22 +151,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "eval",
-        help="held-out accuracy with a 95%% interval, by difficulty, first-error histogram, pass@k, tokens/s",
+        help="held-out accuracy with a 95%% interval, by difficulty, first-error histogram, tokens/s; pass@k with --pass-k",
         description=_wrap(
             "Evaluate a policy on the fixed held-out set of the task distribution (task.args): greedy "
-            "accuracy with a Wilson 95%% interval, accuracy by difficulty, the ground-truth first wrong "
-            "step of each failure (synthetic tasks), pass@k from eval.n_samples samples at eval.temperature, "
-            "and decoding speed."
+            "accuracy with a Wilson 95% interval, accuracy by difficulty, the ground-truth first wrong "
+            "step of each failure (synthetic tasks; steps numbered from 1), and decoding speed. --pass-k adds "
+            "pass@k for k in eval.pass_k from eval.n_samples samples per problem at eval.temperature; it is off "
+            "by default because it decodes eval.n_samples times as much as the greedy pass. Progress bars "
+            "with an ETA show on stderr (not with --quiet)."
         ),
-        epilog=OVERRIDES_HELP,
+        epilog=overrides_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(evaluate)
     _add_task_mismatch(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     evaluate.add_argument(
+        "--pass-k", action="store_true",
+        help=f"also sample eval.n_samples solutions per problem (default {EvalConfig().n_samples}) and report pass@k for k "
+        f"in eval.pass_k (default {EvalConfig().pass_k}); takes about eval.n_samples times as long as the greedy pass",
+    )
+    evaluate.add_argument(
         "--verify", action="store_true",
-        help="also report how well the model names the first wrong step of its own sampled failures (self-verification)",
+        help="also report how well the model names the first wrong step of its own sampled failures "
+        "(self-verification; eval.n_samples solutions per problem)",
     )
 
     compare = commands.add_parser(
@@ -142,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
             "settings and each task's config from a comparison preset (benchmarks/compare_cpu.yaml); flags given here "
             "override it."
         ),
-        epilog=OVERRIDES_HELP,
+        epilog=overrides_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(compare)
@@ -175,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser(
         "config",
         help="print the resolved config (preset + overrides) as YAML",
-        epilog=OVERRIDES_HELP,
+        epilog=overrides_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(show)
@@ -246,9 +294,19 @@ def cmd_report(run_dir: str, out: str | None) -> int:
     return 0
 
 
+def check_model_path(config: ExperimentConfig) -> None:
+    """A ``model.path`` that is not a model directory is an error before anything slow (verifier workers,
+    data files, model loading) starts."""
+    from sirl.model import model_directory
+
+    if config.model.path:
+        model_directory(config.model.path)
+
+
 def cmd_sft(config: ExperimentConfig, quiet: bool, allow_task_mismatch: bool) -> int:
     from sirl.sft import run_sft
 
+    check_model_path(config)
     run_sft(config, _run_dir("sft", config), quiet=quiet, allow_task_mismatch=allow_task_mismatch)
     return 0
 
@@ -266,6 +324,7 @@ def _check_model_task(config: ExperimentConfig, allow_mismatch: bool) -> None:
 def cmd_train(config: ExperimentConfig, quiet: bool, resume: bool, force: bool, allow_task_mismatch: bool) -> int:
     from sirl.train import Diverged, run_train
 
+    check_model_path(config)
     if not resume:  # a resumed run's task and model were accepted when it started
         _check_model_task(config, allow_task_mismatch)
     run_dir = _run_dir("train", config)
@@ -277,29 +336,40 @@ def cmd_train(config: ExperimentConfig, quiet: bool, resume: bool, force: bool, 
     return 0
 
 
-def cmd_eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool, allow_task_mismatch: bool) -> int:
+def cmd_eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool, pass_k: bool, allow_task_mismatch: bool) -> int:
+    """``sirl eval``: what it prints on stdout is the result (the text report, or one JSON object with
+    --json); the verifier line goes to stdout before it, or to stderr with --json, and not at all with
+    --quiet; the progress bars go to stderr, and not at all with --quiet."""
+    import torch
+
+    from sirl.evaluate import check_pass_k
+    from sirl.model import DTYPES, load_model, resolve_device
     from sirl.tasks import load_task, resolve_task_class
     from sirl.verifier import verifier_for
 
     if not config.model.path:
         raise ConfigError("sirl eval needs a model: --model PATH (or model.path in the preset)")
+    check_model_path(config)
     _check_model_task(config, allow_task_mismatch)
     task = load_task(config.task.name, **check_task_args(resolve_task_class(config.task.name), config.task.args))
-    with verifier_for(config.verifier, config.task, task) as verifier:  # its workers stop however eval ends
-        # On stderr with --json, so stdout stays one JSON object; printed even with --quiet.
-        print(f"verifier: {verifier.isolation.describe()}", file=sys.stderr if as_json else sys.stdout)
-        return _eval(config, quiet, as_json, verify, task, verifier)
-
-
-def _eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool, task: Task, verifier: Verifier) -> int:
-    import torch
-
-    from sirl.evaluate import evaluate, evaluate_self_verification, format_result, format_self_verification, heldout_problems
-    from sirl.model import DTYPES, load_model, resolve_device
-
+    if pass_k:
+        check_pass_k(config.eval.pass_k, config.eval.n_samples)
     torch.manual_seed(config.seed)
-    model, tokenizer = load_model(config.model.path, dtype=DTYPES[config.model.dtype])
-    model = model.to(resolve_device(config.model.device))
+    model, tokenizer = load_model(config.model.path, dtype=DTYPES[config.model.dtype])  # before the verifier: a bad
+    model = model.to(resolve_device(config.model.device))  # directory fails without starting its workers
+    with verifier_for(config.verifier, config.task, task) as verifier:  # its workers stop however eval ends
+        if not quiet:
+            print(f"verifier: {verifier.isolation.describe()}", file=sys.stderr if as_json else sys.stdout, flush=True)
+        return _eval(config, quiet, as_json, verify, pass_k, task, verifier, model, tokenizer)
+
+
+def _eval(
+    config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool, pass_k: bool, task: Task, verifier: Verifier,
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+) -> int:
+    from sirl.evaluate import evaluate, evaluate_self_verification, format_result, format_self_verification, heldout_problems
+
+    progress = None if quiet else "eval"
     problems = heldout_problems(task, config.eval.n_problems, config.eval.seed)
     result = evaluate(
         model,
@@ -308,11 +378,12 @@ def _eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool, ta
         problems,
         max_new_tokens=config.eval.max_new_tokens,
         batch_size=config.eval.batch_size,
-        pass_k=config.eval.pass_k,
+        pass_k=config.eval.pass_k if pass_k else [],
         n_samples=config.eval.n_samples,
         temperature=config.eval.temperature,
         seed=config.seed,
         verifier=verifier,
+        progress=progress,
     )
     report = result.to_json()
     self_verification = None
@@ -320,6 +391,7 @@ def _eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool, ta
         self_verification = evaluate_self_verification(
             model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, samples=config.eval.n_samples,
             temperature=config.eval.temperature, batch_size=config.eval.batch_size, seed=config.seed, verifier=verifier,
+            progress=None if quiet else "self-verification",
         )
         report["self_verification"] = self_verification.to_json()
     counts = verifier.counts
@@ -333,7 +405,8 @@ def _eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool, ta
     else:
         if not quiet:
             print(f"model {config.model.path}, task {config.task.name} {config.task.args or ''}".rstrip())
-        print(format_result(result))
+        hint = None if quiet or pass_k else f"not measured (--pass-k samples eval.n_samples={config.eval.n_samples} per problem)"
+        print(format_result(result, pass_k_hint=hint))
         if self_verification is not None:
             print(format_self_verification(self_verification))
     return 0
@@ -358,7 +431,8 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str], parser: argparse
             try:  # `--task arith` starts from the preset of the same name (its policy and distribution)
                 preset_path(args.task)
                 args.config = args.task
-                print(f"compare: config from the preset configs/{args.task}.yaml (named like --task)")
+                if not args.quiet:
+                    print(f"compare: config from the preset configs/{args.task}.yaml (named like --task)")
             except ConfigError:
                 pass
     flags = {
@@ -381,12 +455,15 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str], parser: argparse
     config = resolve_config(args, overrides)
     if not config.model.path:
         raise ConfigError("sirl compare needs a starting policy: model.path in the preset, or --model PATH")
+    check_model_path(config)
     try:
         results = run_comparison(config, plan, out, quiet=args.quiet)
     except RuntimeError as error:  # runs that failed; the finished ones are summarized and kept
         print(f"sirl compare: {error}", file=sys.stderr)
         return 1
-    print((out / "results.md").read_text() if not args.quiet else f"results: {out / 'results.md'}")
+    print((out / "results.md").read_text(), end="")  # the result, with or without --quiet
+    if not args.quiet:
+        print(f"results: {out / 'results.md'} (and results.json, plots, runs/)")
     return 0 if results["methods"] else 1
 
 
@@ -422,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return cmd_train(config, args.quiet, bool(resume), args.force, args.allow_task_mismatch)
         if args.command == "eval":
-            return cmd_eval(config, args.quiet, args.json, args.verify, args.allow_task_mismatch)
+            return cmd_eval(config, args.quiet, args.json, args.verify, args.pass_k, args.allow_task_mismatch)
     except (ConfigError, FileNotFoundError, ValueError, VerifierStartupError) as error:
         if os.environ.get("SIRL_TRACEBACK"):
             raise

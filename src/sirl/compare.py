@@ -6,7 +6,8 @@ comparison folder), differing only in ``algo.name`` and ``seed``, stopped once i
 stops at the end of the step that crosses the budget, so no run exceeds it by more than one step's tokens.
 Held-out accuracy is measured on one fixed problem set at every multiple of ``eval_every_tokens`` (so every
 method's curve lies on the same token grid) and, at the end, on ``final_problems`` problems. The starting
-policy is evaluated once on that final set, by difficulty, for the table's first row.
+policy is evaluated once on that final set, by difficulty, for the table's first row. Curves come from the
+periodic evaluations and the tables from the final ones; every plot says which set it shows.
 
 The comparison folder::
 
@@ -14,6 +15,7 @@ The comparison folder::
     compare.json          what was asked (methods, seeds, budget, ...); a rerun must ask the same
     runs/<method>/seed<k> the `sirl train` run folders
     logs/<method>-seed<k>.log
+    logs/load.jsonl       the machine's load average before, during and after the runs (beside wall-clock)
     start/eval.json       the starting policy on the final evaluation set
     results.json results.md accuracy_vs_tokens.png accuracy_vs_time.png probes_per_failure.png
     accuracy_by_difficulty.png
@@ -39,12 +41,13 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 import yaml
+from tqdm import tqdm
 
 from sirl.config import AlgoConfig, ConfigError, ExperimentConfig, config_differences, to_yaml
 
@@ -172,9 +175,58 @@ def _execute(command: list[str], log_path: Path, threads: int) -> int:
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
 
+POLL_S = 2.0
+"""Seconds between updates of the progress bar."""
+LOAD_EVERY_S = 30.0
+"""Seconds between samples of the machine's load average while runs are going."""
+
+
+def load_sample(phase: str, running: int, threads: int) -> dict | None:
+    """The machine's load averages now (os.getloadavg: processes running or waiting for a CPU, over 1, 5 and
+    15 minutes), with what this comparison itself had running; None where the OS has no load average."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except (AttributeError, OSError):  # Windows
+        return None
+    return {"time": time.time(), "phase": phase, "load": [one, five, fifteen], "cpu_count": os.cpu_count(),
+            "runs": running, "threads_per_run": threads}
+
+
+def _record_load(path: Path, phase: str, running: int, threads: int) -> None:
+    sample = load_sample(phase, running, threads)
+    if sample is not None:
+        with path.open("a") as f:
+            f.write(json.dumps(sample) + "\n")
+
+
+def _last_tokens(metrics: Path) -> int:
+    """Generated tokens in a run's last complete metrics record (0 before the first): read from the end of
+    the file, which a running run appends to."""
+    if not metrics.is_file():
+        return 0
+    with metrics.open("rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+        lines = f.read().decode("utf-8", errors="replace").split("\n")[:-1]  # the part after the last newline may be torn
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line).get("tokens/total", 0))
+        except (ValueError, AttributeError):
+            continue
+    return 0
+
+
+def tokens_done(out: Path, runs: list[RunSpec], budget: int) -> int:
+    """Generated tokens of every run so far, each counted up to the budget (a finished run counts in full)."""
+    return sum(
+        budget if (run_dir(out, r) / "eval.json").is_file() else min(budget, _last_tokens(run_dir(out, r) / "metrics.jsonl"))
+        for r in runs
+    )
+
+
 def run_comparison(config: ExperimentConfig, plan: ComparePlan, out: Path, quiet: bool = False) -> dict:
     """Run (or continue) every (method, seed) run of ``plan`` from ``config`` into ``out``, then summarize.
-    Raises ConfigError when ``out`` holds a comparison of another config or plan."""
+    Raises ConfigError when ``out`` holds a comparison of another config or plan. Unless ``quiet``, a
+    progress bar counts the generated tokens of all runs against their budgets, with an ETA."""
     out.mkdir(parents=True, exist_ok=True)
     base_path, plan_path = out / "base.yaml", out / "compare.json"
     if base_path.is_file() or plan_path.is_file():
@@ -193,39 +245,70 @@ def run_comparison(config: ExperimentConfig, plan: ComparePlan, out: Path, quiet
     threads = _threads(plan)
     runs = [RunSpec(m, s) for s in range(plan.seeds) for m in plan.methods]  # seeds outer: partial results stay balanced
     pending = [r for r in runs if not (run_dir(out, r) / "eval.json").is_file()]
+    (out / "logs").mkdir(exist_ok=True)
+    load_path = out / "logs" / "load.jsonl"
+    _record_load(load_path, "before", 0, threads)
     if not quiet:
-        print(f"compare: {len(runs)} runs ({len(plan.methods)} methods x {plan.seeds} seeds) of {plan.budget_tokens:,} tokens "
-              f"each on {config.task.name}; {len(runs) - len(pending)} already finished; {plan.jobs} at a time, "
-              f"{threads} thread(s) each; folder {out}", flush=True)
+        print(f"compare: {_count(len(runs), 'run')} ({_count(len(plan.methods), 'method')} x {_count(plan.seeds, 'seed')}) of "
+              f"{plan.budget_tokens:,} tokens each on {config.task.name}; {len(runs) - len(pending)} already finished; "
+              f"{plan.jobs} at a time, {_count(threads, 'thread')} each; folder {out}", flush=True)
     start = time.time()
     failed: list[str] = []
+    running: set[str] = set()
+    total = len(runs) * plan.budget_tokens
+    bar = tqdm(total=total, initial=tokens_done(out, runs, plan.budget_tokens), desc="compare", unit="tok", unit_scale=True,
+               disable=quiet, dynamic_ncols=True, smoothing=0.05)
+
+    def say(message: str) -> None:
+        if not quiet:
+            bar.write(message)
 
     def one(run: RunSpec) -> None:
         t0 = time.time()
         command = _train_command(out, run, plan)
-        if not quiet:
-            how = "resuming" if "--resume" in command else "starting"
-            print(f"  {run.name}: {how} (log {out / 'logs' / f'{run.name}.log'})", flush=True)
-        code = _execute(command, out / "logs" / f"{run.name}.log", threads)
+        running.add(run.name)
+        say(f"  {run.name}: {'resuming' if '--resume' in command else 'starting'} (log {out / 'logs' / f'{run.name}.log'})")
+        try:
+            code = _execute(command, out / "logs" / f"{run.name}.log", threads)
+        finally:
+            running.discard(run.name)
         if code != 0:
             failed.append(f"{run.name} (exit {code}, see {out / 'logs' / f'{run.name}.log'})")
-            if not quiet:
-                print(f"  {run.name}: failed (exit {code})", flush=True)
+            say(f"  {run.name}: failed (exit {code})")
             return
         # A finished run keeps checkpoints/final; the step checkpoints only served resumption, and with a
         # large policy and many runs they would fill the disk.
         for step_checkpoint in (run_dir(out, run) / "checkpoints").glob("step_*"):
             shutil.rmtree(step_checkpoint)
-        if not quiet:
-            result = json.loads((run_dir(out, run) / "eval.json").read_text())
-            print(f"  {run.name}: {result['accuracy']:.1%} after {result['tokens/total']:,} tokens, {time.time() - t0:.0f} s "
-                  f"[{time.time() - start:.0f} s in]", flush=True)
+        result = json.loads((run_dir(out, run) / "eval.json").read_text())
+        say(f"  {run.name}: {result['accuracy']:.1%} after {result['tokens/total']:,} tokens, {time.time() - t0:.0f} s "
+            f"[{time.time() - start:.0f} s in]")
 
+    def start_eval() -> None:
+        running.add("start")
+        say(f"  starting policy: evaluating on the final set (log {out / 'logs' / 'start.log'})")
+        try:
+            _evaluate_start(config, plan, out, threads)
+        finally:
+            running.discard("start")
+
+    last_load = time.time()
     with ThreadPoolExecutor(max_workers=plan.jobs) as pool:
-        futures = [] if (out / "start" / "eval.json").is_file() else [pool.submit(_evaluate_start, config, plan, out, threads)]
+        futures = [] if (out / "start" / "eval.json").is_file() else [pool.submit(start_eval)]
         futures += [pool.submit(one, run) for run in pending]
+        while True:
+            _, not_done = wait(futures, timeout=POLL_S)
+            bar.update(tokens_done(out, runs, plan.budget_tokens) - bar.n)
+            bar.set_postfix_str(f"{sum((run_dir(out, r) / 'eval.json').is_file() for r in runs)}/{len(runs)} runs done")
+            if not not_done:
+                break
+            if time.time() - last_load >= LOAD_EVERY_S:
+                _record_load(load_path, "during", len(running), threads)
+                last_load = time.time()
         for future in futures:
-            future.result()
+            future.result()  # an error of the starting policy's evaluation is raised here
+    bar.close()
+    _record_load(load_path, "after", 0, threads)
     results = summarize(out)
     write_outputs(out, results)
     if failed:
@@ -241,7 +324,7 @@ def _evaluate_start(config: ExperimentConfig, plan: ComparePlan, out: Path, thre
     n = plan.final_problems or config.eval.n_problems
     code = _execute(
         [sys.executable, "-m", "sirl.cli", "eval", "--config", str(out / "base.yaml"), "--out", str(out / "start"),
-         "--quiet", f"--eval.n_problems={n}", "--eval.pass_k=[]"],
+         "--quiet", f"--eval.n_problems={n}"],
         out / "logs" / "start.log", threads,
     )
     if code != 0:
@@ -259,7 +342,8 @@ def _mean_std(values: list[float]) -> dict[str, Any]:
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
         return {"mean": None, "std": None, "values": []}
-    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+    # One value has no spread: its std is None (shown as nothing), never a zero-width error bar.
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None, "values": values}
 
 
 def _interp(xs: list[float], ys: list[float], grid: list[float]) -> list[float]:
@@ -348,7 +432,32 @@ def summarize(out: Path) -> dict:
         "methods": methods,
         "missing_runs": [f"{m}-seed{s}" for m in plan.methods for s in range(plan.seeds)
                          if not (run_dir(out, RunSpec(m, s)) / "eval.json").is_file()],
-        "machine": _machine(plan),
+        "eval_sets": {
+            # The curves (and tokens to reach grpo's best) come from the periodic evaluations during training;
+            # the tables, the starting policy and the final markers from the final set.
+            "periodic_n": config["eval"]["n_problems"],
+            "final_n": start["n"] if start else next((row["final_n"] for row in methods.values()), None),
+        },
+        "machine": {**_machine(plan), "load": load_summary(out / "logs" / "load.jsonl")},
+    }
+
+
+def load_summary(path: Path) -> dict | None:
+    """The 1-minute load average before, during (mean and max) and after the runs, from logs/load.jsonl;
+    None without samples. A load above the CPU count means processes waited for a CPU, so wall-clock
+    figures measured then are slower than the machine is."""
+    samples = _read_jsonl(path) if path.is_file() else []
+    if not samples:
+        return None
+    by_phase = {phase: [r["load"][0] for r in samples if r["phase"] == phase] for phase in ("before", "during", "after")}
+    during = by_phase["during"]
+    return {
+        "cpu_count": samples[-1]["cpu_count"],
+        "before": statistics.mean(by_phase["before"]) if by_phase["before"] else None,
+        "during_mean": statistics.mean(during) if during else None,
+        "during_max": max(during) if during else None,
+        "during_samples": len(during),
+        "after": by_phase["after"][-1] if by_phase["after"] else None,
     }
 
 
@@ -428,6 +537,38 @@ def _machine(plan: ComparePlan) -> dict:
 # --- writing -------------------------------------------------------------------------------------
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 seed``, ``3 seeds``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def load_text(machine: dict) -> str:
+    """One sentence on the machine's load while the runs' wall-clock was measured."""
+    load = machine.get("load")
+    own = machine["jobs"] * machine["threads_per_run"]
+    if not load:
+        return "The machine's load was not recorded (no logs/load.jsonl), so the wall-clock figures may include other work."
+    parts = []
+    if load["before"] is not None:
+        parts.append(f"{load['before']:.1f} before the runs")
+    if load["during_mean"] is not None:
+        parts.append(f"{load['during_mean']:.1f} on average and {load['during_max']:.1f} at most during them "
+                     f"({_count(load['during_samples'], 'sample')}, {LOAD_EVERY_S:.0f} s apart)")
+    if load["after"] is not None:
+        parts.append(f"{load['after']:.1f} after")
+    return (f"Machine load (1-minute load average): {', '.join(parts)}, on {_count(load['cpu_count'], 'CPU core')}. The "
+            f"comparison's own runs use up to {_count(own, 'thread')}, so load beyond that was other work slowing them down.")
+
+
+def load_caption(machine: dict) -> str:
+    """The load in a few words, for the wall-clock plot."""
+    load = machine.get("load")
+    if not load or load["during_mean"] is None:
+        return "machine load not recorded"
+    return (f"load avg during runs {load['during_mean']:.1f} (max {load['during_max']:.1f}) on {load['cpu_count']} CPUs; "
+            f"own runs: {machine['jobs']} x {_count(machine['threads_per_run'], 'thread')}")
+
+
 def _pct(stat: dict | None, digits: int = 1) -> str:
     if not stat or stat.get("mean") is None:
         return "-"
@@ -447,19 +588,27 @@ def _tokens(n: float | None) -> str:
 def results_markdown(results: dict) -> str:
     plan, methods, start = results["plan"], results["methods"], results["start"]
     task = results["task"]
+    sets = results.get("eval_sets") or {}
+    final_n = f"n={sets['final_n']}" if sets.get("final_n") else "the final set"
+    periodic_n = f"n={sets['periodic_n']}" if sets.get("periodic_n") else "the periodic set"
     lines = [
         f"# {task['name']}: {', '.join(plan['methods'])} at {plan['budget_tokens']:,} generated tokens",
         "",
         f"Task `{task['name']}` {json.dumps(task.get('args') or {})}, starting policy `{results['model']}`"
         + (f" ({start['accuracy']:.1%} on the final set, n={start['n']})" if start else "")
-        + f". {plan['seeds']} seeds per method; every run generates {plan['budget_tokens']:,} tokens (policy samples, "
-        "probes and self-verification all counted) and stops at the step that crosses that budget.",
+        + f". {_count(plan['seeds'], 'seed')} per method; every run generates {plan['budget_tokens']:,} tokens (policy samples, "
+        "probes and self-verification all counted) and stops at the step that crosses that budget. "
+        f"Final accuracies are on the final held-out set ({final_n}); the curves and the tokens to reach grpo's best "
+        f"come from the periodic evaluations during training ({periodic_n}"
+        + (", the first of the same problems)." if (sets.get("periodic_n") or 0) <= (sets.get("final_n") or 0) else ")."),
         "",
     ]
     reference = results["reference"]
-    target = f"tokens to reach grpo's best ({reference['best_accuracy']:.1%})" if reference else "tokens to reach grpo's best"
+    target = (f"tokens to reach grpo's best periodic accuracy ({reference['best_accuracy']:.1%})" if reference
+              else "tokens to reach grpo's best periodic accuracy")
+    spread = "mean ± std over seeds" if plan["seeds"] > 1 else "1 seed"
     lines += [
-        f"| method | final accuracy (mean ± std over seeds) | seeds | {target} | wall-clock (min) | steps | probe tokens | "
+        f"| method | final accuracy ({final_n}; {spread}) | seeds | {target} | wall-clock (min) | steps | probe tokens | "
         "localization accuracy | probes per failure (last quarter) | self-localization accuracy (last quarter) |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -475,7 +624,8 @@ def results_markdown(results: dict) -> str:
     levels = sorted({int(level) for row in methods.values() for level in row["by_difficulty"]}
                     | ({int(k) for k in start["by_difficulty"]} if start else set()))
     if levels:
-        lines += ["", f"Final accuracy by difficulty (`{task['name']}`'s difficulty level; mean over seeds, n per level in the header):", ""]
+        lines += ["", f"Final accuracy by difficulty on the final set (`{task['name']}`'s difficulty level; mean over seeds, n per "
+                  "level in the header):", ""]
         counts = start["by_difficulty"] if start else {}
         header = [f"{level}" + (f" (n={counts[str(level)]['n']})" if str(level) in counts else "") for level in levels]
         lines += ["| method | " + " | ".join(header) + " |", "|---|" + "---:|" * len(levels)]
@@ -502,14 +652,16 @@ def results_markdown(results: dict) -> str:
     machine = results["machine"]
     lines += [
         "",
-        "![accuracy against generated tokens](accuracy_vs_tokens.png)",
-        "![accuracy against wall-clock](accuracy_vs_time.png)",
+        f"![accuracy against generated tokens](accuracy_vs_tokens.png) Lines: the periodic evaluations ({periodic_n}) "
+        f"interpolated onto the token grid; diamonds: the final set ({final_n}), as in the table.",
+        f"![accuracy against wall-clock](accuracy_vs_time.png) The periodic evaluations ({periodic_n}) against wall-clock.",
         "![probes per failure](probes_per_failure.png)",
-        "![accuracy by difficulty](accuracy_by_difficulty.png)",
+        f"![accuracy by difficulty](accuracy_by_difficulty.png) The final set ({final_n}), as in the table by difficulty.",
         "",
-        f"Machine: {machine['processor']}, {machine['cpu_count']} CPU cores{', GPU ' + machine['gpu'] if machine['gpu'] else ''}; "
-        f"{machine['jobs']} run(s) at a time with {machine['threads_per_run']} thread(s) each; Python {machine['python']}, "
-        f"torch {machine['torch']}. Wall-clock includes the periodic held-out evaluations (the same number for every method).",
+        f"Machine: {machine['processor']}, {_count(machine['cpu_count'], 'CPU core')}{', GPU ' + machine['gpu'] if machine['gpu'] else ''}; "
+        f"{machine['jobs']} run(s) at a time with {_count(machine['threads_per_run'], 'thread')} each; Python {machine['python']}, "
+        f"torch {machine['torch']}. Wall-clock includes the periodic held-out evaluations (the same number for every method). "
+        + load_text(machine),
         "",
     ]
     return "\n".join(lines)
@@ -523,6 +675,9 @@ def write_outputs(out: Path, results: dict) -> None:
 
 
 def plot_comparison(out: Path, results: dict) -> None:
+    """The four PNGs. Each says which evaluations it shows: the curves come from the periodic set, the
+    diamonds and the bars from the final set of the tables. Spread is drawn only where there are at least
+    two seeds (one seed has none to draw)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -531,23 +686,39 @@ def plot_comparison(out: Path, results: dict) -> None:
     methods = results["methods"]
     colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(methods)}
     title = results["task"]["name"]
+    sets = results.get("eval_sets") or {}
+    periodic = f"periodic evaluations, n={sets['periodic_n']}" if sets.get("periodic_n") else "periodic evaluations"
+    final = f"final set, n={sets['final_n']}" if sets.get("final_n") else "final set"
+    start = results["start"]
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 5))
     for name, row in methods.items():
         xs = [t / 1e3 for t in row["curve"]["tokens"]]
         mean, std = row["curve"]["mean"], row["curve"]["std"]
-        ax.plot(xs, [100 * m for m in mean], label=f"{name} (n={len(row['seeds'])})", color=colors[name], lw=2)
-        ax.fill_between(xs, [100 * (m - s) for m, s in zip(mean, std)], [100 * (m + s) for m, s in zip(mean, std)], color=colors[name], alpha=0.15)
-    ax.set(xlabel="generated tokens (thousands; samples + probes + verification)", ylabel="held-out accuracy (%)",
-           title=f"{title}: accuracy at equal generated tokens (mean ± std over seeds)")
-    _save(fig, ax, out / "accuracy_vs_tokens.png")
+        seeds = len(row["seeds"])
+        ax.plot(xs, [100 * m for m in mean], label=f"{name} ({_count(seeds, 'seed')})", color=colors[name], lw=2)
+        if seeds > 1:
+            ax.fill_between(xs, [100 * (m - s) for m, s in zip(mean, std)], [100 * (m + s) for m, s in zip(mean, std)],
+                            color=colors[name], alpha=0.15)
+        accuracy, tokens = row["final_accuracy"], row["tokens"]
+        ax.errorbar([tokens["mean"] / 1e3], [100 * accuracy["mean"]], yerr=[100 * accuracy["std"]] if accuracy["std"] else None,
+                    marker="D", ms=6, color=colors[name], mec="black", mew=0.6, capsize=3, ls="none")
+    if start:
+        ax.plot([0], [100 * start["accuracy"]], marker="D", ms=6, color="0.6", mec="black", mew=0.6, ls="none",
+                label=f"starting policy ({final})")
+    ax.plot([], [], marker="D", color="white", mec="black", ls="none", label=f"end of each run ({final}, as in the table)")
+    spread = " ± std over seeds" if any(len(row["seeds"]) > 1 for row in methods.values()) else ""
+    ax.set(xlabel="generated tokens (thousands; samples + probes + verification)", ylabel="held-out accuracy (%)")
+    ax.set_title(f"{title}: accuracy at equal generated tokens\nlines: {periodic}, mean{spread}\ndiamonds: {final}", fontsize=10)
+    _save(fig, ax, out / "accuracy_vs_tokens.png", legend_size=8)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 4.8))
     for name, row in methods.items():
         for i, points in enumerate(row["timing"]["eval_points"]):
             ax.plot([p[0] / 60 for p in points], [100 * p[1] for p in points], color=colors[name], lw=1.5, alpha=0.8,
                     label=name if i == 0 else None)
-    ax.set(xlabel="wall-clock (minutes, one line per seed)", ylabel="held-out accuracy (%)", title=f"{title}: accuracy against wall-clock")
+    ax.set(xlabel="wall-clock (minutes, one line per seed)", ylabel="held-out accuracy (%)",
+           title=f"{title}: accuracy against wall-clock ({periodic})\n{load_caption(results['machine'])}")
     _save(fig, ax, out / "accuracy_vs_time.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -564,18 +735,24 @@ def plot_comparison(out: Path, results: dict) -> None:
     _save(fig, ax, out / "probes_per_failure.png", legend=drawn)
 
     levels = sorted({int(level) for row in methods.values() for level in row["by_difficulty"]})
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    start = results["start"]
+    fig, ax = plt.subplots(figsize=(7, 4.8))
     width = 0.8 / (len(methods) + (1 if start else 0))
-    series = ([("starting policy", {int(k): {"mean": v["accuracy"], "std": 0.0} for k, v in start["by_difficulty"].items()}, "0.6")] if start else [])
-    series += [(name, {int(k): v for k, v in row["by_difficulty"].items()}, colors[name]) for name, row in methods.items()]
+    series = ([("starting policy", {int(k): {"mean": v["accuracy"], "std": None} for k, v in start["by_difficulty"].items()}, "0.6")]
+              if start else [])
+    series += [(f"{name} ({_count(len(row['seeds']), 'seed')})", {int(k): v for k, v in row["by_difficulty"].items()}, colors[name])
+               for name, row in methods.items()]
     for i, (name, by_level, color) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(levels))]
-        means = [100 * (by_level.get(level) or {}).get("mean") if (by_level.get(level) or {}).get("mean") is not None else 0 for level in levels]
-        stds = [100 * (by_level.get(level) or {}).get("std", 0) if (by_level.get(level) or {}).get("std") is not None else 0 for level in levels]
-        ax.bar(xs, means, width, yerr=stds, color=color, label=name, capsize=2)
+        stats = [by_level.get(level) or {} for level in levels]
+        means = [100 * stat["mean"] if stat.get("mean") is not None else 0 for stat in stats]
+        ax.bar(xs, means, width, color=color, label=name)
+        spread = [(x, m, 100 * stat["std"]) for x, m, stat in zip(xs, means, stats) if stat.get("std")]  # none of one seed
+        if spread:
+            ax.errorbar([x for x, _, _ in spread], [m for _, m, _ in spread], yerr=[e for _, _, e in spread], fmt="none",
+                        ecolor="black", elinewidth=1, capsize=2)
     ax.set_xticks(range(len(levels)), [str(level) for level in levels])
-    ax.set(xlabel="difficulty", ylabel="final held-out accuracy (%)", title=f"{title}: final accuracy by difficulty")
+    bars = "mean ± std over seeds" if any(len(row["seeds"]) > 1 for row in methods.values()) else "one seed: no error bars"
+    ax.set(xlabel="difficulty", ylabel="final held-out accuracy (%)", title=f"{title}: final accuracy by difficulty\n{final}; {bars}")
     _save(fig, ax, out / "accuracy_by_difficulty.png", grid_axis="y", legend_size=8)
 
 

@@ -11,10 +11,13 @@ import math
 import random
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from tqdm import tqdm
 
 from sirl.model import encode_prompt, eos_ids
 from sirl.rollout import SamplingParams, generate
@@ -72,7 +75,9 @@ class EvalResult:
     ci95: tuple[float, float]
     by_difficulty: dict[int, dict[str, float]]
     first_error_histogram: dict[int, int] | None
-    """Ground-truth first-error step of each greedy failure (tasks with ground truth), step -> count."""
+    """Ground-truth first wrong step of each greedy failure (tasks with ground truth): count by step
+    index. The keys are 0-based, as every log counts (eval.json, samples.jsonl); what a person reads
+    (``format_result``, the run report) numbers steps from 1, as the self-verification prompt does."""
     mean_response_tokens: float
     truncated_frac: float
     tokens_per_second: float
@@ -96,6 +101,20 @@ class EvalResult:
         )
 
 
+def progress_bar(label: str | None, total: int, unit: str) -> tqdm:
+    """The bar long evaluations show (with its ETA) on stderr; ``label=None`` shows none. It disappears
+    when done (``leave=False``), so only the result stays on the screen."""
+    return tqdm(total=total, desc=label, unit=unit, disable=label is None, leave=False, dynamic_ncols=True)
+
+
+def problem_chunks(n_problems: int, repeats: int, batch_size: int) -> list[range]:
+    """Whole problems, at most ``batch_size`` rows (``repeats`` each) per chunk, at least one problem:
+    the same chunks ``sirl.rollout.generate(max_batch=batch_size)`` makes, so decoding chunk by chunk
+    (to show progress) consumes a sampling generator exactly as one call would."""
+    per = max(1, batch_size // repeats)
+    return [range(start, min(start + per, n_problems)) for start in range(0, n_problems, per)]
+
+
 def complete(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -107,30 +126,43 @@ def complete(
     batch_size: int = 256,
     generator: torch.Generator | None = None,
     verifier: Verifier | None = None,
+    progress: str | None = None,
 ) -> tuple[list[Completion], float]:
     """Sample ``repeats`` completions per problem and score them (with ``verifier``, else ``task.verify``
-    in this process); returns them and the seconds taken (decoding only)."""
-    start = time.perf_counter()
-    generations = generate(
-        model,
-        [encode_prompt(tokenizer, p.prompt) for p in problems],
-        params,
-        eos_ids=eos_ids(model, tokenizer),
-        pad_id=tokenizer.pad_token_id,
-        repeats=repeats,
-        generator=generator,
-        max_batch=batch_size,
-    )
-    seconds = time.perf_counter() - start
-    rows = [(problems[int(generations.context_index_B[row])], generations.row_tokens(row)) for row in range(len(generations))]
-    texts = [tokenizer.decode(tokens, skip_special_tokens=True) for _, tokens in rows]
-    row_problems = [problem for problem, _ in rows]
-    rewards = score_completions(task, row_problems, texts, verifier)
-    completions = [
-        Completion(problem, text, len(tokens), bool(generations.truncated_B[row]), reward)
-        for row, ((problem, tokens), text, reward) in enumerate(zip(rows, texts, rewards))
-    ]
+    in this process); returns them, problem by problem, and the seconds taken (decoding only). With a
+    ``progress`` label, a bar counts the completions decoded and scored."""
+    completions: list[Completion] = []
+    seconds = 0.0
+    with progress_bar(progress, len(problems) * repeats, "sample") as bar:
+        for chunk in problem_chunks(len(problems), repeats, batch_size):
+            part = [problems[i] for i in chunk]
+            start = time.perf_counter()
+            generations = generate(
+                model,
+                [encode_prompt(tokenizer, p.prompt) for p in part],
+                params,
+                eos_ids=eos_ids(model, tokenizer),
+                pad_id=tokenizer.pad_token_id,
+                repeats=repeats,
+                generator=generator,
+                max_batch=batch_size,
+            )
+            seconds += time.perf_counter() - start
+            rows = [(part[int(generations.context_index_B[row])], generations.row_tokens(row)) for row in range(len(generations))]
+            texts = [tokenizer.decode(tokens, skip_special_tokens=True) for _, tokens in rows]
+            rewards = score_completions(task, [problem for problem, _ in rows], texts, verifier)
+            completions += [
+                Completion(problem, text, len(tokens), bool(generations.truncated_B[row]), reward)
+                for row, ((problem, tokens), text, reward) in enumerate(zip(rows, texts, rewards))
+            ]
+            bar.update(len(rows))
     return completions, seconds
+
+
+def check_pass_k(pass_k: Sequence[int], n_samples: int) -> None:
+    """The unbiased estimator needs at least k samples per problem for every k."""
+    if pass_k and n_samples < max(pass_k):
+        raise ValueError(f"eval.n_samples={n_samples} must be >= max(eval.pass_k)={max(pass_k)}")
 
 
 def evaluate(
@@ -141,17 +173,21 @@ def evaluate(
     *,
     max_new_tokens: int,
     batch_size: int = 256,
-    pass_k: list[int] = (),
+    pass_k: Sequence[int] = (),
     n_samples: int = 8,
     temperature: float = 1.0,
     seed: int = 0,
     verifier: Verifier | None = None,
+    progress: str | None = None,
 ) -> EvalResult:
-    """Greedy accuracy and its breakdowns; pass@k for each k in ``pass_k`` from ``n_samples`` samples.
-    Completions are scored by ``verifier`` (else by ``task.verify`` in this process)."""
+    """Greedy accuracy and its breakdowns; pass@k for each k in ``pass_k`` from ``n_samples`` samples
+    (none by default: sampling costs ``n_samples`` times the greedy pass). Completions are scored by
+    ``verifier`` (else by ``task.verify`` in this process). With a ``progress`` label, each pass shows a
+    bar with its ETA."""
+    check_pass_k(pass_k, n_samples)  # before the greedy pass, not after it
     greedy, seconds = complete(
         model, tokenizer, task, problems, SamplingParams(max_new_tokens, temperature=0.0), batch_size=batch_size,
-        verifier=verifier,
+        verifier=verifier, progress=None if progress is None else f"{progress} (greedy)",
     )
     n = len(greedy)
     correct = sum(c.reward for c in greedy)
@@ -176,8 +212,6 @@ def evaluate(
         tokens_per_second=n_tokens / seconds if seconds > 0 else 0.0,
     )
     if pass_k:
-        if n_samples < max(pass_k):
-            raise ValueError(f"eval.n_samples={n_samples} must be >= max(eval.pass_k)={max(pass_k)}")
         generator = torch.Generator(device=model.device).manual_seed(seed)  # on the device that samples
         sampled, _ = complete(
             model,
@@ -189,6 +223,7 @@ def evaluate(
             batch_size=batch_size,
             generator=generator,
             verifier=verifier,
+            progress=None if progress is None else f"{progress} (pass@k, {n_samples} samples each)",
         )
         successes = [sum(c.reward >= 1 for c in sampled[i * n_samples : (i + 1) * n_samples]) for i in range(n)]
         result.pass_at_k = {k: sum(pass_at_k(n_samples, c, k) for c in successes) / n for k in pass_k}
@@ -196,8 +231,15 @@ def evaluate(
     return result
 
 
-def format_result(result: EvalResult) -> str:
-    """The human-readable report printed by ``sirl eval``."""
+def step_number(index: int) -> int:
+    """The step a person reads for a 0-based step index: steps are numbered from 1 everywhere they are
+    shown (``sirl eval``, the run report, the self-verification prompt's ``[1]``)."""
+    return index + 1
+
+
+def format_result(result: EvalResult, pass_k_hint: str | None = None) -> str:
+    """The human-readable report printed by ``sirl eval``; ``pass_k_hint`` stands in pass@k's place when it
+    was not measured (to say how to measure it)."""
     lo, hi = result.ci95
     lines = [
         f"accuracy (greedy)  {result.accuracy:.1%}  95% CI [{lo:.1%}, {hi:.1%}]  n={result.n}",
@@ -207,16 +249,18 @@ def format_result(result: EvalResult) -> str:
     if result.pass_at_k:
         shown = "  ".join(f"pass@{k} {v:.1%}" for k, v in result.pass_at_k.items())
         lines.append(f"sampled (T={result.sample_temperature:g})  {shown}")
+    elif pass_k_hint:
+        lines.append(f"pass@k             {pass_k_hint}")
     if result.by_difficulty:
         lines.append("accuracy by difficulty:")
         for level, row in result.by_difficulty.items():
             lines.append(f"  {level:>4}  {row['accuracy']:6.1%}  (n={row['n']})")
     if result.first_error_histogram is not None:
         total = sum(result.first_error_histogram.values())
-        lines.append(f"first wrong step of greedy failures (ground truth, {total} failures):")
+        lines.append(f"first wrong step of greedy failures (ground truth, steps from 1, {total} failures):")
         peak = max(result.first_error_histogram.values(), default=1)
-        for step, count in result.first_error_histogram.items():
-            lines.append(f"  step {step:>3}  {count:5d}  {'#' * max(1, round(30 * count / peak))}")
+        for index, count in result.first_error_histogram.items():
+            lines.append(f"  step {step_number(index):>3}  {count:5d}  {'#' * max(1, round(30 * count / peak))}")
     return "\n".join(lines)
 
 
@@ -268,19 +312,27 @@ def evaluate_self_verification(
     batch_size: int = 256,
     seed: int = 0,
     verifier: Verifier | None = None,
+    progress: str | None = None,
 ) -> SelfVerifyResult:
     """Sample ``samples`` solutions per problem, then ask the policy, in the task's self-verification
-    format, for the first wrong step of each (greedy verdicts)."""
+    format, for the first wrong step of each (greedy verdicts). With a ``progress`` label, both passes
+    show a bar with its ETA."""
     from sirl.internalize.selfverify import propose  # imported here: it builds on this module's neighbours
 
     generator = torch.Generator(device=model.device).manual_seed(seed)  # on the device that samples
     completions, _ = complete(
         model, tokenizer, task, problems, SamplingParams(max_new_tokens, temperature=temperature),
         repeats=samples, batch_size=batch_size, generator=generator, verifier=verifier,
+        progress=None if progress is None else f"{progress} (solutions, {samples} each)",
     )
     failures = [c for c in completions if c.reward < 1]
     successes = [c for c in completions if c.reward >= 1]
-    verdicts = propose(model, tokenizer, task, [(c.problem, c.text) for c in failures + successes], batch_size)
+    solutions = [(c.problem, c.text) for c in failures + successes]
+    verdicts = []
+    with progress_bar(None if progress is None else f"{progress} (verdicts)", len(solutions), "verdict") as bar:
+        for start in range(0, len(solutions), batch_size):  # the chunks propose makes itself: only the bar is new
+            verdicts += propose(model, tokenizer, task, solutions[start : start + batch_size], batch_size)
+            bar.update(min(batch_size, len(solutions) - start))
     on_failures, on_successes = verdicts[: len(failures)], verdicts[len(failures) :]
     accuracy, interval, most_common, uniform = None, None, None, None
     if task.has_ground_truth and failures:

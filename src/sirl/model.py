@@ -95,14 +95,21 @@ def build_model(
     return model
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a local Hugging Face causal LM directory and its tokenizer (never from the network)."""
+def model_directory(path: str | Path) -> Path:
+    """The local Hugging Face model directory ``path`` names (see :func:`resolve_path`); FileNotFoundError
+    when it holds no config.json. Cheap, so commands call it before anything slow starts."""
     directory = resolve_path(path)
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(
             f"{path!s} is not a Hugging Face model directory (no config.json in {directory}); "
             "give a folder written by save_pretrained, e.g. checkpoints/arith-tiny"
         )
+    return directory
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a local Hugging Face causal LM directory and its tokenizer (never from the network)."""
+    directory = model_directory(path)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
     if tokenizer.eos_token_id is None:

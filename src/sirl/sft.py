@@ -77,9 +77,9 @@ def _sft(config: ExperimentConfig, run_dir: Path, quiet: bool, task: Task, train
     optimizer = torch.optim.AdamW(model.parameters(), lr=sft.lr, weight_decay=sft.weight_decay, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, sft.warmup_steps, sft.steps))
     rng = random.Random(config.seed)
-    if not quiet:
+    if not quiet:  # --quiet prints the result line only
         print(f"sft: {config.task.name}, {count_parameters(model):,} parameters on {device}, run folder {run_dir}")
-    print(f"verifier: {verifier.isolation.describe()}")  # even with --quiet: never silent
+        print(f"verifier: {verifier.isolation.describe()}")
     log.write_json("isolation.json", verifier.isolation.to_json())
 
     def save() -> None:
@@ -90,7 +90,7 @@ def _sft(config: ExperimentConfig, run_dir: Path, quiet: bool, task: Task, train
         try:
             return evaluate(
                 model, tokenizer, task, heldout, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
-                verifier=verifier,
+                verifier=verifier, progress=None if quiet else "sft held-out eval",
             )
         except Exception as error:  # a bug in a task (or in evaluation) must not cost the training done so far
             save()
@@ -125,7 +125,7 @@ def _sft(config: ExperimentConfig, run_dir: Path, quiet: bool, task: Task, train
             last_eval, last_eval_step = held_out_eval(step), step
             accuracy = metrics["eval/accuracy"] = last_eval.accuracy
         log.log(step, metrics)
-        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{accuracy:.1%}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", acc="-" if last_eval is None else f"{accuracy:.1%}")  # "-": none yet
         if "eval/accuracy" in metrics and sft.target_accuracy is not None and accuracy >= sft.target_accuracy:
             stopped_because = f"target accuracy {sft.target_accuracy:.0%} reached"
             break
@@ -137,6 +137,5 @@ def _sft(config: ExperimentConfig, run_dir: Path, quiet: bool, task: Task, train
     save()
     log.write_json("eval.json", final.to_json())
     log.close()
-    if not quiet:
-        print(f"sft stopped after {step} steps ({stopped_because}); held-out accuracy {final.accuracy:.1%}; saved {run_dir}")
+    print(f"sft stopped after {step} steps ({stopped_because}); held-out accuracy {final.accuracy:.1%}; saved {run_dir}")
     return SFTResult(run_dir=run_dir, steps=step, stopped_because=stopped_because, final_eval=final)

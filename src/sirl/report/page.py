@@ -8,15 +8,15 @@ import bisect
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import Any
 
 import yaml
 
-from sirl.report.runfiles import Run, Sample
-from sirl.report.svg import Series, format_number, format_percent, line_chart
+from sirl.report.runfiles import RECORD_KINDS, Run, Sample
+from sirl.report.svg import Formatter, Series, format_number, format_percent, line_chart
 
 # Token colours: ColorBrewer's RdYlGn ends and its neutral grey. Zero advantage stays nearly invisible,
 # so the tokens that received credit stand out.
@@ -43,7 +43,7 @@ class Chart:
     title: str
     keys: tuple[str, ...]
     y_label: str
-    y_format: Callable[[float], str] = format_number
+    y_format: Formatter = format_number
     stacked: bool = False
 
 
@@ -68,7 +68,9 @@ STEP_CHARTS = (
 
 def render(run: Run) -> str:
     """The whole page for ``run``."""
-    body = "".join([_summary(run), _curves(run), _viewer(run.samples), _config(run)])
+    # Corrections are news only on runs whose method localizes (its records carry localized_step) or logs them.
+    corrections_expected = any(s.localized or s.correction is not None or s.kind == "correction" for s in run.samples)
+    body = "".join([_summary(run), _curves(run), _viewer(run.samples, corrections_expected), _config(run)])
     title = f"sirl run report: {run.name}"
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -207,55 +209,113 @@ def _finite(value: Any) -> bool:
 
 # --- trajectory viewer ------------------------------------------------------------------------------
 
-def _kind(sample: Sample) -> str:
+
+def _outcome(sample: Sample) -> str:
     return "success" if sample.success else "localized" if sample.localized else "failed"
 
 
-KIND_ORDER = {"localized": 0, "failed": 1, "success": 2}
+OUTCOME_ORDER = {"localized": 0, "failed": 1, "success": 2}
 
 
-def _viewer(samples: list[Sample]) -> str:
+def _record_order(kind: str) -> int:
+    return RECORD_KINDS.index(kind) if kind in RECORD_KINDS else len(RECORD_KINDS)
+
+
+def trajectory_scale(sample: Sample) -> float:
+    """The colour scale of one trajectory: the largest |advantage| among its trained tokens (1 when all are
+    0). Per trajectory, so that a localized failure's small step-level values (an error step at -0.14)
+    show at full colour even when other trajectories carry outcome advantages of ±2.5; each card says its
+    scale, and hovering a token gives its value."""
+    values = [abs(a) for i in range(len(sample.tokens)) if (a := sample.advantage(i)) is not None and math.isfinite(a)]
+    return max(values, default=0.0) or 1.0
+
+
+def _given(sample: Sample, index: int) -> bool:
+    """Context, not a trained token: given rather than sampled, or logged without an advantage."""
+    return index < sample.prefix_len or sample.advantage(index) is None
+
+
+@dataclass(frozen=True)
+class ViewerKeys:
+    """What the legend explains: only marks the run's trajectories show."""
+
+    localized: bool
+    ground_truth: bool
+    given: bool
+
+    @classmethod
+    def of(cls, samples: Sequence[Sample]) -> ViewerKeys:
+        return cls(
+            localized=any(s.localized and s.localized_step is not None for s in samples),
+            ground_truth=any(s.first_error is not None and not s.success for s in samples),
+            given=any(_given(s, i) for s in samples for i in range(len(s.tokens))),
+        )
+
+
+def _viewer(samples: list[Sample], corrections_expected: bool) -> str:
     if not samples:
         return (
             '<section id="trajectories"><h2>Trajectories</h2><p class="empty">No samples logged yet: samples.jsonl '
             "gets a few trajectories at every evaluation step (train.eval_every).</p></section>"
         )
-    scale = max((abs(a) for s in samples for a in s.token_advantages if math.isfinite(a)), default=0.0) or 1.0
     steps = sorted({s.step for s in samples}, reverse=True)
     groups = []
     for step in steps:
-        chosen = sorted((s for s in samples if s.step == step), key=lambda s: KIND_ORDER[_kind(s)])  # stable: log order within a kind
-        cards = "".join(_trajectory(s, scale, f"t{step}-{i}") for i, s in enumerate(chosen))
+        # samples first (localized failures, failures, successes), then corrections, branches, probes; log order within
+        chosen = sorted((s for s in samples if s.step == step), key=lambda s: (_record_order(s.kind), OUTCOME_ORDER[_outcome(s)]))
+        anchors = [f"t{step}-{i}" for i in range(len(chosen))]
+        corrections = [(a, s) for a, s in zip(anchors, chosen) if s.kind == "correction"]
+        cards = "".join(_trajectory(s, a, corrections_expected, corrections) for a, s in zip(anchors, chosen))
         groups.append(f'<section class="step-group" data-step="{step}"><h3>Training step {step}</h3>{cards}</section>')
     options = "".join(f'<option value="{step}"{" selected" if i == 0 else ""}>step {step}</option>' for i, step in enumerate(steps))
+    outcomes = {_outcome(s) for s in samples}
+    offered = {"failures": bool(outcomes - {"success"}), "localized": "localized" in outcomes, "success": "success" in outcomes}
+    outcome_options = [("all", "all")] + [
+        (value, label) for value, label in (("failures", "failures"), ("localized", "localized failures"), ("success", "successes"))
+        if offered[value]
+    ]
+    kinds = sorted({s.kind for s in samples}, key=_record_order)
+    record_filter = (
+        '<label>record <select id="record-filter"><option value="all">all</option>'
+        + "".join(f'<option value="{escape(k)}">{escape(k + ("es" if k.endswith("ch") else "s"))}</option>' for k in kinds)
+        + "</select></label>"
+    ) if len(kinds) > 1 else ""
     filters = (
         '<div id="filters" class="filters" hidden>'
         f'<label>training step <select id="step-filter"><option value="all">all steps</option>{options}</select></label>'
-        '<label>outcome <select id="kind-filter"><option value="all">all</option><option value="failures">failures</option>'
-        '<option value="localized">localized failures</option><option value="success">successes</option></select></label>'
+        '<label>outcome <select id="kind-filter">'
+        + "".join(f'<option value="{value}">{label}</option>' for value, label in outcome_options)
+        + f"</select></label>{record_filter}"
         f'<span id="shown-count"></span></div>'
     )
     return (
-        f'<section id="trajectories"><h2>Trajectories</h2>{_viewer_legend(scale)}{filters}{"".join(groups)}</section>'
+        f'<section id="trajectories"><h2>Trajectories</h2>{_viewer_legend(ViewerKeys.of(samples))}{filters}{"".join(groups)}</section>'
     )
 
 
-def _viewer_legend(scale: float) -> str:
-    stops = ", ".join(f"{advantage_color(v * scale, scale)} {int((v + 1) * 50)}%" for v in (-1, -0.5, 0, 0.5, 1))
+def _viewer_legend(keys: ViewerKeys) -> str:
+    stops = ", ".join(f"{advantage_color(v, 1.0)} {int((v + 1) * 50)}%" for v in (-1, -0.5, 0, 0.5, 1))
+    marks = []
+    if keys.localized:
+        marks.append('<span class="badge loc">localized</span> the first wrong step the localizer found')
+    if keys.ground_truth:
+        marks.append('<span class="badge truth">ground truth</span> the task\'s first wrong step')
+    if keys.given:
+        marks.append('<span class="tok given">given</span> context: a given prefix, not sampled in this trajectory and not trained on')
+    marks.append("steps are numbered from 1, as in the self-verification prompt")
     return (
         '<div class="legend">'
-        f'<div class="scale"><span>{escape(format_number(-scale))}</span><span class="bar" style="background: linear-gradient(to right, {stops})"></span>'
-        f"<span>+{escape(format_number(scale))}</span><span class=\"muted\">token advantage (hover a token for its value)</span></div>"
-        '<div class="keys"><span class="badge loc">localized</span> the first wrong step the localizer found · '
-        '<span class="badge truth">ground truth</span> the task\'s first wrong step · '
-        '<span class="tok given">given</span> prefix tokens not sampled in this trajectory · '
-        "steps are numbered from 1, as in the self-verification prompt (samples.jsonl counts from 0)</div>"
+        f'<div class="scale"><span>−max</span><span class="bar" style="background: linear-gradient(to right, {stops})"></span>'
+        '<span>+max</span><span class="muted">token advantage, scaled per trajectory to its largest |value| (each card '
+        "states it; hover a token for its value)</span></div>"
+        f'<div class="keys">{" · ".join(marks)}</div>'
         "</div>"
     )
 
 
-def _trajectory(sample: Sample, scale: float, anchor: str) -> str:
-    kind = _kind(sample)
+def _trajectory(sample: Sample, anchor: str, corrections_expected: bool, corrections: Sequence[tuple[str, Sample]]) -> str:
+    outcome = _outcome(sample)
+    scale = trajectory_scale(sample)
     token_groups = tokens_by_step(sample.steps, sample.tokens)
     rows = []
     for index, text in enumerate(sample.steps):
@@ -274,10 +334,11 @@ def _trajectory(sample: Sample, scale: float, anchor: str) -> str:
         )
     strip = "" if token_groups else f'<div class="token-strip"><span class="label">tokens</span>{_tokens(sample, range(len(sample.tokens)), scale)}</div>'
     return (
-        f'<article class="trajectory {kind}" id="{anchor}" data-step="{sample.step}" data-kind="{kind}">'
-        f"{_trajectory_header(sample, kind)}"
+        f'<article class="trajectory {outcome} record-{escape(sample.kind)}" id="{anchor}" data-step="{sample.step}" '
+        f'data-kind="{outcome}" data-record="{escape(sample.kind)}">'
+        f"{_trajectory_header(sample, outcome, scale)}"
         f'<div class="prompt"><span class="label">prompt</span><code>{escape(sample.prompt)}</code></div>'
-        f'<ol class="steps">{"".join(rows)}</ol>{strip}{_correction(sample)}</article>'
+        f'<ol class="steps">{"".join(rows)}</ol>{strip}{_correction(sample, corrections_expected, corrections)}</article>'
     )
 
 
@@ -303,11 +364,12 @@ def tokens_by_step(steps: Sequence[str], tokens: Sequence[str]) -> list[list[int
 def _tokens(sample: Sample, indices: Sequence[int], scale: float) -> str:
     spans = []
     for i in indices:
-        advantage = sample.token_advantages[i] if i < len(sample.token_advantages) else math.nan
         token = sample.tokens[i]
-        if i < sample.prefix_len:
-            spans.append(f'<span class="tok given" title="{escape(repr(token))} given, not sampled">{escape(token)}</span>')
+        if _given(sample, i):
+            why = "given, not sampled" if i < sample.prefix_len else "no advantage logged"
+            spans.append(f'<span class="tok given" title="{escape(repr(token))} {why}">{escape(token)}</span>')
             continue
+        advantage = sample.advantage(i)
         color = advantage_color(advantage, scale)
         dark = math.isfinite(advantage) and abs(advantage) / scale > 0.55
         spans.append(
@@ -317,9 +379,11 @@ def _tokens(sample: Sample, indices: Sequence[int], scale: float) -> str:
     return "".join(spans)
 
 
-def _trajectory_header(sample: Sample, kind: str) -> str:
+def _trajectory_header(sample: Sample, kind: str, scale: float) -> str:
     outcome = "success" if kind == "success" else "failed"
     items = [f'<span class="outcome {outcome}">{outcome} · reward {format_number(sample.reward)}</span>']
+    if sample.kind != "sample":
+        items.insert(0, f'<span class="badge record">{escape(sample.kind)}</span>')
     if sample.truncated:
         items.append('<span class="note">truncated</span>')
     if sample.prefix_len:
@@ -337,6 +401,11 @@ def _trajectory_header(sample: Sample, kind: str) -> str:
             items.append(f'<span class="agreement {"yes" if agree else "no"}">{"agrees" if agree else "disagrees"} with ground truth</span>')
     if sample.self_verdict is not None:
         items.append(_verdict(sample))
+    trained = [sample.advantage(i) for i in range(len(sample.tokens)) if not _given(sample, i)]
+    if trained and all(a == 0 for a in trained):
+        items.append('<span class="muted scale-note">advantage 0 on every token</span>')
+    elif trained:
+        items.append(f'<span class="muted scale-note">colours ±{escape(format_number(scale))}</span>')
     return f'<div class="meta">{"".join(items)}</div>'
 
 
@@ -355,12 +424,21 @@ def _verdict(sample: Sample) -> str:
     return f'<span class="verdict">{said}: not a verdict</span>'
 
 
-def _correction(sample: Sample) -> str:
+def _correction(sample: Sample, expected: bool, corrections: Sequence[tuple[str, Sample]]) -> str:
+    """The corrected continuation of a localized failure's good prefix: written into the failure's own
+    record (older logs), or a record of kind "correction" of the same step and prompt that continues that
+    prefix (linked). Its absence is said only for a method that makes corrections."""
     if not sample.localized or sample.localized_step is None:
         return ""
     good = "".join(sample.steps[: sample.localized_step])
     source = {0: "the prompt alone", 1: "step 1"}.get(sample.localized_step, f"steps 1–{sample.localized_step}")
     if sample.correction is None:
+        linked = [a for a, c in corrections if c.prompt == sample.prompt and c.text.startswith(good)]
+        if linked:
+            return (f'<div class="correction"><span class="label">corrected</span><a href="#{linked[0]}">the correction record below</a>'
+                    f'<span class="muted">continued from the good prefix ({escape(source)})</span></div>')
+        if not expected:
+            return ""
         return f'<div class="correction none">No corrected continuation logged from the good prefix ({escape(source)}).</div>'
     shown = (
         f'<span class="given">{escape(good)}</span>{escape(sample.correction[len(good):])}'
@@ -410,7 +488,8 @@ select { font: inherit; padding: 2px 4px; }
 .outcome { font-weight: 600; } .outcome.failed { color: #b42318; } .outcome.success { color: #067647; }
 .note { color: var(--muted); font-style: italic; }
 .badge { display: inline-block; border-radius: 10px; padding: 0 8px; font-size: 12px; font-weight: 600; color: #fff; }
-.badge.loc { background: var(--loc); } .badge.truth { background: var(--truth); }
+.badge.loc { background: var(--loc); } .badge.truth { background: var(--truth); } .badge.record { background: #475467; }
+.scale-note { font-size: 12px; }
 .agreement.yes { color: #067647; } .agreement.no { color: #b54708; }
 .label { color: var(--muted); font-size: 12px; margin-right: 8px; }
 code, .steps, .token-strip { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: 13px; }
@@ -436,8 +515,10 @@ SCRIPT = """
   const filters = document.getElementById('filters');
   if (!filters) return;
   const step = document.getElementById('step-filter'), kind = document.getElementById('kind-filter');
+  const record = document.getElementById('record-filter');  // only when the run logged more than one kind of record
   const matches = (t) => (step.value === 'all' || t.dataset.step === step.value) &&
-    (kind.value === 'all' || t.dataset.kind === kind.value || (kind.value === 'failures' && t.dataset.kind !== 'success'));
+    (kind.value === 'all' || t.dataset.kind === kind.value || (kind.value === 'failures' && t.dataset.kind !== 'success')) &&
+    (!record || record.value === 'all' || t.dataset.record === record.value);
   const apply = () => {
     let shown = 0;
     for (const group of document.querySelectorAll('.step-group')) {
@@ -453,6 +534,7 @@ SCRIPT = """
   filters.hidden = false;
   step.addEventListener('change', apply);
   kind.addEventListener('change', apply);
+  if (record) record.addEventListener('change', apply);
   apply();
 })();
 """

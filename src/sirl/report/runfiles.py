@@ -16,11 +16,19 @@ class ReportError(ValueError):
     """A run folder the report cannot be made from; the message names the file and what to do."""
 
 
+RECORD_KINDS = ("sample", "correction", "branch", "probe")
+"""What a samples.jsonl record is: a sampled response to a prompt, a corrected continuation of a failure's
+good prefix, a continuation of a repair-buffer prefix, or a probe continuation, in the order the viewer
+lists them. Records written before ``kind`` existed are samples."""
+
+
 @dataclass(frozen=True)
 class Sample:
     """One trajectory of samples.jsonl. Step indices (``localized_step``, ``first_error``) are 0-based, as
     the logs write them; ``self_verdict`` is the policy's own answer as it wrote it (a 1-based step number
-    or ``none`` when it is a verdict at all)."""
+    or ``none`` when it is a verdict at all). ``token_advantages[i]`` is None for a token that was not
+    trained on (the first ``prefix_len`` tokens were given, not sampled); older logs wrote a number there
+    too, which the report ignores for given tokens."""
 
     step: int
     prompt: str
@@ -29,7 +37,9 @@ class Sample:
     truncated: bool
     prefix_len: int
     tokens: list[str]
-    token_advantages: list[float]
+    token_advantages: list[float | None]
+    kind: str = "sample"
+    """One of RECORD_KINDS (another name is kept and shown as it is)."""
     localized: bool = False
     """The localizer ran on it; the fields below come with it."""
     localized_step: int | None = None
@@ -47,6 +57,12 @@ class Sample:
     @property
     def text(self) -> str:
         return "".join(self.steps)
+
+    def advantage(self, index: int) -> float | None:
+        """The advantage token ``index`` was trained with; None for a given token or one without a value."""
+        if index < self.prefix_len or index >= len(self.token_advantages):
+            return None
+        return self.token_advantages[index]
 
 
 @dataclass(frozen=True)
@@ -132,7 +148,8 @@ def _sample(record: dict[str, Any], path: Path, line: int) -> Sample:
             truncated=bool(record.get("truncated", False)),
             prefix_len=int(record.get("prefix_len", 0)),
             tokens=[str(t) for t in record.get("tokens", [])],
-            token_advantages=[float(a) for a in record.get("token_advantages", [])],
+            token_advantages=[None if a is None else float(a) for a in record.get("token_advantages", [])],
+            kind=str(record.get("kind") or "sample"),  # a kind not in RECORD_KINDS is shown under its own name
             localized="localized_step" in record,
             localized_step=_optional_int(record.get("localized_step")),
             probes=_optional_int(record.get("probes")),

@@ -4,9 +4,10 @@ zoom and cost a few kilobytes each (a matplotlib PNG of the same chart is ~30 kB
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
+from typing import Protocol
 
 # Tableau 10: distinguishable, and still apart for the common forms of colour blindness.
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2", "#edc948", "#9c755f")
@@ -15,6 +16,13 @@ WIDTH, HEIGHT = 420, 260
 LEFT, RIGHT, BOTTOM = 58, 18, 40
 LEGEND_ROW = 16
 MAX_MARKERS = 40  # series with at most this many points get a dot (with its value on hover) per point
+
+
+class Formatter(Protocol):
+    """A value as a label: compact by default, with ``decimals`` fixed decimals when asked (ticks that
+    would otherwise read alike)."""
+
+    def __call__(self, value: float, decimals: int | None = None) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -44,10 +52,12 @@ def nice_ticks(lo: float, hi: float, target: int = 5, *, integer: bool = False) 
     return [round(i * step, 12) for i in range(first, last + 1)]
 
 
-def format_number(value: float) -> str:
-    """Compact tick and hover labels: 250k, 1.2M, 0.35, 12."""
+def format_number(value: float, decimals: int | None = None) -> str:
+    """Compact tick and hover labels: 250k, 1.2M, 0.35, 12; with ``decimals``, that many fixed decimals."""
     if not math.isfinite(value):
         return str(value)
+    if decimals is not None:
+        return f"{value:.{decimals}f}"
     size = abs(value)
     if size >= 1e6:
         return f"{value / 1e6:.3g}M"
@@ -56,8 +66,25 @@ def format_number(value: float) -> str:
     return f"{value:.3g}"
 
 
-def format_percent(value: float) -> str:
-    return f"{value * 100:.3g}%" if math.isfinite(value) else str(value)
+def format_percent(value: float, decimals: int | None = None) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value * 100:.3g}%" if decimals is None else f"{value * 100:.{decimals}f}%"
+
+
+def tick_labels(ticks: Sequence[float], y_format: Formatter) -> list[str]:
+    """``y_format``'s labels when they are distinct; else fixed decimals, as few as spell every (evenly
+    spaced) tick exactly: 99.500%, 99.525%, 99.550% rather than 99.5%, 99.5%, 99.6%."""
+    labels = [y_format(t) for t in ticks]
+    if len(set(labels)) == len(labels):
+        return labels
+    for decimals in range(0, 10):
+        labels = [y_format(t, decimals=decimals) for t in ticks]
+        values = [float(label.rstrip("%")) for label in labels]
+        steps = [b - a for a, b in zip(values, values[1:])]
+        if min(steps) > 0 and max(steps) - min(steps) < 1e-9 * max(1.0, max(abs(v) for v in values)):
+            break
+    return labels
 
 
 def line_chart(
@@ -66,7 +93,7 @@ def line_chart(
     *,
     x_label: str,
     y_label: str,
-    y_format: Callable[[float], str] = format_number,
+    y_format: Formatter = format_number,
     stacked: bool = False,
     integer_x: bool = False,
 ) -> str:
@@ -157,17 +184,17 @@ def _legend(labels: list[str]) -> tuple[str, int]:
 
 
 def _axes(
-    frame: _Frame, x_ticks: list[float], y_ticks: list[float], y_format: Callable[[float], str], x_label: str, y_label: str
+    frame: _Frame, x_ticks: list[float], y_ticks: list[float], y_format: Formatter, x_label: str, y_label: str
 ) -> list[str]:
     parts = ['<g class="axes" stroke-width="1">']
-    for y in y_ticks:
+    for y, label in zip(y_ticks, tick_labels(y_ticks, y_format)):
         py = frame.py(y)
         parts.append(f'<line x1="{frame.left}" x2="{frame.right}" y1="{py:.1f}" y2="{py:.1f}" stroke="#e3e3e3"/>')
-        parts.append(f'<text x="{frame.left - 6}" y="{py + 3.5:.1f}" text-anchor="end" fill="#444">{escape(y_format(y))}</text>')
-    for x in x_ticks:
+        parts.append(f'<text x="{frame.left - 6}" y="{py + 3.5:.1f}" text-anchor="end" fill="#444">{escape(label)}</text>')
+    for x, label in zip(x_ticks, tick_labels(x_ticks, format_number)):
         px = frame.px(x)
         parts.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{frame.bottom}" y2="{frame.bottom + 4}" stroke="#666"/>')
-        parts.append(f'<text x="{px:.1f}" y="{frame.bottom + 16}" text-anchor="middle" fill="#444">{escape(format_number(x))}</text>')
+        parts.append(f'<text x="{px:.1f}" y="{frame.bottom + 16}" text-anchor="middle" fill="#444">{escape(label)}</text>')
     parts.append(
         f'<line x1="{frame.left}" x2="{frame.right}" y1="{frame.bottom}" y2="{frame.bottom}" stroke="#666"/>'
         f'<line x1="{frame.left}" x2="{frame.left}" y1="{frame.top}" y2="{frame.bottom}" stroke="#666"/>'
@@ -178,7 +205,7 @@ def _axes(
     return parts
 
 
-def _lines(frame: _Frame, s: Series, color: str, y_format: Callable[[float], str]) -> list[str]:
+def _lines(frame: _Frame, s: Series, color: str, y_format: Formatter) -> list[str]:
     """One polyline per run of finite points (a NaN leaves a gap), and hoverable dots on short series."""
     runs: list[list[tuple[float, float]]] = [[]]
     for x, y in zip(s.xs, s.ys):
