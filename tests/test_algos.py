@@ -6,6 +6,8 @@ import random
 import pytest
 import torch
 
+from sirl import algos
+
 from sirl.algos import (
     ADVANTAGES,
     LOSS_AGGREGATIONS,
@@ -235,3 +237,29 @@ def test_entropy_by_hand():
     from sirl.algos import entropy
 
     assert torch.allclose(entropy(log_probs), torch.tensor([[math.log(4), 0.0]]), atol=1e-6)
+
+
+def test_group_std_scales_by_hand():
+    # group 0: rewards 1, 0, 0, 0: mean 1/4, unbiased variance (3/16 + 3 * 1/16) / 3 = 1/4, std 1/2 -> scale 2;
+    # group 1: all equal (std 0) and group 2: one member: scale 1, as their outcome advantages are 0 anyway
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 2])
+    scales = algos.group_std_scales(rewards, groups)
+    assert scales[0] == pytest.approx(2.0, rel=1e-5) and scales[1] == 1.0 and scales[2] == 1.0
+    assert algos.VALUE_SCALES["dr_grpo"](rewards, groups) == {0: 1.0, 1: 1.0, 2: 1.0}
+    assert set(algos.VALUE_SCALES) == set(algos.ADVANTAGES)  # every estimator has its scale
+
+
+@pytest.mark.parametrize("mode", sorted(LOSS_AGGREGATIONS))
+def test_a_global_count_splits_the_loss_across_processes_exactly(mode):
+    """Two halves of a batch, each weighted with the count over both (what data-parallel processes sum),
+    give the weights of the whole batch: the processes' losses add up to the single-process loss."""
+    mask = torch.tensor([[1.0, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    reference = torch.tensor([True, True, False, True, True])
+    whole = LOSS_AGGREGATIONS[mode](mask, 4, reference)
+    count = sum(float(algos.LOSS_COUNTS[mode](mask[part], reference[part])) for part in (slice(0, 2), slice(2, 5)))
+    halves = torch.cat([LOSS_AGGREGATIONS[mode](mask[part], 4, reference[part], count=count) for part in (slice(0, 2), slice(2, 5))])
+    assert torch.allclose(halves, whole)
+    # with each half's own count the weights differ: what the data-parallel loss did before global counts
+    local = torch.cat([LOSS_AGGREGATIONS[mode](mask[part], 4, reference[part]) for part in (slice(0, 2), slice(2, 5))])
+    assert not torch.allclose(local, whole)

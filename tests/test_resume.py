@@ -251,3 +251,25 @@ def test_a_skipped_step_leaves_the_weights_unchanged(tmp_path, monkeypatch):
     assert [s[0] for s in snapshots] == [0, 1, 0]
     assert snapshots[1][1] is True  # the skipped step changed nothing
     assert records(tmp_path / "run")[-1]["guard/skipped_steps"] == 1
+
+
+def test_a_failing_evaluation_during_rl_saves_the_weights_first(tmp_path, monkeypatch):
+    """The held-out evaluation of step 3 raises (a bug in a task): the weights after step 3 are written as
+    a complete checkpoint that names its task, then the error is reported with where they are."""
+    import sirl.evaluate
+
+    real, calls = sirl.train.evaluate, {"n": 0}
+
+    def evaluate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first is before training (step 0), the second at step 3
+            raise ZeroDivisionError("a bug in the task")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sirl.train, "evaluate", evaluate)
+    run = tmp_path / "run"
+    with pytest.raises(sirl.evaluate.EvaluationFailed, match=r"failed after step 3; they are saved in .*step_3 \(sirl train --resume") as error:
+        run_train(nano_config(), run, quiet=True)
+    assert isinstance(error.value.__cause__, ZeroDivisionError)
+    assert check_checkpoint(run / "checkpoints" / "step_3") is None
+    assert json.loads((run / "checkpoints" / "step_3" / "sirl_task.json").read_text())["name"] == "arith"

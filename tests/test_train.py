@@ -96,9 +96,11 @@ def tiny_config(tmp_path, *extra):
 
 
 @pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "rloo"])
-def test_a_short_run_writes_the_run_folder(tmp_path, algo):
+def test_a_short_run_writes_the_run_folder(tmp_path, capsys, algo):
     config = tiny_config(tmp_path, f"algo.name={algo}", "algo.kl_coef=0.1", "algo.minibatches=2")
     run_train(config, tmp_path / "run", quiet=True)
+    printed = capsys.readouterr().out.splitlines()  # --quiet: the result line, nothing else
+    assert len(printed) == 1 and printed[0].startswith("held-out accuracy ") and "after 3 steps" in printed[0]
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2, 3]
@@ -270,3 +272,31 @@ def test_grpo_from_the_shipped_policy_improves_held_out_accuracy(tmp_path):
     final = run_train(config, tmp_path / "run", quiet=True)
     first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["eval/accuracy"]
     assert final.n == 300 and final.accuracy - first >= 0.08, (first, final.accuracy)
+
+
+def test_a_method_is_one_registry_entry(tmp_path):
+    """A method defined outside sirl (here: GRPO's advantages on successes only) runs through the same loop
+    by registering it; its name is then valid, and only then."""
+    from sirl.internalize.credit import outcome_advantages
+    from sirl.methods import METHODS, Method, register
+    from sirl.types import Credit
+
+    def success_only(rollouts, context):
+        adv = outcome_advantages(rollouts, "grpo")
+        return Credit(
+            rows=tuple(rollouts),
+            token_advantages=tuple(torch.full((len(t.response_ids),), float(max(a, 0))) for t, a in zip(rollouts, adv)),
+            reference=(True,) * len(rollouts),
+        )
+
+    with pytest.raises(ConfigError, match="unknown method algo.name='success_only'"):
+        run_train(tiny_config(tmp_path, "algo.name=success_only", "train.steps=1"), tmp_path / "refused", quiet=True)
+    register(Method("success_only", "GRPO's positive half", success_only))
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register(Method("success_only", "again", success_only))
+        run_train(tiny_config(tmp_path, "algo.name=success_only", "train.steps=2"), tmp_path / "run", quiet=True)
+    finally:
+        METHODS.pop("success_only")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2] and records[-1]["tokens/probe"] == 0

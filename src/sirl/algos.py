@@ -84,6 +84,19 @@ def group_std_scales(rewards_B: torch.Tensor, group_B: torch.Tensor, eps: float 
     return scales
 
 
+def unit_scales(rewards_B: torch.Tensor, group_B: torch.Tensor) -> dict[int, float]:
+    """Per group id, 1: the estimators that do not divide by the group std (dr_grpo, rloo)."""
+    return dict.fromkeys(group_B.tolist(), 1.0)
+
+
+VALUE_SCALES: dict[str, Callable[[torch.Tensor, torch.Tensor], dict[int, float]]] = {
+    "grpo": group_std_scales,
+    "dr_grpo": unit_scales,
+    "rloo": unit_scales,
+}
+"""For each advantage estimator, the per-group factor that puts value differences on its scale."""
+
+
 def zero_std_fraction(rewards_B: torch.Tensor, group_B: torch.Tensor) -> float:
     """Share of groups whose rewards are all equal (they carry no outcome signal)."""
     if len(rewards_B) == 0:

@@ -44,12 +44,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any
 
 import yaml
 from tqdm import tqdm
 
-from sirl.config import AlgoConfig, ConfigError, ExperimentConfig, config_differences, to_yaml
+from sirl.config import ConfigError, ExperimentConfig, config_differences, to_yaml
 
 HARD_LEVEL = 0.15
 """Difficulty levels where the starting policy's final-set accuracy is below this are pooled as "hard"."""
@@ -58,7 +58,9 @@ REFERENCE = "grpo"
 
 
 def _method_names() -> tuple[str, ...]:
-    return get_args(get_type_hints(AlgoConfig)["name"])
+    from sirl.methods import METHODS  # the registry: every method sirl train runs
+
+    return tuple(METHODS)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,11 @@ from sirl.types import Problem
 from sirl.verifier import Verifier, score_completions
 
 
+class EvaluationFailed(RuntimeError):
+    """The held-out evaluation raised during training (SFT or RL); the weights trained until then were
+    saved first, and the message says where."""
+
+
 def heldout_problems(task: Task, n: int, seed: int) -> list[Problem]:
     """``n`` distinct test-split problems (fewer when the split has fewer), the same for the same seed."""
     rng = random.Random(seed)

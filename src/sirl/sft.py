@@ -23,16 +23,12 @@ import torch
 from tqdm import tqdm
 
 from sirl.config import ExperimentConfig, check_task_args
-from sirl.evaluate import EvalResult, evaluate, heldout_problems
+from sirl.evaluate import EvalResult, EvaluationFailed, evaluate, heldout_problems
 from sirl.batch import collate_supervised
 from sirl.model import count_parameters, encode_prompt, encode_text, policy_from_config, save_model, supervised_loss
 from sirl.runlog import RunLog
 from sirl.tasks import Task, check_model_task, load_task, resolve_task_class, write_task_record
 from sirl.verifier import Verifier, verifier_for
-
-
-class EvaluationFailed(RuntimeError):
-    """The held-out evaluation raised during SFT; the weights trained until then were saved first."""
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from sirl.checkpoint import (
 )
 from sirl.config import ExperimentConfig, TrainConfig, check_task_args, config_differences, to_yaml
 from sirl.distributed import Distributed
-from sirl.evaluate import EvalResult, evaluate, heldout_problems
+from sirl.evaluate import EvalResult, EvaluationFailed, evaluate, heldout_problems
 from sirl.internalize.selfverify import AuditSchedule
 from sirl.methods import Method, MethodContext, MethodMemory, get_method
 from sirl.methods.base import PolicySampler
@@ -49,7 +49,7 @@ from sirl.model import count_parameters, policy_from_config, save_model
 from sirl.report import write_report_or_warn
 from sirl.rollout import NonFiniteLogits, SamplingParams, sample_trajectories
 from sirl.runlog import RunLog
-from sirl.tasks import Task, load_task, resolve_task_class
+from sirl.tasks import Task, load_task, resolve_task_class, write_task_record
 from sirl.update import policy_update
 from sirl.verifier import Verifier, verifier_for, verify_trajectories
 
@@ -100,21 +100,32 @@ def _train(
     log = RunLog(run_dir, config, resume_step=state.step if resume else None, elapsed_s=state.log_elapsed_s) if dist.is_main else None
 
     def held_out_eval(problems=heldout) -> EvalResult:
-        return evaluate(model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size, verifier=verifier)
+        try:
+            return evaluate(model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size, verifier=verifier)
+        except Exception as error:  # a bug in a task or in evaluation must not cost the training done so far
+            saved = "before any training step"
+            if state.step > 0:
+                checkpoint(f"step_{state.step}")
+                saved = f"after step {state.step}; they are saved in {run_dir / 'checkpoints' / f'step_{state.step}'} (sirl train --resume {run_dir})"
+            raise EvaluationFailed(f"the held-out evaluation failed {saved} ({type(error).__name__}: {error}; the traceback above shows where)") from error
 
     def checkpoint(name: str) -> None:
         """Write checkpoint ``name``; weights that are not all finite are never written (NonFiniteWeights)."""
         processes = dist.gather_json(state.process_json())  # every process takes part; the first writes
         if log:
             state.log_elapsed_s = time.time() - log.start_time
-            save_training_checkpoint(run_dir, name, model, lambda d: save_model(model, tokenizer, d), optimizer, schedule, state, processes, to_yaml(config))
+            save_training_checkpoint(run_dir, name, model, save_policy, optimizer, schedule, state, processes, to_yaml(config))
+
+    def save_policy(directory: Path) -> None:
+        save_model(model, tokenizer, directory)
+        write_task_record(directory, config.task.name, config.task.args)  # the model knows its task
 
     if show:
         print(f"train: {algo.name} on {config.task.name}, {count_parameters(model):,} parameters on {model.device}, "
               f"{dist.world_size} process(es), run folder {run_dir}")
         if loaded:
             print(f"resuming from {loaded.path} (step {state.step}, {state.tokens.total:,} generated tokens)")
-    if dist.is_main:  # printed even with --quiet: what can run model output, and how, is never silent
+    if show:  # how model output is run; also in isolation.json
         print(f"verifier: {verifier.isolation.describe()}")
     if log:
         log.write_json("isolation.json", verifier.isolation.to_json())

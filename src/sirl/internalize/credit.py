@@ -45,10 +45,8 @@ def outcome_advantages(trajectories: Sequence[Trajectory], estimator: str) -> to
 
 def value_scales(trajectories: Sequence[Trajectory], estimator: str) -> dict[int, float]:
     """Per group, the factor that puts value differences on the outcome advantages' scale: 1 / group std
-    for the std-normalized estimator (grpo), 1 for the others."""
-    if estimator != "grpo":
-        return {t.group: 1.0 for t in trajectories}
-    return algos.group_std_scales(torch.tensor([t.reward for t in trajectories]), torch.tensor([t.group for t in trajectories]))
+    for the std-normalized estimator (grpo), 1 for the others (sirl.algos.VALUE_SCALES)."""
+    return algos.VALUE_SCALES[estimator](torch.tensor([t.reward for t in trajectories]), torch.tensor([t.group for t in trajectories]))
 
 
 def probe_credit(probes: Sequence[Trajectory], book: PrefixBook, scales: dict[int, float]) -> list[torch.Tensor]:
