@@ -263,3 +263,67 @@ def test_a_global_count_splits_the_loss_across_processes_exactly(mode):
     # with each half's own count the weights differ: what the data-parallel loss did before global counts
     local = torch.cat([LOSS_AGGREGATIONS[mode](mask[part], 4, reference[part]) for part in (slice(0, 2), slice(2, 5))])
     assert not torch.allclose(local, whole)
+
+
+# --- tree credit -----------------------------------------------------------------------------------
+
+
+def test_tree_credit_by_hand():
+    # One group of four: [1,2,3] and [1,2,3] verified, [1,2,4] and [1,5] failed. V(root) = V([1]) = 2/4;
+    # V([1,2]) = 2/3 (three rows, two verified); V([1,5]) = 0; V([1,2,3]) = 1; V([1,2,4]) = 0.
+    # Token advantages are V(child) - V(parent): the shared first token 0, then +1/6 for "2", -1/2 for
+    # "5", +1/3 for "3" after [1,2] and -2/3 for "4".
+    rows = [[1, 2, 3], [1, 2, 4], [1, 5], [1, 2, 3]]
+    adv = algos.tree_token_advantages(rows, [1.0, 0.0, 0.0, 1.0], [0, 0, 0, 0])
+    expected = [[0, 1 / 6, 1 / 3], [0, 1 / 6, -2 / 3], [0, -1 / 2], [0, 1 / 6, 1 / 3]]
+    for got, want in zip(adv, expected):
+        assert torch.allclose(got, torch.tensor(want), atol=1e-6)
+
+
+EOS = 9
+
+
+def random_forest(rng: random.Random, n_groups: int = 3, rows: int = 6, given: bool = True):
+    """Rows over a small vocabulary so that prefixes are shared, some continuing a given prefix of a sibling.
+    Like real responses they end in EOS (none is a strict prefix of another) and their outcome is a
+    function of their tokens (identical rows score alike)."""
+    responses, rewards, groups, prefix_lens = [], [], [], []
+    for g in range(n_groups):
+        mine = []
+        for _ in range(rows):
+            if given and mine and rng.random() < 0.3:  # a probe: a sibling's prefix, then its own tokens
+                base = rng.choice(mine)
+                cut = rng.randrange(len(base) + 1)
+                cut = min(cut, len(base) - 1)  # never past a sibling's EOS
+                tokens, pl = base[:cut] + [rng.randrange(3) for _ in range(rng.randrange(0, 4))] + [EOS], cut
+            else:
+                tokens, pl = [rng.randrange(3) for _ in range(rng.randrange(0, 5))] + [EOS], 0
+            mine.append(tokens)
+            reward = float(hash(tuple(tokens)) % 2)  # a fixed function of the tokens (ints hash to themselves)
+            responses.append(tokens), rewards.append(reward), groups.append(g), prefix_lens.append(pl)
+    return responses, rewards, groups, prefix_lens
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_tree_credit_matches_its_naive_definition(seed):
+    responses, rewards, groups, prefix_lens = random_forest(random.Random(seed))
+    fast = algos.tree_token_advantages(responses, rewards, groups, prefix_lens)
+    slow = algos.tree_token_advantages_naive(responses, rewards, groups, prefix_lens)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fast, slow))
+    assert all(torch.all(a[:pl] == 0) for a, pl in zip(fast, prefix_lens))  # given tokens carry nothing
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_tree_credit_is_zero_sum_at_every_node_and_telescopes_to_the_outcome_advantage(seed):
+    responses, rewards, groups, _ = random_forest(random.Random(seed), given=False)
+    adv = algos.tree_token_advantages(responses, rewards, groups)
+    for i, (tokens, r, g) in enumerate(zip(responses, rewards, groups)):
+        # along a row: sum of V(child) - V(parent) = R - V(root) = R - the group's mean
+        mean = sum(x for x, h in zip(rewards, groups) if h == g) / groups.count(g)
+        assert adv[i].sum().item() == pytest.approx(r - mean, abs=1e-5)
+    # at every node where no row ends, the next token's advantages over the rows through it sum to 0
+    nodes = {(g, tuple(t[:d])) for t, g in zip(responses, groups) for d in range(len(t))}
+    for g, prefix in nodes:
+        through = [i for i, (t, h) in enumerate(zip(responses, groups)) if h == g and tuple(t[: len(prefix)]) == prefix]
+        if all(len(responses[i]) > len(prefix) for i in through):
+            assert sum(adv[i][len(prefix)].item() for i in through) == pytest.approx(0.0, abs=1e-5)

@@ -95,7 +95,7 @@ def tiny_config(tmp_path, *extra):
     ])
 
 
-@pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "rloo"])
+@pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "rloo", "tree"])
 def test_a_short_run_writes_the_run_folder(tmp_path, capsys, algo):
     config = tiny_config(tmp_path, f"algo.name={algo}", "algo.kl_coef=0.1", "algo.minibatches=2")
     run_train(config, tmp_path / "run", quiet=True)
@@ -176,7 +176,7 @@ def test_the_ground_truth_localizer_is_refused_outside_si(tmp_path, algo):
 
 
 def test_an_unknown_method_is_refused_with_the_registered_names(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown method algo.name='grpoo'; valid methods: \['dr_grpo', 'grpo', 'random_reset', 'rloo', 'si', 'si_internal', 'vine'\]"):
+    with pytest.raises(ConfigError, match=r"unknown method algo.name='grpoo'; valid methods: \['dr_grpo', 'grpo', 'random_reset', 'rloo', 'si', 'si_internal', 'tree', 'vine'\]"):
         run_train(tiny_config(tmp_path, "algo.name=grpoo"), tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
 

@@ -155,6 +155,74 @@ def broadcast_steps_to_tokens(step_adv_BS: torch.Tensor, step_index_BT: torch.Te
     return torch.where(step_index_BT >= 0, gathered_BT, torch.zeros_like(gathered_BT))
 
 
+# --- tree credit ---------------------------------------------------------------------------------
+# Every row sampled from one prompt in a step (the group, and any probes or branches) shares its prefixes
+# with the others: together they form a trie over token ids. A node's value is the mean outcome of the
+# rows through it, and a token's advantage is V(child) - V(parent): the change in the chance of success
+# that choosing this token made (the prefix-tree credit of lambda-GRPO, arXiv 2509.21154, and TreeAdv,
+# arXiv 2601.03703). Tokens every row shares get 0; along one row the advantages telescope to
+# R - V(root), the outcome advantage's numerator; and over the rows through any node where none ends, the
+# advantages of the next token sum to 0, so the credit is zero-sum wherever a choice was made.
+
+
+def tree_token_advantages(
+    responses: list[list[int]], rewards: list[float], groups: list[int], prefix_lens: list[int] | None = None
+) -> list[torch.Tensor]:
+    """Per row, ``[len(responses[i])]`` advantages V(node after token t) - V(node before it); 0 on the
+    first ``prefix_lens[i]`` tokens (given, not sampled). Rows are tried only against rows of the same
+    group. A row given a prefix of L tokens was forced through its first L nodes, so it counts in the value
+    of a node at depth d only when L <= d (as sirl.internalize.localize.PrefixBook counts free samples).
+
+    One pass builds the trie (a dict per node) and one reads it: O(total tokens). Naive equivalent: for
+    each row and position, the mean reward of every row of the group that shares the prefix and was free
+    there (:func:`tree_token_advantages_naive`; tests hold them equal)."""
+    prefix_lens = prefix_lens or [0] * len(responses)
+    children: list[dict[int, int]] = []  # node id -> {token: child node id}
+    roots: dict[int, int] = {}  # group -> its root node
+    paths = []  # per row, the node ids from the root through each of its tokens
+    for tokens, group in zip(responses, groups, strict=True):
+        if group not in roots:
+            roots[group] = len(children)
+            children.append({})
+        path = [roots[group]]
+        for token in tokens:
+            nxt = children[path[-1]].get(token)
+            if nxt is None:
+                nxt = children[path[-1]][token] = len(children)
+                children.append({})
+            path.append(nxt)
+        paths.append(path)
+    total, count = [0.0] * len(children), [0] * len(children)
+    for path, reward, given in zip(paths, rewards, prefix_lens, strict=True):
+        for n in path[given:]:  # free from depth `given` on
+            total[n] += reward
+            count[n] += 1
+    out = []
+    for path, given in zip(paths, prefix_lens):
+        values = [total[n] / count[n] if count[n] else 0.0 for n in path]
+        out.append(torch.tensor([values[t + 1] - values[t] if t >= given else 0.0 for t in range(len(path) - 1)], dtype=torch.float32))
+    return out
+
+
+def tree_token_advantages_naive(
+    responses: list[list[int]], rewards: list[float], groups: list[int], prefix_lens: list[int] | None = None
+) -> list[torch.Tensor]:
+    """The definition, row by row and position by position (the test twin of :func:`tree_token_advantages`)."""
+    prefix_lens = prefix_lens or [0] * len(responses)
+
+    def value(group: int, prefix: list[int]) -> float:
+        through = [
+            r for tokens, r, g, given in zip(responses, rewards, groups, prefix_lens)
+            if g == group and tokens[: len(prefix)] == prefix and len(tokens) >= len(prefix) and given <= len(prefix)
+        ]
+        return sum(through) / len(through)
+
+    return [
+        torch.tensor([value(g, tokens[: t + 1]) - value(g, tokens[:t]) if t >= given else 0.0 for t in range(len(tokens))], dtype=torch.float32)
+        for tokens, g, given in zip(responses, groups, prefix_lens)
+    ]
+
+
 # --- policy loss --------------------------------------------------------------------------------
 
 

@@ -227,6 +227,9 @@ class MethodConfig:
     normalization: Literal["additive", "diluting"] = "additive"
     """additive: loss denominators count the original batch only, so extra samples add gradient;
     diluting: they count every row, so extra samples shrink the original batch's weight."""
+    tree_outcome_mix: float = ranged(0.0, 0, 1)
+    """tree: the share of each token's advantage that is the response's outcome advantage (the rest is tree
+    credit); 0 is plain tree credit, 1 is the outcome method."""
     repair_share: float = ranged(0.25, 0, 1)
     """Share of each step's prompts drawn from the repair buffer (continued from a stored good prefix)."""
     repair_capacity: int = ranged(512, 1)

@@ -6,8 +6,8 @@ Worked example::
     solution    7+5=2;2*3=6;6-2=4;#4
     steps       [7+5=2;] [2*3=6;] [6-2=4;] [#4]
 
-Operands are digits 0-9; the expression is evaluated left to right (no precedence) and every
-intermediate result is taken mod 10. Each step restates both operands: without them a small
+Operands are digits below the modulus (10 by default); the expression is evaluated left to right (no
+precedence) and every intermediate result is taken mod ``modulus``. Each step restates both operands: without them a small
 character-level policy has to track a hidden running value, and measured before this module existed
 it then stayed near chance; with them SFT learns the format in minutes.
 
@@ -17,8 +17,15 @@ Ground truth for localization: the first step whose operands, operator or result
 correct chain, the answer step if it is wrong, or the last step when the completion stops early (the
 end of the response belongs to the last step).
 
-Knobs: ``min_ops``/``max_ops`` (the number of operations, drawn uniformly; up to 32), and
-``op_weights`` (relative frequency of ``+``, ``-`` and ``*``: multiplication is the hard step).
+Knobs: ``min_ops``/``max_ops`` (the number of operations, drawn uniformly; up to 32), ``op_weights``
+(relative frequency of ``+``, ``-`` and ``*``: multiplication is the hard step), and ``modulus`` (2-10, so
+every value stays one digit).
+
+Mod 10 absorbs wrong values: ``*0``, ``*5`` and even factors map different values to the same one, so a
+chain can go wrong and still reach the right answer, and its first wrong step is then not its first
+irrecoverable one. With a prime modulus (``modulus=7``) multipliers are drawn nonzero, so every step is a
+bijection of the running value: a wrong value is never absorbed, and a chain that goes wrong and then
+computes every later step correctly always ends wrong (tests/test_arith.py checks it exhaustively).
 """
 
 from __future__ import annotations
@@ -35,19 +42,22 @@ _STEP_RE = re.compile(r"([0-9])([+\-*])([0-9])=([0-9]);")
 _ANSWER_RE = re.compile(r"#([0-9])")
 
 
-def apply(a: int, op: str, b: int) -> int:
+PRIMES = (2, 3, 5, 7)
+
+
+def apply(a: int, op: str, b: int, modulus: int = 10) -> int:
     if op == "+":
-        return (a + b) % 10
+        return (a + b) % modulus
     if op == "-":
-        return (a - b) % 10
+        return (a - b) % modulus
     if op == "*":
-        return (a * b) % 10
+        return (a * b) % modulus
     raise ValueError(f"unknown operator {op!r}")
 
 
 class ArithTask(Task):
     name = "arith"
-    description = "left-to-right arithmetic mod 10 with a scratchpad that restates operands (e.g. 7+5*3-2=)"
+    description = "left-to-right arithmetic mod 10 (or a prime) with a scratchpad that restates operands (e.g. 7+5*3-2=)"
     safe_verify = True  # one regular expression over the completion: linear time, no allocation to speak of
 
     def __init__(
@@ -56,6 +66,7 @@ class ArithTask(Task):
         max_ops: int = 12,
         op_weights: dict[str, float] | None = None,
         test_fraction: float = 0.1,
+        modulus: int = 10,
     ):
         if not 1 <= min_ops <= max_ops <= MAX_OPS:
             raise ValueError(f"need 1 <= min_ops <= max_ops <= {MAX_OPS}, got min_ops={min_ops}, max_ops={max_ops}")
@@ -67,6 +78,9 @@ class ArithTask(Task):
             raise ValueError(f"op_weights must be non-negative with a positive sum, got {weights}")
         if not 0 < test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        if not 2 <= modulus <= 10:
+            raise ValueError(f"modulus must be between 2 and 10 (values stay one digit), got {modulus}")
+        self.modulus = modulus
         self.min_ops, self.max_ops = min_ops, max_ops
         self.op_weights = {op: float(weights.get(op, 0.0)) for op in OPERATORS}
         self.test_fraction = test_fraction
@@ -76,27 +90,30 @@ class ArithTask(Task):
         ops_list, weights = list(OPERATORS), [self.op_weights[op] for op in OPERATORS]
         while True:
             n_ops = rng.randint(self.min_ops, self.max_ops)
-            numbers = [rng.randrange(10) for _ in range(n_ops + 1)]
-            ops = rng.choices(ops_list, weights=weights, k=n_ops)
+            if self.modulus in PRIMES:  # a multiplier is never 0, so every step is a bijection (nothing absorbed)
+                ops = rng.choices(ops_list, weights=weights, k=n_ops)
+                numbers = [rng.randrange(self.modulus)] + [rng.randrange(op == "*", self.modulus) for op in ops]
+            else:  # (this order of draws keeps the problems of every seed as they were before the modulus knob)
+                numbers = [rng.randrange(self.modulus) for _ in range(n_ops + 1)]
+                ops = rng.choices(ops_list, weights=weights, k=n_ops)
             prompt = "".join(f"{n}{op}" for n, op in zip(numbers, ops)) + f"{numbers[-1]}="
             if split_of(prompt, self.test_fraction) == split:
                 break
         value = numbers[0]
         for op, b in zip(ops, numbers[1:]):
-            value = apply(value, op, b)
+            value = apply(value, op, b, self.modulus)
         return Problem(
             prompt=prompt,
             answer=str(value),
             meta={"numbers": numbers, "ops": "".join(ops), "difficulty": n_ops},
         )
 
-    @staticmethod
-    def _chain(problem: Problem) -> list[str]:
+    def _chain(self, problem: Problem) -> list[str]:
         """The correct step texts, answer step included."""
         numbers, ops = problem.meta["numbers"], problem.meta["ops"]
         steps, value = [], numbers[0]
         for op, b in zip(ops, numbers[1:]):
-            result = apply(value, op, b)
+            result = apply(value, op, b, self.modulus)
             steps.append(f"{value}{op}{b}={result};")
             value = result
         steps.append(f"#{value}")
