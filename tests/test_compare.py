@@ -2,6 +2,7 @@
 an interrupted comparison resumed to the same results as an uninterrupted one."""
 
 import json
+import random
 import os
 import signal
 import subprocess
@@ -242,3 +243,23 @@ def test_a_rerun_with_other_settings_is_refused(uninterrupted):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "budget_tokens: 2500 -> 3000" in done.stderr and "give a new --out" in done.stderr
+
+
+def test_the_paired_difference_by_hand_and_its_interval():
+    from sirl.compare import paired_difference
+
+    # the same runs: a difference of exactly 0, with a zero-width interval
+    same = {0: [1.0, 0.0, 1.0, 1.0], 1: [0.0, 1.0, 1.0, 0.0]}
+    assert paired_difference(same, same) == {"mean": 0.0, "ci95": [0.0, 0.0], "seeds": [0, 1], "problems": 4}
+    # A solves every problem B solves and one more in each run (of 4): +25 points, and every resample
+    # keeps A ahead, so the interval excludes 0
+    better = {0: [1.0, 1.0, 1.0, 1.0], 1: [1.0, 1.0, 1.0, 0.0]}
+    diff = paired_difference(better, same)
+    assert diff["mean"] == pytest.approx(0.25) and diff["ci95"][0] >= 0.0
+    # noise: on 2,000 problems two runs of independent coin flips differ by nothing the interval excludes
+    rng = random.Random(0)
+    coins = lambda: {s: [float(rng.random() < 0.5) for _ in range(2000)] for s in range(4)}  # noqa: E731
+    low, high = paired_difference(coins(), coins())["ci95"]
+    assert low < 0 < high
+    # only the seeds both methods ran are paired
+    assert paired_difference({0: [1.0], 3: [1.0]}, {1: [1.0]}) is None

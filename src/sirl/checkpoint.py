@@ -327,6 +327,9 @@ class TrainerState:
     memory: Any
     tokens: TokenCounts
     step: int = 0
+    trained_tokens: int = 0
+    """Tokens through forward and backward so far: every row's prompt and response, each epoch (the second
+    budget axis beside generated tokens)."""
     train_elapsed_s: float = 0.0
     log_elapsed_s: float = 0.0
     skipped_steps: int = 0
@@ -366,6 +369,7 @@ class TrainerState:
         return {
             "step": self.step,
             "tokens": {"policy": self.tokens.policy, "probe": self.tokens.probe, "verify": self.tokens.verify},
+            "trained_tokens": self.trained_tokens,
             "clock": {"log_s": self.log_elapsed_s, "train_s": self.train_elapsed_s},
             "guard": {"skipped_steps": self.skipped_steps, "skipped_in_row": self.skipped_in_row},
             "first_eval": self.first_eval.to_json(),
@@ -375,6 +379,7 @@ class TrainerState:
     def load_shared_json(self, data: dict, eval_from_json: Any) -> None:
         self.step = data["step"]
         self.tokens = TokenCounts(**data["tokens"])
+        self.trained_tokens = data.get("trained_tokens", 0)
         self.train_elapsed_s, self.log_elapsed_s = data["clock"]["train_s"], data["clock"]["log_s"]
         self.skipped_steps, self.skipped_in_row = data["guard"]["skipped_steps"], data["guard"]["skipped_in_row"]
         self.first_eval, self.last_eval = eval_from_json(data["first_eval"]), eval_from_json(data["last_eval"])

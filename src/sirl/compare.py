@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from tqdm import tqdm
 
@@ -367,6 +368,25 @@ def _finite(values: list[Any]) -> list[float]:
     return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
 
 
+def paired_difference(a: dict[int, list[float]], b: dict[int, list[float]], n_boot: int = 4000, seed: int = 0) -> dict | None:
+    """Mean accuracy of method A minus method B with a 95% bootstrap interval that resamples both sources of
+    variation, pairing what the methods share: the seeds both have (a seed fixes a run's prompts and
+    sampling stream; both methods start from the same policy), and the held-out problems (the same for
+    every run). ``a[seed]`` is one run's reward per final held-out problem. None without a common seed."""
+    seeds = sorted(set(a) & set(b))
+    lengths = {len(a[s]) for s in seeds} | {len(b[s]) for s in seeds}
+    if not seeds or len(lengths) != 1 or lengths == {0}:  # no common seed, or runs without per-problem rewards
+        return None
+    diff_SP = np.array([a[s] for s in seeds], dtype=np.float64) - np.array([b[s] for s in seeds], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    S, P = diff_SP.shape
+    draws = np.empty(n_boot)
+    for i in range(n_boot):  # seeds and problems drawn with replacement, together
+        draws[i] = diff_SP[rng.integers(0, S, S)][:, rng.integers(0, P, P)].mean()
+    low, high = np.quantile(draws, [0.025, 0.975])
+    return {"mean": float(diff_SP.mean()), "ci95": [float(low), float(high)], "seeds": seeds, "problems": P}
+
+
 def summarize(out: Path) -> dict:
     """results.json's content, from the comparison folder. Timing lives under each method's ``timing`` and
     under ``machine``: everything else is a deterministic function of the runs."""
@@ -400,6 +420,7 @@ def summarize(out: Path) -> dict:
             "steps": _mean_std([f["step"] for f in finals]),
             "tokens": _mean_std([f["tokens/total"] for f in finals]),
             "tokens_per_step": _mean_std([r["tokens/total"] / r["step"] for r in last]),
+            "trained_tokens": _mean_std([r.get("tokens/trained") for r in last]),
             "max_step_tokens": max(_step_tokens(rows) for rows in logs),
             "probe_share": _mean_std([r["tokens/probe"] / max(r["tokens/total"], 1) for r in last]),
             "verify_share": _mean_std([r["tokens/verify"] / max(r["tokens/total"], 1) for r in last]),
@@ -419,6 +440,14 @@ def summarize(out: Path) -> dict:
         }
     reference = None
     if REFERENCE in methods:
+        rewards = {
+            method: {int(d.name.removeprefix("seed")): json.loads((d / "eval.json").read_text()).get("rewards") or []
+                     for d in (run_dir(out, RunSpec(method, s)) for s in range(plan.seeds)) if (d / "eval.json").is_file()}
+            for method in methods
+        }
+        for method, row in methods.items():
+            if method != REFERENCE:
+                row["difference_from_reference"] = paired_difference(rewards[method], rewards[REFERENCE])
         best = max(methods[REFERENCE]["curve"]["mean"])
         reference = {"method": REFERENCE, "best_accuracy": best}
         for row in methods.values():
@@ -587,6 +616,15 @@ def _tokens(n: float | None) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
 
 
+def _difference(diff: dict | None) -> str:
+    """A difference from grpo in points with its interval; one inside its interval reads as no difference."""
+    if not diff:
+        return ""
+    low, high = diff["ci95"]
+    verdict = "" if low > 0 or high < 0 else " (no difference)"
+    return f"{100 * diff['mean']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]{verdict}"
+
+
 def results_markdown(results: dict) -> str:
     plan, methods, start = results["plan"], results["methods"], results["start"]
     task = results["task"]
@@ -603,6 +641,9 @@ def results_markdown(results: dict) -> str:
         f"Final accuracies are on the final held-out set ({final_n}); the curves and the tokens to reach grpo's best "
         f"come from the periodic evaluations during training ({periodic_n}"
         + (", the first of the same problems)." if (sets.get("periodic_n") or 0) <= (sets.get("final_n") or 0) else ")."),
+        " The difference from grpo is in points of final accuracy, with a 95% bootstrap interval that resamples the "
+        "seeds both methods ran (paired) and the final held-out problems (the same for every run); a difference "
+        "whose interval holds 0 is no difference.",
         "",
     ]
     reference = results["reference"]
@@ -610,16 +651,18 @@ def results_markdown(results: dict) -> str:
               else "tokens to reach grpo's best periodic accuracy")
     spread = "mean ± std over seeds" if plan["seeds"] > 1 else "1 seed"
     lines += [
-        f"| method | final accuracy ({final_n}; {spread}) | seeds | {target} | wall-clock (min) | steps | probe tokens | "
-        "localization accuracy | probes per failure (last quarter) | self-localization accuracy (last quarter) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| method | final accuracy ({final_n}; {spread}) | difference from grpo (95% CI) | seeds | {target} | wall-clock (min) | "
+        "steps | trained tokens | probe tokens | localization accuracy | probes per failure (last quarter) | "
+        "self-localization accuracy (last quarter) |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in methods.items():
         seeds = ", ".join(f"{v:.1%}" for v in row["final_accuracy"]["values"])
         wall = row["timing"]["wall_clock_s"]["mean"]
         lines.append(
-            f"| {name} | {_pct(row['final_accuracy'])} | {seeds} | {_tokens(row.get('tokens_to_reference'))} | {wall / 60:.1f} | "
-            f"{row['steps']['mean']:.0f} | {row['probe_share']['mean']:.0%} | {_pct(row['localization_accuracy'])} | "
+            f"| {name} | {_pct(row['final_accuracy'])} | {_difference(row.get('difference_from_reference'))} | {seeds} | "
+            f"{_tokens(row.get('tokens_to_reference'))} | {wall / 60:.1f} | "
+            f"{row['steps']['mean']:.0f} | {'-' if row['trained_tokens']['mean'] is None else _tokens(row['trained_tokens']['mean'])} | {row['probe_share']['mean']:.0%} | {_pct(row['localization_accuracy'])} | "
             f"{_number(row['probes_per_failure'])} | "
             f"{_pct(row['selfloc_accuracy'])} |"
         )

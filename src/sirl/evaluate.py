@@ -88,6 +88,9 @@ class EvalResult:
     tokens_per_second: float
     pass_at_k: dict[int, float] = field(default_factory=dict)
     sample_temperature: float | None = None
+    rewards: list[float] = field(default_factory=list)
+    """Each held-out problem's greedy reward, in the order of the problems: comparisons pair methods on the
+    same problems with it (sirl.compare's bootstrap over seeds and problems)."""
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -215,6 +218,7 @@ def evaluate(
         mean_response_tokens=n_tokens / n if n else 0.0,
         truncated_frac=sum(c.truncated for c in greedy) / n if n else 0.0,
         tokens_per_second=n_tokens / seconds if seconds > 0 else 0.0,
+        rewards=[c.reward for c in greedy],
     )
     if pass_k:
         generator = torch.Generator(device=model.device).manual_seed(seed)  # on the device that samples

@@ -36,9 +36,12 @@ class StepCounts:
     samples: float
     verify_timeouts: float
     verify_errors: float
+    trained_tokens: float
+    """Tokens through forward and backward: every credit row's and auxiliary row's prompt and response, once
+    per PPO epoch."""
 
     @classmethod
-    def of(cls, rollouts: list[Trajectory], generated: dict[str, int], verified: VerifyCounts) -> StepCounts:
+    def of(cls, rollouts: list[Trajectory], generated: dict[str, int], verified: VerifyCounts, credit: Credit, epochs: int) -> StepCounts:
         fresh = [t for t in rollouts if t.prefix_len == 0]  # reward/mean: fresh prompts only, as in grpo
         return cls(
             policy_tokens=float(sum(len(t.response_ids) - t.prefix_len for t in rollouts)),
@@ -46,6 +49,9 @@ class StepCounts:
             fresh_reward=float(sum(t.reward for t in fresh)), fresh=float(len(fresh)),
             truncated=float(sum(t.truncated for t in rollouts)), samples=float(len(rollouts)),
             verify_timeouts=float(verified.timeouts), verify_errors=float(verified.errors),
+            trained_tokens=float(epochs * (
+                sum(len(t.prompt_ids) + len(t.response_ids) for t in credit.rows) + sum(int(a.attention_BT.sum()) for a in credit.aux_losses)
+            )),
         )
 
     def summed(self, dist: Distributed) -> StepCounts:
@@ -54,7 +60,7 @@ class StepCounts:
 
 def step_metrics(
     counts: StepCounts, tokens: TokenCounts, rollouts: list[Trajectory], credit: Credit, update: UpdateStats, *,
-    skipped_steps: int, lr: float, rollout_s: float, step_s: float, train_elapsed_s: float,
+    trained_tokens: int, skipped_steps: int, lr: float, rollout_s: float, step_s: float, train_elapsed_s: float,
 ) -> dict[str, float]:
     """The metrics.jsonl record of a step (before its evaluation). ``tokens`` are the run's totals after
     the step; ``counts`` the step's own, summed over processes."""
@@ -66,6 +72,7 @@ def step_metrics(
         "tokens/policy": tokens.policy,
         "tokens/probe": tokens.probe,
         "tokens/verify": tokens.verify,
+        "tokens/trained": trained_tokens,
         "reward/mean": counts.fresh_reward / max(counts.fresh, 1),
         **update.to_metrics(),
         "guard/skipped_steps": skipped_steps,

@@ -173,14 +173,15 @@ def _train(
         state.skipped_in_row = state.skipped_in_row + 1 if update.skipped else 0
 
         # 5. Account and log; token counts and rewards are summed over processes.
-        counts = StepCounts.of(rollouts, sampler.tokens, verifier.take_counts()).summed(dist)
+        counts = StepCounts.of(rollouts, sampler.tokens, verifier.take_counts(), credit, algo.ppo_epochs).summed(dist)
         tokens_before = state.tokens.total
         state.tokens = TokenCounts(
             state.tokens.policy + int(counts.policy_tokens), state.tokens.probe + int(counts.probe_tokens), state.tokens.verify + int(counts.verify_tokens)
         )
+        state.trained_tokens += int(counts.trained_tokens)
         state.train_elapsed_s = time.time() - start
         metrics = step_metrics(
-            counts, state.tokens, rollouts, credit, update, skipped_steps=state.skipped_steps, lr=schedule.get_last_lr()[0],
+            counts, state.tokens, rollouts, credit, update, trained_tokens=state.trained_tokens, skipped_steps=state.skipped_steps, lr=schedule.get_last_lr()[0],
             rollout_s=rollout_seconds, step_s=time.time() - step_start, train_elapsed_s=state.train_elapsed_s,
         )
         if method.uses_repair:
