@@ -102,6 +102,8 @@ def _train(
     def held_out_eval(problems=heldout) -> EvalResult:
         try:
             return evaluate(model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size, verifier=verifier)
+        except NonFiniteLogits as error:  # broken weights: nothing worth saving
+            raise Diverged(f"{error}; the run stopped at step {state.step}; {_last_good(run_dir)}") from None
         except Exception as error:  # a bug in a task or in evaluation must not cost the training done so far
             saved = "before any training step"
             if state.step > 0:
@@ -125,8 +127,7 @@ def _train(
               f"{dist.world_size} process(es), run folder {run_dir}")
         if loaded:
             print(f"resuming from {loaded.path} (step {state.step}, {state.tokens.total:,} generated tokens)")
-    if show:  # how model output is run; also in isolation.json
-        print(f"verifier: {verifier.isolation.describe()}")
+        print(f"verifier: {verifier.isolation.describe()}")  # how model output is run; also in isolation.json
     if log:
         log.write_json("isolation.json", verifier.isolation.to_json())
     if not resume:
