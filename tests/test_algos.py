@@ -327,3 +327,20 @@ def test_tree_credit_is_zero_sum_at_every_node_and_telescopes_to_the_outcome_adv
         through = [i for i, (t, h) in enumerate(zip(responses, groups)) if h == g and tuple(t[: len(prefix)]) == prefix]
         if all(len(responses[i]) > len(prefix) for i in through):
             assert sum(adv[i][len(prefix)].item() for i in through) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_branch_groups_score_each_row_against_the_others():
+    # Three continuations of a 2-token given prefix [7, 7]: [7,7,1,1] verified, [7,7,1,2] and [7,7,3] not.
+    # Leave-one-out: the success scores 1 - 0 = 1, each failure 0 - 1/2 = -1/2; the branch's own tree puts
+    # that on the tokens: the first sampled token "1" moves V from 1/3 to 1/2 (+1/6) and carries the gap
+    # between the branch mean (1/3) and the others' mean for the row (0 for the success: +1/3; 1/2 for a
+    # failure: -1/6); "3" moves V to 0 (-1/3) plus its gap -1/6.
+    adv = algos.branch_token_advantages([[7, 7, 1, 1], [7, 7, 1, 2], [7, 7, 3]], [1.0, 0.0, 0.0], prefix_len=2)
+    expected = [[0, 0, 1 / 6 + 1 / 3, 1 / 2], [0, 0, 1 / 6 - 1 / 6, -1 / 2], [0, 0, -1 / 3 - 1 / 6]]
+    for got, want in zip(adv, expected):
+        assert torch.allclose(got, torch.tensor(want), atol=1e-6)
+    assert [a.sum().item() for a in adv] == pytest.approx([1.0, -0.5, -0.5])
+    # a branch whose members all fail (or all verify) carries nothing
+    assert all(torch.all(a == 0) for a in algos.branch_token_advantages([[1, 2], [1, 3]], [0.0, 0.0], 0))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        algos.branch_token_advantages([[1]], [1.0], 0)

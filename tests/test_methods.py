@@ -48,5 +48,45 @@ def test_mixing_in_the_outcome_advantage():
 
 
 def test_every_method_is_registered_once_with_a_summary():
-    assert sorted(METHODS) == ["dr_grpo", "grpo", "random_reset", "rloo", "si", "si_internal", "tree", "vine"]
+    assert sorted(METHODS) == ["dr_grpo", "grpo", "random_reset", "rloo", "si", "si_internal", "tree", "tree_branch", "vine"]
     assert all(m.name == name and m.summary for name, m in METHODS.items())
+
+
+def test_tree_branch_branches_at_the_decision_point_and_scores_the_branch_leave_one_out():
+    from test_localize import PROBLEM, REFERENCE, TASK, make, wrong_at
+
+    from sirl.internalize.localize import prefix_ids
+
+    class HalfRight:
+        """From any prefix, the first continuation finishes the reference and the second goes wrong."""
+
+        def __init__(self):
+            self.requests = []
+
+        def probe(self, requests, k):
+            self.requests.append([(t, steps) for t, steps in requests])
+            out = []
+            for t, steps in requests:
+                prefix = "".join(chr(c) for c in prefix_ids(t, steps))
+                texts = ["".join(REFERENCE), prefix + "x;#y"][:k]
+                out.append([make(text, t.group, prefix_len=len(prefix)) for text in texts])
+            return out
+
+    success, failure = make("".join(REFERENCE)), make(wrong_at(3))
+    sampler = HalfRight()
+    memory = MethodMemory(8, 8, AuditSchedule(1, 1, 4))
+    context = MethodContext(TASK, ExperimentConfig(method=MethodConfig(branch_samples=2)), sampler, random.Random(0), memory, 1)
+    out = get_method("tree_branch").credit([success, failure], context)
+    # the decision point is step 3 (0-based), where the failure left its verified sibling: no probe to find it
+    assert [[(t is failure, steps) for t, steps in call] for call in sampler.requests] == [[(True, 3)]]
+    [found] = out.localizations
+    assert (found.row, found.localization.error_step, found.correction_row) == (1, 3, 2)
+    assert TASK.first_error(PROBLEM, failure.text) == 3 and out.metrics["loc/accuracy"] == 1.0
+    assert out.row_kinds == ("sample", "sample", "correction", "branch") and out.reference == (True, True, False, False)
+    # leave-one-out in the branch: +1 and -1, on the group's scale (rewards 1, 0: std 1/sqrt(2))
+    assert [a.sum().item() for a in out.token_advantages[2:]] == pytest.approx([2**0.5, -(2**0.5)], rel=1e-4)
+    assert all(torch.all(a[: len(prefix_ids(failure, 3))] == 0) for a in out.token_advantages[2:])  # the given prefix
+    # the group's own rows keep their tree credit, and the good prefix goes to the repair buffer
+    tree = credit("tree", [success, failure])
+    assert all(torch.equal(a, b) for a, b in zip(out.token_advantages[:2], tree.token_advantages))
+    assert [e.prefix_ids for e in memory.repair.entries] == [prefix_ids(failure, 3)]

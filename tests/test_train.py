@@ -95,7 +95,7 @@ def tiny_config(tmp_path, *extra):
     ])
 
 
-@pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "rloo", "tree"])
+@pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "rloo", "tree", "tree_branch"])
 def test_a_short_run_writes_the_run_folder(tmp_path, capsys, algo):
     config = tiny_config(tmp_path, f"algo.name={algo}", "algo.kl_coef=0.1", "algo.minibatches=2")
     run_train(config, tmp_path / "run", quiet=True)
@@ -140,7 +140,7 @@ def shipped_config(*extra):
     ])
 
 
-@pytest.mark.parametrize("algo", ["si", "si_internal", "random_reset", "vine"])
+@pytest.mark.parametrize("algo", ["si", "si_internal", "random_reset", "vine", "tree_branch"])
 def test_method_runs_log_their_metrics_and_count_probe_tokens(tmp_path, algo):
     run_train(shipped_config(f"algo.name={algo}"), tmp_path / "run", quiet=True)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -152,14 +152,14 @@ def test_method_runs_log_their_metrics_and_count_probe_tokens(tmp_path, algo):
     if algo != "vine":
         for key in ["loc/localized_frac", "loc/unlocalizable_frac", "repair/added", "repair/buffer_draws"]:
             assert key in records[-1], key
-        assert ("loc/accuracy" in records[-1]) == algo.startswith("si")
+        assert ("loc/accuracy" in records[-1]) == (algo != "random_reset")  # the others localize
         # the second step continues good prefixes found in the first
         assert records[2]["repair/buffer_draws"] > 0
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert samples and all(len(s["tokens"]) == len(s["token_advantages"]) for s in samples)
     # given-prefix tokens are context: no advantage is shown on them, every trained token has one
     assert all((a is None) == (k < s["prefix_len"]) for s in samples for k, a in enumerate(s["token_advantages"]))
-    if algo.startswith("si"):
+    if algo != "random_reset":
         assert any("localized_step" in s for s in samples)
     if algo == "si_internal":
         for key in ["selfloc/audit_frac", "selfloc/confirmed_frac", "selfloc/accuracy", "loss/verify"]:
@@ -176,7 +176,7 @@ def test_the_ground_truth_localizer_is_refused_outside_si(tmp_path, algo):
 
 
 def test_an_unknown_method_is_refused_with_the_registered_names(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown method algo.name='grpoo'; valid methods: \['dr_grpo', 'grpo', 'random_reset', 'rloo', 'si', 'si_internal', 'tree', 'vine'\]"):
+    with pytest.raises(ConfigError, match=r"unknown method algo.name='grpoo'; valid methods: \['dr_grpo', 'grpo', 'random_reset', 'rloo', 'si', 'si_internal', 'tree', 'tree_branch', 'vine'\]"):
         run_train(tiny_config(tmp_path, "algo.name=grpoo"), tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
 

@@ -204,6 +204,23 @@ def tree_token_advantages(
     return out
 
 
+def branch_token_advantages(responses: list[list[int]], rewards: list[float], prefix_len: int) -> list[torch.Tensor]:
+    """Advantages of a branch group: K >= 2 continuations of one given prefix (``prefix_len`` tokens).
+    Within the branch, tree credit over its own trie; the first sampled token also carries the gap between
+    the branch's mean and the mean of the *other* members, so each row's advantages add up to
+    R_i - mean_{j != i} R_j, the leave-one-out score (RLOO, Kool et al. 2019): no row gets 0 merely for
+    being alone, and the failure that the branch repairs, picked for failing, is not in the baseline."""
+    k = len(responses)
+    if k < 2:
+        raise ValueError(f"a branch group needs at least 2 rows to score each against the others, got {k}")
+    adv = tree_token_advantages(responses, rewards, [0] * k, [prefix_len] * k)
+    mean = sum(rewards) / k
+    for a, r in zip(adv, rewards):
+        if len(a) > prefix_len:
+            a[prefix_len] += mean - (mean * k - r) / (k - 1)
+    return adv
+
+
 def tree_token_advantages_naive(
     responses: list[list[int]], rewards: list[float], groups: list[int], prefix_lens: list[int] | None = None
 ) -> list[torch.Tensor]:

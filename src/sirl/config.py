@@ -227,6 +227,9 @@ class MethodConfig:
     normalization: Literal["additive", "diluting"] = "additive"
     """additive: loss denominators count the original batch only, so extra samples add gradient;
     diluting: they count every row, so extra samples shrink the original batch's weight."""
+    branch_samples: int = ranged(2, 2, 16)
+    """tree_branch: continuations sampled from the prefix before each chosen failure's decision point (the
+    step where it left every success of its group); they are scored against each other (leave-one-out)."""
     tree_outcome_mix: float = ranged(0.0, 0, 1)
     """tree: the share of each token's advantage that is the response's outcome advantage (the rest is tree
     credit); 0 is plain tree credit, 1 is the outcome method."""

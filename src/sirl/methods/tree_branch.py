@@ -1,0 +1,71 @@
+"""tree_branch: tree credit, plus branch groups at each chosen failure's decision point (docs/method.md,
+"Credit").
+
+The decision point of a failure is the step after its longest prefix that a verified sibling shares: where
+it left every success of its group, found without a probe. From the prefix just before it, K
+continuations (``method.branch_samples``) are sampled; they are scored against each other, leave-one-out
+(sirl.algos.branch_token_advantages), so a verified one is credited for repairing the failure and a failed
+one for repeating it. A verified branch is the corrected trajectory and its prefix goes to the repair
+buffer. The group's own rows keep their tree credit (sirl.methods.tree), which stays zero-sum. Which
+failures get branches under the per-step budget (``method.max_localizations``) is si's rule: prompts whose
+solve rate is closest to one half first, round-robin over prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+from sirl import algos
+from sirl.internalize.localize import certified_prefix_steps, prefix_ids
+from sirl.methods.base import Method, MethodContext, register
+from sirl.methods.common import StepEvidence
+from sirl.methods.tree import tree_credit
+from sirl.types import Credit, Localization, LocalizedFailure, Trajectory
+
+
+def tree_branch_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
+    config = context.config.method
+    base = tree_credit(rollouts, context)
+    evidence = StepEvidence.of(rollouts, context.config.algo.outcome_advantage)
+    chosen_rows, metrics = evidence.choose_failures(config.max_localizations)
+    decisions = [certified_prefix_steps(evidence.book, rollouts[i], below=len(rollouts[i].step_spans)) for i in chosen_rows]
+    requests = [(rollouts[i], c) for i, c in zip(chosen_rows, decisions)]
+    branches = context.sampler.probe(requests, config.branch_samples) if requests else []
+    rows, advantages, kinds = list(base.rows), list(base.token_advantages), ["sample"] * len(base.rows)
+    localizations, good_prefixes = [], []
+    for n, (row, c, group) in enumerate(zip(chosen_rows, decisions, branches)):
+        failure = rollouts[row]
+        scale = evidence.scales[failure.group]
+        adv = algos.branch_token_advantages([b.response_ids for b in group], [b.reward for b in group], group[0].prefix_len)
+        first = len(rows)
+        rows += group
+        advantages += [a * scale for a in adv]
+        kinds += ["correction" if b.reward >= 1 else "branch" for b in group]
+        verified = [first + j for j, b in enumerate(group) if b.reward >= 1]
+        if verified:
+            good_prefixes.append((failure, prefix_ids(failure, c)))
+        localizations.append(LocalizedFailure(row, Localization(n, error_step=c, probes=len(group)), verified[0] if verified else None))
+    n_branches = sum(len(g) for g in branches)
+    metrics.update({
+        "loc/localized_frac": len(chosen_rows) / max(len(evidence.failure_rows()), 1),
+        "loc/probes_per_failure": n_branches / max(len(chosen_rows), 1),
+        "branch/solve_rate": sum(b.reward >= 1 for g in branches for b in g) / max(n_branches, 1),
+        "repair/added": len(good_prefixes),
+        **base.metrics,
+    })
+    if context.task.has_ground_truth and chosen_rows:  # how often the decision point is the first wrong step
+        truth = [context.task.first_error(rollouts[i].problem, rollouts[i].text) for i in chosen_rows]
+        metrics["loc/accuracy"] = sum(c == e for c, e in zip(decisions, truth)) / len(chosen_rows)
+    credit = Credit(
+        rows=tuple(rows), token_advantages=tuple(advantages), reference=(True,) * len(rollouts) + (False,) * n_branches,
+        metrics=metrics, localizations=tuple(localizations), row_kinds=tuple(kinds),
+    )
+    context.memory.remember(context.step, rollouts, credit, good_prefixes)
+    return credit
+
+
+register(Method(
+    "tree_branch", "tree credit plus K leave-one-out continuations from each chosen failure's decision point",
+    tree_branch_credit, uses_repair=True,
+))
