@@ -273,3 +273,15 @@ def test_settle_probes_overrule_a_lucky_first_probe_and_cost_nothing_otherwise()
     )
     assert (loc.error_step, loc.probes, settles) == (5, 1, [])
 
+
+
+@pytest.mark.parametrize("error", range(len(REFERENCE) - 1))
+def test_the_divergence_localizer_names_the_step_after_the_shared_prefix_without_probes(error):
+    group = [make("".join(REFERENCE)), make("".join(REFERENCE)), make(wrong_at(error))]
+    sampler = ScriptedSampler()
+    credit, _ = method_credit("si", group, sampler, MethodConfig(localizer="divergence"))
+    [found] = credit.localizations
+    # both successes pass through the prefix before the error (V = 2/3 with the failure), none through it
+    assert (found.localization.error_step, found.localization.probes, sampler.calls) == (error, 0, [])
+    assert found.localization.value_before == pytest.approx(2 / 3) and found.localization.value_after == 0.0
+    assert credit.metrics["loc/accuracy"] == 1.0 and credit.rows == tuple(group)  # nothing drawn, nothing added

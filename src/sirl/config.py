@@ -195,8 +195,10 @@ class MethodConfig:
     (benchmarks/localization.py)."""
     free_evidence: bool = True
     """Start each search at the longest prefix a verified trajectory of the same prompt shares."""
-    localizer: Literal["search", "ground_truth"] = "search"
-    """search: the oracle localizer (docs/method.md). ground_truth: a diagnostic, never the method: the error step
+    localizer: Literal["search", "divergence", "ground_truth"] = "search"
+    """search: the oracle localizer (docs/method.md). divergence: the step where the failure left every
+    success of its group, free (no probe), which the search can only move later. ground_truth: a
+    diagnostic, never the method: the error step
     is the task's own first wrong step (tasks with ground truth only), and K probes from the prefix before
     it give V(before) and the corrections. docs/method.md keeps ground truth out of training; this setting
     exists to measure what the search's mistakes cost (benchmarks/ablate_si.py)."""

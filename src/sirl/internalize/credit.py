@@ -235,3 +235,21 @@ def ground_truth_localize(
         before, _ = book.value(t.group, prefix_ids(t, e))
         results[i] = Localization(i, e, value_before=before, value_after=0.0, probes=len(probes), checks=((e, before > 0),))
     return results
+
+
+def divergence_localize(failures: list[Trajectory], book: PrefixBook) -> list[Localization]:
+    """The free localizer (``method.localizer=divergence``): each failure's error step is its divergence
+    step, the step after its longest prefix that a verified trajectory of its group shares, where it left
+    every known success. No probe is drawn; V(before) and V(after) are the free samples' success rates
+    through the prefixes before and through that step. A failure whose prompt has no success is not
+    localized."""
+    results = []
+    for i, t in enumerate(failures):
+        c = certified_prefix_steps(book, t, below=len(t.step_spans))
+        if c < 0:
+            results.append(Localization(i, None))
+            continue
+        before, _ = book.value(t.group, prefix_ids(t, c))
+        after, _ = book.value(t.group, prefix_ids(t, c + 1))
+        results.append(Localization(i, c, value_before=before, value_after=after, probes=0, checks=((c, True),)))
+    return results

@@ -116,6 +116,7 @@ def refuse_ground_truth(config: ExperimentConfig, task: Task) -> None:
             f"method.localizer=ground_truth is a diagnostic of algo.name=si only (got algo.name={config.algo.name}); "
             "use method.localizer=search"
         )
+    # (method.localizer=divergence is si's too; the other methods ignore the localizer, so nothing to refuse)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from sirl.config import ConfigError, ExperimentConfig
-from sirl.internalize.credit import SearchSettings, ground_truth_localize, localized_token_advantages, probe_credit, search
+from sirl.internalize.credit import (
+    SearchSettings, divergence_localize, ground_truth_localize, localized_token_advantages, probe_credit, search,
+)
 from sirl.internalize.localize import PrefixBook, prefix_ids
 from sirl.methods.base import Method, MethodContext, register
 from sirl.methods.common import RecordingProbe, StepEvidence
@@ -84,17 +86,15 @@ def localized_credit(rollouts: Sequence[Trajectory], context: MethodContext, loc
 
 def si_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
     settings = search_settings(context.config)
-    if context.config.method.localizer == "ground_truth":
-        task = context.task
-
-        def localizer(failures, book, probe, metrics):
-            return ground_truth_localize(failures, book, probe, settings.probes, lambda t: task.first_error(t.problem, t.text))
-    else:
-
-        def localizer(failures, book, probe, metrics):
-            return search(failures, book, probe, settings)
-
-    credit, good_prefixes = localized_credit(rollouts, context, localizer)
+    task = context.task
+    localizers: dict[str, Localizer] = {  # method.localizer
+        "search": lambda failures, book, probe, metrics: search(failures, book, probe, settings),
+        "divergence": lambda failures, book, probe, metrics: divergence_localize(failures, book),
+        "ground_truth": lambda failures, book, probe, metrics: ground_truth_localize(
+            failures, book, probe, settings.probes, lambda t: task.first_error(t.problem, t.text)
+        ),
+    }
+    credit, good_prefixes = localized_credit(rollouts, context, localizers[context.config.method.localizer])
     context.memory.remember(context.step, rollouts, credit, good_prefixes)
     return credit
 
