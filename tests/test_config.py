@@ -63,7 +63,7 @@ def test_preset_file_errors_name_the_file(tmp_path):
 
 def test_task_knobs_are_checked_against_the_task_signature(capsys):
     assert main(["config", "--task.args.max_opz=3"]) == 2
-    assert "unknown key task.args.max_opz for task 'arith'; valid keys: ['max_ops', 'min_ops', 'op_weights', 'test_fraction']" in capsys.readouterr().err
+    assert "unknown key task.args.max_opz for task 'arith'; valid keys: ['max_ops', 'min_ops', 'modulus', 'op_weights', 'test_fraction']" in capsys.readouterr().err
     assert main(["config", "--task.args.max_ops=lots"]) == 2
     assert "task.args.max_ops='lots' has the wrong type: expected int" in capsys.readouterr().err
 

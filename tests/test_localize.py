@@ -285,3 +285,38 @@ def test_the_divergence_localizer_names_the_step_after_the_shared_prefix_without
     assert (found.localization.error_step, found.localization.probes, sampler.calls) == (error, 0, [])
     assert found.localization.value_before == pytest.approx(2 / 3) and found.localization.value_after == 0.0
     assert credit.metrics["loc/accuracy"] == 1.0 and credit.rows == tuple(group)  # nothing drawn, nothing added
+
+
+def test_the_error_penalty_can_start_where_the_failure_left_its_successful_sibling():
+    # The failure's step 3 is "D4;" against the success's "d4;": they differ from its first token, so
+    # nothing changes; a failure whose step 3 is "d5;" shares "d" with the success and the penalty skips it.
+    success = make("".join(REFERENCE))
+    late = make("".join(REFERENCE[:3]) + "d5;" + "".join(s.upper() for s in REFERENCE[4:]))
+    sampler = ScriptedSampler()
+    whole, _ = method_credit("si", [success, late], sampler, MethodConfig(probes=2))
+    split, _ = method_credit("si", [success, late], ScriptedSampler(), MethodConfig(probes=2, error_span="first_difference"))
+    start, end = late.step_spans[3]
+    assert whole.localizations[0].localization.error_step == 3
+    assert torch.all(whole.token_advantages[1][start:end] < 0)
+    assert split.token_advantages[1][start] == 0 and torch.all(split.token_advantages[1][start + 1 : end] < 0)
+    assert torch.equal(split.token_advantages[1][start + 1 :], whole.token_advantages[1][start + 1 :])
+
+
+def test_a_probes_baseline_can_leave_out_the_probe_and_its_failure():
+    # One success, one failure wrong at step 4, K = 2 bisection probes. Under "all", a probe from the
+    # failure's wrong prefix is compared with a value that counts itself and the failure; under
+    # "leave_out" only with the other free samples through that prefix.
+    group = [make("".join(REFERENCE)), make(wrong_at(4))]
+    config = dict(probes=2, free_evidence=False, first_check="bisect", train_on_probes=True)
+    plain, _ = method_credit("si", group, ScriptedSampler(), MethodConfig(**config))
+    left, _ = method_credit("si", group, ScriptedSampler(), MethodConfig(**config, probe_baseline="leave_out"))
+    assert len(plain.rows) == len(left.rows) > 2
+    book = PrefixBook(plain.rows)
+    for p, a, b in zip(plain.rows[2:], plain.token_advantages[2:], left.token_advantages[2:]):
+        prefix = p.response_ids[: p.prefix_len]
+        value, _ = book.value(p.group, prefix)
+        others, n = book.value_without(p.group, prefix, [p, group[1]])
+        scale = 2**0.5  # rewards 1, 0: std 1/sqrt(2)
+        assert a[-1].item() == pytest.approx((p.reward - value) * scale, abs=1e-5)
+        assert b[-1].item() == pytest.approx(((p.reward - others) if n else 0.0) * scale, abs=1e-5)
+    assert any(not torch.allclose(a, b) for a, b in zip(plain.token_advantages[2:], left.token_advantages[2:]))

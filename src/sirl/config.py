@@ -220,6 +220,12 @@ class MethodConfig:
     to one half, round-robin over prompts; within a prompt, the failure with the longest certified prefix)."""
     error_scale: float = ranged(1.0, 0)
     """Multiplier of the error step's penalty -(V(before) - V(after))."""
+    error_span: Literal["step", "first_difference"] = "step"
+    """The tokens of the error step the penalty falls on: the whole step, or from the first token where the
+    failure left every verified sibling (the tokens before it, a success wrote too)."""
+    probe_baseline: Literal["all", "leave_out"] = "all"
+    """V(prefix) in a probe's advantage R - V(prefix): every free sample through the prefix, or all but the
+    probe itself and the failure it was drawn for (with K = 1, "all" gives every failed probe 0)."""
     post_error: Literal["zero", "outcome"] = "zero"
     """Credit of the steps after the error step: 0, or the trajectory's outcome advantage."""
     train_on_probes: bool = True

@@ -49,20 +49,34 @@ def value_scales(trajectories: Sequence[Trajectory], estimator: str) -> dict[int
     return algos.VALUE_SCALES[estimator](torch.tensor([t.reward for t in trajectories]), torch.tensor([t.group for t in trajectories]))
 
 
-def probe_credit(probes: Sequence[Trajectory], book: PrefixBook, scales: dict[int, float]) -> list[torch.Tensor]:
-    """R - V(prefix) on each probe's own tokens (its given prefix is context)."""
+def probe_credit(
+    probes: Sequence[Trajectory], book: PrefixBook, scales: dict[int, float], leave_out: Sequence[Trajectory | None] | None = None
+) -> list[torch.Tensor]:
+    """R - V(prefix) on each probe's own tokens (its given prefix is context). With ``leave_out`` (the
+    failure each probe was drawn for, per probe), V(prefix) leaves out the probe itself and that failure:
+    the failure was picked for failing, and with K = 1 a baseline holding the probe gives a failed probe 0
+    by construction. A probe with no other free sample through its prefix gets 0."""
     out = []
-    for p in probes:
-        value, _ = book.value(p.group, p.response_ids[: p.prefix_len])
-        out.append(torch.full((len(p.response_ids),), (p.reward - value) * scales[p.group]))
+    for i, p in enumerate(probes):
+        prefix = p.response_ids[: p.prefix_len]
+        if leave_out is None:
+            value, _ = book.value(p.group, prefix)
+            adv = p.reward - value
+        else:
+            value, n = book.value_without(p.group, prefix, [p, leave_out[i]])
+            adv = p.reward - value if n else 0.0
+        out.append(torch.full((len(p.response_ids),), adv * scales[p.group]))
     return out
 
 
 def localized_token_advantages(
-    trajectory: Trajectory, localization: Localization, outcome_advantage: float, *, scale: float, error_scale: float, post_error: str
+    trajectory: Trajectory, localization: Localization, outcome_advantage: float, *, scale: float, error_scale: float, post_error: str,
+    error_from_token: int = 0,
 ) -> torch.Tensor:
     """Token advantages of one localized failure ``[R]``: 0 on the good prefix, -(V(before) - V(after))
-    times ``error_scale * scale`` on the error step, then 0 or the outcome advantage (``post_error``)."""
+    times ``error_scale * scale`` on the error step, then 0 or the outcome advantage (``post_error``).
+    Tokens before ``error_from_token`` (the first token where the failure left a verified sibling that
+    wrote the same steps before it) carry no penalty: a success wrote them too."""
     n = len(trajectory.step_spans)
     step_adv = algos.localized_step_advantages(
         n_steps_B=torch.tensor([n]),
@@ -73,7 +87,26 @@ def localized_token_advantages(
         width=n,
     )
     step_adv[0, :n] *= torch.where(torch.arange(n) == localization.error_step, error_scale * scale, 1.0)
-    return algos.broadcast_steps_to_tokens(step_adv, step_index(trajectory)[None])[0]
+    adv = algos.broadcast_steps_to_tokens(step_adv, step_index(trajectory)[None])[0]
+    if error_from_token:
+        start = trajectory.step_spans[localization.error_step][0]
+        adv[start:max(start, error_from_token)] = 0.0
+    return adv
+
+
+def first_difference_from_success(trajectory: Trajectory, book: PrefixBook) -> int:
+    """The length of the longest token prefix the trajectory shares with a verified trajectory of its group
+    (the first token where it left every success)."""
+    best = 0
+    for other in book.groups.get(trajectory.group, []):
+        if other.reward >= 1 and other is not trajectory:
+            n = 0
+            for a, b in zip(trajectory.response_ids, other.response_ids):
+                if a != b:
+                    break
+                n += 1
+            best = max(best, n)
+    return best
 
 
 def select_failures(failures: list[Trajectory], book: PrefixBook, solve_rate: dict[int, float], budget: int) -> list[int]:

@@ -66,6 +66,13 @@ class PrefixBook:
             return 0.0, 0
         return sum(t.reward >= 1 for t in free) / len(free), len(free)
 
+    def value_without(self, group: int, prefix: list[int], left_out: Sequence[Trajectory | None]) -> tuple[float, int]:
+        """:meth:`value` without the trajectories in ``left_out`` (compared by identity)."""
+        free = [t for t in self._through(group, prefix) if t.prefix_len <= len(prefix) and not any(t is x for x in left_out)]
+        if not free:
+            return 0.0, 0
+        return sum(t.reward >= 1 for t in free) / len(free), len(free)
+
     def samples_besides(self, group: int, prefix: list[int], trajectory: Trajectory) -> int:
         """How many free samples through ``prefix`` there are besides ``trajectory`` (the failure being
         localized: it was picked because it failed, so its own outcome is no evidence about the prefix)."""

@@ -61,12 +61,19 @@ class RecordingProbe:
     def __init__(self, probe: ProbeFn):
         self._probe = probe
         self.groups: list[list[Trajectory]] = []
+        self.owners: list[Trajectory] = []  # the trajectory each group was drawn from
 
     def __call__(self, requests: list[tuple[Trajectory, int]], k: int) -> list[list[Trajectory]]:
         found = self._probe(requests, k)
         self.groups.extend(found)
+        self.owners.extend(t for t, _ in requests)
         return found
 
     @property
     def drawn(self) -> list[Trajectory]:
         return [p for group in self.groups for p in group]
+
+    @property
+    def drawn_for(self) -> list[Trajectory]:
+        """For each of :attr:`drawn`, the trajectory whose prefix it continued."""
+        return [owner for owner, group in zip(self.owners, self.groups) for _ in group]

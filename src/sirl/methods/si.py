@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 
 from sirl.config import ConfigError, ExperimentConfig
 from sirl.internalize.credit import (
-    SearchSettings, divergence_localize, ground_truth_localize, localized_token_advantages, probe_credit, search,
+    SearchSettings, divergence_localize, first_difference_from_success, ground_truth_localize, localized_token_advantages, probe_credit,
+    search,
 )
 from sirl.internalize.localize import PrefixBook, prefix_ids
 from sirl.methods.base import Method, MethodContext, register
@@ -55,6 +56,7 @@ def localized_credit(rollouts: Sequence[Trajectory], context: MethodContext, loc
         good_prefixes.append((t, good))
         token_adv[row] = localized_token_advantages(
             t, loc, float(evidence.outcome_B[row]), scale=evidence.scales[t.group], error_scale=config.error_scale, post_error=config.post_error,
+            error_from_token=first_difference_from_success(t, evidence.book) if config.error_span == "first_difference" else 0,
         )
         # The corrections: verified continuations of the good prefix (probes, or sampled on purpose).
         mine = [
@@ -73,9 +75,10 @@ def localized_credit(rollouts: Sequence[Trajectory], context: MethodContext, loc
         truth = [context.task.first_error(t.problem, t.text) for t in chosen]
         metrics["loc/accuracy"] = sum(loc.error_step == e for loc, e in zip(localizations, truth)) / len(localizations)
     extra = [drawn[j] for j in kept]
+    leave_out = [probe.drawn_for[j] for j in kept] if config.probe_baseline == "leave_out" else None
     credit = Credit(
         rows=(*rollouts, *extra),
-        token_advantages=(*token_adv, *probe_credit(extra, evidence.book, evidence.scales)),
+        token_advantages=(*token_adv, *probe_credit(extra, evidence.book, evidence.scales, leave_out)),
         reference=(True,) * len(rollouts) + (False,) * len(extra),
         metrics=metrics,
         localizations=tuple(LocalizedFailure(row, loc, row_of[c] if c is not None else None) for row, loc, c in per_failure),
