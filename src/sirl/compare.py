@@ -641,7 +641,8 @@ def results_markdown(results: dict) -> str:
         f"Final accuracies are on the final held-out set ({final_n}); the curves and the tokens to reach grpo's best "
         f"come from the periodic evaluations during training ({periodic_n}"
         + (", the first of the same problems)." if (sets.get("periodic_n") or 0) <= (sets.get("final_n") or 0) else ")."),
-        " The difference from grpo is in points of final accuracy, with a 95% bootstrap interval that resamples the "
+        "",
+        "The difference from grpo is in points of final accuracy, with a 95% bootstrap interval that resamples the "
         "seeds both methods ran (paired) and the final held-out problems (the same for every run); a difference "
         "whose interval holds 0 is no difference.",
         "",
