@@ -19,8 +19,12 @@ from sirl.types import Credit, Trajectory
 
 
 def tree_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
-    mix = context.config.method.tree_outcome_mix
-    evidence = StepEvidence.of(rollouts, context.config.algo.outcome_advantage)
+    return tree_credit_of(StepEvidence.of(rollouts, context.config.algo.outcome_advantage), context.config.method.tree_outcome_mix)
+
+
+def tree_credit_of(evidence: StepEvidence, mix: float) -> Credit:
+    """Tree credit of the step's rollouts (``evidence.rollouts``), mixed with ``mix`` of the outcome advantage."""
+    rollouts = evidence.rollouts
     tree = algos.tree_token_advantages(
         [t.response_ids for t in rollouts], [t.reward for t in rollouts], [t.group for t in rollouts], [t.prefix_len for t in rollouts]
     )

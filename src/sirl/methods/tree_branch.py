@@ -20,14 +20,14 @@ from sirl import algos
 from sirl.internalize.localize import certified_prefix_steps, prefix_ids
 from sirl.methods.base import Method, MethodContext, register
 from sirl.methods.common import StepEvidence
-from sirl.methods.tree import tree_credit
+from sirl.methods.tree import tree_credit_of
 from sirl.types import Credit, Localization, LocalizedFailure, Trajectory
 
 
 def tree_branch_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
     config = context.config.method
-    base = tree_credit(rollouts, context)
     evidence = StepEvidence.of(rollouts, context.config.algo.outcome_advantage)
+    base = tree_credit_of(evidence, config.tree_outcome_mix)
     chosen_rows, metrics = evidence.choose_failures(config.max_localizations)
     decisions = [certified_prefix_steps(evidence.book, rollouts[i], below=len(rollouts[i].step_spans)) for i in chosen_rows]
     requests = [(rollouts[i], c) for i, c in zip(chosen_rows, decisions)]
