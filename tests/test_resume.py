@@ -86,6 +86,8 @@ def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypa
     a, b = weights(tmp_path / "whole" / "checkpoints" / "final"), weights(tmp_path / "resumed" / "checkpoints" / "final")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "whole" / "samples.jsonl").read_text() == (tmp_path / "resumed" / "samples.jsonl").read_text()
+    # each evaluation once (the one after the checkpoint, logged before the crash, was dropped and redone)
+    assert (tmp_path / "whole" / "evals.jsonl").read_text() == (tmp_path / "resumed" / "evals.jsonl").read_text()
     if algo != "grpo":  # the state the method carries over was in the checkpoint, and in use after it
         state = json.loads((tmp_path / "resumed" / "checkpoints" / "step_10" / "trainer_state.json").read_text())
         assert state["processes"][0]["verification"]

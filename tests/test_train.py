@@ -110,6 +110,13 @@ def test_a_short_run_writes_the_run_folder(tmp_path, capsys, algo):
         assert key in records[1], key
     assert records[3]["tokens/total"] > records[1]["tokens/total"] > 0
     assert (run / "config.yaml").is_file() and (run / "eval.json").is_file() and (run / "samples.jsonl").is_file()
+    # evals.jsonl: every evaluation of metrics.jsonl, with the reward of each held-out problem behind its accuracy
+    evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [r["step"] for r in records if "eval/accuracy" in r]
+    for e in evals:
+        accuracy = next(r["eval/accuracy"] for r in records if r["step"] == e["step"])
+        assert len(e["rewards"]) == config.eval.n_problems and sum(e["rewards"]) / len(e["rewards"]) == pytest.approx(accuracy)
+        assert e["tokens/total"] == next(r["tokens/total"] for r in records if r["step"] == e["step"])
     assert (run / "checkpoints" / "final" / "model.safetensors").is_file()
     assert list((run / "tb").glob("events.out.tfevents.*"))
 

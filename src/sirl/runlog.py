@@ -12,6 +12,10 @@ from typing import Any
 from sirl.config import ExperimentConfig, to_yaml
 
 
+EVALS_FILE = "evals.jsonl"
+"""Every held-out evaluation of a training run with its per-problem rewards (RunLog.log_evaluation)."""
+
+
 def default_run_dir(command: str, config: ExperimentConfig) -> Path:
     name = config.name or f"{command}-{config.task.name.replace(':', '_').replace('/', '_')}"
     return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -65,7 +69,7 @@ class RunLog:
     """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
 
     ``resume_step`` continues an existing run folder after its checkpoint of that step: records of later
-    steps (logged before the run stopped) are dropped from metrics.jsonl, samples.jsonl and the TensorBoard
+    steps (logged before the run stopped) are dropped from metrics.jsonl, samples.jsonl, evals.jsonl and the TensorBoard
     event files, so every reader sees each step once,
     the clock continues from ``elapsed_s``, and config.yaml is rewritten only when ``write_config``."""
 
@@ -81,6 +85,7 @@ class RunLog:
         if resume_step is not None:
             truncate_jsonl(self.metrics_path, resume_step)
             truncate_jsonl(self.run_dir / "samples.jsonl", resume_step)
+            truncate_jsonl(self.run_dir / EVALS_FILE, resume_step)
         self._file = self.metrics_path.open("a")
         self._writer = None
         if tensorboard:
@@ -105,6 +110,15 @@ class RunLog:
                     self._writer.add_scalar(key, value, step)
             self._writer.flush()
         return record
+
+    def log_evaluation(self, step: int, tokens: int, trained_tokens: int, rewards: list[float]) -> None:
+        """One held-out evaluation in ``evals.jsonl``: its step, the generated and trained tokens so far,
+        and the reward of every held-out problem (in the held-out set's order, the same for every run with
+        the same eval.seed), so that a comparison can average the last few evaluations problem by problem
+        and pair runs on the same problems."""
+        record = {"step": step, "tokens/total": tokens, "tokens/trained": trained_tokens, "rewards": rewards}
+        with (self.run_dir / EVALS_FILE).open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
 
     def write_json(self, name: str, data: Any) -> Path:
         path = self.run_dir / name

@@ -134,6 +134,7 @@ def _train(
         state.first_eval = state.last_eval = held_out_eval()
         if log:
             log.log(0, {"eval/accuracy": state.last_eval.accuracy, "tokens/total": 0})
+            log.log_evaluation(0, 0, 0, state.last_eval.rewards)
     start = time.time() - state.train_elapsed_s
     bar = tqdm(range(state.step + 1, train.steps + 1), desc=f"train {algo.name}", disable=not show, dynamic_ncols=True,
                bar_format="{desc} step {n_fmt} [{elapsed}{postfix}]", initial=state.step)
@@ -195,6 +196,7 @@ def _train(
             state.last_eval = held_out_eval()
             metrics["eval/accuracy"] = state.last_eval.accuracy
             if log:
+                log.log_evaluation(step, state.tokens.total, state.trained_tokens, state.last_eval.rewards)
                 append_samples(log.run_dir / "samples.jsonl", sample_records(step, task, tokenizer, credit, train.log_samples))
         if log:
             log.log(step, metrics)
