@@ -69,9 +69,12 @@ def test_the_summary_matches_hand_computed_values(hand_built):
     assert grpo["curve"]["std"][1] == pytest.approx(0.2 / 2**0.5)
     # si seed0 at 200: halfway between (100, 0.7) and (300, 0.9) -> 0.8; seed1: two thirds of the way from 0.5 to 0.8 -> 0.7
     assert si["curve"]["mean"][1] == pytest.approx((0.8 + 0.7) / 2)
-    # grpo's best mean is 0.7, first reached at 200 tokens; si's mean is 0.75 at 200
-    assert results["reference"] == {"method": "grpo", "best_accuracy": pytest.approx(0.7)}
-    assert grpo["tokens_to_reference"] == 200 and si["tokens_to_reference"] == 200
+    # grpo's final accuracy is (0.70 + 0.72) / 2 = 0.71 (no evals.jsonl: each run's final evaluation alone). Its
+    # own mean curve peaks at 0.70, so no ratio to it exists; si's mean curve (0.5, 0.75, 0.85) crosses 0.71 at
+    # 200 * 0.21 / 0.25 = 168 tokens.
+    assert results["reference"] == {"method": "grpo", "final_accuracy": pytest.approx(0.71)}
+    assert grpo["tokens_to_reference"]["generated_tokens"] is None and grpo["tokens_to_reference"]["generated_ratio"] is None
+    assert si["tokens_to_reference"]["generated_tokens"] == pytest.approx(168)
     assert grpo["final_accuracy"]["mean"] == pytest.approx(0.71) and grpo["final_accuracy"]["values"] == [0.70, 0.72]
     assert si["probe_share"]["mean"] == pytest.approx(0.2) and grpo["probe_share"]["mean"] == 0
     # loc/accuracy means per seed: (1.0, 0.5, 1.0, 0.5) -> 0.75 and 0.5; over seeds 0.625
@@ -122,7 +125,7 @@ def test_plots_and_tables_say_which_evaluations_they_show(hand_built):
     results = summarize(hand_built)
     assert results["eval_sets"] == {"periodic_n": 500, "final_n": 50}  # base.yaml's eval.n_problems; start/eval.json's n
     text = results_markdown(results)
-    assert "final accuracy (n=50; mean ± std over seeds)" in text and "grpo's best periodic accuracy (70.0%)" in text
+    assert "final accuracy (n=50; mean ± std over seeds)" in text and "grpo's final accuracy (71.0%)" in text
     assert "Lines: the periodic evaluations (n=500) interpolated onto the token grid; diamonds: the final set (n=50)" in text
 
 
@@ -263,3 +266,89 @@ def test_the_paired_difference_by_hand_and_its_interval():
     assert low < 0 < high
     # only the seeds both methods ran are paired
     assert paired_difference({0: [1.0], 3: [1.0]}, {1: [1.0]}) is None
+
+
+# --- the final figure, tokens to reach grpo, learning-rate choice ---------------------------------
+
+
+def test_first_crossing_interpolates_between_grid_points():
+    from sirl.compare import first_crossing
+
+    grid = [0, 100, 200, 300]
+    assert first_crossing(grid, [0.2, 0.4, 0.8, 0.9], 0.6) == pytest.approx(150)  # halfway from 0.4 to 0.8
+    assert first_crossing(grid, [0.2, 0.4, 0.8, 0.9], 0.2) == 0  # already there at the start
+    assert first_crossing(grid, [0.2, 0.9, 0.5, 0.95], 0.9) == pytest.approx(100)  # the first crossing, not the last
+    assert first_crossing(grid, [0.2, 0.4, 0.8, 0.9], 0.95) is None
+
+
+def test_tokens_to_reach_grpo_by_hand():
+    from sirl.compare import RunCurve, tokens_to_reach
+
+    grid = [0, 100, 200, 300, 400]
+    # grpo: both seeds climb 0.1 per 100 tokens to 0.9 and end at 0.9: it first reaches its final 0.9 at 400.
+    # trained tokens 1 per generated token.
+    grpo = {s: RunCurve([0.5, 0.6, 0.7, 0.8, 0.9], [0, 100, 200, 300, 400], 0.9, []) for s in (0, 1)}
+    # fast: 0.9 at 200 on both seeds, training 3 tokens per generated one -> ratio 200/400 generated,
+    # 600/400 trained.
+    fast = {s: RunCurve([0.5, 0.7, 0.9, 0.9, 0.9], [0, 300, 600, 900, 1200], 0.9, []) for s in (0, 1)}
+    reach = tokens_to_reach(fast, grpo, grid, n_boot=200)
+    assert reach["target"] == pytest.approx(0.9) and reach["generated_tokens"] == pytest.approx(200)
+    assert reach["generated_ratio"] == pytest.approx(0.5) and reach["trained_ratio"] == pytest.approx(1.5)
+    assert reach["generated_ratio_ci95"] == pytest.approx([0.5, 0.5])  # no seed-to-seed spread: a point interval
+    assert tokens_to_reach(grpo, grpo, grid, n_boot=50)["generated_ratio"] == pytest.approx(1.0)
+    # a method that never gets there: "not reached", and the interval's upper end with it
+    slow = {s: RunCurve([0.5, 0.5, 0.6, 0.6, 0.7], [0, 100, 200, 300, 400], 0.7, []) for s in (0, 1)}
+    never = tokens_to_reach(slow, grpo, grid, n_boot=50)
+    assert never["generated_tokens"] is None and never["generated_ratio"] is None and never["generated_ratio_ci95"] == [None, None]
+    # one seed of two reaches it at 200, the other never: the mean curve (0.5, 0.6, 0.75, 0.75, 0.8) never
+    # does, resamples of seed 0 alone give 0.5: the interval runs from 0.5 to "not reached"
+    mixed = {0: fast[0], 1: slow[1]}
+    spread = tokens_to_reach(mixed, grpo, grid, n_boot=400)
+    assert spread["generated_ratio"] is None and spread["generated_ratio_ci95"] == [pytest.approx(0.5), None]
+    assert tokens_to_reach(fast, {5: grpo[0]}, grid) is None  # no common seed
+
+
+def write_evals(folder: Path, evals: list[tuple[int, int, list[float]]]) -> None:
+    (folder / "evals.jsonl").write_text("".join(
+        json.dumps({"step": step, "tokens/total": tokens, "tokens/trained": tokens, "rewards": rewards}) + "\n" for step, tokens, rewards in evals))
+
+
+def test_the_final_figure_averages_the_last_evaluations_problem_by_problem(tmp_path):
+    from sirl.compare import final_figure
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "eval.json").write_text(json.dumps({"step": 4, "tokens/total": 400, "n": 2, "accuracy": 1.0, "rewards": [1.0, 1.0]}))
+    write_evals(folder, [(0, 0, [0.0, 0.0]), (2, 200, [1.0, 0.0]), (3, 300, [0.0, 1.0]), (4, 400, [1.0, 1.0])])
+    figure = final_figure(folder, ComparePlan(methods=["grpo"], final_evaluations=3))
+    # problem 1: (1 + 0 + 1) / 3, problem 2: (0 + 1 + 1) / 3
+    assert figure["rewards"] == pytest.approx([2 / 3, 2 / 3]) and figure["accuracy"] == pytest.approx(2 / 3)
+    assert [e["step"] for e in figure["evaluations"]] == [2, 3, 4]
+    assert final_figure(folder, ComparePlan(methods=["grpo"], final_evaluations=1))["accuracy"] == 1.0
+    # periodic evaluations on another set than the final one (other n): the final evaluation alone
+    write_evals(folder, [(2, 200, [1.0, 0.0, 0.0]), (4, 400, [1.0, 0.0, 0.0])])
+    assert final_figure(folder, ComparePlan(methods=["grpo"], final_evaluations=3))["accuracy"] == 1.0
+
+
+def test_each_method_runs_the_table_at_the_learning_rate_its_held_out_seed_chose(tmp_path):
+    from sirl.compare import _train_command, chosen_learning_rates, lr_runs, run_dir
+
+    plan = ComparePlan(methods=["grpo", "si"], seeds=2, learning_rates=[1e-4, 2e-4], lr_seed=7, final_evaluations=1)
+    assert [r.name for r in lr_runs(plan)] == ["grpo-lr0.0001-seed7", "si-lr0.0001-seed7", "grpo-lr0.0002-seed7", "si-lr0.0002-seed7"]
+    accuracy = {("grpo", 1e-4): 0.6, ("grpo", 2e-4): 0.7, ("si", 1e-4): 0.5, ("si", 2e-4): 0.5}
+    for run in lr_runs(plan)[:3]:
+        folder = run_dir(tmp_path, run)
+        folder.mkdir(parents=True)
+        (folder / "eval.json").write_text(json.dumps({"step": 1, "tokens/total": 1, "n": 1, "accuracy": accuracy[run.method, run.lr]}))
+    assert chosen_learning_rates(tmp_path, plan) == {"grpo": {"lr": 2e-4, "accuracy_by_lr": {"0.0001": 0.6, "0.0002": 0.7}, "seed": 7}}
+    folder = run_dir(tmp_path, lr_runs(plan)[3])
+    folder.mkdir(parents=True)
+    (folder / "eval.json").write_text(json.dumps({"step": 1, "tokens/total": 1, "n": 1, "accuracy": 0.5}))
+    assert chosen_learning_rates(tmp_path, plan)["si"]["lr"] == 1e-4  # a tie goes to the smaller rate
+    command = _train_command(tmp_path, RunSpec("grpo", 0), plan, lr=2e-4)
+    assert "--train.lr=0.0002" in command and "--seed" in command
+    assert "--train.lr=0.0001" in _train_command(tmp_path, lr_runs(plan)[0], plan)
+    with pytest.raises(ConfigError, match="lr_seed"):
+        ComparePlan(methods=["grpo"], seeds=8, learning_rates=[1e-4], lr_seed=3)
+    with pytest.raises(ConfigError, match="learning_rates"):
+        ComparePlan(methods=["grpo"], learning_rates=[1e-4, 1e-4])

@@ -203,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="steps between resumable checkpoints (default 50)")
     compare.add_argument("--jobs", type=int, metavar="N", help="runs at once, each its own process (default 1)")
     compare.add_argument("--threads", type=int, metavar="N", help="CPU threads per run (default: cores / jobs)")
+    compare.add_argument("--final-evaluations", type=int, metavar="N",
+                         help="a run's final accuracy is the mean of its last N evaluations on the final set (default 3)")
+    compare.add_argument("--learning-rates", metavar="A,B,...",
+                         help="choose each method's learning rate from these, one run each on --lr-seed (default: train.lr for all)")
+    compare.add_argument("--lr-seed", type=int, metavar="N", help="the seed of the learning-rate runs, not one of the table's (default 1000)")
 
     report = commands.add_parser(
         "report",
@@ -412,6 +417,13 @@ def _eval(
     return 0
 
 
+def _float_flag(flag: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: {text!r} is not a number (give comma-separated values, e.g. 5e-5,1e-4,2e-4)") from None
+
+
 def cmd_compare(args: argparse.Namespace, overrides: list[str], parser: argparse.ArgumentParser) -> int:
     from sirl.compare import ComparePlan, read_plan_file, run_comparison
     from sirl.config import preset_path
@@ -439,6 +451,8 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str], parser: argparse
         "methods": args.methods.split(",") if args.methods else None, "seeds": args.seeds, "budget_tokens": args.budget_tokens,
         "eval_every_tokens": args.eval_every_tokens, "final_problems": args.final_problems,
         "checkpoint_every": args.checkpoint_every, "jobs": args.jobs, "threads": args.threads,
+        "final_evaluations": args.final_evaluations, "lr_seed": args.lr_seed,
+        "learning_rates": [_float_flag("--learning-rates", v) for v in args.learning_rates.split(",")] if args.learning_rates else None,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
     if "budget_tokens" not in settings:

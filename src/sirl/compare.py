@@ -7,13 +7,17 @@ stops at the end of the step that crosses the budget, so no run exceeds it by mo
 Held-out accuracy is measured on one fixed problem set at every multiple of ``eval_every_tokens`` (so every
 method's curve lies on the same token grid) and, at the end, on ``final_problems`` problems. The starting
 policy is evaluated once on that final set, by difficulty, for the table's first row. Curves come from the
-periodic evaluations and the tables from the final ones; every plot says which set it shows.
+periodic evaluations and the tables from the final ones; every plot says which set it shows. A run's final
+figure is the mean of its last ``final_evaluations`` evaluations, problem by problem (then all of them are
+on the final set). With ``learning_rates``, each method first runs once per rate on ``lr_seed`` and the
+table's seeds use its best.
 
 The comparison folder::
 
     base.yaml             the training config every run shares
     compare.json          what was asked (methods, seeds, budget, ...); a rerun must ask the same
     runs/<method>/seed<k> the `sirl train` run folders
+    runs/<method>/lr<r>/seed<lr_seed>  the learning-rate runs
     logs/<method>-seed<k>.log
     logs/load.jsonl       the machine's load average before, during and after the runs (beside wall-clock)
     start/eval.json       the starting policy on the final evaluation set
@@ -51,6 +55,7 @@ import yaml
 from tqdm import tqdm
 
 from sirl.config import ConfigError, ExperimentConfig, config_differences, to_yaml
+from sirl.runlog import EVALS_FILE
 
 HARD_LEVEL = 0.15
 """Difficulty levels where the starting policy's final-set accuracy is below this are pooled as "hard"."""
@@ -82,6 +87,15 @@ class ComparePlan:
     """Runs at once, each in its own process."""
     threads: int | None = None
     """CPU threads per run (OMP_NUM_THREADS); None: the machine's cores divided by jobs."""
+    final_evaluations: int = 3
+    """A run's final figure is the mean of its last this many held-out evaluations, problem by problem
+    (one evaluation is a noisy point of a noisy curve). Above 1, every periodic evaluation is on the final
+    set, so that the last few are comparable; 1 keeps a separate final evaluation."""
+    learning_rates: list[float] | None = None
+    """Learning rates to choose from per method, each tried once on ``lr_seed`` (a seed the table does not
+    use); the one with the best final figure runs the table's seeds. None: every run uses train.lr."""
+    lr_seed: int = 1000
+    """The seed of the learning-rate runs; at least ``seeds``, so it is never one of the table's."""
 
     def __post_init__(self) -> None:
         known = _method_names()
@@ -93,6 +107,13 @@ class ComparePlan:
         for name in ("seeds", "budget_tokens", "eval_every_tokens", "jobs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.final_evaluations < 1:
+            raise ConfigError(f"final_evaluations must be at least 1, got {self.final_evaluations}")
+        if self.learning_rates is not None:
+            if not self.learning_rates or any(not 0 < lr <= 1 for lr in self.learning_rates) or len(set(self.learning_rates)) != len(self.learning_rates):
+                raise ConfigError(f"learning_rates must be distinct values in (0, 1], got {self.learning_rates}")
+            if self.lr_seed < self.seeds:
+                raise ConfigError(f"lr_seed ({self.lr_seed}) is one of the table's seeds 0..{self.seeds - 1}; choose one >= seeds")
         if self.eval_every_tokens > self.budget_tokens:
             raise ConfigError(f"eval_every_tokens ({self.eval_every_tokens}) is larger than budget_tokens ({self.budget_tokens})")
 
@@ -102,7 +123,8 @@ class ComparePlan:
         return [f"{k}: {theirs[k]} -> {mine[k]}" for k in mine if k not in ("jobs", "threads") and mine[k] != theirs[k]]
 
 
-PLAN_FILE_KEYS = {"methods", "seeds", "budget_tokens", "eval_every_tokens", "final_problems", "checkpoint_every", "jobs", "threads"}
+PLAN_FILE_KEYS = {"methods", "seeds", "budget_tokens", "eval_every_tokens", "final_problems", "checkpoint_every", "jobs", "threads",
+                  "final_evaluations", "learning_rates", "lr_seed"}
 
 
 def read_plan_file(path: Path, task: str) -> tuple[str, list[str], dict[str, Any]]:
@@ -139,17 +161,45 @@ def read_plan_file(path: Path, task: str) -> tuple[str, list[str], dict[str, Any
 class RunSpec:
     method: str
     seed: int
+    lr: float | None = None
+    """The learning rate of a learning-rate run; None for the table's runs (they use the chosen one)."""
 
     @property
     def name(self) -> str:
-        return f"{self.method}-seed{self.seed}"
+        return f"{self.method}-seed{self.seed}" if self.lr is None else f"{self.method}-lr{self.lr:g}-seed{self.seed}"
 
 
 def run_dir(out: Path, run: RunSpec) -> Path:
-    return out / "runs" / run.method / f"seed{run.seed}"
+    folder = out / "runs" / run.method
+    return folder / f"seed{run.seed}" if run.lr is None else folder / f"lr{run.lr:g}" / f"seed{run.seed}"
 
 
-def _train_command(out: Path, run: RunSpec, plan: ComparePlan) -> list[str]:
+def _finished(out: Path, run: RunSpec) -> bool:
+    return (run_dir(out, run) / "eval.json").is_file()
+
+
+def lr_runs(plan: ComparePlan) -> list[RunSpec]:
+    return [RunSpec(m, plan.lr_seed, lr) for lr in plan.learning_rates or [] for m in plan.methods]
+
+
+def chosen_learning_rates(out: Path, plan: ComparePlan) -> dict[str, dict] | None:
+    """Per method, the learning rate whose run on ``plan.lr_seed`` has the best final figure (the smaller
+    rate on a tie), with every rate's figure; None without learning_rates. A method whose learning-rate
+    runs are not all finished has no choice yet."""
+    if not plan.learning_rates:
+        return None
+    chosen = {}
+    for method in plan.methods:
+        runs = [RunSpec(method, plan.lr_seed, lr) for lr in sorted(plan.learning_rates)]
+        if all(_finished(out, r) for r in runs):
+            figures = {r.lr: final_figure(run_dir(out, r), plan)["accuracy"] for r in runs}
+            best = max(figures, key=lambda lr: (figures[lr], -lr))
+            chosen[method] = {"lr": best, "accuracy_by_lr": {f"{lr:g}": a for lr, a in figures.items()}, "seed": plan.lr_seed}
+    return chosen
+
+
+def _train_command(out: Path, run: RunSpec, plan: ComparePlan, lr: float | None = None) -> list[str]:
+    """The `sirl train` command of ``run``; ``lr`` (a table run's chosen learning rate) overrides train.lr."""
     folder = run_dir(out, run)
     if (folder / "checkpoints" / "latest").is_file():
         return [sys.executable, "-m", "sirl.cli", "train", "--resume", str(folder), "--quiet"]
@@ -161,8 +211,35 @@ def _train_command(out: Path, run: RunSpec, plan: ComparePlan) -> list[str]:
         f"--train.max_tokens={plan.budget_tokens}", "--train.steps=1000000000", "--train.max_minutes=null",
         "--train.eval_every=0", f"--train.eval_every_tokens={plan.eval_every_tokens}",
         f"--train.checkpoint_every={plan.checkpoint_every}",
-        *([f"--eval.final_n_problems={plan.final_problems}"] if plan.final_problems else []),
+        *_eval_flags(plan),
+        *([f"--train.lr={run.lr if run.lr is not None else lr}"] if (run.lr or lr) is not None else []),
     ]
+
+
+def _eval_flags(plan: ComparePlan) -> list[str]:
+    if not plan.final_problems:
+        return []
+    if plan.final_evaluations > 1:  # the last few evaluations make the final figure: all on the final set
+        return [f"--eval.n_problems={plan.final_problems}", "--eval.final_n_problems=null"]
+    return [f"--eval.final_n_problems={plan.final_problems}"]
+
+
+def final_figure(folder: Path, plan: ComparePlan) -> dict[str, Any]:
+    """A finished run's final figure: its reward per held-out problem averaged over its last
+    ``plan.final_evaluations`` evaluations (evals.jsonl) and their mean, with the evaluations used. A run
+    without evals.jsonl (or whose last evaluations are on another set than its final one) falls back to its
+    final evaluation (eval.json) alone."""
+    final = json.loads((folder / "eval.json").read_text())
+    rewards = final.get("rewards") or []
+    used = [{"step": final["step"], "tokens/total": final["tokens/total"]}]
+    path = folder / EVALS_FILE
+    if plan.final_evaluations > 1 and path.is_file():
+        records = [r for r in _read_jsonl(path) if len(r["rewards"]) == final["n"]][-plan.final_evaluations:]
+        if records and records[-1]["step"] == final["step"]:
+            rewards = [statistics.fmean(values) for values in zip(*(r["rewards"] for r in records))]
+            used = [{"step": r["step"], "tokens/total": r["tokens/total"]} for r in records]
+    accuracy = statistics.fmean(rewards) if rewards else final["accuracy"]
+    return {"accuracy": accuracy, "rewards": rewards, "evaluations": used}
 
 
 def _threads(plan: ComparePlan) -> int:
@@ -246,12 +323,17 @@ def run_comparison(config: ExperimentConfig, plan: ComparePlan, out: Path, quiet
     plan_path.write_text(json.dumps(asdict(plan), indent=2) + "\n")
 
     threads = _threads(plan)
-    runs = [RunSpec(m, s) for s in range(plan.seeds) for m in plan.methods]  # seeds outer: partial results stay balanced
-    pending = [r for r in runs if not (run_dir(out, r) / "eval.json").is_file()]
+    # The learning-rate runs first (the table's runs use their choice), then seeds outer: partial results stay balanced.
+    table = [RunSpec(m, s) for s in range(plan.seeds) for m in plan.methods]
+    runs = lr_runs(plan) + table
+    pending = [r for r in runs if not _finished(out, r)]
     (out / "logs").mkdir(exist_ok=True)
     load_path = out / "logs" / "load.jsonl"
     _record_load(load_path, "before", 0, threads)
     if not quiet:
+        if plan.learning_rates:
+            print(f"compare: first {_count(len(lr_runs(plan)), 'learning-rate run')} (learning rates {plan.learning_rates} on seed "
+                  f"{plan.lr_seed}); each method's table runs use its best", flush=True)
         print(f"compare: {_count(len(runs), 'run')} ({_count(len(plan.methods), 'method')} x {_count(plan.seeds, 'seed')}) of "
               f"{plan.budget_tokens:,} tokens each on {config.task.name}; {len(runs) - len(pending)} already finished; "
               f"{plan.jobs} at a time, {_count(threads, 'thread')} each; folder {out}", flush=True)
@@ -268,7 +350,14 @@ def run_comparison(config: ExperimentConfig, plan: ComparePlan, out: Path, quiet
 
     def one(run: RunSpec) -> None:
         t0 = time.time()
-        command = _train_command(out, run, plan)
+        lr = None
+        if run.lr is None and plan.learning_rates:
+            choice = (chosen_learning_rates(out, plan) or {}).get(run.method)
+            if choice is None:
+                failed.append(f"{run.name} (its method's learning-rate runs did not all finish)")
+                return
+            lr = choice["lr"]
+        command = _train_command(out, run, plan, lr)
         running.add(run.name)
         say(f"  {run.name}: {'resuming' if '--resume' in command else 'starting'} (log {out / 'logs' / f'{run.name}.log'})")
         try:
@@ -298,16 +387,21 @@ def run_comparison(config: ExperimentConfig, plan: ComparePlan, out: Path, quiet
     last_load = time.time()
     with ThreadPoolExecutor(max_workers=plan.jobs) as pool:
         futures = [] if (out / "start" / "eval.json").is_file() else [pool.submit(start_eval)]
-        futures += [pool.submit(one, run) for run in pending]
-        while True:
-            _, not_done = wait(futures, timeout=POLL_S)
-            bar.update(tokens_done(out, runs, plan.budget_tokens) - bar.n)
-            bar.set_postfix_str(f"{sum((run_dir(out, r) / 'eval.json').is_file() for r in runs)}/{len(runs)} runs done")
-            if not not_done:
-                break
-            if time.time() - last_load >= LOAD_EVERY_S:
-                _record_load(load_path, "during", len(running), threads)
-                last_load = time.time()
+        # Two phases when learning rates are chosen: a table run can only start once its method's choice is made.
+        phases = [[r for r in pending if r.lr is not None], [r for r in pending if r.lr is None]]
+        for phase in phases:
+            submitted = [pool.submit(one, run) for run in phase]
+            futures += submitted
+            waiting = futures if phase is phases[-1] else submitted
+            while True:
+                _, not_done = wait(waiting, timeout=POLL_S)
+                bar.update(tokens_done(out, runs, plan.budget_tokens) - bar.n)
+                bar.set_postfix_str(f"{sum(_finished(out, r) for r in runs)}/{len(runs)} runs done")
+                if not not_done:
+                    break
+                if time.time() - last_load >= LOAD_EVERY_S:
+                    _record_load(load_path, "during", len(running), threads)
+                    last_load = time.time()
         for future in futures:
             future.result()  # an error of the starting policy's evaluation is raised here
     bar.close()
@@ -387,6 +481,87 @@ def paired_difference(a: dict[int, list[float]], b: dict[int, list[float]], n_bo
     return {"mean": float(diff_SP.mean()), "ci95": [float(low), float(high)], "seeds": seeds, "problems": P}
 
 
+@dataclass(frozen=True)
+class RunCurve:
+    """One finished run, as the summary uses it: accuracy and trained tokens on the generated-token grid,
+    its final figure and the per-problem rewards behind it."""
+
+    accuracy: list[float]
+    trained_tokens: list[float] | None
+    final_accuracy: float
+    rewards: list[float]
+
+
+def first_crossing(grid: list[float], curve: list[float], target: float) -> float | None:
+    """The first x where the piecewise-linear ``curve(grid)`` reaches ``target``; None if it never does."""
+    for i, value in enumerate(curve):
+        if value >= target - 1e-12:
+            if i == 0:
+                return float(grid[0])
+            before = curve[i - 1]  # below the target, so value > before
+            return grid[i - 1] + (target - before) / (value - before) * (grid[i] - grid[i - 1])
+    return None
+
+
+def _reach(runs: list[RunCurve], target: float, grid: list[float]) -> tuple[float | None, float | None]:
+    """Generated and trained tokens at which the mean curve of ``runs`` first reaches ``target``."""
+    curve = np.mean([r.accuracy for r in runs], axis=0).tolist()
+    generated = first_crossing(grid, curve, target)
+    if generated is None or any(r.trained_tokens is None for r in runs):
+        return generated, None
+    trained = np.mean([r.trained_tokens for r in runs], axis=0).tolist()
+    return generated, _interp(grid, trained, [generated])[0]
+
+
+def tokens_to_reach(method: dict[int, RunCurve], reference: dict[int, RunCurve], grid: list[float],
+                    n_boot: int = 2000, seed: int = 0) -> dict | None:
+    """The tokens a method needs to reach the reference's final accuracy (the mean of its runs' final
+    figures), as ratios to the tokens the reference itself needs, on both budget axes (generated and
+    trained tokens), with 95% bootstrap intervals that resample the seeds both ran, paired. Each estimate
+    reads where the mean accuracy curve first crosses the target; a resample in which the method never
+    gets there within the budget counts as an infinite ratio ("not reached"), so an interval can be open
+    above. None without a common seed."""
+    seeds = sorted(set(method) & set(reference))
+    if not seeds:
+        return None
+
+    def estimate(chosen: list[int]) -> tuple[float | None, float | None, float | None]:
+        target = statistics.fmean(reference[s].final_accuracy for s in chosen)
+        mine = _reach([method[s] for s in chosen], target, grid)
+        theirs = _reach([reference[s] for s in chosen], target, grid)
+        ratios = []
+        for m, r in zip(mine, theirs):
+            ratios.append(None if r is None or r <= 0 else (math.inf if m is None else m / r))
+        return mine[0], ratios[0], ratios[1]
+
+    generated, generated_ratio, trained_ratio = estimate(seeds)
+    rng = np.random.default_rng(seed)
+    draws: list[tuple[float | None, float | None]] = []
+    for _ in range(n_boot):
+        _, g, t = estimate([seeds[i] for i in rng.integers(0, len(seeds), len(seeds))])
+        draws.append((g, t))
+
+    def interval(values: list[float | None]) -> list[float] | None:
+        values = sorted(v for v in values if v is not None)
+        if len(values) < n_boot // 2:  # the reference itself did not cross in most resamples
+            return None
+        return [values[int(0.025 * (len(values) - 1))], values[int(0.975 * (len(values) - 1))]]
+
+    def finite(value: float | None) -> float | None:  # JSON has no infinity: "not reached" is null
+        return None if value is None or math.isinf(value) else value
+
+    bounds = {axis: interval([d[i] for d in draws]) for i, axis in enumerate(("generated", "trained"))}
+    return {
+        "target": statistics.fmean(reference[s].final_accuracy for s in seeds),
+        "generated_tokens": generated,
+        "generated_ratio": finite(generated_ratio),
+        "generated_ratio_ci95": bounds["generated"] and [finite(v) for v in bounds["generated"]],
+        "trained_ratio": finite(trained_ratio),
+        "trained_ratio_ci95": bounds["trained"] and [finite(v) for v in bounds["trained"]],
+        "seeds": seeds,
+    }
+
+
 def summarize(out: Path) -> dict:
     """results.json's content, from the comparison folder. Timing lives under each method's ``timing`` and
     under ``machine``: everything else is a deterministic function of the runs."""
@@ -398,24 +573,32 @@ def summarize(out: Path) -> dict:
     start_path = out / "start" / "eval.json"
     start = json.loads(start_path.read_text()) if start_path.is_file() else None
     methods: dict[str, dict] = {}
+    per_run: dict[str, dict[int, RunCurve]] = {}
     for method in plan.methods:
         finished = [run_dir(out, RunSpec(method, s)) for s in range(plan.seeds)]
         finished = [d for d in finished if (d / "eval.json").is_file()]
         if not finished:
             continue
         finals = [json.loads((d / "eval.json").read_text()) for d in finished]
+        figures = [final_figure(d, plan) for d in finished]
         logs = [_read_jsonl(d / "metrics.jsonl") for d in finished]
         curves = []
-        for rows in logs:
+        for d, rows, figure in zip(finished, logs, figures):
             points = [(r["tokens/total"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
             curves.append(_interp([p[0] for p in points], [p[1] for p in points], grid))
+            trained = [(r["tokens/total"], r.get("tokens/trained", 0 if r["step"] == 0 else None)) for r in rows]
+            trained = [p for p in trained if p[1] is not None]
+            trained_curve = _interp([p[0] for p in trained], [p[1] for p in trained], grid) if len(trained) > 1 else None
+            per_run.setdefault(method, {})[int(d.name.removeprefix("seed"))] = RunCurve(curves[-1], trained_curve, figure["accuracy"], figure["rewards"])
         mean_curve = [statistics.mean(c[i] for c in curves) for i in range(len(grid))]
         std_curve = [statistics.stdev(c[i] for c in curves) if len(curves) > 1 else 0.0 for i in range(len(grid))]
         last = [rows[-1] for rows in logs]
         levels = sorted({int(k) for f in finals for k in f["by_difficulty"]})
         methods[method] = {
             "seeds": [int(d.name.removeprefix("seed")) for d in finished],
-            "final_accuracy": _mean_std([f["accuracy"] for f in finals]),
+            "final_accuracy": _mean_std([f["accuracy"] for f in figures]),
+            "final_evaluations": min(len(f["evaluations"]) for f in figures),
+            "last_evaluation_accuracy": _mean_std([f["accuracy"] for f in finals]),
             "final_n": finals[0]["n"],
             "steps": _mean_std([f["step"] for f in finals]),
             "tokens": _mean_std([f["tokens/total"] for f in finals]),
@@ -440,25 +623,24 @@ def summarize(out: Path) -> dict:
         }
     reference = None
     if REFERENCE in methods:
-        rewards = {
-            method: {int(d.name.removeprefix("seed")): json.loads((d / "eval.json").read_text()).get("rewards") or []
-                     for d in (run_dir(out, RunSpec(method, s)) for s in range(plan.seeds)) if (d / "eval.json").is_file()}
-            for method in methods
-        }
+        rewards = {method: {seed: run.rewards for seed, run in runs.items()} for method, runs in per_run.items()}
         for method, row in methods.items():
             if method != REFERENCE:
                 row["difference_from_reference"] = paired_difference(rewards[method], rewards[REFERENCE])
-        best = max(methods[REFERENCE]["curve"]["mean"])
-        reference = {"method": REFERENCE, "best_accuracy": best}
-        for row in methods.values():
-            reached = [t for t, a in zip(grid, row["curve"]["mean"]) if a >= best - 1e-12]
-            row["tokens_to_reference"] = reached[0] if reached else None
+        reference = {"method": REFERENCE, "final_accuracy": methods[REFERENCE]["final_accuracy"]["mean"]}
+        for method, row in methods.items():
+            row["tokens_to_reference"] = tokens_to_reach(per_run[method], per_run[REFERENCE], grid)
+    choice = chosen_learning_rates(out, plan)
+    for method, row in methods.items():
+        if choice and method in choice:
+            row["learning_rate"] = choice[method]
     return {
         "task": config["task"],
         "model": config["model"]["path"],
         "plan": asdict(plan),
         "start": None if start is None else {"accuracy": start["accuracy"], "n": start["n"], "by_difficulty": start["by_difficulty"]},
         "reference": reference,
+        "learning_rate": (config.get("train") or {}).get("lr"),
         "difficulty_bands": difficulty_bands(start, methods),
         "methods": methods,
         "missing_runs": [f"{m}-seed{s}" for m in plan.methods for s in range(plan.seeds)
@@ -625,6 +807,16 @@ def _difference(diff: dict | None) -> str:
     return f"{100 * diff['mean']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]{verdict}"
 
 
+def _ratio(value: float | None, ci: list[float | None] | None) -> str:
+    """A token ratio to grpo's with its interval; None reads as not reached within the budget."""
+    def one(v: float | None) -> str:
+        return "not reached" if v is None else f"{v:.2f}"
+
+    if ci is None:
+        return one(value)
+    return f"{one(value)} [{one(ci[0])}, {one(ci[1])}]"
+
+
 def results_markdown(results: dict) -> str:
     plan, methods, start = results["plan"], results["methods"], results["start"]
     task = results["task"]
@@ -638,8 +830,10 @@ def results_markdown(results: dict) -> str:
         + (f" ({start['accuracy']:.1%} on the final set, n={start['n']})" if start else "")
         + f". {_count(plan['seeds'], 'seed')} per method; every run generates {plan['budget_tokens']:,} tokens (policy samples, "
         "probes and self-verification all counted) and stops at the step that crosses that budget. "
-        f"Final accuracies are on the final held-out set ({final_n}); the curves and the tokens to reach grpo's best "
-        f"come from the periodic evaluations during training ({periodic_n}"
+        + (f"A run's final accuracy is the mean of its last {_count(plan.get('final_evaluations', 1), 'evaluation')} on the final "
+           f"held-out set ({final_n}), problem by problem; " if plan.get("final_evaluations", 1) > 1 else
+           f"Final accuracies are on the final held-out set ({final_n}); ")
+        + f"the curves come from the periodic evaluations during training ({periodic_n}"
         + (", the first of the same problems)." if (sets.get("periodic_n") or 0) <= (sets.get("final_n") or 0) else ")."),
         "",
         "The difference from grpo is in points of final accuracy, with a 95% bootstrap interval that resamples the "
@@ -648,25 +842,50 @@ def results_markdown(results: dict) -> str:
         "",
     ]
     reference = results["reference"]
-    target = (f"tokens to reach grpo's best periodic accuracy ({reference['best_accuracy']:.1%})" if reference
-              else "tokens to reach grpo's best periodic accuracy")
+    target = f"grpo's final accuracy ({reference['final_accuracy']:.1%})" if reference else "grpo's final accuracy"
+    lines += [
+        f"Tokens to reach {target}: where a method's mean accuracy curve first crosses it, as a ratio to where grpo's own "
+        "mean curve does, in generated tokens and in trained tokens (every row's tokens through forward and backward), "
+        "with 95% bootstrap intervals over the seeds both ran (paired); \"not reached\" means not within the budget.",
+        "",
+    ]
     spread = "mean ± std over seeds" if plan["seeds"] > 1 else "1 seed"
     lines += [
-        f"| method | final accuracy ({final_n}; {spread}) | difference from grpo (95% CI) | seeds | {target} | wall-clock (min) | "
+        f"| method | final accuracy ({final_n}; {spread}) | difference from grpo (95% CI) | seeds | tokens to reach {target} | "
+        "generated-token ratio to grpo (95% CI) | trained-token ratio to grpo (95% CI) | learning rate | wall-clock (min) | "
         "steps | trained tokens | probe tokens | localization accuracy | probes per failure (last quarter) | "
         "self-localization accuracy (last quarter) |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in methods.items():
         seeds = ", ".join(f"{v:.1%}" for v in row["final_accuracy"]["values"])
         wall = row["timing"]["wall_clock_s"]["mean"]
+        reach = row.get("tokens_to_reference") or {}
+        lr = f"{row['learning_rate']['lr']:g}" if row.get("learning_rate") else f"{results.get('learning_rate', '-')}"
         lines.append(
             f"| {name} | {_pct(row['final_accuracy'])} | {_difference(row.get('difference_from_reference'))} | {seeds} | "
-            f"{_tokens(row.get('tokens_to_reference'))} | {wall / 60:.1f} | "
+            f"{_tokens(reach.get('generated_tokens')) if reach else '-'} | "
+            f"{_ratio(reach.get('generated_ratio'), reach.get('generated_ratio_ci95')) if reach else '-'} | "
+            f"{_ratio(reach.get('trained_ratio'), reach.get('trained_ratio_ci95')) if reach else '-'} | "
+            f"{lr} | {wall / 60:.1f} | "
             f"{row['steps']['mean']:.0f} | {'-' if row['trained_tokens']['mean'] is None else _tokens(row['trained_tokens']['mean'])} | {row['probe_share']['mean']:.0%} | {_pct(row['localization_accuracy'])} | "
             f"{_number(row['probes_per_failure'])} | "
             f"{_pct(row['selfloc_accuracy'])} |"
         )
+    chosen = {name: row["learning_rate"] for name, row in methods.items() if row.get("learning_rate")}
+    if chosen:
+        rates = sorted({float(lr) for c in chosen.values() for lr in c["accuracy_by_lr"]})
+        seed = next(iter(chosen.values()))["seed"]
+        lines += ["", f"Learning rate per method: the final accuracy of one run at each rate on seed {seed}, which the table "
+                  "does not use; the best (bold) ran the table's seeds.", "",
+                  "| method | " + " | ".join(f"lr {lr:g}" for lr in rates) + " |", "|---|" + "---:|" * len(rates)]
+        for name, c in chosen.items():
+            cells = []
+            for lr in rates:
+                value = c["accuracy_by_lr"].get(f"{lr:g}")
+                text = "-" if value is None else f"{value:.1%}"
+                cells.append(f"**{text}**" if lr == c["lr"] else text)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     levels = sorted({int(level) for row in methods.values() for level in row["by_difficulty"]}
                     | ({int(k) for k in start["by_difficulty"]} if start else set()))
     if levels:
