@@ -9,6 +9,8 @@ Against the task's ground truth it reports, per setting:
   setting also plain bisection without free evidence;
 - probe continuations per failure, against the bisection bound K * ceil(log2(n+1)) and against a linear
   scan (probe k = 1, 2, ... until a prefix fails: K * t*);
+- how many verified samples hold a wrong step (a later error landed on the right answer by chance): the
+  free evidence counts them as good, and every failure that shares their wrong step is then localized late;
 - how the misses split into "earlier than the truth" (a correct prefix the policy already cannot finish)
   and "later than the truth" (a probe verified after the wrong step: the step was recoverable, or the
   final answer right by luck);
@@ -124,6 +126,10 @@ def run(
         "scan_accuracy": sum(t_star - 1 == e for t_star, e in zip(first_dead, truth)) / len(profiles) if profiles else math.nan,
         "drop_accuracy": sum(k == e for k, e in zip(largest_drop, truth)) / len(profiles) if profiles else math.nan,
         "task": name, "failures": len(failures), "localizable": len(localizable),
+        # Successes whose chain holds a wrong step (a later one landed on the right answer by chance): the
+        # free evidence treats them as good, so a failure that shares their wrong step looks right there.
+        "successes": len(samples) - len(failures),
+        "lucky": sum(task.first_error(t.problem, t.text) is not None for t in samples if t.reward >= 1),
         "steps": statistics.mean(len(t.step_spans) for t in localizable), "non_monotone": non_monotone,
         "value_after_error": statistics.mean(p[e + 1] for p, e in zip(profiles, truth) if e + 1 < len(p)) if profiles else math.nan,
     }
@@ -191,6 +197,10 @@ def main() -> None:
     results = [run(name, settings, args.failures, args.profile_probes, args.group, args.seed, args.model, args.config) for name in tasks]
     print(f"policy: {args.model or ', '.join(SHIPPED[t][0] for t in tasks)}; task from {args.config or 'the shipped presets'}")
     print(f"value profiles from {args.profile_probes} probes per prefix; groups of {args.group}; seed {args.seed}\n")
+    for rows in results:
+        r = rows[0]
+        print(f"{r['task']}: {r['successes']} of {r['successes'] + r['failures']} samples verified; {r['lucky']} "
+              f"({r['lucky'] / max(r['successes'], 1):.1%}) of those hold a wrong step (the answer right by chance)\n")
     print("| task | failures localized | mean steps | non-monotone value profiles | mean value after the true wrong step "
           "| exhaustive scan: exact accuracy of its first dead prefix | of its largest value drop | probes/failure of the scan "
           "| failure leaves every verified sibling before / at / after the wrong step |")
