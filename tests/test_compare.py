@@ -124,6 +124,12 @@ def test_one_seed_has_no_spread_and_reads_as_one_seed(hand_built, monkeypatch):
 def test_plots_and_tables_say_which_evaluations_they_show(hand_built):
     results = summarize(hand_built)
     assert results["eval_sets"] == {"periodic_n": 500, "final_n": 50}  # base.yaml's eval.n_problems; start/eval.json's n
+    # with a final set and a final figure of several evaluations, every evaluation of a run is on the final set
+    plan = json.loads((hand_built / "compare.json").read_text())
+    (hand_built / "compare.json").write_text(json.dumps({**plan, "final_problems": 50, "final_evaluations": 3}))
+    assert summarize(hand_built)["eval_sets"] == {"periodic_n": 50, "final_n": 50}
+    assert "(n=50, the same problems)" in results_markdown(summarize(hand_built))
+    (hand_built / "compare.json").write_text(json.dumps(plan))
     text = results_markdown(results)
     assert "final accuracy (n=50; mean ± std over seeds)" in text and "grpo's final accuracy (71.0%)" in text
     assert "Lines: the periodic evaluations (n=500) interpolated onto the token grid; diamonds: the final set (n=50)" in text

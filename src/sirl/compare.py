@@ -648,7 +648,7 @@ def summarize(out: Path) -> dict:
         "eval_sets": {
             # The curves (and tokens to reach grpo's best) come from the periodic evaluations during training;
             # the tables, the starting policy and the final markers from the final set.
-            "periodic_n": config["eval"]["n_problems"],
+            "periodic_n": plan.final_problems if plan.final_problems and plan.final_evaluations > 1 else config["eval"]["n_problems"],
             "final_n": start["n"] if start else next((row["final_n"] for row in methods.values()), None),
         },
         "machine": {**_machine(plan), "load": load_summary(out / "logs" / "load.jsonl")},
@@ -834,7 +834,8 @@ def results_markdown(results: dict) -> str:
            f"held-out set ({final_n}), problem by problem; " if plan.get("final_evaluations", 1) > 1 else
            f"Final accuracies are on the final held-out set ({final_n}); ")
         + f"the curves come from the periodic evaluations during training ({periodic_n}"
-        + (", the first of the same problems)." if (sets.get("periodic_n") or 0) <= (sets.get("final_n") or 0) else ")."),
+        + (", the same problems)." if sets.get("periodic_n") == sets.get("final_n") else
+           ", the first of the same problems)." if (sets.get("periodic_n") or 0) <= (sets.get("final_n") or 0) else ")."),
         "",
         "The difference from grpo is in points of final accuracy, with a 95% bootstrap interval that resamples the "
         "seeds both methods ran (paired) and the final held-out problems (the same for every run); a difference "
@@ -971,7 +972,9 @@ def plot_comparison(out: Path, results: dict) -> None:
     if start:
         ax.plot([0], [100 * start["accuracy"]], marker="D", ms=6, color="0.6", mec="black", mew=0.6, ls="none",
                 label=f"starting policy ({final})")
-    ax.plot([], [], marker="D", color="white", mec="black", ls="none", label=f"end of each run ({final}, as in the table)")
+    k = results["plan"].get("final_evaluations", 1)
+    marker = f"final figure: mean of the last {k} evaluations" if k > 1 else "end of each run"
+    ax.plot([], [], marker="D", color="white", mec="black", ls="none", label=f"{marker} ({final}, as in the table)")
     spread = " ± std over seeds" if any(len(row["seeds"]) > 1 for row in methods.values()) else ""
     ax.set(xlabel="generated tokens (thousands; samples + probes + verification)", ylabel="held-out accuracy (%)")
     ax.set_title(f"{title}: accuracy at equal generated tokens\nlines: {periodic}, mean{spread}\ndiamonds: {final}", fontsize=10)
