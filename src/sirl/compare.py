@@ -212,7 +212,7 @@ def _train_command(out: Path, run: RunSpec, plan: ComparePlan, lr: float | None 
         "--train.eval_every=0", f"--train.eval_every_tokens={plan.eval_every_tokens}",
         f"--train.checkpoint_every={plan.checkpoint_every}",
         *_eval_flags(plan),
-        *([f"--train.lr={run.lr if run.lr is not None else lr}"] if (run.lr or lr) is not None else []),
+        *([f"--train.lr={lr}"] if (lr := run.lr if run.lr is not None else lr) is not None else []),
     ]
 
 
