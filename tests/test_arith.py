@@ -134,7 +134,8 @@ def absorbed_errors(modulus: int, max_ops: int) -> int:
     absorbed = 0
     for n in range(1, max_ops + 1):
         for ops in itertools.product("+-*", repeat=n):
-            ranges = [range(1 if op == "*" and modulus in PRIMES else 0, modulus) for op in ops]
+            operand_end = min(modulus, 10)  # as ArithTask draws them: one-digit operands
+            ranges = [range(1 if op == "*" and modulus in PRIMES else 0, operand_end) for op in ops]
             for start in range(modulus):
                 for operands in itertools.product(*ranges):
                     values = [start]
@@ -153,6 +154,8 @@ def absorbed_errors(modulus: int, max_ops: int) -> int:
 
 def test_a_prime_modulus_never_absorbs_a_wrong_value_and_mod_10_does():
     assert absorbed_errors(7, 3) == 0  # every step a bijection: the first wrong step is the first irrecoverable one
+    assert absorbed_errors(11, 2) == 0  # two-digit values, one-digit operands
+    assert absorbed_errors(97, 1) == 0
     assert absorbed_errors(10, 2) > 0  # *0, *5 and even factors: e.g. 3*0 and 4*0 both give 0
 
 
@@ -179,7 +182,59 @@ def test_prime_modulus_problems_draw_nonzero_multipliers_and_one_digit_values():
         assert task.verify(p, completion) == 0.0 and task.first_error(p, completion) == k
 
 
+def test_a_two_digit_prime_modulus_keeps_operands_one_digit_and_scores_two_digit_answers():
+    task = ArithTask(min_ops=4, max_ops=8, modulus=97)
+    rng = random.Random(1)
+    problems = [task.sample(rng, "train") for _ in range(300)]
+    assert any(int(p.answer) >= 10 for p in problems)  # the answer space is two digits wide
+    for p in problems:
+        numbers, ops = p.meta["numbers"], p.meta["ops"]
+        assert 0 <= numbers[0] < 97 and all(0 <= b <= 9 for b in numbers[1:])
+        assert all(b != 0 for op, b in zip(ops, numbers[1:]) if op == "*")
+        solution = task.reference_solution(p)
+        assert task.verify(p, solution) == 1.0 and task.first_error(p, solution) is None
+        wrong = str((int(p.answer) + 1) % 97)
+        assert task.verify(p, solution[: solution.rindex("#") + 1] + wrong) == 0.0
+    p = ArithTask(min_ops=1, max_ops=1, modulus=97).sample(random.Random(3), "train")
+    # hand-checked: the single step and its answer, e.g. 57*9=28 since 513 = 5*97 + 28
+    a, op, b = p.meta["numbers"][0], p.meta["ops"], p.meta["numbers"][1]
+    expected = {"+": (a + b) % 97, "-": (a - b) % 97, "*": (a * b) % 97}[op]
+    assert task.reference_solution(p) == f"{a}{op}{b}={expected};#{expected}"
+    assert apply(57, "*", 9, 97) == 28 and apply(3, "-", 5, 97) == 95
+
+
+def test_a_modulus_above_ten_must_be_prime():
+    with pytest.raises(ValueError, match="a prime up to 97"):
+        ArithTask(modulus=12)
+    with pytest.raises(ValueError, match="a prime up to 97"):
+        ArithTask(modulus=101)
+
+
 def test_the_default_modulus_keeps_every_seeds_problems():
     # the first problems of seed 0 as the generator drew them before the modulus knob existed
     rng = random.Random(0)
     assert [ArithTask().sample(rng, "train").prompt for _ in range(2)] == ["6+0+4+8*7*6-4*7-5+9+3+8=", "7*8+1*5-6+5*9-3*8*7+7="]
+
+
+def test_the_three_verdict_formats_of_a_hand_made_failure():
+    # 7+5*3 mod 10: 7+5=2, 2*3=6; the completion wrote 2*3=5 (step 2 wrong) and answered from it.
+    task = ArithTask()
+    p = Problem(prompt="7+5*3=", answer="6", meta={"numbers": [7, 5, 3], "ops": "+*", "difficulty": 2})
+    wrong = "7+5=2;2*3=5;#5"
+    assert task.first_error(p, wrong) == 1
+    assert task.verdict_target(p, wrong, 1, "index") == "2"
+    assert task.verdict_target(p, wrong, 1, "judgments") == "+-"
+    # each step: operands as the steps before leave them, the recomputed result ? the written one, a mark
+    assert task.verdict_target(p, wrong, 1, "rederive") == "7+5=2?2+2*3=6?5-"
+    right = "7+5=2;2*3=6;#6"
+    assert task.verdict_target(p, right, None, "rederive") == "7+5=2?2+2*3=6?6+#6?6+"
+    assert task.read_verdict(p, right, "7+5=2?2+2*3=6?6+#6?6+", "rederive") is None
+    # the policy's verdict names the step of its first negative mark, whatever its arithmetic says
+    assert task.read_verdict(p, right, "7+5=2?2-", "rederive") == 0
+    assert task.read_verdict(p, right, "7+5=3?2+2*3=6?6-", "rederive") == 1
+    # a step that cannot be read and one whose left operand is not the previous result
+    assert task.verdict_target(p, "7x", 0, "rederive") == "7+5=2??-"
+    assert task.verdict_target(p, "7+5=2;3*3=9;#9", 1, "rederive") == "7+5=2?2+2*3=6?9-"
+    for malformed in ["7+5=2?2", "7+5=2?2+2*3=6?6+", "++", "7+5=2?2+#6?6+"]:
+        with pytest.raises(ValueError):
+            task.read_verdict(p, right, malformed, "rederive")

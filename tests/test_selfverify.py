@@ -10,7 +10,7 @@ from sirl.internalize.credit import SearchSettings
 from sirl.internalize.repair import VerificationExample, VerificationExamples
 from sirl.internalize.selfverify import AuditSchedule, draw_examples
 from sirl.methods.si_internal import localize_with_proposals
-from sirl.types import Verdict
+from sirl.types import Problem, Verdict
 from test_localize import PROBLEM, REFERENCE, TASK, ScriptedSampler, make, wrong_at
 
 NEVER = dict(low=1e-9, high=1e-9, window=10)
@@ -159,3 +159,29 @@ def test_a_reused_lucky_sample_still_gets_settle_probes():
     loc, metrics, settles = confirm_at_k1(failure, siblings, 3, ScriptedSampler(), settle=7, reuse=True)
     assert metrics["selfloc/confirmed_frac"] == 1.0 and (loc.error_step, loc.probes) == (3, 7)
     assert [[k for _, k in r] for r in settles] == [[4]]
+
+
+def test_labels_from_a_localization_in_each_format():
+    # A failure localized at step 2 (0-based 1): step 1 judged right, step 2 wrong, nothing after it;
+    # a verified solution: every step judged right.
+    from sirl.config import ConfigError, ExperimentConfig
+    from sirl.internalize.selfverify import supervised_batch
+    from sirl.methods import get_method
+    from sirl.tasks import load_task
+    from sirl.tokenizer import build_char_tokenizer
+
+    arith = load_task("arith")
+    tokenizer = build_char_tokenizer(arith.alphabet())
+    problem = Problem(prompt="7+5*3=", answer="6", meta={"numbers": [7, 5, 3], "ops": "+*", "difficulty": 2})
+    examples = [VerificationExample(problem, "7+5=2;2*3=5;#5", 1, 0), VerificationExample(problem, "7+5=2;2*3=6;#6", None, 0)]
+    for fmt, expected in [("index", ["2", "none"]), ("judgments", ["+-", "+++"]), ("rederive", ["7+5=2?2+2*3=6?5-", "7+5=2?2+2*3=6?6+#6?6+"])]:
+        pairs = supervised_batch(arith, tokenizer, examples, fmt)
+        assert [tokenizer.decode(target[:-1]) for _, target in pairs] == expected
+        assert all(target[-1] == tokenizer.eos_token_id for _, target in pairs)
+        assert tokenizer.decode(pairs[0][0]) == "7+5*3=[1]7+5=2;[2]2*3=5;[3]#5\n?"
+    # rederive needs a task that re-derives its steps; the config is refused before anything runs
+    config = ExperimentConfig()
+    config.internalize.verdict_format = "rederive"
+    get_method("si_internal").check(config, arith)
+    with pytest.raises(ConfigError, match="use internalize.verdict_format=index or judgments"):
+        get_method("si_internal").check(config, load_task("gsm8k"))

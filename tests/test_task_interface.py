@@ -7,7 +7,7 @@ import pytest
 
 from sirl.tasks import TASKS, NotATask, Task, load_task
 from sirl.verifier.sandbox import bwrap_path
-from sirl.tasks.base import NoGroundTruth, partition_check
+from sirl.tasks.base import NoGroundTruth, NoStepCheck, partition_check, supports_step_check
 
 
 @pytest.fixture(params=sorted(TASKS))
@@ -44,6 +44,31 @@ def test_verification_prompt_and_verdict_round_trip(task):
     for junk in ["", "0", "x", "-1", "1 2", "nonee"]:
         with pytest.raises(ValueError):
             task.parse_verdict(junk)
+
+
+def test_step_by_step_verdicts_round_trip_and_malformed_ones_raise_value_errors(task):
+    rng = random.Random(2)
+    p = task.sample(rng, "train")
+    solution = task.reference_solution(p)
+    n_steps = len(task.split_steps(solution))
+    formats = ["judgments"] + (["rederive"] if supports_step_check(task) else [])
+    for fmt in formats:
+        for verdict in [None, *range(n_steps)]:
+            text = task.verdict_target(p, solution, verdict, fmt)
+            assert task.read_verdict(p, solution, text, fmt) == verdict
+        all_right = task.verdict_target(p, solution, None, fmt)
+        # fewer judgments than steps without a wrong one, junk, a negative mark past the last step
+        for junk in [all_right[:-1] if fmt == "judgments" else "", "x", "none", "+" * (n_steps + 1) + "-"]:
+            if fmt == "judgments" and junk == "":
+                continue  # an empty verdict judges 0 steps: covered by the shortened one
+            with pytest.raises(ValueError):
+                task.read_verdict(p, solution, junk, fmt)
+        # what follows the first negative mark is not read
+        first_wrong = task.verdict_target(p, solution, 0, fmt)
+        assert task.read_verdict(p, solution, first_wrong + "garbage", fmt) == 0
+    if not supports_step_check(task):
+        with pytest.raises(NoStepCheck, match="use internalize.verdict_format=index or judgments"):
+            task.verdict_target(p, solution, None, "rederive")
 
 
 def test_a_users_task_loads_by_file_path_with_knobs(tmp_path):

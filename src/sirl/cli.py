@@ -396,7 +396,7 @@ def _eval(
         self_verification = evaluate_self_verification(
             model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, samples=config.eval.n_samples,
             temperature=config.eval.temperature, batch_size=config.eval.batch_size, seed=config.seed, verifier=verifier,
-            progress=None if quiet else "self-verification",
+            progress=None if quiet else "self-verification", fmt=config.internalize.verdict_format,
         )
         report["self_verification"] = self_verification.to_json()
     counts = verifier.counts

@@ -253,6 +253,11 @@ class InternalizeConfig:
     """Knobs of si_internal: the policy learns, on the same weights, to name the first wrong step of its
     own solutions (the self-verification format of sirl.tasks.base.Task) and proposes it during training."""
 
+    verdict_format: Literal["index", "judgments", "rederive"] = "index"
+    """How a verdict is written (sirl.tasks.base.Task.verdict_target): index, the number of the first wrong
+    step in one token; judgments, a mark per step up to the first wrong one ("++-"); rederive, each step
+    recomputed beside its written result, then marked ("7+5=2?2+2*3=6?5-"; tasks with step_check only).
+    Verdict tokens count in the generated-token budget whatever the format."""
     verify_loss: Literal["sft", "rl", "both"] = "sft"
     """How the policy learns self-verification: sft, an auxiliary cross-entropy on the oracle's verdict;
     rl, verdicts sampled and rewarded +1 for agreeing with the oracle, -1 otherwise; or both."""

@@ -322,9 +322,10 @@ def evaluate_self_verification(
     seed: int = 0,
     verifier: Verifier | None = None,
     progress: str | None = None,
+    fmt: str = "index",
 ) -> SelfVerifyResult:
     """Sample ``samples`` solutions per problem, then ask the policy, in the task's self-verification
-    format, for the first wrong step of each (greedy verdicts). With a ``progress`` label, both passes
+    format ``fmt``, for the first wrong step of each (greedy verdicts). With a ``progress`` label, both passes
     show a bar with its ETA."""
     from sirl.internalize.selfverify import propose  # imported here: it builds on this module's neighbours
 
@@ -340,7 +341,7 @@ def evaluate_self_verification(
     verdicts = []
     with progress_bar(None if progress is None else f"{progress} (verdicts)", len(solutions), "verdict") as bar:
         for start in range(0, len(solutions), batch_size):  # the chunks propose makes itself: only the bar is new
-            verdicts += propose(model, tokenizer, task, solutions[start : start + batch_size], batch_size)
+            verdicts += propose(model, tokenizer, task, solutions[start : start + batch_size], batch_size, fmt)
             bar.update(min(batch_size, len(solutions) - start))
     on_failures, on_successes = verdicts[: len(failures)], verdicts[len(failures) :]
     accuracy, interval, most_common, uniform = None, None, None, None

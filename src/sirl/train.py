@@ -142,7 +142,10 @@ def _train(
     for step in bar:
         state.step = step
         step_start = time.time()
-        sampler = PolicySampler(model, tokenizer, task, params, generator=state.random.sampling, verifier=verifier, max_batch=rollout.batch_size)
+        sampler = PolicySampler(
+            model, tokenizer, task, params, generator=state.random.sampling, verifier=verifier, max_batch=rollout.batch_size,
+            verdict_format=config.internalize.verdict_format,
+        )
         try:
             # 1. Sample: fresh prompts, and for methods with a repair buffer a share of stored good prefixes.
             drawn = state.memory.repair.draw(round(config.method.repair_share * rollout.prompts_per_step), state.random.prompts) if method.uses_repair else []

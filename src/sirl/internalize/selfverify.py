@@ -1,7 +1,9 @@
 """Self-verification: the policy names the first wrong step of a solution (or "none"), on its own weights.
 
-The format belongs to the task (``Task.verification_prompt``, ``verdict_text``, ``parse_verdict``), so every
-task, a user's own included, gets it. This module asks the policy for verdicts, builds the training
+The format belongs to the task (``Task.verification_prompt``, ``verdict_target``, ``read_verdict``), so every
+task, a user's own included, gets it: ``index`` (one token naming the step), ``judgments`` (a mark per
+step up to the first wrong one) or ``rederive`` (each step recomputed beside its written result, then
+marked; tasks that implement ``step_check``). This module asks the policy for verdicts, builds the training
 batches that teach it (an auxiliary cross-entropy on the oracle's verdict, or sampled verdicts rewarded
 for agreeing with the oracle), and keeps the audit schedule: the share of failures that always get the
 full oracle search follows how often the policy has agreed with it (more agreement, fewer audits, never
@@ -23,28 +25,45 @@ from sirl.tasks.base import Task
 from sirl.types import Problem, Trajectory, Verdict
 
 VERDICT_TOKENS = 8
-"""Most new tokens of a verdict ("none", or a step number)."""
+"""Most new tokens of an ``index`` verdict ("none", or a step number)."""
+SPARE_TOKENS = 4
+"""Room past the longest well-formed step-by-step verdict, so an overlong one shows as malformed."""
+
+
+def verdict_tokens(tokenizer: PreTrainedTokenizerBase, task: Task, solutions: list[tuple[Problem, str]], fmt: str) -> int:
+    """Most new tokens a verdict in ``fmt`` may take on these solutions: the longest well-formed one (every
+    step judged right, the longest a verdict can be) plus :data:`SPARE_TOKENS`."""
+    if fmt == "index":
+        return VERDICT_TOKENS
+    return SPARE_TOKENS + max(len(encode_text(tokenizer, task.verdict_target(p, c, None, fmt))) for p, c in solutions)
+
+
+def read(task: Task, problem: Problem, completion: str, text: str, fmt: str) -> tuple[int | None, bool]:
+    """(named step, well-formed) of a verdict text; a malformed one names nothing and scores as wrong."""
+    try:
+        return task.read_verdict(problem, completion, text, fmt), True
+    except ValueError:
+        return None, False
 
 
 def propose(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, solutions: list[tuple[Problem, str]], max_batch: int = 1024
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, solutions: list[tuple[Problem, str]],
+    max_batch: int = 1024, fmt: str = "index",
 ) -> list[Verdict]:
-    """Greedy verdicts of the policy on (problem, completion) pairs."""
+    """Greedy verdicts of the policy on (problem, completion) pairs, in format ``fmt``."""
     if not solutions:
         return []
     contexts = [encode_prompt(tokenizer, task.verification_prompt(p, c)) for p, c in solutions]
     out = generate(
-        model, contexts, SamplingParams(VERDICT_TOKENS, temperature=0.0), eos_ids=eos_ids(model, tokenizer),
-        pad_id=tokenizer.pad_token_id, max_batch=max_batch,
+        model, contexts, SamplingParams(verdict_tokens(tokenizer, task, solutions, fmt), temperature=0.0),
+        eos_ids=eos_ids(model, tokenizer), pad_id=tokenizer.pad_token_id, max_batch=max_batch,
     )
     verdicts = []
-    for row in range(len(out)):
+    for row, (problem, completion) in enumerate(solutions):
         tokens = out.row_tokens(row)
         text = tokenizer.decode(tokens, skip_special_tokens=True)
-        try:
-            verdicts.append(Verdict(text, task.parse_verdict(text), True, len(tokens)))
-        except ValueError:
-            verdicts.append(Verdict(text, None, False, len(tokens)))
+        step, valid = read(task, problem, completion, text, fmt)
+        verdicts.append(Verdict(text, step, valid, len(tokens)))
     return verdicts
 
 
@@ -59,13 +78,14 @@ def draw_examples(store: VerificationExamples, n: int, none_share: float, rng: r
 
 
 def supervised_batch(
-    task: Task, tokenizer: PreTrainedTokenizerBase, examples: list[VerificationExample]
+    task: Task, tokenizer: PreTrainedTokenizerBase, examples: list[VerificationExample], fmt: str = "index"
 ) -> list[tuple[list[int], list[int]]]:
-    """(verification prompt ids, verdict ids + EOS) pairs, for the auxiliary cross-entropy."""
+    """(verification prompt ids, verdict ids + EOS) pairs, for the auxiliary cross-entropy. The label is
+    the example's first wrong step: the steps before it judged right, it judged wrong, nothing after it."""
     return [
         (
             encode_prompt(tokenizer, task.verification_prompt(e.problem, e.completion)),
-            encode_text(tokenizer, task.verdict_text(e.first_error)) + [tokenizer.eos_token_id],
+            encode_text(tokenizer, task.verdict_target(e.problem, e.completion, e.first_error, fmt)) + [tokenizer.eos_token_id],
         )
         for e in examples
     ]
@@ -80,14 +100,16 @@ def sampled_verdicts(
     generator: torch.Generator | None,
     first_group: int,
     max_batch: int = 1024,
+    fmt: str = "index",
 ) -> list[Trajectory]:
     """``group`` sampled verdicts per example, as trajectories rewarded +1 when they name the oracle's
     step (or "none" on a verified solution) and -1 otherwise; each example's verdicts are one group."""
     if not examples:
         return []
     prompts = [encode_prompt(tokenizer, task.verification_prompt(e.problem, e.completion)) for e in examples]
+    limit = verdict_tokens(tokenizer, task, [(e.problem, e.completion) for e in examples], fmt)
     out = generate(
-        model, prompts, SamplingParams(VERDICT_TOKENS, temperature=1.0), eos_ids=eos_ids(model, tokenizer),
+        model, prompts, SamplingParams(limit, temperature=1.0), eos_ids=eos_ids(model, tokenizer),
         pad_id=tokenizer.pad_token_id, repeats=group, generator=generator, max_batch=max_batch,
     )
     trajectories = []
@@ -95,10 +117,8 @@ def sampled_verdicts(
         index = int(out.context_index_B[row])
         example, tokens = examples[index], out.row_tokens(row)
         text = tokenizer.decode(tokens, skip_special_tokens=True)
-        try:
-            agrees = task.parse_verdict(text) == example.first_error
-        except ValueError:
-            agrees = False
+        step, valid = read(task, example.problem, example.completion, text, fmt)
+        agrees = valid and step == example.first_error
         trajectories.append(
             Trajectory(
                 problem=example.problem, prompt_ids=prompts[index], response_ids=tokens,

@@ -22,7 +22,7 @@ from sirl.internalize.localize import prefix_ids
 from sirl.internalize.repair import RepairBuffer, RepairEntry, VerificationExample, VerificationExamples
 from sirl.internalize.selfverify import AuditSchedule
 from sirl.rollout import SamplingParams, sample_trajectories
-from sirl.tasks.base import Task
+from sirl.tasks.base import Task, supports_step_check
 from sirl.types import Credit, Trajectory, Verdict
 from sirl.verifier import Verifier, verify_trajectories
 
@@ -34,10 +34,11 @@ class PolicySampler:
 
     def __init__(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, params: SamplingParams, *,
-        generator: torch.Generator, verifier: Verifier | None, max_batch: int,
+        generator: torch.Generator, verifier: Verifier | None, max_batch: int, verdict_format: str = "index",
     ):
         self.model, self.tokenizer, self.task, self.params = model, tokenizer, task, params
         self.generator, self.verifier, self.max_batch = generator, verifier, max_batch
+        self.verdict_format = verdict_format
         self.tokens = {"probe": 0, "verify": 0}
 
     def probe(self, requests: list[tuple[Trajectory, int]], k: int) -> list[list[Trajectory]]:
@@ -54,21 +55,25 @@ class PolicySampler:
 
     def propose(self, failures: list[Trajectory]) -> list[Verdict]:
         """The policy's greedy verdicts on the failures (which step went wrong first)."""
-        verdicts = selfverify.propose(self.model, self.tokenizer, self.task, [(t.problem, t.text) for t in failures], self.max_batch)
+        verdicts = selfverify.propose(
+            self.model, self.tokenizer, self.task, [(t.problem, t.text) for t in failures], self.max_batch, self.verdict_format
+        )
         self.tokens["verify"] += sum(v.n_tokens for v in verdicts)
         return verdicts
 
     def sample_verdicts(self, examples: list[VerificationExample], group: int, first_group: int) -> list[Trajectory]:
         """``group`` sampled verdicts per example, rewarded for agreeing with the oracle (selfverify)."""
         verdicts = selfverify.sampled_verdicts(
-            self.model, self.tokenizer, self.task, examples, group, self.generator, first_group=first_group, max_batch=self.max_batch,
+            self.model, self.tokenizer, self.task, examples, group, self.generator, first_group=first_group,
+            max_batch=self.max_batch, fmt=self.verdict_format,
         )
         self.tokens["verify"] += sum(len(v.response_ids) for v in verdicts)
         return verdicts
 
     def verdict_batch(self, examples: list[VerificationExample]) -> TokenBatch:
         """The oracle's verdicts on ``examples`` as a supervised batch (nothing is generated)."""
-        return collate_supervised(selfverify.supervised_batch(self.task, self.tokenizer, examples), self.tokenizer.pad_token_id)
+        pairs = selfverify.supervised_batch(self.task, self.tokenizer, examples, self.verdict_format)
+        return collate_supervised(pairs, self.tokenizer.pad_token_id)
 
 
 class MethodMemory:
@@ -117,6 +122,16 @@ def refuse_ground_truth(config: ExperimentConfig, task: Task) -> None:
             "use method.localizer=search"
         )
     # (method.localizer=divergence is si's too; the other methods ignore the localizer, so nothing to refuse)
+    check_verdict_format(config, task)
+
+
+def check_verdict_format(config: ExperimentConfig, task: Task) -> None:
+    """The rederive verdict format needs a task that can re-derive its steps."""
+    if config.internalize.verdict_format == "rederive" and not supports_step_check(task):
+        raise ConfigError(
+            f"internalize.verdict_format=rederive needs a task that re-derives its steps (step_check); task "
+            f"{task.name!r} does not: use internalize.verdict_format=index or judgments"
+        )
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ REQUIRED = ("sample", "verify", "split_steps", "reference_solution")
 OPTIONAL = (
     "name", "description", "first_error", "has_ground_truth", "safe_verify", "program_isolation", "difficulty",
     "verification_prompt", "verdict_text", "parse_verdict", "verify_query", "verdict_none", "alphabet",
+    "verdict_target", "read_verdict", "step_check", "step_check_pattern", "mark_good", "mark_bad",
 )
 """Members with a default in :class:`~sirl.tasks.base.Task`, which a class written to the interface
 without subclassing it gets too."""

@@ -39,10 +39,16 @@ from abc import ABC, abstractmethod
 from sirl.types import Problem, Span
 
 SPLITS = ("train", "test")
+VERDICT_FORMATS = ("index", "judgments", "rederive")
+"""How the policy writes a self-verification verdict (:meth:`Task.verdict_target`)."""
 
 
 class NoGroundTruth(NotImplementedError):
     """Raised by ``first_error`` on tasks that do not know where a solution went wrong."""
+
+
+class NoStepCheck(NotImplementedError):
+    """Raised by ``step_check`` on tasks that cannot re-derive a step (the ``rederive`` verdict format)."""
 
 
 def split_of(prompt: str, test_fraction: float) -> str:
@@ -135,6 +141,78 @@ class Task(ABC):
             return int(answer) - 1
         raise ValueError(f"not a verdict: {text!r} (expected a step number >= 1 or {self.verdict_none!r})")
 
+    # --- step-by-step verdicts ------------------------------------------------------------------
+    # ``judgments``: one mark per step, in order, up to the first wrong one: "++-" says steps 1-2 are
+    # right and step 3 is wrong; a mark for every step and none negative says "none".
+    # ``rederive``: the same marks, each after a re-derivation of its step (:meth:`step_check`) that puts
+    # the policy's own result beside the written one, so each judgment is a comparison of two adjacent
+    # values rather than a look far back into the context (ThinkPRM, arXiv 2504.16828, judges step by
+    # step for the same reason). In both, the first negative mark is the verdict and what follows it is
+    # not read.
+    mark_good: str = "+"
+    mark_bad: str = "-"
+    step_check_pattern: str | None = None
+    """A regular expression matching one :meth:`step_check` text (without its mark), for parsing; None
+    when the task has no re-derivation."""
+
+    def step_check(self, problem: Problem, completion: str, index: int) -> str:
+        """``rederive``: the check of step ``index`` (0-based) of ``completion``, without its mark: the
+        step's inputs as the steps before it leave them, the result recomputed from them, and the written
+        result copied beside it. Tasks that can re-derive a step override it and ``step_check_pattern``."""
+        raise NoStepCheck(
+            f"task {self.name!r} cannot re-derive its steps, so the 'rederive' verdict format is not available; "
+            f"use internalize.verdict_format=index or judgments"
+        )
+
+    def verdict_target(self, problem: Problem, completion: str, first_error: int | None, fmt: str = "index") -> str:
+        """The verdict the policy should write, in format ``fmt``, for a solution whose first wrong step is
+        ``first_error`` (None: every step right): a label, whatever the label's source (ground truth, the
+        outcome-based localizer, a verified outcome)."""
+        if fmt == "index":
+            return self.verdict_text(first_error)
+        n_steps = len(self.split_steps(completion))
+        if first_error is not None and not 0 <= first_error < n_steps:
+            raise ValueError(f"first_error {first_error} is not a step of a {n_steps}-step solution")
+        judged = n_steps if first_error is None else first_error + 1
+        marks = [self.mark_good] * (judged - 1) + [self.mark_good if first_error is None else self.mark_bad]
+        if fmt == "judgments":
+            return "".join(marks)
+        if fmt == "rederive":
+            return "".join(self.step_check(problem, completion, i) + mark for i, mark in enumerate(marks))
+        raise ValueError(f"unknown verdict format {fmt!r}; valid: {list(VERDICT_FORMATS)}")
+
+    def read_verdict(self, problem: Problem, completion: str, text: str, fmt: str = "index") -> int | None:
+        """Inverse of :meth:`verdict_target`: the 0-based step the verdict names, or None for "none".
+        Raises ValueError, saying what is wrong, on a verdict that does not parse: a check or mark that
+        does not fit the format, fewer marks than steps with no negative one, or a negative mark past
+        the last step."""
+        if fmt == "index":
+            return self.parse_verdict(text)
+        if fmt not in VERDICT_FORMATS:
+            raise ValueError(f"unknown verdict format {fmt!r}; valid: {list(VERDICT_FORMATS)}")
+        n_steps = len(self.split_steps(completion))
+        marks = re.escape(self.mark_good) + re.escape(self.mark_bad)
+        if fmt == "judgments":
+            one = re.compile(f"([{marks}])")
+        elif self.step_check_pattern is None:
+            self.step_check(problem, completion, 0)  # raises NoStepCheck with its message
+            raise NoStepCheck(f"task {self.name!r} has step_check but no step_check_pattern to parse it with")
+        else:
+            one = re.compile(f"(?:{self.step_check_pattern})([{marks}])")
+        position, judged = 0, 0
+        while position < len(text):
+            match = one.match(text, position)
+            if match is None:
+                raise ValueError(f"not a {fmt} verdict: {text[position:position + 24]!r} at character {position} is not a check and a mark")
+            if match.group(1) == self.mark_bad:
+                if judged >= n_steps:
+                    raise ValueError(f"the {fmt} verdict marks step {judged + 1} wrong, but the solution has {n_steps} steps")
+                return judged
+            judged, position = judged + 1, match.end()
+        if judged != n_steps:
+            raise ValueError(f"the {fmt} verdict judges {judged} of {n_steps} steps right and stops without naming a wrong one")
+        return None
+
     # --- vocabulary -----------------------------------------------------------------------------
     def alphabet(self, n_samples: int = 2000, seed: int = 0) -> str:
         """Every character the task's prompts, solutions and verification prompts use.
@@ -162,6 +240,11 @@ def _derived_ground_truth(cls: type) -> bool:
         if "first_error" in klass.__dict__:
             return True
     return False
+
+
+def supports_step_check(task: Task) -> bool:
+    """Whether ``task`` can write ``rederive`` verdicts: it overrides ``step_check`` and gives the pattern."""
+    return type(task).step_check is not Task.step_check and task.step_check_pattern is not None
 
 
 def declares_safe_verify(cls: type) -> bool:

@@ -204,5 +204,23 @@ class CountdownTask(Task):
                 return index
         return len(spans) - 1  # every step is legal but the answer never comes: the end is the error
 
+    # rederive verdicts: "a op b=r?w" per step, a, op and b as written, r recomputed ("?" when the rules
+    # forbid the step), w the written result; "#t?w" for the answer step with t the target; "?" alone
+    # for a step that does not parse. The mark also covers what the check does not show (an operand not
+    # in the pool, a target no longer reachable), so it is not a pure function of the check.
+    step_check_pattern = r"(?:[0-9]+[-+*/][0-9]+=[0-9?]+\?[0-9]+|#[0-9]+\?[0-9?]+|\?)"
+
+    def step_check(self, problem: Problem, completion: str, index: int) -> str:
+        start, end = self.split_steps(completion)[index]
+        text = completion[start:end]
+        if not text.endswith(";"):
+            match = _ANSWER_RE.fullmatch(text)
+            return f"#{problem.meta['target']}?{match[1] if match else '?'}"
+        match = _STEP_RE.fullmatch(text)
+        if match is None:
+            return "?"
+        result = apply(int(match[1]), match[2], int(match[3]))
+        return f"{match[1]}{match[2]}{match[3]}={'?' if result is None else result}?{match[4]}"
+
     def alphabet(self, n_samples: int = 0, seed: int = 0) -> str:
         return "".join(sorted(set("0123456789" + OPERATORS + "=;#,->:" + "[]" + self.verify_query + self.verdict_none)))
