@@ -90,3 +90,54 @@ def test_tree_branch_branches_at_the_decision_point_and_scores_the_branch_leave_
     tree = credit("tree", [success, failure])
     assert all(torch.equal(a, b) for a, b in zip(out.token_advantages[:2], tree.token_advantages))
     assert [e.prefix_ids for e in memory.repair.entries] == [prefix_ids(failure, 3)]
+
+
+@pytest.mark.parametrize("name", ["si_internal", "random_reset"])
+def test_blind_resets_branch_from_groups_with_no_success(name):
+    """A group where every sample failed gets a branch group from a reset point: the policy's own verdict
+    (si_internal: just before the step it names) or a random number of steps (random_reset)."""
+    from test_localize import PROBLEM, REFERENCE, TASK, make, wrong_at
+
+    from sirl.config import InternalizeConfig
+    from sirl.internalize.localize import prefix_ids
+    from sirl.types import Verdict
+
+    class Scripted:
+        def __init__(self):
+            self.requests, self.proposed = [], []
+
+        def probe(self, requests, k):
+            self.requests.append([(t, steps) for t, steps in requests])
+            out = []
+            for t, steps in requests:
+                prefix = "".join(chr(c) for c in prefix_ids(t, steps))
+                texts = [prefix + "".join(REFERENCE[steps:]), prefix + "x;#y"]  # one finishes (ends in #z), one not
+                out.append([make(text, t.group, prefix_len=len(prefix)) for text in texts[:k]])
+            return out
+
+        def propose(self, failures):
+            self.proposed.append(list(failures))
+            return [Verdict("4", 3, True, 1) for _ in failures]  # names step 4 (0-based 3)
+
+    blind = [make(wrong_at(3), group=0), make(wrong_at(1), group=0)]  # every row of group 0 failed
+    sampler, memory = Scripted(), MethodMemory(8, 8, AuditSchedule(1, 1, 4))
+    config = ExperimentConfig(method=MethodConfig(blind_resets=4, branch_samples=2, max_localizations=0), internalize=InternalizeConfig(verify_batch=0))
+    out = get_method(name).credit(blind, MethodContext(TASK, config, sampler, random.Random(0), memory, 1))
+    [[(failure, kept)]] = sampler.requests[-1:]  # one reset, of the group's first failure
+    assert failure is blind[0]
+    if name == "si_internal":
+        assert sampler.proposed[-1] == [blind[0]] and kept == 3  # the steps before the one the policy named
+        assert out.metrics["reset/at_first_error"] == 1.0  # TASK's ground truth: wrong_at(3) goes wrong at step 3
+    else:
+        assert 0 <= kept < len(blind[0].step_spans)
+    assert out.metrics["reset/blind_groups"] == 1 and out.metrics["reset/opened"] == 1.0
+    assert out.row_kinds[-2:] == ("correction", "branch") and out.reference[-2:] == (False, False)
+    # leave-one-out within the branch, on an all-fail group's scale (1): +1 and -1; the given prefix is context
+    assert [a.sum().item() for a in out.token_advantages[-2:]] == pytest.approx([1.0, -1.0])
+    assert all(torch.all(a[: len(prefix_ids(failure, kept))] == 0) for a in out.token_advantages[-2:])
+    assert prefix_ids(failure, kept) in [e.prefix_ids for e in memory.repair.entries]
+    # the group's own rows carry nothing (all failed); without blind_resets nothing is added
+    assert all(torch.all(a == 0) for a in out.token_advantages[:2])
+    config.method.blind_resets = 0
+    plain = get_method(name).credit(blind, MethodContext(TASK, config, Scripted(), random.Random(0), MethodMemory(8, 8, AuditSchedule(1, 1, 4)), 1))
+    assert len(plain.rows) == 2 and "reset/blind_groups" not in plain.metrics

@@ -238,6 +238,12 @@ class MethodConfig:
     branch_samples: int = ranged(2, 2, 16)
     """tree_branch: continuations sampled from the prefix before each chosen failure's decision point (the
     step where it left every success of its group); they are scored against each other (leave-one-out)."""
+    blind_resets: int = ranged(0, 0)
+    """si_internal and random_reset: most groups with no success per step (where the outcome advantage and
+    the outcome-based localizer see nothing) whose first failure gets ``branch_samples`` continuations from
+    a reset point: just before the step the policy's own verdict names (si_internal) or through a uniformly
+    random number of steps (random_reset). The branch is scored leave-one-out with tree credit; a verified
+    continuation is a correction and its prefix a repair entry. 0: off."""
     tree_outcome_mix: float = ranged(0.0, 0, 1)
     """tree: the share of each token's advantage that is the response's outcome advantage (the rest is tree
     credit); 0 is plain tree credit, 1 is the outcome method."""

@@ -3,14 +3,15 @@ prefix values, the choice of failures to work on, and a probe sampler that remem
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
+from sirl import algos
 from sirl.internalize.credit import ProbeFn, outcome_advantages, select_failures, value_scales
-from sirl.internalize.localize import PrefixBook
-from sirl.types import Trajectory
+from sirl.internalize.localize import PrefixBook, prefix_ids
+from sirl.types import Credit, Trajectory
 
 
 @dataclass
@@ -77,3 +78,78 @@ class RecordingProbe:
     def drawn_for(self) -> list[Trajectory]:
         """For each of :attr:`drawn`, the trajectory whose prefix it continued."""
         return [owner for owner, group in zip(self.owners, self.groups) for _ in group]
+
+
+@dataclass
+class BlindResets:
+    """What :func:`blind_resets` adds to a step: branch rows with their advantages and kinds, the good
+    prefixes a verified branch found, and ``reset/*`` metrics."""
+
+    rows: list[Trajectory] = field(default_factory=list)
+    advantages: list[torch.Tensor] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    good_prefixes: list[tuple[Trajectory, list[int]]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def all_fail_failures(rollouts: Sequence[Trajectory], most: int) -> list[Trajectory]:
+    """The first failure of each of the first ``most`` groups (by group id) sampled from the prompt alone
+    whose every row failed: the groups outcome RL learns nothing from and the divergence localizer cannot
+    read (no success to diverge from). Every reset rule gets the same failures from the same rollouts."""
+    by_group: dict[int, list[Trajectory]] = {}
+    for t in rollouts:
+        by_group.setdefault(t.group, []).append(t)
+    blind = [rows for _, rows in sorted(by_group.items()) if all(t.reward < 1 and t.prefix_len == 0 for t in rows)]
+    return [rows[0] for rows in blind[:most]]
+
+
+def blind_resets(
+    rollouts: Sequence[Trajectory], most: int, k: int, reset_steps: Callable[[list[Trajectory]], list[int | None]],
+    probe: ProbeFn, first_error: Callable[[Trajectory], int | None] | None = None,
+) -> BlindResets:
+    """Resets where outcome RL is blind (issue: internalization that learns; SRPO, arXiv 2605.25507, resets
+    to improvable states). For each failure of :func:`all_fail_failures`, ``reset_steps`` gives the number of
+    its steps to keep (None: no reset); ``k`` continuations of that prefix are sampled (through ``probe``,
+    which counts their tokens in the budget) and scored against each other with tree credit and a
+    leave-one-out baseline (sirl.algos.branch_token_advantages), on the scale of an all-fail group (1).
+    With ``first_error`` (ground truth) the metrics say how often the reset point is just before the first
+    wrong step."""
+    failures = all_fail_failures(rollouts, most)
+    out = BlindResets()
+    if not failures:
+        out.metrics["reset/blind_groups"] = 0.0
+        return out
+    steps = reset_steps(failures)
+    requests = [(t, s) for t, s in zip(failures, steps, strict=True) if s is not None]
+    branches = probe(requests, k) if requests else []
+    for (failure, kept), group in zip(requests, branches):
+        advantages = algos.branch_token_advantages([b.response_ids for b in group], [b.reward for b in group], group[0].prefix_len)
+        out.rows += group
+        out.advantages += advantages
+        out.kinds += ["correction" if b.reward >= 1 else "branch" for b in group]
+        if any(b.reward >= 1 for b in group):
+            out.good_prefixes.append((failure, prefix_ids(failure, kept)))
+    n_rows = len(out.rows)
+    out.metrics.update({
+        "reset/blind_groups": float(len(failures)),
+        "reset/resets": float(len(requests)),
+        "reset/solve_rate": sum(b.reward >= 1 for b in out.rows) / max(n_rows, 1),
+        "reset/opened": sum(any(b.reward >= 1 for b in g) for g in branches) / max(len(requests), 1),
+    })
+    if first_error is not None and requests:
+        out.metrics["reset/at_first_error"] = sum(kept == first_error(t) for t, kept in requests) / len(requests)
+    return out
+
+
+def with_blind_resets(credit: Credit, blind: BlindResets) -> Credit:
+    """``credit`` with the branch rows of :func:`blind_resets` appended (extra rows, not reference ones)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        credit,
+        rows=(*credit.rows, *blind.rows),
+        token_advantages=(*credit.token_advantages, *blind.advantages),
+        reference=(*credit.reference, *(False,) * len(blind.rows)),
+        metrics={**credit.metrics, **blind.metrics},
+        row_kinds=(*(credit.row_kinds or ("sample",) * len(credit.rows)), *blind.kinds),
+    )

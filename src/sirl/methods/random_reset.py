@@ -3,7 +3,9 @@ isolates what localization buys (docs/method.md, "Baselines").
 
 Each chosen failure gets K probes from the prefix through a uniformly random number of its steps; the
 probes join the batch with R - V(prefix), the failure keeps its outcome advantage, and a prefix from which
-a probe verified goes to the repair buffer.
+a probe verified goes to the repair buffer. With ``method.blind_resets``, the first failure of each group
+with no success gets a branch group from a random reset point too: the baseline of si_internal's resets
+from its own verdicts on the same failures (sirl.methods.common.blind_resets).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from collections.abc import Sequence
 from sirl.internalize.credit import probe_credit
 from sirl.internalize.localize import prefix_ids
 from sirl.methods.base import Method, MethodContext, register
-from sirl.methods.common import StepEvidence
+from sirl.internalize.repair import RepairEntry
+from sirl.methods.common import StepEvidence, blind_resets, with_blind_resets
 from sirl.types import Credit, Trajectory
 
 
@@ -41,6 +44,16 @@ def random_reset_credit(rollouts: Sequence[Trajectory], context: MethodContext) 
         row_kinds=("sample",) * len(rollouts) + ("probe",) * len(kept),
     )
     context.memory.remember(context.step, rollouts, credit, good_prefixes)
+    if config.blind_resets:
+        task = context.task
+        blind = blind_resets(
+            rollouts, config.blind_resets, config.branch_samples,
+            lambda failures: [context.rng.randrange(len(t.step_spans)) for t in failures], context.sampler.probe,
+            (lambda t: task.first_error(t.problem, t.text)) if task.has_ground_truth else None,
+        )
+        for failure, prefix in blind.good_prefixes:
+            context.memory.repair.add(RepairEntry(failure.problem, prefix, context.step))
+        credit = with_blind_resets(credit, blind)
     return credit
 
 

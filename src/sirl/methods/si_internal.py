@@ -4,7 +4,10 @@ first wrong step of its own solutions and proposes it for new failures.
 Per step: the policy proposes the error step of each chosen failure; a share of failures (the audit
 fraction, which falls as the policy agrees with the oracle, never below ``internalize.audit_min``) gets
 the full oracle search and scores the proposal; any other proposal is confirmed by two probe checks and
-falls back to the search when they disagree. Credit is si's. The policy then trains on self-verification
+falls back to the search when they disagree. Credit is si's. With ``method.blind_resets``, groups with
+no success (where outcome credit is zero and the outcome-based localizer cannot look) get resets too: the
+policy names the first wrong step of a failure and K continuations start just before it
+(sirl.methods.common.blind_resets). The policy then trains on self-verification
 examples drawn from its own recent outputs (the oracle's verdicts): an auxiliary cross-entropy
 (``verify_loss=sft``), sampled verdicts rewarded for agreeing with the oracle (``rl``), or both.
 """
@@ -21,7 +24,9 @@ from sirl.internalize import selfverify
 from sirl.internalize.credit import ProbeFn, SearchSettings, outcome_advantages, self_localize
 from sirl.internalize.localize import PrefixBook
 from sirl.internalize.selfverify import AuditSchedule
+from sirl.internalize.repair import RepairEntry
 from sirl.methods.base import Method, MethodContext, register
+from sirl.methods.common import blind_resets, with_blind_resets
 from sirl.methods.si import localized_credit, search_settings
 from sirl.types import AuxiliaryLoss, Credit, Localization, Trajectory, Verdict
 
@@ -63,6 +68,18 @@ def si_internal_credit(rollouts: Sequence[Trajectory], context: MethodContext) -
 
     credit, good_prefixes = localized_credit(rollouts, context, localizer)
     context.memory.remember(context.step, rollouts, credit, good_prefixes)
+    if context.config.method.blind_resets:
+        def own_verdicts(failures: list[Trajectory]) -> list[int | None]:
+            # keep the steps before the named one; "none" or a malformed verdict names no reset point
+            return [v.step if v.valid else None for v in context.sampler.propose(failures)]
+
+        blind = blind_resets(
+            rollouts, context.config.method.blind_resets, context.config.method.branch_samples, own_verdicts,
+            context.sampler.probe, (lambda t: task.first_error(t.problem, t.text)) if task.has_ground_truth else None,
+        )
+        for failure, prefix in blind.good_prefixes:
+            context.memory.repair.add(RepairEntry(failure.problem, prefix, context.step))
+        credit = with_blind_resets(credit, blind)
 
     # Teach self-verification on the policy's own recent outputs, this step's included.
     examples = selfverify.draw_examples(context.memory.verification, internal.verify_batch, internal.none_share, context.rng)
