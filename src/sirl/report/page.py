@@ -59,6 +59,11 @@ STEP_CHARTS = (
         ("selfloc/agreement", "selfloc/accuracy", "selfloc/confirmed_frac", "selfloc/audit_frac", "selfloc/valid_frac"),
         "share", format_percent,
     ),
+    Chart(
+        "Resets from groups with no success",
+        ("reset/opened", "reset/solve_rate", "reset/at_first_error"),
+        "share", format_percent,
+    ),
     Chart("Policy loss", ("loss/policy", "loss/kl"), "loss"),
     Chart("Self-verification", ("loss/verify", "reward/verify"), "loss / reward"),
     Chart("Entropy", ("entropy",), "nats per token"),
