@@ -86,7 +86,8 @@ def run(
 ) -> list[dict]:
     model, tokenizer = load_model(policy or SHIPPED[name][0])
     task = task_from_preset(name, preset)
-    params = SamplingParams(96, temperature=1.0)
+    # the preset's response length (long chains need more than the shipped presets' 96 tokens)
+    params = SamplingParams(load_config(preset).rollout.max_new_tokens if preset else 96, temperature=1.0)
     generator = torch.Generator().manual_seed(seed)
 
     def probe(requests, count):
