@@ -399,8 +399,15 @@ def _eval(
 ) -> int:
     from sirl.evaluate import evaluate, evaluate_self_verification, format_result, format_self_verification, heldout_problems
 
+    from sirl.prompts import describe_format, prompt_format, prompt_record
+
     progress = None if quiet else "eval"
     problems = heldout_problems(task, config.eval.n_problems, config.eval.seed)
+    fmt = prompt_format(config.prompt, tokenizer, task)
+    if not quiet:
+        shown = fmt.text(problems[0].prompt) if problems else ""
+        print(f"prompt format: {describe_format(fmt)}; the first problem as the model sees it:\n{shown}",
+              file=sys.stderr if as_json else sys.stdout, flush=True)
     result = evaluate(
         model,
         tokenizer,
@@ -414,8 +421,11 @@ def _eval(
         seed=config.seed,
         verifier=verifier,
         progress=progress,
+        prompt_format=fmt,
+        stop=config.rollout.stop,
     )
     report = result.to_json()
+    report["prompt"] = prompt_record(fmt, problems[0].prompt if problems else "")
     self_verification = None
     if verify:
         self_verification = evaluate_self_verification(

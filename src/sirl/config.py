@@ -106,6 +106,23 @@ class ModelConfig:
 
 
 @dataclass
+class PromptConfig:
+    """How a task's prompt is shown to the model (sirl.prompts)."""
+
+    format: Literal["auto", "chat", "raw"] = "auto"
+    """chat: the prompt is the user turn of the tokenizer's chat template and generation starts after the
+    assistant header; raw: the prompt text as is (sirl's own character-level policies); auto: chat when the
+    tokenizer has a chat template, else raw."""
+    system: str | None = None
+    """A system prompt (chat only); None leaves it to the template (SmolLM2's writes a default one)."""
+    few_shot: int = ranged(0, 0, 32)
+    """Worked examples from the task's training split shown before the problem (chat: earlier user and
+    assistant turns; raw: prompt, solution and a blank line each)."""
+    few_shot_seed: int = 0
+    """Seed of the draw of the examples (the same examples for every problem of a run)."""
+
+
+@dataclass
 class SFTConfig:
     task_args: dict[str, Any] = field(default_factory=dict)
     """Overrides of task.args for the SFT training distribution (e.g. shorter chains, fewer hard steps)."""
@@ -156,6 +173,9 @@ class RolloutConfig:
     """Responses longer than this are cut off (truncated) and score what the verifier gives them."""
     batch_size: int = ranged(1024, 1)
     """Most rows the engine decodes at once."""
+    stop: list[str] = field(default_factory=list)
+    """Strings that end a response as soon as it contains one (kept in the response); also in evaluations.
+    EOS and a chat template's end-of-turn token always end one. E.g. ["\\n\\n"] for a raw few-shot format."""
 
 
 @dataclass
@@ -320,6 +340,7 @@ class ExperimentConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)

@@ -46,6 +46,8 @@ from sirl.methods import Method, MethodContext, MethodMemory, get_method
 from sirl.methods.base import PolicySampler
 from sirl.metrics import StepCounts, append_samples, repair_metrics, sample_records, step_metrics
 from sirl.model import count_parameters, policy_from_config, save_model
+from sirl.prompts import describe_format, prompt_record
+from sirl.prompts import prompt_format as make_prompt_format
 from sirl.report import write_report_or_warn
 from sirl.rollout import NonFiniteLogits, SamplingParams, sample_trajectories
 from sirl.runlog import RunLog
@@ -88,7 +90,8 @@ def _train(
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if algo.kl_coef > 0 else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, betas=(0.9, 0.99))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_constant(s, train.warmup_steps))
-    params = SamplingParams(rollout.max_new_tokens, temperature=rollout.temperature, top_p=rollout.top_p)
+    params = SamplingParams(rollout.max_new_tokens, temperature=rollout.temperature, top_p=rollout.top_p, stop=tuple(rollout.stop))
+    prompt_format = make_prompt_format(config.prompt, tokenizer, task)
     heldout = heldout_problems(task, config.eval.n_problems, config.eval.seed)
     state = TrainerState(
         random=RandomStreams.seeded(config.seed, dist.rank, model.device),  # each process its own prompts
@@ -101,7 +104,8 @@ def _train(
 
     def held_out_eval(problems=heldout) -> EvalResult:
         try:
-            return evaluate(model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size, verifier=verifier)
+            return evaluate(model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
+                            verifier=verifier, prompt_format=prompt_format, stop=rollout.stop)
         except NonFiniteLogits as error:  # broken weights: nothing worth saving
             raise Diverged(f"{error}; the run stopped at step {state.step}; {_last_good(run_dir)}") from None
         except Exception as error:  # a bug in a task or in evaluation must not cost the training done so far
@@ -128,8 +132,10 @@ def _train(
         if loaded:
             print(f"resuming from {loaded.path} (step {state.step}, {state.tokens.total:,} generated tokens)")
         print(f"verifier: {verifier.isolation.describe()}")  # how model output is run; also in isolation.json
+        print(f"prompt format: {describe_format(prompt_format)} (the exact text of one is in prompt.json)")
     if log:
         log.write_json("isolation.json", verifier.isolation.to_json())
+        log.write_json("prompt.json", prompt_record(prompt_format, heldout[0].prompt if heldout else ""))
     if not resume:
         state.first_eval = state.last_eval = held_out_eval()
         if log:
@@ -142,7 +148,8 @@ def _train(
     for step in bar:
         state.step = step
         step_start = time.time()
-        sampler = PolicySampler(model, tokenizer, task, params, generator=state.random.sampling, verifier=verifier, max_batch=rollout.batch_size)
+        sampler = PolicySampler(model, tokenizer, task, params, generator=state.random.sampling, verifier=verifier, max_batch=rollout.batch_size,
+                                prompt_format=prompt_format)
         try:
             # 1. Sample: fresh prompts, and for methods with a repair buffer a share of stored good prefixes.
             drawn = state.memory.repair.draw(round(config.method.repair_share * rollout.prompts_per_step), state.random.prompts) if method.uses_repair else []
@@ -150,6 +157,7 @@ def _train(
             samples = sample_trajectories(
                 model, tokenizer, task, problems + [d.problem for d in drawn], params, group_size=rollout.group_size,
                 prefixes=[[] for _ in problems] + [d.prefix_ids for d in drawn], generator=state.random.sampling, max_batch=rollout.batch_size,
+                prompt_format=prompt_format,
             )
             # 2. Verify.
             rollouts = verify_trajectories(task, samples, verifier)

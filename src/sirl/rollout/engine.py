@@ -20,6 +20,7 @@ tests hold them equal within 1e-5 in float32, and greedy output equal to ``model
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,8 +36,14 @@ class SamplingParams:
     temperature: float = 1.0
     """0 means greedy decoding (log-probs are then reported at temperature 1)."""
     top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    """Strings that end a row as soon as its decoded text contains one (the string stays in the response);
+    :func:`generate` then needs a ``decode``."""
 
     def __post_init__(self):
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -374,12 +381,16 @@ def generate(
     generator: torch.Generator | None = None,
     max_batch: int = 1024,
     backend: FastBackend | HFBackend | None = None,
+    decode: Callable[[list[int]], str] | None = None,
 ) -> Generations:
     """Sample ``repeats[i]`` continuations of each token-id context; see the module docstring.
 
     Rows are processed in chunks of at most ``max_batch`` rows (whole contexts per chunk), so memory is
-    bounded however many samples are asked for.
+    bounded however many samples are asked for. ``decode`` (token ids to text) is needed for
+    ``params.stop``: after each new token the row's last few tokens are decoded and searched for a stop string.
     """
+    if params.stop and decode is None:
+        raise ValueError("stop strings need decode (token ids -> text) to find them")
     if not contexts:
         raise ValueError("generate needs at least one context")
     if any(len(c) == 0 for c in contexts):
@@ -395,10 +406,10 @@ def generate(
         chunks, start, rows = [], 0, 0
         for i, count in enumerate(counts):
             if rows and rows + count > max_batch:
-                chunks.append(_generate_chunk(backend, contexts[start:i], counts[start:i], start, params, eos, pad_id, generator))
+                chunks.append(_generate_chunk(backend, contexts[start:i], counts[start:i], start, params, eos, pad_id, generator, decode))
                 start, rows = i, 0
             rows += count
-        chunks.append(_generate_chunk(backend, contexts[start:], counts[start:], start, params, eos, pad_id, generator))
+        chunks.append(_generate_chunk(backend, contexts[start:], counts[start:], start, params, eos, pad_id, generator, decode))
     finally:
         model.train(was_training)
     width = max(c.tokens_BT.shape[1] for c in chunks)
@@ -420,6 +431,7 @@ def _generate_chunk(
     eos: torch.Tensor,
     pad_id: int,
     generator: torch.Generator | None,
+    decode: Callable[[list[int]], str] | None = None,
 ) -> Generations:
     device = backend.model.device
     eos = eos.to(device)
@@ -444,6 +456,12 @@ def _generate_chunk(
     check_every = 1 if device.type == "cpu" else 8  # a host sync per check is free on CPU, not on GPU
 
     finite = torch.ones((), dtype=torch.bool, device=device)  # every logit so far was finite (no host sync)
+    # A row that writes a stop string ends after the token that completes it: end_B is its length then.
+    end_B = torch.full((B,), T, dtype=torch.long, device=device)
+    stopped_B = torch.zeros(B, dtype=torch.bool, device=device)
+    # A stop string of n characters lies within the last n tokens (a token decodes to at least one character,
+    # or to part of one: a few more cover multi-byte characters split over byte tokens).
+    window = max((len(s) for s in params.stop), default=0) + 4
     for t in range(T):
         finite_A = torch.isfinite(logits_BV).all(-1)
         finite = finite & finite_A.all()
@@ -455,6 +473,14 @@ def _generate_chunk(
         else:  # every row still in place: a plain column write
             tokens_BT[:, t], logp_BT[:, t] = next_A, logp_A
         done_A = done_A | (next_A == eos[0] if len(eos) == 1 else torch.isin(next_A, eos))
+        if params.stop:
+            tails = tokens_BT[active_A, max(0, t + 1 - window) : t + 1].tolist()
+            for a, tail in enumerate(tails):
+                # Each step checks the newest window, so a stop string found now was completed by this token.
+                if not done_A[a] and any(stop in decode(tail) for stop in params.stop):
+                    done_A[a] = True
+                    end_B[active_A[a]] = t + 1
+                    stopped_B[active_A[a]] = True
         if t == T - 1:
             break
         if t % check_every == 0:
@@ -476,8 +502,8 @@ def _generate_chunk(
     # A row is real up to and including its first EOS; after it, only padding.
     is_eos_BT = torch.isin(tokens_BT, eos)
     ended_before_BT = (is_eos_BT.long().cumsum(-1) - is_eos_BT.long()) > 0
-    written_BT = torch.arange(T, device=device)[None] <= t
-    mask_BT = written_BT & ~ended_before_BT
+    positions_BT = torch.arange(T, device=device)[None]
+    mask_BT = (positions_BT <= t) & ~ended_before_BT & (positions_BT < end_B[:, None])
     tokens_BT = tokens_BT.masked_fill(~mask_BT, pad_id)
     logp_BT = logp_BT.masked_fill(~mask_BT, 0.0)
     width = max(int(mask_BT.sum(-1).max()), 1)
@@ -486,7 +512,7 @@ def _generate_chunk(
         tokens_BT=tokens_BT[:, :width].cpu(),
         logp_BT=logp_BT[:, :width].cpu(),
         mask_BT=mask_BT[:, :width].cpu(),
-        truncated_B=(~is_eos_BT.any(-1)).cpu(),
+        truncated_B=(~(is_eos_BT & mask_BT).any(-1) & ~stopped_B).cpu(),
         context_index_B=context_index_B,
     )
 
