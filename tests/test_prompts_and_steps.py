@@ -169,5 +169,13 @@ def test_stop_strings_end_a_row_right_after_the_token_that_completes_them():
         else:
             assert cut == tokens and bool(stopped.truncated_B[r])
     assert hits >= 1
+    assert stopped.stopped_B.tolist() == [stop in t for t in texts]
     with pytest.raises(ValueError, match="decode"):
         generate(model, [context], SamplingParams(4, stop=("x",)), eos_ids=[0], pad_id=0)
+
+
+def test_the_verifier_scores_the_text_before_a_stop_string():
+    from sirl.rollout import before_stop
+
+    assert before_stop("#5\n\n3+4=", ("\n\n",)) == "#5" and before_stop("#5", ("\n",)) == "#5"
+    assert before_stop("a;b\nc", ("\n", ";")) == "a"

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from tqdm import tqdm
 
 from sirl.prompts import PromptFormat
-from sirl.rollout import SamplingParams, generate, response_end_ids, text_decoder
+from sirl.rollout import SamplingParams, before_stop, generate, response_end_ids, text_decoder
 from sirl.tasks.base import Task
 from sirl.types import Problem
 from sirl.verifier import Verifier, score_completions
@@ -161,6 +161,8 @@ def complete(
             seconds += time.perf_counter() - start
             rows = [(part[int(generations.context_index_B[row])], generations.row_tokens(row)) for row in range(len(generations))]
             texts = [tokenizer.decode(tokens, skip_special_tokens=True) for _, tokens in rows]
+            if generations.stopped_B is not None:  # the verifier scores the text before a stop string
+                texts = [before_stop(text, params.stop) if bool(generations.stopped_B[row]) else text for row, text in enumerate(texts)]
             rewards = score_completions(task, [problem for problem, _ in rows], texts, verifier)
             completions += [
                 Completion(problem, text, len(tokens), bool(generations.truncated_B[row]), reward)

@@ -11,12 +11,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sirl.model import eos_ids
 from sirl.prompts import PromptFormat
-from sirl.rollout.engine import Generations, NonFiniteLogits, SamplingParams, generate, pick_backend
+from sirl.rollout.engine import Generations, NonFiniteLogits, SamplingParams, before_stop, generate, pick_backend
 from sirl.rollout.steps import char_spans_to_token_spans, token_char_offsets
 from sirl.tasks.base import Task
 from sirl.types import Problem, Trajectory
 
-__all__ = ["Generations", "NonFiniteLogits", "SamplingParams", "generate", "pick_backend", "response_end_ids", "sample_trajectories", "text_decoder"]
+__all__ = ["before_stop", "Generations", "NonFiniteLogits", "SamplingParams", "generate", "pick_backend", "response_end_ids", "sample_trajectories", "text_decoder"]
 
 
 def response_end_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat | None) -> list[int]:
@@ -70,7 +70,10 @@ def sample_trajectories(
     for row in range(len(generations)):
         index = int(generations.context_index_B[row])
         response = prefixes[index] + generations.row_tokens(row)
-        rows.append((index, response, *token_char_offsets(tokenizer, response)))
+        text, offsets = token_char_offsets(tokenizer, response)
+        if generations.stopped_B is not None and bool(generations.stopped_B[row]):
+            text = before_stop(text, params.stop)  # its tokens belong to the last step, as EOS does
+        rows.append((index, response, text, offsets))
     trajectories = []
     for row, (index, response, text, offsets) in enumerate(rows):
         prefix = prefixes[index]
