@@ -109,7 +109,7 @@ def test_every_shipped_preset_is_in_range_and_the_audit_bounds_are_ordered():
 
 def test_every_numeric_field_declares_its_range_beside_it():
     """Ranges sit in the field declarations (config.ranged), so none can be forgotten in a distant table:
-    every int or float field (optional or not) of every section has one, but seeds, which any int can be."""
+    every int or float field (optional or not) of every section has one, but seeds (seed, few_shot_seed), which any int can be."""
     import dataclasses
     import types
     import typing
@@ -124,6 +124,6 @@ def test_every_numeric_field_declares_its_range_beside_it():
         for f in dataclasses.fields(section):
             tp = hints[f.name]
             options = set(typing.get_args(tp)) if typing.get_origin(tp) in (typing.Union, types.UnionType) else {tp}
-            if options & {int, float} and "range" not in f.metadata and f.name != "seed":
+            if options & {int, float} and "range" not in f.metadata and not f.name.endswith("seed"):
                 missing.append(f"{section_name}.{f.name}")
     assert missing == []

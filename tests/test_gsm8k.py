@@ -209,8 +209,13 @@ def test_split_steps_partitions(task, labelled_rows):
         partition_check(text, spans)
         pieces = [text[s:e] for s, e in spans]
         assert all(piece.endswith("\n") for piece in pieces[:-1])
-        assert all("\n" not in piece[:-1] for piece in pieces)
+        # One line with text per step (blank lines join the step before them), unless the text has none.
+        non_blank = [line for line in text.split("\n") if line.strip()]
+        assert len(pieces) == max(len(non_blank), 1)
+        assert all(len([line for line in piece.split("\n") if line.strip()]) == 1 for piece in pieces) or not non_blank
     assert task.split_steps("") == [(0, 0)]
+    assert task.split_steps("a\n\nb\n") == [(0, 3), (3, 5)]  # the blank line is the end of step 1, never a step
+    assert task.split_steps("\n a\n \n") == [(0, 6)]
     assert task.split_steps("a\nbc\n") == [(0, 2), (2, 5)]
     assert task.split_steps("a\nbc") == [(0, 2), (2, 4)]
     solution = task.problem(0).meta["solution"]

@@ -27,8 +27,11 @@ class Semis(Task):
 class Chars:
     """A tokenizer stand-in: one character per token id."""
 
-    def batch_decode(self, rows):
-        return [chr(row[0]) for row in rows]
+    def batch_decode(self, rows, skip_special_tokens=False):
+        return ["".join(map(chr, row)) for row in rows]
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(map(chr, ids))
 
 
 def row(text: str, group: int, prefix_len: int = 0) -> Trajectory:

@@ -204,10 +204,16 @@ def load_checkpoint(run_dir: Path, warn: Any = None) -> LoadedCheckpoint:
 
 
 def load_policy_weights(model: torch.nn.Module, directory: Path) -> None:
-    """Load a checkpoint's model.safetensors (or its shards) into ``model``, in place and exactly.
+    """Load a checkpoint's model.safetensors (or its shards) into ``model``, in place and exactly; a LoRA
+    model (peft) gets its adapters back from ``adapter/`` instead (its frozen base is the run's model.path).
 
     Only parameters that share storage with another one (tied embeddings, which save_pretrained writes
     once) may be absent from the files; anything else missing or unexpected is an error."""
+    from sirl.model import is_peft_model, load_adapter_weights
+
+    if is_peft_model(model):
+        load_adapter_weights(model, directory)
+        return
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -222,6 +228,20 @@ def load_policy_weights(model: torch.nn.Module, directory: Path) -> None:
     untied = [k for k in missing if state[k].data_ptr() not in stored]
     if untied or unexpected:
         raise CheckpointError(f"{directory}: the weights do not fit the model (missing {untied[:5]}, unexpected {unexpected[:5]})")
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` step_N checkpoints of ``run_dir`` (by step); ``final`` and the one
+    ``latest`` names are never deleted. Returns what was deleted."""
+    root = Path(run_dir) / CHECKPOINTS
+    latest = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else None
+    steps = sorted(
+        (p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()), key=lambda p: int(p.name[5:]), reverse=True
+    )
+    doomed = [p for p in steps[keep:] if p.name != latest]
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed
 
 
 # --- optimizer and random number generators as tensors and JSON --------------------------------

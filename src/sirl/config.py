@@ -102,7 +102,34 @@ class ModelConfig:
     device: str = "auto"
     """"auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Weights and compute dtype. float32 on CPU; bfloat16 is the usual choice on a GPU."""
+    """Compute dtype of training (sirl train): forward passes run under autocast in it, while the weights
+    and the optimizer state stay float32 (pure bfloat16 weights lose most small updates). float32 on a CPU;
+    bfloat16 is the usual choice on a GPU. float16 has no loss scaling here: prefer bfloat16. sirl eval
+    loads the weights in this dtype."""
+    lora_rank: int = ranged(0, 0)
+    """LoRA rank (peft, the real extra); 0 trains every weight. With LoRA only the adapters train, checkpoints
+    keep them in policy/adapter/, and the saved policy is merged (it loads in plain transformers)."""
+    lora_alpha: float = ranged(16.0, 0, low_open=True)
+    """LoRA scale numerator: the update is (lora_alpha / lora_rank) * B @ A."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """Module names that get adapters (Llama/Qwen names; every linear layer of a decoder block by default)."""
+
+
+@dataclass
+class PromptConfig:
+    """How a task's prompt is shown to the model (sirl.prompts)."""
+
+    format: Literal["auto", "chat", "raw"] = "auto"
+    """chat: the prompt is the user turn of the tokenizer's chat template and generation starts after the
+    assistant header; raw: the prompt text as is (sirl's own character-level policies); auto: chat when the
+    tokenizer has a chat template, else raw."""
+    system: str | None = None
+    """A system prompt (chat only); None leaves it to the template (SmolLM2's writes a default one)."""
+    few_shot: int = ranged(0, 0, 32)
+    """Worked examples from the task's training split shown before the problem (chat: earlier user and
+    assistant turns; raw: prompt, solution and a blank line each)."""
+    few_shot_seed: int = 0
+    """Seed of the draw of the examples (the same examples for every problem of a run)."""
 
 
 @dataclass
@@ -156,6 +183,10 @@ class RolloutConfig:
     """Responses longer than this are cut off (truncated) and score what the verifier gives them."""
     batch_size: int = ranged(1024, 1)
     """Most rows the engine decodes at once."""
+    stop: list[str] = field(default_factory=list)
+    """Strings that end a response as soon as it contains one (its tokens stay in the response, the verifier
+    scores the text before it); also in evaluations.
+    EOS and a chat template's end-of-turn token always end one. E.g. ["\\n\\n"] for a raw few-shot format."""
 
 
 @dataclass
@@ -308,7 +339,14 @@ class TrainConfig:
     weight_decay: float = ranged(0.0, 0, 1)
     grad_clip: float = ranged(1.0, 0, low_open=True)
     micro_batch_size: int = ranged(64, 1)
-    """Sequences per forward/backward pass; gradients accumulate up to the minibatch (memory only)."""
+    """Most sequences per forward/backward pass; gradients accumulate up to the minibatch (memory only)."""
+    micro_batch_tokens: int | None = ranged(None, 1)
+    """Most tokens (rows x padded length) per forward/backward pass, beside micro_batch_size. None sizes it
+    from the model (sirl.update.auto_micro_batch_tokens: about 3 GiB of activations), which leaves sirl's own
+    small policies at micro_batch_size rows (their numbers unchanged) and gives SmolLM2-135M ~1,500 tokens."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them: less memory,
+    about a third more update time; the automatic micro-batch then grows accordingly."""
     eval_every: int = ranged(25, 0)
     """Held-out evaluation every this many steps (and before the first update, and at the end); 0 for none
     between the first and the last."""
@@ -317,6 +355,9 @@ class TrainConfig:
     counted): methods that spend different tokens per step then get curves on the same token grid."""
     checkpoint_every: int = ranged(100, 0)
     """A Hugging Face checkpoint under checkpoints/step_N every this many steps (and at the end); 0 only at the end."""
+    keep_checkpoints: int | None = ranged(None, 1)
+    """Keep only the newest this many step_N checkpoints (final and the one `latest` names are always kept);
+    None keeps all. A real model's checkpoint is its weights plus twice as much optimizer state."""
     log_samples: int = ranged(4, 0)
     """Sampled trajectories written to samples.jsonl at each evaluation step."""
 
@@ -331,6 +372,7 @@ class ExperimentConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)

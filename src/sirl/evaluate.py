@@ -19,8 +19,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tqdm import tqdm
 
-from sirl.model import encode_prompt, eos_ids
-from sirl.rollout import SamplingParams, generate
+from sirl.prompts import PromptFormat
+from sirl.rollout import SamplingParams, before_stop, generate, response_end_ids, text_decoder
 from sirl.tasks.base import Task
 from sirl.types import Problem
 from sirl.verifier import Verifier, score_completions
@@ -135,29 +135,34 @@ def complete(
     generator: torch.Generator | None = None,
     verifier: Verifier | None = None,
     progress: str | None = None,
+    prompt_format: PromptFormat | None = None,
 ) -> tuple[list[Completion], float]:
     """Sample ``repeats`` completions per problem and score them (with ``verifier``, else ``task.verify``
     in this process); returns them, problem by problem, and the seconds taken (decoding only). With a
     ``progress`` label, a bar counts the completions decoded and scored."""
     completions: list[Completion] = []
     seconds = 0.0
+    prompt_format = prompt_format or PromptFormat(tokenizer)
     with progress_bar(progress, len(problems) * repeats, "sample") as bar:
         for chunk in problem_chunks(len(problems), repeats, batch_size):
             part = [problems[i] for i in chunk]
             start = time.perf_counter()
             generations = generate(
                 model,
-                [encode_prompt(tokenizer, p.prompt) for p in part],
+                [prompt_format.encode(p.prompt) for p in part],
                 params,
-                eos_ids=eos_ids(model, tokenizer),
+                eos_ids=response_end_ids(model, tokenizer, prompt_format),
                 pad_id=tokenizer.pad_token_id,
                 repeats=repeats,
                 generator=generator,
                 max_batch=batch_size,
+                decode=text_decoder(tokenizer),
             )
             seconds += time.perf_counter() - start
             rows = [(part[int(generations.context_index_B[row])], generations.row_tokens(row)) for row in range(len(generations))]
             texts = [tokenizer.decode(tokens, skip_special_tokens=True) for _, tokens in rows]
+            if generations.stopped_B is not None:  # the verifier scores the text before a stop string
+                texts = [before_stop(text, params.stop) if bool(generations.stopped_B[row]) else text for row, text in enumerate(texts)]
             rewards = score_completions(task, [problem for problem, _ in rows], texts, verifier)
             completions += [
                 Completion(problem, text, len(tokens), bool(generations.truncated_B[row]), reward)
@@ -187,15 +192,18 @@ def evaluate(
     seed: int = 0,
     verifier: Verifier | None = None,
     progress: str | None = None,
+    prompt_format: PromptFormat | None = None,
+    stop: Sequence[str] = (),
 ) -> EvalResult:
     """Greedy accuracy and its breakdowns; pass@k for each k in ``pass_k`` from ``n_samples`` samples
     (none by default: sampling costs ``n_samples`` times the greedy pass). Completions are scored by
     ``verifier`` (else by ``task.verify`` in this process). With a ``progress`` label, each pass shows a
-    bar with its ETA."""
+    bar with its ETA. ``prompt_format`` is how prompts are shown (sirl.prompts; default raw) and ``stop``
+    the stop strings that end a response besides EOS."""
     check_pass_k(pass_k, n_samples)  # before the greedy pass, not after it
     greedy, seconds = complete(
-        model, tokenizer, task, problems, SamplingParams(max_new_tokens, temperature=0.0), batch_size=batch_size,
-        verifier=verifier, progress=None if progress is None else f"{progress} (greedy)",
+        model, tokenizer, task, problems, SamplingParams(max_new_tokens, temperature=0.0, stop=tuple(stop)), batch_size=batch_size,
+        verifier=verifier, progress=None if progress is None else f"{progress} (greedy)", prompt_format=prompt_format,
     )
     n = len(greedy)
     correct = sum(c.reward for c in greedy)
@@ -227,11 +235,12 @@ def evaluate(
             tokenizer,
             task,
             problems,
-            SamplingParams(max_new_tokens, temperature=temperature),
+            SamplingParams(max_new_tokens, temperature=temperature, stop=tuple(stop)),
             repeats=n_samples,
             batch_size=batch_size,
             generator=generator,
             verifier=verifier,
+            prompt_format=prompt_format,
             progress=None if progress is None else f"{progress} (pass@k, {n_samples} samples each)",
         )
         successes = [sum(c.reward >= 1 for c in sampled[i * n_samples : (i + 1) * n_samples]) for i in range(n)]

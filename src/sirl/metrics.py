@@ -17,6 +17,7 @@ from sirl import algos
 from sirl.checkpoint import TokenCounts
 from sirl.distributed import Distributed
 from sirl.tasks import Task
+from sirl.rollout.steps import aligned_char_spans, token_char_offsets
 from sirl.types import Credit, Trajectory
 from sirl.update import UpdateStats
 from sirl.verifier.pool import VerifyCounts
@@ -149,7 +150,8 @@ def _record(step: int, task: Task, tokenizer: PreTrainedTokenizerBase, credit: C
         "kind": credit.kind(row),
         "group": t.group,
         "prompt": t.problem.prompt,
-        "steps": [t.text[a:b] for a, b in task.split_steps(t.text)],
+        "prompt_text": tokenizer.decode(t.prompt_ids),  # exactly what the model saw (chat template, examples)
+        "steps": [t.text[a:b] for a, b in aligned_char_spans(t.step_spans, token_char_offsets(tokenizer, t.response_ids)[1], len(t.text))],
         "reward": t.reward,
         "truncated": t.truncated,
         "prefix_len": t.prefix_len,

@@ -36,21 +36,23 @@ from tqdm import tqdm
 
 from sirl.batch import collate_rollouts
 from sirl.checkpoint import (
-    CheckpointError, NonFiniteWeights, RandomStreams, TokenCounts, TrainerState, resume_training, save_training_checkpoint,
+    CheckpointError, NonFiniteWeights, RandomStreams, TokenCounts, TrainerState, prune_checkpoints, resume_training, save_training_checkpoint,
 )
-from sirl.config import ExperimentConfig, TrainConfig, check_task_args, config_differences, to_yaml
+from sirl.config import ConfigError, ExperimentConfig, TrainConfig, check_task_args, config_differences, from_dict, to_dict, to_yaml
 from sirl.distributed import Distributed
 from sirl.evaluate import EvalResult, EvaluationFailed, evaluate, heldout_problems
 from sirl.internalize.selfverify import AuditSchedule
 from sirl.methods import Method, MethodContext, MethodMemory, get_method
 from sirl.methods.base import PolicySampler
 from sirl.metrics import StepCounts, append_samples, repair_metrics, sample_records, step_metrics
-from sirl.model import count_parameters, policy_from_config, save_model
+from sirl.model import base_causal_lm, count_parameters, enable_checkpointing, policy_from_config, save_model, trainable_parameters
+from sirl.prompts import describe_format, prompt_record
+from sirl.prompts import prompt_format as make_prompt_format
 from sirl.report import write_report_or_warn
 from sirl.rollout import NonFiniteLogits, SamplingParams, sample_trajectories
 from sirl.runlog import RunLog
 from sirl.tasks import Task, load_task, resolve_task_class, write_task_record
-from sirl.update import policy_update
+from sirl.update import auto_micro_batch_tokens, policy_update
 from sirl.verifier import Verifier, verifier_for, verify_trajectories
 
 MAX_SKIPPED_IN_ROW = 3
@@ -86,9 +88,13 @@ def _train(
     show = not quiet and dist.is_main
     rollout, algo, train, internal = config.rollout, config.algo, config.train, config.internalize
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if algo.kl_coef > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, betas=(0.9, 0.99))
+    if train.gradient_checkpointing:
+        enable_checkpointing(base_causal_lm(model))
+    micro_batch_tokens = train.micro_batch_tokens or auto_micro_batch_tokens(base_causal_lm(model), train.gradient_checkpointing)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=train.lr, weight_decay=train.weight_decay, betas=(0.9, 0.99))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_constant(s, train.warmup_steps))
-    params = SamplingParams(rollout.max_new_tokens, temperature=rollout.temperature, top_p=rollout.top_p)
+    params = SamplingParams(rollout.max_new_tokens, temperature=rollout.temperature, top_p=rollout.top_p, stop=tuple(rollout.stop))
+    prompt_format = make_prompt_format(config.prompt, tokenizer, task)
     heldout = heldout_problems(task, config.eval.n_problems, config.eval.seed)
     state = TrainerState(
         random=RandomStreams.seeded(config.seed, dist.rank, model.device),  # each process its own prompts
@@ -101,7 +107,8 @@ def _train(
 
     def held_out_eval(problems=heldout) -> EvalResult:
         try:
-            return evaluate(model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size, verifier=verifier)
+            return evaluate(model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
+                            verifier=verifier, prompt_format=prompt_format, stop=rollout.stop)
         except NonFiniteLogits as error:  # broken weights: nothing worth saving
             raise Diverged(f"{error}; the run stopped at step {state.step}; {_last_good(run_dir)}") from None
         except Exception as error:  # a bug in a task or in evaluation must not cost the training done so far
@@ -117,6 +124,8 @@ def _train(
         if log:
             state.log_elapsed_s = time.time() - log.start_time
             save_training_checkpoint(run_dir, name, model, save_policy, optimizer, schedule, state, processes, to_yaml(config))
+            if train.keep_checkpoints:
+                prune_checkpoints(run_dir, train.keep_checkpoints)
 
     def save_policy(directory: Path) -> None:
         save_model(model, tokenizer, directory)
@@ -128,8 +137,10 @@ def _train(
         if loaded:
             print(f"resuming from {loaded.path} (step {state.step}, {state.tokens.total:,} generated tokens)")
         print(f"verifier: {verifier.isolation.describe()}")  # how model output is run; also in isolation.json
+        print(f"prompt format: {describe_format(prompt_format)} (the exact text of one is in prompt.json)")
     if log:
         log.write_json("isolation.json", verifier.isolation.to_json())
+        log.write_json("prompt.json", prompt_record(prompt_format, heldout[0].prompt if heldout else ""))
     if not resume:
         state.first_eval = state.last_eval = held_out_eval()
         if log:
@@ -144,7 +155,7 @@ def _train(
         step_start = time.time()
         sampler = PolicySampler(
             model, tokenizer, task, params, generator=state.random.sampling, verifier=verifier, max_batch=rollout.batch_size,
-            verdict_format=config.internalize.verdict_format,
+            verdict_format=config.internalize.verdict_format, prompt_format=prompt_format,
         )
         try:
             # 1. Sample: fresh prompts, and for methods with a repair buffer a share of stored good prefixes.
@@ -153,6 +164,7 @@ def _train(
             samples = sample_trajectories(
                 model, tokenizer, task, problems + [d.problem for d in drawn], params, group_size=rollout.group_size,
                 prefixes=[[] for _ in problems] + [d.prefix_ids for d in drawn], generator=state.random.sampling, max_batch=rollout.batch_size,
+                prompt_format=prompt_format,
             )
             # 2. Verify.
             rollouts = verify_trajectories(task, samples, verifier)
@@ -170,7 +182,7 @@ def _train(
         additive = config.method.normalization == "additive"
         batch = collate_rollouts(credit.rows, credit.token_advantages, tokenizer.pad_token_id, reference=credit.reference if additive else None)
         update = policy_update(
-            model, optimizer, batch, algo, norm_length=rollout.max_new_tokens, micro_batch_size=train.micro_batch_size,
+            model, optimizer, batch, algo, norm_length=rollout.max_new_tokens, micro_batch_size=train.micro_batch_size, micro_batch_tokens=micro_batch_tokens,
             grad_clip=train.grad_clip, generator=state.random.update, dist=dist, ref_model=ref_model, aux_losses=credit.aux_losses,
         )
         schedule.step()
@@ -242,6 +254,10 @@ def _resume(run_dir, config, state, model, optimizer, schedule, dist, force, sho
     """Load the latest complete checkpoint of ``run_dir`` into the run (sirl.checkpoint.resume_training)."""
 
     def changed(saved: dict) -> None:
+        try:  # fields added to sirl after the run started take their defaults, as the run had them
+            saved = to_dict(from_dict(ExperimentConfig, saved, ""))
+        except ConfigError:  # written by another version of sirl: compare what is there
+            pass
         differences = config_differences(saved, config)
         if differences and not force:
             raise CheckpointError(

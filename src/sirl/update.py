@@ -58,11 +58,43 @@ class UpdateStats:
         }
 
 
+ACTIVATION_BUDGET_BYTES = 3 << 30
+"""What the automatic micro-batch (:func:`auto_micro_batch_tokens`) lets activations take."""
+
+
+def activation_bytes_per_token(config, gradient_checkpointing: bool = False) -> int:
+    """An estimate of the float32 activations a decoder keeps per token for the backward pass: about
+    16 hidden-size and 4 intermediate-size vectors per layer (norm inputs, q/k/v, attention output,
+    residuals; gate, up, their product, the activation). With gradient checkpointing each layer keeps its
+    input only, plus one layer's worth while it is recomputed. Measured on SmolLM2-135M (30 layers, 576/1536)
+    the update's peak grew ~1.7 MB per micro-batch token without checkpointing, near this estimate (1.8 MB)."""
+    layers = getattr(config, "num_hidden_layers", 1)
+    hidden = getattr(config, "hidden_size", 1)
+    intermediate = getattr(config, "intermediate_size", 4 * hidden)
+    per_layer = 16 * hidden + 4 * intermediate
+    return 4 * (2 * layers * hidden + per_layer if gradient_checkpointing else layers * per_layer)
+
+
+def auto_micro_batch_tokens(model: PreTrainedModel, gradient_checkpointing: bool = False) -> int:
+    """train.micro_batch_tokens=None: the tokens whose activations fit :data:`ACTIVATION_BUDGET_BYTES`.
+    sirl's tiny policy gets ~78,000 (so micro_batch_size rows bind, as before), SmolLM2-135M ~1,700."""
+    return max(1, ACTIVATION_BUDGET_BYTES // activation_bytes_per_token(model.config, gradient_checkpointing))
+
+
+def micro_rows(micro_batch_size: int, micro_batch_tokens: int | None, width: int) -> int:
+    """Rows per micro-batch of a batch padded to ``width`` tokens: at most micro_batch_size rows and
+    micro_batch_tokens tokens, at least one row."""
+    if micro_batch_tokens is None:
+        return micro_batch_size
+    return max(1, min(micro_batch_size, micro_batch_tokens // max(width, 1)))
+
+
 def _reference_logprobs(ref_model: PreTrainedModel, batch: PolicyBatch, micro_batch_size: int, device: torch.device) -> torch.Tensor:
     tokens = batch.tokens
     with torch.no_grad():
         return torch.cat([
-            token_logprobs(ref_model, tokens.input_ids_BT[i : i + micro_batch_size].to(device), tokens.attention_BT[i : i + micro_batch_size].to(device))[0].cpu()
+            token_logprobs(ref_model, tokens.input_ids_BT[i : i + micro_batch_size].to(device), tokens.attention_BT[i : i + micro_batch_size].to(device),
+                           tokens.target_mask_BT[i : i + micro_batch_size].to(device))[0].cpu()
             for i in range(0, len(batch), micro_batch_size)
         ])
 
@@ -79,6 +111,7 @@ def policy_update(
     *,
     norm_length: int,
     micro_batch_size: int,
+    micro_batch_tokens: int | None = None,
     grad_clip: float,
     generator: torch.Generator,
     dist: Distributed,
@@ -89,6 +122,9 @@ def policy_update(
     device = next(model.parameters()).device
     if len(batch) == 0 or not dist.sum([float(batch.tokens.target_mask_BT.sum())])[0]:
         return UpdateStats()
+    # Rows per forward/backward pass: micro-batches bound memory only (their gradients add up).
+    micro_batch_size = micro_rows(micro_batch_size, micro_batch_tokens, batch.tokens.input_ids_BT.shape[1])
+    parameters = [p for p in model.parameters() if p.requires_grad]
     ref_logp = _reference_logprobs(ref_model, batch, micro_batch_size, device) if ref_model is not None else None
     # Each auxiliary loss is split across the minibatches of an epoch like the rollouts.
     aux_chunks = [(aux, torch.arange(len(aux.input_ids_BT)).chunk(algo.minibatches)) for aux in aux_losses if aux.coef > 0 and len(aux.input_ids_BT)]
@@ -112,8 +148,8 @@ def policy_update(
             for start in range(0, len(minibatch), micro_batch_size):
                 rows = slice(start, start + micro_batch_size)
                 ids, attention = minibatch.tokens.input_ids_BT[rows].to(device), minibatch.tokens.attention_BT[rows].to(device)
-                logp_BT, entropy_BT = token_logprobs(model, ids, attention)
                 micro_mask_BT, weight_BT = mask_BT[rows].to(device), weights_BT[rows].to(device)
+                logp_BT, entropy_BT = token_logprobs(model, ids, attention, micro_mask_BT)
                 pg_BT, clipped_BT = algos.ppo_clip_loss(
                     logp_BT, minibatch.old_logp_BT[rows].to(device), minibatch.adv_BT[rows].to(device), algo.clip_low, algo.clip_high
                 )
@@ -136,7 +172,7 @@ def policy_update(
                     (aux.coef * aux_loss).backward()
                     aux_stats[aux.name] = aux_loss.item()
             dist.sum_gradients(model)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip).item()
             # A non-finite loss anywhere (summed over processes, so that all of them decide alike) or gradient.
             values = [*stats.values(), *aux_stats.values()]
             bad_loss = dist.sum([float(not all(math.isfinite(v) for v in values))])[0] > 0

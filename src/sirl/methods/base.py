@@ -21,6 +21,7 @@ from sirl.internalize import selfverify
 from sirl.internalize.localize import prefix_ids
 from sirl.internalize.repair import RepairBuffer, RepairEntry, VerificationExample, VerificationExamples
 from sirl.internalize.selfverify import AuditSchedule
+from sirl.prompts import PromptFormat
 from sirl.rollout import SamplingParams, sample_trajectories
 from sirl.tasks.base import Task, supports_step_check
 from sirl.types import Credit, Trajectory, Verdict
@@ -35,8 +36,10 @@ class PolicySampler:
     def __init__(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, params: SamplingParams, *,
         generator: torch.Generator, verifier: Verifier | None, max_batch: int, verdict_format: str = "index",
+        prompt_format: PromptFormat | None = None,
     ):
         self.model, self.tokenizer, self.task, self.params = model, tokenizer, task, params
+        self.prompt_format = prompt_format
         self.generator, self.verifier, self.max_batch = generator, verifier, max_batch
         self.verdict_format = verdict_format
         self.tokens = {"probe": 0, "verify": 0}
@@ -47,7 +50,7 @@ class PolicySampler:
         found = sample_trajectories(
             self.model, self.tokenizer, self.task, [t.problem for t, _ in requests], self.params, group_size=k,
             prefixes=[prefix_ids(t, steps) for t, steps in requests], groups=[t.group for t, _ in requests],
-            generator=self.generator, max_batch=self.max_batch,
+            generator=self.generator, max_batch=self.max_batch, prompt_format=self.prompt_format,
         )
         found = verify_trajectories(self.task, found, self.verifier)
         self.tokens["probe"] += sum(len(p.response_ids) - p.prefix_len for p in found)

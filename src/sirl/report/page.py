@@ -343,8 +343,16 @@ def _trajectory(sample: Sample, anchor: str, corrections_expected: bool, correct
         f'data-kind="{outcome}" data-record="{escape(sample.kind)}">'
         f"{_trajectory_header(sample, outcome, scale)}"
         f'<div class="prompt"><span class="label">prompt</span><code>{escape(sample.prompt)}</code></div>'
+        f"{_prompt_text(sample)}"
         f'<ol class="steps">{"".join(rows)}</ol>{strip}{_correction(sample, corrections_expected, corrections)}</article>'
     )
+
+
+def _prompt_text(sample: Sample) -> str:
+    """The text the model saw, when it is more than the task's prompt (a chat template, worked examples)."""
+    if not sample.prompt_text or sample.prompt_text == sample.prompt:
+        return ""
+    return f'<details class="prompt"><summary>as the model saw it</summary><code>{escape(sample.prompt_text)}</code></details>'
 
 
 def tokens_by_step(steps: Sequence[str], tokens: Sequence[str]) -> list[list[int]] | None:

@@ -49,6 +49,8 @@ class Sample:
     first_error: int | None = None
     """The task's ground-truth first wrong step (None: none known, or the task has no ground truth)."""
     has_ground_truth: bool = False
+    prompt_text: str | None = None
+    """The exact text the model saw (chat template, worked examples), where the log has it."""
 
     @property
     def success(self) -> bool:
@@ -157,6 +159,7 @@ def _sample(record: dict[str, Any], path: Path, line: int) -> Sample:
             self_verdict=None if verdict is None else str(verdict),
             first_error=_optional_int(record.get("first_error")),
             has_ground_truth="first_error" in record,
+            prompt_text=None if record.get("prompt_text") is None else str(record["prompt_text"]),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ReportError(f"{path}, line {line}: not a trajectory record ({type(error).__name__}: {error})") from None

@@ -9,13 +9,24 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sirl.model import encode_prompt, eos_ids
-from sirl.rollout.engine import Generations, NonFiniteLogits, SamplingParams, generate, pick_backend
+from sirl.model import eos_ids
+from sirl.prompts import PromptFormat
+from sirl.rollout.engine import Generations, NonFiniteLogits, SamplingParams, before_stop, generate, pick_backend
 from sirl.rollout.steps import char_spans_to_token_spans, token_char_offsets
 from sirl.tasks.base import Task
 from sirl.types import Problem, Trajectory
 
-__all__ = ["Generations", "NonFiniteLogits", "SamplingParams", "generate", "pick_backend", "sample_trajectories"]
+__all__ = ["before_stop", "Generations", "NonFiniteLogits", "SamplingParams", "generate", "pick_backend", "response_end_ids", "sample_trajectories", "text_decoder"]
+
+
+def response_end_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat | None) -> list[int]:
+    """Every token id that ends a response: EOS (sirl.model.eos_ids) and the chat format's end of turn."""
+    return sorted(set(eos_ids(model, tokenizer)) | set(prompt_format.stop_ids if prompt_format else ()))
+
+
+def text_decoder(tokenizer: PreTrainedTokenizerBase):
+    """Token ids -> response text (special tokens dropped), as stop strings are searched for."""
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def sample_trajectories(
@@ -30,6 +41,7 @@ def sample_trajectories(
     groups: list[int] | None = None,
     generator: torch.Generator | None = None,
     max_batch: int = 1024,
+    prompt_format: PromptFormat | None = None,
 ) -> list[Trajectory]:
     """Unscored trajectories, ``group_size`` (one int, or one per problem) per problem, problem-major, with
     one prefill per problem.
@@ -37,26 +49,31 @@ def sample_trajectories(
     ``prefixes[i]``, when given, is a partial response (token ids) that problem i's samples continue: the
     trajectory's response is the prefix followed by the sampled tokens, its ``prefix_len`` is the length
     of the prefix, and its log-probs are 0 on the given tokens. ``groups[i]`` is the group id of problem
-    i's samples (default: i).
+    i's samples (default: i). ``prompt_format`` is how prompts are shown (sirl.prompts; default: raw).
     """
     prefixes = prefixes or [[] for _ in problems]
     groups = groups if groups is not None else list(range(len(problems)))
-    prompts = [encode_prompt(tokenizer, p.prompt) for p in problems]
+    prompt_format = prompt_format or PromptFormat(tokenizer)
+    prompts = [prompt_format.encode(p.prompt) for p in problems]
     generations = generate(
         model,
         [prompt + prefix for prompt, prefix in zip(prompts, prefixes)],
         params,
-        eos_ids=eos_ids(model, tokenizer),
+        eos_ids=response_end_ids(model, tokenizer, prompt_format),
         pad_id=tokenizer.pad_token_id,
         repeats=group_size,
         generator=generator,
         max_batch=max_batch,
+        decode=text_decoder(tokenizer),
     )
     rows = []
     for row in range(len(generations)):
         index = int(generations.context_index_B[row])
         response = prefixes[index] + generations.row_tokens(row)
-        rows.append((index, response, *token_char_offsets(tokenizer, response)))
+        text, offsets = token_char_offsets(tokenizer, response)
+        if generations.stopped_B is not None and bool(generations.stopped_B[row]):
+            text = before_stop(text, params.stop)  # its tokens belong to the last step, as EOS does
+        rows.append((index, response, text, offsets))
     trajectories = []
     for row, (index, response, text, offsets) in enumerate(rows):
         prefix = prefixes[index]

@@ -20,11 +20,14 @@ tests hold them equal within 1e-5 in float32, and greedy output equal to ``model
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
+
+from sirl.model import compute_autocast, compute_dtype
 
 FAST_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 
@@ -35,8 +38,15 @@ class SamplingParams:
     temperature: float = 1.0
     """0 means greedy decoding (log-probs are then reported at temperature 1)."""
     top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    """Strings that end a row as soon as its decoded text contains one; :func:`generate` then needs a
+    ``decode``. The tokens that wrote it stay in the response (they were sampled and are trained on); the
+    text a verifier scores ends before it (:func:`before_stop`)."""
 
     def __post_init__(self):
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -60,6 +70,7 @@ class Generations:
     mask_BT: torch.Tensor  # [B, T] bool
     truncated_B: torch.Tensor  # [B] bool
     context_index_B: torch.Tensor  # [B] int64
+    stopped_B: torch.Tensor | None = None  # [B] bool: the row ended on a stop string (None: no stop strings)
 
     @property
     def lengths_B(self) -> torch.Tensor:
@@ -108,13 +119,16 @@ class FastBackend:
 
     def __init__(self, model: PreTrainedModel):
         self.model = model
-        decoder = model.model
-        config = model.config
+        inner = _unwrap(model)  # a peft model's transformers model, its LoRA layers in place
+        decoder = inner.model
+        config = inner.config
         self.n_heads = config.num_attention_heads
         self.n_kv_heads = getattr(config, "num_key_value_heads", None) or self.n_heads
         self.head_dim = D = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
         self.scale = D**-0.5
         self.embed = decoder.embed_tokens.weight
+        # Under bf16 compute (autocast) the cache holds what the projections write: bf16 keys and values.
+        self.cache_dtype = compute_dtype(model)
         pairs = torch.stack([torch.arange(D // 2), torch.arange(D // 2) + D // 2], dim=1).flatten()  # 0, d/2, 1, ...
 
         def interleave(weight: torch.Tensor | None, n_heads: int) -> torch.Tensor | None:
@@ -131,29 +145,32 @@ class FastBackend:
         with torch.no_grad():
             for layer in decoder.layers:
                 attn, mlp = layer.self_attn, layer.mlp
-                q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
-                qkv_w = torch.cat([interleave(q.weight, self.n_heads), interleave(k.weight, self.n_kv_heads), v.weight])
-                gate_up_w = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+                (q_w, q_b), (k_w, k_b), (v_w, v_b) = (_linear(attn.q_proj), _linear(attn.k_proj), _linear(attn.v_proj))
+                (o_w, o_b), (g_w, g_b), (u_w, u_b), (d_w, d_b) = (
+                    _linear(attn.o_proj), _linear(mlp.gate_proj), _linear(mlp.up_proj), _linear(mlp.down_proj)
+                )
+                qkv_w = torch.cat([interleave(q_w, self.n_heads), interleave(k_w, self.n_kv_heads), v_w])
+                gate_up_w = torch.cat([g_w, u_w])
                 self.layers.append(
                     _LayerWeights(
                         in_eps=_norm_params(layer.input_layernorm)[1],
                         qkv_w=fold(layer.input_layernorm, qkv_w),
-                        qkv_b=None if q.bias is None else torch.cat([interleave(q.bias, self.n_heads), interleave(k.bias, self.n_kv_heads), v.bias]),
+                        qkv_b=None if q_b is None else torch.cat([interleave(q_b, self.n_heads), interleave(k_b, self.n_kv_heads), v_b]),
                         # qwen3 normalizes q and k per head before rotation; its gains follow the permutation.
                         q_norm=_permuted_norm(getattr(attn, "q_norm", None), pairs),
                         k_norm=_permuted_norm(getattr(attn, "k_norm", None), pairs),
-                        o_w=attn.o_proj.weight,
-                        o_b=attn.o_proj.bias,
+                        o_w=o_w,
+                        o_b=o_b,
                         post_eps=_norm_params(layer.post_attention_layernorm)[1],
                         gate_up_w=fold(layer.post_attention_layernorm, gate_up_w),
-                        gate_up_b=None if mlp.gate_proj.bias is None else torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias]),
-                        down_w=mlp.down_proj.weight,
-                        down_b=mlp.down_proj.bias,
+                        gate_up_b=None if g_b is None else torch.cat([g_b, u_b]),
+                        down_w=d_w,
+                        down_b=d_b,
                         act=mlp.act_fn,
                     )
                 )
             self.final_eps = _norm_params(decoder.norm)[1]
-            self.lm_head = fold(decoder.norm, model.lm_head.weight)
+            self.lm_head = fold(decoder.norm, _linear(inner.lm_head)[0])
             positions = torch.arange(config.max_position_embeddings, device=self.embed.device)[None]
             cos, sin = decoder.rotary_emb(self.embed[:1][None].float(), positions)
             # cos/sin repeat over the two halves of a head; one half, as a complex number, is the rotation.
@@ -168,11 +185,11 @@ class FastBackend:
             )
         device = ids_BP.device
         shape = (B, self.n_kv_heads, capacity, self.head_dim)
-        bias_BS = torch.zeros(B, capacity, dtype=self.embed.dtype, device=device)
+        bias_BS = torch.zeros(B, capacity, dtype=self.cache_dtype, device=device)
         bias_BS[:, :P].masked_fill_(~mask_BP, float("-inf"))
         state = {
-            "k": [torch.zeros(shape, dtype=self.embed.dtype, device=device) for _ in self.layers],
-            "v": [torch.zeros(shape, dtype=self.embed.dtype, device=device) for _ in self.layers],
+            "k": [torch.zeros(shape, dtype=self.cache_dtype, device=device) for _ in self.layers],
+            "v": [torch.zeros(shape, dtype=self.cache_dtype, device=device) for _ in self.layers],
             "bias_BS": bias_BS,  # 0 where a cache slot holds a real token, -inf on left padding
             "next_pos_B": mask_BP.long().sum(-1),
             "length": P,
@@ -323,18 +340,44 @@ def _rotate(x_BTHD: torch.Tensor, rotation_BT1R: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(pairs * rotation_BT1R).flatten(-2)
 
 
+def _unwrap(model: torch.nn.Module) -> PreTrainedModel:
+    """The transformers model inside a peft wrapper (sirl.model.base_causal_lm), or the model itself."""
+    return model.get_base_model() if type(model).__module__.startswith("peft.") else model
+
+
+def _linear(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weight and bias a linear layer applies; for a peft LoRA layer, its base weight plus the active
+    adapters' scaled B @ A (peft's get_delta_weight), so decoding samples from the adapted model."""
+    base = getattr(module, "base_layer", None)
+    if base is None:
+        return module.weight, module.bias
+    weight = base.weight
+    if not getattr(module, "merged", False) and not getattr(module, "disable_adapters", False):
+        for name in module.active_adapters:
+            if name in getattr(module, "lora_A", {}):
+                weight = weight + module.get_delta_weight(name).to(weight.dtype)
+    return weight, base.bias
+
+
 def pick_backend(model: PreTrainedModel) -> FastBackend | HFBackend:
-    decoder = getattr(model, "model", None)
+    inner = _unwrap(model)
+    decoder = getattr(inner, "model", None)
     fast = (
-        model.config.model_type in FAST_MODEL_TYPES
+        inner.config.model_type in FAST_MODEL_TYPES
         and decoder is not None
         and hasattr(decoder, "rotary_emb")
-        and not getattr(model.config, "sliding_window", None)
+        and not getattr(inner.config, "sliding_window", None)
     )
-    return FastBackend(model) if fast else HFBackend(model)
+    return FastBackend(model) if fast else HFBackend(inner)
 
 
 # --- sampling ------------------------------------------------------------------------------------
+
+
+def before_stop(text: str, stop: tuple[str, ...]) -> str:
+    """The response text up to its first stop string (what a verifier scores), or all of it."""
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return text[: min(cuts)] if cuts else text
 
 
 class NonFiniteLogits(FloatingPointError):
@@ -374,12 +417,16 @@ def generate(
     generator: torch.Generator | None = None,
     max_batch: int = 1024,
     backend: FastBackend | HFBackend | None = None,
+    decode: Callable[[list[int]], str] | None = None,
 ) -> Generations:
     """Sample ``repeats[i]`` continuations of each token-id context; see the module docstring.
 
     Rows are processed in chunks of at most ``max_batch`` rows (whole contexts per chunk), so memory is
-    bounded however many samples are asked for.
+    bounded however many samples are asked for. ``decode`` (token ids to text) is needed for
+    ``params.stop``: after each new token the row's last few tokens are decoded and searched for a stop string.
     """
+    if params.stop and decode is None:
+        raise ValueError("stop strings need decode (token ids -> text) to find them")
     if not contexts:
         raise ValueError("generate needs at least one context")
     if any(len(c) == 0 for c in contexts):
@@ -391,16 +438,19 @@ def generate(
     backend = backend or pick_backend(model)
     was_training = model.training
     model.eval()
+    autocast = compute_autocast(model)  # bf16 compute on float32 weights, as in training (sirl.model)
+    autocast.__enter__()
     try:
         chunks, start, rows = [], 0, 0
         for i, count in enumerate(counts):
             if rows and rows + count > max_batch:
-                chunks.append(_generate_chunk(backend, contexts[start:i], counts[start:i], start, params, eos, pad_id, generator))
+                chunks.append(_generate_chunk(backend, contexts[start:i], counts[start:i], start, params, eos, pad_id, generator, decode))
                 start, rows = i, 0
             rows += count
-        chunks.append(_generate_chunk(backend, contexts[start:], counts[start:], start, params, eos, pad_id, generator))
+        chunks.append(_generate_chunk(backend, contexts[start:], counts[start:], start, params, eos, pad_id, generator, decode))
     finally:
         model.train(was_training)
+        autocast.__exit__(None, None, None)
     width = max(c.tokens_BT.shape[1] for c in chunks)
     return Generations(
         tokens_BT=torch.cat([F.pad(c.tokens_BT, (0, width - c.tokens_BT.shape[1]), value=pad_id) for c in chunks]),
@@ -408,6 +458,7 @@ def generate(
         mask_BT=torch.cat([F.pad(c.mask_BT, (0, width - c.mask_BT.shape[1])) for c in chunks]),
         truncated_B=torch.cat([c.truncated_B for c in chunks]),
         context_index_B=torch.cat([c.context_index_B for c in chunks]),
+        stopped_B=torch.cat([c.stopped_B for c in chunks]) if params.stop else None,
     )
 
 
@@ -420,6 +471,7 @@ def _generate_chunk(
     eos: torch.Tensor,
     pad_id: int,
     generator: torch.Generator | None,
+    decode: Callable[[list[int]], str] | None = None,
 ) -> Generations:
     device = backend.model.device
     eos = eos.to(device)
@@ -444,6 +496,12 @@ def _generate_chunk(
     check_every = 1 if device.type == "cpu" else 8  # a host sync per check is free on CPU, not on GPU
 
     finite = torch.ones((), dtype=torch.bool, device=device)  # every logit so far was finite (no host sync)
+    # A row that writes a stop string ends after the token that completes it: end_B is its length then.
+    end_B = torch.full((B,), T, dtype=torch.long, device=device)
+    stopped_B = torch.zeros(B, dtype=torch.bool, device=device)
+    # A stop string of n characters lies within the last n tokens (a token decodes to at least one character,
+    # or to part of one: a few more cover multi-byte characters split over byte tokens).
+    window = max((len(s) for s in params.stop), default=0) + 4
     for t in range(T):
         finite_A = torch.isfinite(logits_BV).all(-1)
         finite = finite & finite_A.all()
@@ -455,6 +513,14 @@ def _generate_chunk(
         else:  # every row still in place: a plain column write
             tokens_BT[:, t], logp_BT[:, t] = next_A, logp_A
         done_A = done_A | (next_A == eos[0] if len(eos) == 1 else torch.isin(next_A, eos))
+        if params.stop:
+            tails = tokens_BT[active_A, max(0, t + 1 - window) : t + 1].tolist()
+            for a, tail in enumerate(tails):
+                # Each step checks the newest window, so a stop string found now was completed by this token.
+                if not done_A[a] and any(stop in decode(tail) for stop in params.stop):
+                    done_A[a] = True
+                    end_B[active_A[a]] = t + 1
+                    stopped_B[active_A[a]] = True
         if t == T - 1:
             break
         if t % check_every == 0:
@@ -476,8 +542,8 @@ def _generate_chunk(
     # A row is real up to and including its first EOS; after it, only padding.
     is_eos_BT = torch.isin(tokens_BT, eos)
     ended_before_BT = (is_eos_BT.long().cumsum(-1) - is_eos_BT.long()) > 0
-    written_BT = torch.arange(T, device=device)[None] <= t
-    mask_BT = written_BT & ~ended_before_BT
+    positions_BT = torch.arange(T, device=device)[None]
+    mask_BT = (positions_BT <= t) & ~ended_before_BT & (positions_BT < end_B[:, None])
     tokens_BT = tokens_BT.masked_fill(~mask_BT, pad_id)
     logp_BT = logp_BT.masked_fill(~mask_BT, 0.0)
     width = max(int(mask_BT.sum(-1).max()), 1)
@@ -486,7 +552,8 @@ def _generate_chunk(
         tokens_BT=tokens_BT[:, :width].cpu(),
         logp_BT=logp_BT[:, :width].cpu(),
         mask_BT=mask_BT[:, :width].cpu(),
-        truncated_B=(~is_eos_BT.any(-1)).cpu(),
+        truncated_B=(~(is_eos_BT & mask_BT).any(-1) & ~stopped_B).cpu(),
         context_index_B=context_index_B,
+        stopped_B=stopped_B.cpu(),
     )
 

@@ -3,6 +3,14 @@
 A token belongs to the step that contains its first character; a token that produces no text belongs to
 the step of the character after it, and at the end of the response (EOS) to the last step. Token spans therefore partition the response tokens exactly as the character spans
 partition the text.
+
+With a BPE vocabulary a token can hold the end of one step and the start of the next ("\\n " ends a
+line and starts the next one's indent): it belongs to the first, so a step's tokens decode to its
+characters with the boundary moved to the token boundary, and the prefix through a step (its tokens, which
+is what probes continue) decodes to exactly the steps before (:func:`aligned_char_spans`). A step that no
+token starts in (its characters all inside a token of the step before) would have no tokens; it is joined
+to the step before, so no token span is empty (except the single step of an empty response). A multi-byte
+character split over several byte tokens is never cut: its later tokens belong with its first.
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ def token_char_offsets(tokenizer: PreTrainedTokenizerBase, token_ids: list[int])
             offsets.append(position)
             position += len(piece)
         return text, offsets
-    offsets = [len(tokenizer.decode(token_ids[:i], skip_special_tokens=True)) for i in range(len(token_ids))]
+    # A prefix that ends inside a multi-byte character decodes with U+FFFD for its partial bytes; they are
+    # not counted, so the tokens that finish a character start where the character does.
+    offsets = [len(tokenizer.decode(token_ids[:i], skip_special_tokens=True).rstrip("\ufffd")) for i in range(len(token_ids))]
     return text, offsets
 
 
@@ -47,4 +57,23 @@ def char_spans_to_token_spans(char_spans: list[Span], token_offsets: list[int], 
         end = bisect.bisect_right(owners, step, lo=cursor)
         spans.append((cursor, end))
         cursor = end
-    return spans
+    if not token_offsets:
+        return spans
+    # A step no token starts in joins the step before it (the first step, the one after it).
+    merged: list[Span] = []
+    for start, end in spans:
+        if end > start:
+            merged.append((merged.pop()[0] if merged and merged[-1][0] == merged[-1][1] else start, end))
+        elif merged:
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def aligned_char_spans(token_spans: list[Span], token_offsets: list[int], text_length: int) -> list[Span]:
+    """The character spans of token spans: each step's characters as its tokens write them (step
+    boundaries moved to token boundaries). ``text[a:b]`` over them are the texts probes see as prefixes."""
+    starts = [token_offsets[start] if start < len(token_offsets) else text_length for start, _ in token_spans]
+    starts[0] = 0
+    return [(a, b) for a, b in zip(starts, starts[1:] + [text_length])]

@@ -279,3 +279,27 @@ def split_on_separator(completion: str, separator: str) -> list[Span]:
     if start < len(completion) or not spans:
         spans.append((start, len(completion)))
     return spans
+
+
+def split_lines(completion: str) -> list[Span]:
+    """Prose steps: one line each (with its newline), a blank line (empty or only whitespace) joined to the
+    step before it, and blank lines at the very start to the first step. So no step is whitespace alone:
+    a tokenizer that writes "\\n\\n" as one token would otherwise leave the blank line's step without a
+    token of its own (sirl.rollout.steps maps these character spans onto tokens)."""
+    lines, start = [], 0
+    while start < len(completion):
+        end = completion.find("\n", start)
+        end = len(completion) if end < 0 else end + 1
+        lines.append((start, end))
+        start = end
+    spans: list[Span] = []
+    pending_start = 0  # where the next step starts: leading blank lines belong to it
+    for start, end in lines:
+        if not completion[start:end].strip():
+            if spans:
+                spans[-1] = (spans[-1][0], end)
+            continue
+        spans.append((pending_start if not spans else start, end))
+    if not spans:
+        return [(0, len(completion))]
+    return spans

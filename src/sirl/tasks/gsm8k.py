@@ -18,7 +18,8 @@ Worked example (the first row of ``data/gsm8k/test.jsonl``)::
 
 The prompt is the question followed by one newline; the model writes its solution after it. The data has
 no step labels, so ``has_ground_truth`` is False and :meth:`GSM8KTask.first_error` raises
-:class:`NoGroundTruth`. Steps are lines: each step is one line of the completion with its newline.
+:class:`NoGroundTruth`. Steps are lines: each step is one line of the completion with its newline, and a
+blank line joins the step before it (:func:`sirl.tasks.base.split_lines`).
 
 Outcome verification (:meth:`GSM8KTask.verify`) is two separate stages:
 
@@ -61,7 +62,7 @@ from math_verify.errors import TimeoutException as MathVerifyTimeout
 
 from sirl.data import read_records
 from sirl.paths import resolve_path
-from sirl.tasks.base import NoGroundTruth, Task, check_split, split_of, split_on_separator
+from sirl.tasks.base import NoGroundTruth, Task, check_split, split_lines, split_of
 from sirl.types import Problem, Span
 
 DEFAULT_PATH = "data/gsm8k/test.jsonl"
@@ -288,7 +289,7 @@ class GSM8KTask(Task):
         return score_answer(problem.answer, extract_answer(completion))
 
     def split_steps(self, completion: str) -> list[Span]:
-        return split_on_separator(completion, "\n")
+        return split_lines(completion)
 
     def first_error(self, problem: Problem, completion: str) -> int | None:
         raise NoGroundTruth("GSM8K has no ground-truth step labels: only the final answer can be checked")
