@@ -3,6 +3,7 @@ prefix values, the choice of failures to work on, and a probe sampler that remem
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -143,8 +144,6 @@ def blind_resets(
 
 def with_blind_resets(credit: Credit, blind: BlindResets) -> Credit:
     """``credit`` with the branch rows of :func:`blind_resets` appended (extra rows, not reference ones)."""
-    import dataclasses
-
     return dataclasses.replace(
         credit,
         rows=(*credit.rows, *blind.rows),
