@@ -85,7 +85,7 @@ def test_the_summary_matches_hand_computed_values(hand_built):
     # cannot be pooled; si's hard-band accuracy is its level-1 accuracy (0.90, 0.86).
     assert results["difficulty_bands"] == {"hard": [1], "other": [2, 3]}
     assert si["hard_levels_accuracy"]["values"] == pytest.approx([0.90, 0.86]) and si["other_levels_accuracy"]["mean"] is None
-    assert "| si | 88.0% ± 2.8% | - |" in results_markdown(results)
+    assert "| si | 88.0% ± 2.8% |  | - |  |" in results_markdown(results)  # no per-problem levels: no band differences
 
 
 def test_unreached_targets_and_missing_runs_are_reported(hand_built):
@@ -272,6 +272,22 @@ def test_the_paired_difference_by_hand_and_its_interval():
     assert low < 0 < high
     # only the seeds both methods ran are paired
     assert paired_difference({0: [1.0], 3: [1.0]}, {1: [1.0]}) is None
+
+
+def test_differences_by_band_use_only_the_bands_problems():
+    from sirl.compare import band_differences
+
+    # problems 0-1 are level 1 (the hard band), 2-4 level 2 and 3 (the rest). A gains both hard problems in
+    # each seed and loses one of the three others: +100 points on the hard band, -33.3 on the other.
+    start = {"difficulties": [1, 1, 2, 3, 3]}
+    bands = {"hard": [1], "other": [2, 3]}
+    a = {0: [1.0, 1.0, 0.0, 1.0, 1.0], 1: [1.0, 1.0, 1.0, 0.0, 1.0]}
+    b = {0: [0.0, 0.0, 1.0, 1.0, 1.0], 1: [0.0, 0.0, 1.0, 1.0, 1.0]}
+    out = band_differences(a, b, start, bands)
+    assert out["hard"]["mean"] == pytest.approx(1.0) and out["hard"]["ci95"] == [1.0, 1.0] and out["hard"]["problems"] == 2
+    assert out["other"]["mean"] == pytest.approx(-1 / 3) and out["other"]["problems"] == 3
+    # a starting evaluation written before per-problem levels were kept: nothing to pick the problems by
+    assert band_differences(a, b, {"by_difficulty": {}}, bands) is None
 
 
 # --- the final figure, tokens to reach grpo, learning-rate choice ---------------------------------

@@ -622,11 +622,14 @@ def summarize(out: Path) -> dict:
             },
         }
     reference = None
+    bands = difficulty_bands(start, methods)
     if REFERENCE in methods:
         rewards = {method: {seed: run.rewards for seed, run in runs.items()} for method, runs in per_run.items()}
         for method, row in methods.items():
             if method != REFERENCE:
                 row["difference_from_reference"] = paired_difference(rewards[method], rewards[REFERENCE])
+                if bands:
+                    row["band_difference_from_reference"] = band_differences(rewards[method], rewards[REFERENCE], start, bands)
         reference = {"method": REFERENCE, "final_accuracy": methods[REFERENCE]["final_accuracy"]["mean"]}
         for method, row in methods.items():
             row["tokens_to_reference"] = tokens_to_reach(per_run[method], per_run[REFERENCE], grid)
@@ -641,7 +644,7 @@ def summarize(out: Path) -> dict:
         "start": None if start is None else {"accuracy": start["accuracy"], "n": start["n"], "by_difficulty": start["by_difficulty"]},
         "reference": reference,
         "learning_rate": (config.get("train") or {}).get("lr"),
-        "difficulty_bands": difficulty_bands(start, methods),
+        "difficulty_bands": bands,
         "methods": methods,
         "missing_runs": [f"{m}-seed{s}" for m in plan.methods for s in range(plan.seeds)
                          if not (run_dir(out, RunSpec(m, s)) / "eval.json").is_file()],
@@ -692,6 +695,21 @@ def difficulty_bands(start: dict | None, methods: dict[str, dict]) -> dict | Non
             per_seed = [sum(levels[k]["n"] * by_level[k]["values"][i] for k in members) / n for i in range(len(row["seeds"]))] if known else []
             row[f"{band}_levels_accuracy"] = _mean_std(per_seed)
     return bands
+
+
+def band_differences(a: dict[int, list[float]], b: dict[int, list[float]], start: dict, bands: dict) -> dict | None:
+    """:func:`paired_difference` of methods A and B on the final problems of each difficulty band (hard, other),
+    the problems picked by the levels the starting policy's evaluation recorded for them (the final set is the
+    same for every run). None when that evaluation has no per-problem levels (written before they were kept)."""
+    levels = start.get("difficulties") or []
+    if not levels or any(len(rewards) != len(levels) for rewards in (*a.values(), *b.values())):
+        return None
+    out = {}
+    for band, members in bands.items():
+        picked = [i for i, level in enumerate(levels) if level in set(members)]
+        if picked:
+            out[band] = paired_difference({s: [r[i] for i in picked] for s, r in a.items()}, {s: [r[i] for i in picked] for s, r in b.items()})
+    return out
 
 
 def _step_tokens(rows: list[dict]) -> int:
@@ -905,14 +923,19 @@ def results_markdown(results: dict) -> str:
     if bands and bands["hard"] and bands["other"]:
         lines += ["", f"Pooled over the levels where the starting policy is below {HARD_LEVEL:.0%} (hard: {bands['hard']}) and over "
                   f"the others ({bands['other']}), each level weighted by its problem count; mean ± std over seeds:", "",
-                  "| method | hard levels | other levels |", "|---|---:|---:|"]
+                  f"| method | hard levels | hard, difference from {REFERENCE} | other levels | other, difference from {REFERENCE} |",
+                  "|---|---:|---:|---:|---:|"]
         if start:
             def pooled(levels):
                 n = sum(start["by_difficulty"][str(level)]["n"] for level in levels)
                 return sum(start["by_difficulty"][str(level)]["n"] * start["by_difficulty"][str(level)]["accuracy"] for level in levels) / n
-            lines.append(f"| starting policy | {pooled(bands['hard']):.1%} | {pooled(bands['other']):.1%} |")
+            lines.append(f"| starting policy | {pooled(bands['hard']):.1%} | | {pooled(bands['other']):.1%} | |")
         for name, row in methods.items():
-            lines.append(f"| {name} | {_pct(row.get('hard_levels_accuracy'))} | {_pct(row.get('other_levels_accuracy'))} |")
+            band = row.get("band_difference_from_reference") or {}
+            cells = ["" if name == REFERENCE else _difference(band.get(b)) for b in ("hard", "other")]
+            lines.append(f"| {name} | {_pct(row.get('hard_levels_accuracy'))} | {cells[0]} | {_pct(row.get('other_levels_accuracy'))} | {cells[1]} |")
+        lines += ["", f"Differences by band: paired over the seeds both ran and the band's final problems, 95% bootstrap "
+                  f"interval (blank without per-problem levels in the starting policy's evaluation)."]
     if results["missing_runs"]:
         lines += ["", f"Runs not finished (left out of the table): {', '.join(results['missing_runs'])}."]
     machine = results["machine"]

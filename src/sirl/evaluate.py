@@ -91,6 +91,9 @@ class EvalResult:
     rewards: list[float] = field(default_factory=list)
     """Each held-out problem's greedy reward, in the order of the problems: comparisons pair methods on the
     same problems with it (sirl.compare's bootstrap over seeds and problems)."""
+    difficulties: list[int | None] = field(default_factory=list)
+    """Each held-out problem's difficulty level (None where the task gives none), in the same order: paired
+    differences by difficulty band pick their problems with it (sirl.compare)."""
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -227,6 +230,7 @@ def evaluate(
         truncated_frac=sum(c.truncated for c in greedy) / n if n else 0.0,
         tokens_per_second=n_tokens / seconds if seconds > 0 else 0.0,
         rewards=[c.reward for c in greedy],
+        difficulties=[task.difficulty(c.problem) for c in greedy],
     )
     if pass_k:
         generator = torch.Generator(device=model.device).manual_seed(seed)  # on the device that samples
