@@ -21,6 +21,9 @@ marks it ("7+5=2?2+2*3=6?5-"), so that every judgment compares two adjacent valu
     python benchmarks/verify_capacity.py --task countdown --steps 300
     python benchmarks/verify_capacity.py --model runs/sft-small --device cuda --train-problems 20000 --steps 1000
     python benchmarks/verify_capacity.py --model checkpoints/arith7-tiny --config arith_prime --formats index,rederive --steps 1500
+
+``--save DIR`` writes the policy as the last step left it (one format only): a starting policy that already
+writes the format, for runs of si_internal (and the methods it is compared with, from the same weights).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from pathlib import Path
 
 import torch
 
@@ -35,9 +39,10 @@ from localization import SHIPPED, task_from_preset
 from sirl.config import load_config
 from sirl.evaluate import complete, evaluate, guessing_baselines, heldout_problems, wilson_interval
 from sirl.internalize.selfverify import propose
-from sirl.model import count_parameters, encode_prompt, encode_text, load_model, resolve_device, supervised_loss
+from sirl.model import count_parameters, encode_prompt, encode_text, load_model, resolve_device, save_model, supervised_loss
 from sirl.rollout import SamplingParams
 from sirl.batch import collate_supervised
+from sirl.tasks import read_task_record, write_task_record
 from sirl.tasks.base import VERDICT_FORMATS
 
 
@@ -59,11 +64,14 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="solution length limit (default: the preset's rollout.max_new_tokens)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", type=Path, help="write the trained policy here (a model directory; one format only)")
     args = parser.parse_args()
     formats = args.formats.split(",")
     unknown = [f for f in formats if f not in VERDICT_FORMATS]
     if unknown:
         parser.error(f"--formats: unknown {unknown}; valid: {list(VERDICT_FORMATS)}")
+    if args.save and len(formats) != 1:
+        parser.error(f"--save keeps one policy: give one format with it (--formats {formats[0]}), not {len(formats)}")
 
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
@@ -143,6 +151,12 @@ def main() -> None:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+        if args.save:
+            save_model(model, tokenizer, args.save)
+            record = read_task_record(policy)  # the task the policy was trained on, as its own directory says
+            if record is not None:
+                write_task_record(args.save, record["task"], record["args"])
+            print(f"saved the policy trained on {fmt} verdicts in {args.save}", flush=True)
 
     print(f"\nAfter {args.steps} steps of {args.failures_per_step} failures + {args.successes_per_step} verified solutions, "
           f"on {len(test_failures)} held-out failures:")
