@@ -88,6 +88,20 @@ def test_the_summary_matches_hand_computed_values(hand_built):
     assert "| si | 88.0% ± 2.8% |  | - |  |" in results_markdown(results)  # no per-problem levels: no band differences
 
 
+def test_the_hard_band_follows_the_plans_threshold(hand_built):
+    plan = json.loads((hand_built / "compare.json").read_text())
+    (hand_built / "compare.json").write_text(json.dumps({**plan, "hard_below": 0.6}))
+    results = summarize(hand_built)
+    # levels 1 (10%) and 2 (50%) start below 60%; si's pooled hard accuracy weighs them by their 10 problems
+    # each: seed 0 (0.90 + 0.70) / 2, seed 1 (0.86 + 0.66) / 2
+    assert results["difficulty_bands"] == {"hard": [1, 2], "other": [3]}
+    assert results["methods"]["si"]["hard_levels_accuracy"]["values"] == pytest.approx([0.80, 0.76])
+    assert "starting policy is below 60% (hard: [1, 2])" in results_markdown(results)
+    assert ComparePlan(methods=["grpo"], budget_tokens=400, eval_every_tokens=200, hard_below=0.6).same_results_as(ComparePlan(methods=["grpo"], budget_tokens=400, eval_every_tokens=200)) == []
+    with pytest.raises(ConfigError, match="hard_below"):
+        ComparePlan(methods=["grpo"], budget_tokens=400, eval_every_tokens=200, hard_below=1.5)
+
+
 def test_unreached_targets_and_missing_runs_are_reported(hand_built):
     (hand_built / "runs/si/seed1/eval.json").unlink()
     write_run(hand_built / "runs/grpo/seed2", [(0, 0.5), (400, 0.99)], final=0.99)  # beyond the plan's seeds: ignored

@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--learning-rates", metavar="A,B,...",
                          help="choose each method's learning rate from these, one run each on --lr-seed (default: train.lr for all)")
     compare.add_argument("--lr-seed", type=int, metavar="N", help="the seed of the learning-rate runs, not one of the table's (default 1000)")
+    compare.add_argument("--hard-below", type=float, metavar="X",
+                         help="the tables' hard band: levels where the starting policy is below this accuracy (default 0.15)")
 
     report = commands.add_parser(
         "report",
@@ -486,7 +488,7 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str], parser: argparse
         "methods": args.methods.split(",") if args.methods else None, "seeds": args.seeds, "budget_tokens": args.budget_tokens,
         "eval_every_tokens": args.eval_every_tokens, "final_problems": args.final_problems,
         "checkpoint_every": args.checkpoint_every, "jobs": args.jobs, "threads": args.threads,
-        "final_evaluations": args.final_evaluations, "lr_seed": args.lr_seed,
+        "final_evaluations": args.final_evaluations, "lr_seed": args.lr_seed, "hard_below": args.hard_below,
         "learning_rates": [_float_flag("--learning-rates", v) for v in args.learning_rates.split(",")] if args.learning_rates else None,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
