@@ -88,9 +88,11 @@ def test_a_failing_verify_scores_zero_and_is_counted(no_leaks, completion, count
         start = time.monotonic()
         assert pool.score([OK, OK], [completion, "ok"]) == [0.0, 1.0]  # the next completion still scores
         restarted = counted == "timeouts" or completion == "exit"  # a new worker (and its guardian) had to start
-        # bounded, not instant: a restarted worker and its guardian import torch again (sirl.types), which
-        # took 4.3 s cold on the 2-core machine, so the allowance for a restart is 5 s
-        assert time.monotonic() - start <= DEADLINE + 1.0 + (5.0 if restarted else 0.0)
+        if not restarted:  # the error came back from the worker that was already running
+            assert time.monotonic() - start <= DEADLINE + 1.0
+        # A restart's duration is the new worker's start-up (it imports torch again: 4.3 s cold on 2 cores),
+        # a property of the machine, so it is not timed; that the hanging verify (it would sleep for 11 days)
+        # ended at all and a new worker took over is what shows the deadline acted.
         assert getattr(pool.counts, counted) == 1 and pool.counts.calls == 2
         assert pool.counts.timeouts + pool.counts.errors == 1
         if counted == "timeouts":  # the worker and its helper process were killed, a new worker took over
