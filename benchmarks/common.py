@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import resource
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def add_step_arguments(parser: argparse.ArgumentParser, rows: int, new_tokens: int) -> None:
+    """What the one-step benchmarks (grpo_step_memory.py, trl_side_by_side.py) share: the model directory,
+    the batch (rows sampled for exactly --new-tokens each) and the CPU threads."""
+    parser.add_argument("--model", default="models/smollm2-135m-instruct")
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--new-tokens", type=int, default=new_tokens)
+    parser.add_argument("--threads", type=int, default=1)
 
 
 def train_run(run_dir: Path, overrides: list[str], label: str) -> Path:

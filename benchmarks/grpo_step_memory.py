@@ -16,15 +16,12 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import resource
 import time
 from pathlib import Path
 
 import torch
 
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
+from common import add_step_arguments, peak_rss_gb
 
 
 def run(args) -> dict:
@@ -97,10 +94,7 @@ def table(path: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/smollm2-135m-instruct")
-    parser.add_argument("--rows", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=1)
+    add_step_arguments(parser, rows=64, new_tokens=256)
     parser.add_argument("--label", default="after")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/grpo_step_memory.jsonl"))
     parser.add_argument("--table", action="store_true", help="print the table of --out and exit")

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import add_step_arguments, peak_rss_gb
 
 
 def trl_step(args) -> dict:
@@ -50,21 +51,18 @@ def trl_step(args) -> dict:
     )
     trainer = GRPOTrainer(model=model, reward_funcs=lambda completions, **kw: [float(i % 2) for i in range(len(completions))],
                           args=config, train_dataset=dataset, processing_class=tokenizer)
-    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    loaded = peak_rss_gb()
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
     return {"label": "TRL GRPOTrainer", "rows": args.rows, "new_tokens": args.new_tokens, "threads": args.threads,
             "step_s": round(seconds, 1), "peak_rss_gb_loaded": round(loaded, 2),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)}
+            "peak_rss_gb": round(peak_rss_gb(), 2)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/smollm2-135m-instruct")
-    parser.add_argument("--rows", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=1)
+    add_step_arguments(parser, rows=16, new_tokens=128)
     parser.add_argument("--out", default="benchmarks/results/trl_side_by_side.jsonl")
     parser.add_argument("--sirl-python", default=".venv/bin/python")
     parser.add_argument("--trl-python", default=".venv-trl/bin/python")
