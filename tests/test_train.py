@@ -175,6 +175,45 @@ def test_method_runs_log_their_metrics_and_count_probe_tokens(tmp_path, algo):
         assert any("self_verdict" in s for s in samples)
 
 
+@pytest.mark.parametrize("algo", ["si_internal", "random_reset"])
+def test_blind_resets_in_a_run_happen_are_counted_and_spend_the_budget(tmp_path, monkeypatch, algo):
+    """One step of the verdict-trained policy on 12-operation chains, with and without blind resets, from the
+    same seed: the rollouts and the outcome-based localization are the same, so what the resets add to the
+    generated-token counts is exactly the tokens their continuations (and, for si_internal, their verdicts)
+    generated."""
+    import sirl.methods.common
+    import sirl.methods.random_reset
+    import sirl.methods.si_internal
+
+    module = sirl.methods.si_internal if algo == "si_internal" else sirl.methods.random_reset
+    branches = []
+
+    def recording(*args, **kwargs):
+        out = sirl.methods.common.blind_resets(*args, **kwargs)
+        branches.extend(out.rows)
+        return out
+
+    monkeypatch.setattr(module, "blind_resets", recording)
+    runs = {}
+    for resets in (0, 8):
+        config = load_config("arith_prime_hard", [
+            "model.device=cpu", f"algo.name={algo}", "task.args.min_ops=12", "train.steps=1", "train.eval_every=0",
+            "train.checkpoint_every=0", "rollout.prompts_per_step=16", "rollout.group_size=4", "eval.n_problems=4",
+            f"method.blind_resets={resets}", "method.branch_samples=2", "method.repair_share=0",
+        ])
+        run_train(config, tmp_path / str(resets), quiet=True)
+        runs[resets] = [json.loads(line) for line in (tmp_path / str(resets) / "metrics.jsonl").read_text().splitlines()][-1]
+    plain, reset = runs[0], runs[8]
+    assert reset["reset/blind_groups"] >= 1 and reset["reset/resets"] >= 1 and "reset/resets" not in plain  # they happened
+    assert len(branches) == 2 * reset["reset/resets"]  # K = 2 continuations each
+    assert reset["tokens/policy"] == plain["tokens/policy"]  # the same rollouts
+    added = sum(len(b.response_ids) - b.prefix_len for b in branches)
+    assert added > 0 and reset["tokens/probe"] - plain["tokens/probe"] == added
+    assert reset["tokens/total"] == reset["tokens/policy"] + reset["tokens/probe"] + reset["tokens/verify"]
+    if algo == "si_internal":  # the policy's own verdicts on the blind failures are budget too
+        assert reset["tokens/verify"] > plain["tokens/verify"]
+
+
 @pytest.mark.parametrize("algo", ["si_internal", "grpo"])
 def test_the_ground_truth_localizer_is_refused_outside_si(tmp_path, algo):
     with pytest.raises(ConfigError, match="method.localizer=ground_truth is a diagnostic of algo.name=si only"):
