@@ -150,6 +150,38 @@ def test_failure_selection_prefers_uncertain_prompts_round_robin():
     assert [(t.group, TASK.first_error(PROBLEM, t.text)) for t in chosen] == [(1, 6), (0, 5), (1, 3)]
 
 
+def test_each_failure_choice_orders_the_prompts_its_own_way_round_robin():
+    # three prompts solved 1, 2 and 3 times of 4 (rates 0.25, 0.5, 0.75), and one never solved (group 3),
+    # whose failure no rule may pick: nothing shares a verified prefix with it
+    groups = []
+    for g, (solved, errors) in enumerate([(1, (1, 2, 5)), (2, (3, 6)), (3, (4,)), (0, (2, 3, 4, 5))]):
+        groups += [make("".join(REFERENCE), g)] * solved + [make(wrong_at(e), g) for e in errors]
+    book = PrefixBook(groups)
+    failures = [t for t in groups if t.reward < 1]
+    rates = {0: 0.25, 1: 0.5, 2: 0.75, 3: 0.0}
+
+    def picks(rule, budget, rng=None):
+        return [(t.group, TASK.first_error(PROBLEM, t.text)) for t in
+                (failures[i] for i in select_failures(failures, book, rates, budget, rule, rng))]
+
+    # within a prompt the latest error first (the longest prefix a success shares); ties: the lower group
+    assert picks("half_solved", 4) == [(1, 6), (0, 5), (2, 4), (1, 3)]  # |rate - 1/2|: 0, 0.25, 0.25
+    assert picks("least_solved", 4) == [(0, 5), (1, 6), (2, 4), (0, 2)]
+    assert picks("most_solved", 4) == [(2, 4), (1, 6), (0, 5), (1, 3)]
+    everything = sorted((t.group, TASK.first_error(PROBLEM, t.text)) for t in failures if t.group != 3)
+    for rule in ("half_solved", "least_solved", "most_solved", "random"):
+        assert sorted(picks(rule, 99, random.Random(0))) == everything  # a budget that does not bind takes all
+    # random: a permutation that depends on the stream and repeats with it, still one per prompt per round
+    draws = {tuple(picks("random", 6, random.Random(seed))) for seed in range(20)}
+    assert len(draws) > 1 and draws == {tuple(picks("random", 6, random.Random(seed))) for seed in range(20)}
+    for draw in draws:
+        assert sorted(g for g, _ in draw[:3]) == [0, 1, 2]
+    with pytest.raises(ValueError, match="random.*rng"):
+        select_failures(failures, book, rates, 2, "random")
+    with pytest.raises(ValueError, match="unknown failure choice"):
+        select_failures(failures, book, rates, 2, "nearest")
+
+
 def test_si_credit_by_hand():
     # A group of 4: one success, failures with errors at steps 2 and 5, and one more at 5. Rewards 1,0,0,0:
     # GRPO outcome advantages 1.5 and -0.5 (std 0.5), so value differences are scaled by 1 / 0.5 = 2.

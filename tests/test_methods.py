@@ -92,6 +92,29 @@ def test_tree_branch_branches_at_the_decision_point_and_scores_the_branch_leave_
     assert [e.prefix_ids for e in memory.repair.entries] == [prefix_ids(failure, 3)]
 
 
+@pytest.mark.parametrize("rule, branched", [("half_solved", 1), ("least_solved", 0), ("most_solved", 2)])
+def test_tree_branch_spends_its_budget_where_the_failure_choice_says(rule, branched):
+    from test_localize import REFERENCE, TASK, make, wrong_at
+
+    class Recorder:
+        def __init__(self):
+            self.requests = []
+
+        def probe(self, requests, k):
+            self.requests += [t.group for t, _ in requests]
+            return [[make("".join(REFERENCE), t.group)] * k for t, _ in requests]
+
+    # prompts solved 1, 2 and 3 times of 4; a budget of one branch
+    rollouts = []
+    for g, solved in enumerate((1, 2, 3)):
+        rollouts += [make("".join(REFERENCE), g)] * solved + [make(wrong_at(2), g)] * (4 - solved)
+    sampler = Recorder()
+    config = ExperimentConfig(method=MethodConfig(max_localizations=1, failure_choice=rule))
+    context = MethodContext(TASK, config, sampler, random.Random(0), MethodMemory(8, 8, AuditSchedule(1, 1, 4)), 1)
+    out = get_method("tree_branch").credit(rollouts, context)
+    assert sampler.requests == [branched] and out.metrics["loc/budget_skipped"] == 5
+
+
 @pytest.mark.parametrize("name", ["si_internal", "random_reset"])
 def test_blind_resets_branch_from_groups_with_no_success(name):
     """A group where every sample failed gets a branch group from a reset point: the policy's own verdict

@@ -247,8 +247,12 @@ class MethodConfig:
     (benchmarks/results/): localization 78.0% -> 74.5% at K=1 and 73.0% -> 78.5% at K=2 (settle 6); si
     K=1 trained to 85.0% with 3 against 85.1% without (3 seeds), so it is off by default."""
     max_localizations: int = ranged(64, 0)
-    """Most failures localized per step; the most informative first (prompts whose solve rate is closest
-    to one half, round-robin over prompts; within a prompt, the failure with the longest certified prefix)."""
+    """Most failures localized (si, random_reset) or branched (tree_branch) per step, chosen by
+    ``failure_choice``."""
+    failure_choice: Literal["half_solved", "least_solved", "most_solved", "random"] = "half_solved"
+    """Which failures the ``max_localizations`` budget keeps, round-robin over prompts: solve rate closest
+    to one half first, lowest first, highest first, or a random order (sirl.internalize.credit.select_failures).
+    Within a prompt, the failure sharing the longest prefix with a success first (random: random)."""
     error_scale: float = ranged(1.0, 0)
     """Multiplier of the error step's penalty -(V(before) - V(after))."""
     error_span: Literal["step", "first_difference"] = "step"

@@ -13,6 +13,7 @@ config object: settings arrive as plain values or the small frozen :class:`Searc
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -109,16 +110,43 @@ def first_difference_from_success(trajectory: Trajectory, book: PrefixBook) -> i
     return best
 
 
-def select_failures(failures: list[Trajectory], book: PrefixBook, solve_rate: dict[int, float], budget: int) -> list[int]:
-    """Positions in ``failures`` of the ``budget`` most informative localizable failures: prompts whose
-    solve rate is closest to one half first (their outcome is the least settled), round-robin over prompts
-    so each gets one before any gets two; within a prompt, the failure sharing the longest prefix with a
-    success (the cheapest search)."""
+FAILURE_CHOICES = ("half_solved", "least_solved", "most_solved", "random")
+"""The rules for which failures get localized or branched under a per-step budget (select_failures)."""
+
+
+def select_failures(
+    failures: list[Trajectory], book: PrefixBook, solve_rate: dict[int, float], budget: int,
+    rule: str = "half_solved", rng: random.Random | None = None,
+) -> list[int]:
+    """Positions in ``failures`` of ``budget`` localizable failures (a success shares their prompt), in
+    the order ``rule`` puts the prompts, round-robin over prompts so each gets one before any gets two:
+
+    - half_solved: solve rate closest to one half first (the prompts whose outcome is least settled);
+    - least_solved: lowest solve rate first (a failure is the prompt's usual outcome);
+    - most_solved: highest first (a failure is a slip of a policy that mostly solves the prompt);
+    - random: prompts and failures in a random order drawn from ``rng``.
+
+    Ties go to the lower group id. Within a prompt (all rules but random) the failure sharing the longest
+    prefix with a success comes first: the cheapest search and the shortest branch."""
+    if rule not in FAILURE_CHOICES:
+        raise ValueError(f"unknown failure choice {rule!r}; choose one of {', '.join(FAILURE_CHOICES)}")
     by_group: dict[int, list[tuple[int, int]]] = {}
     for i, t in enumerate(failures):
         if book.certified(t.group, []):
             by_group.setdefault(t.group, []).append((certified_prefix_steps(book, t, below=len(t.step_spans)), i))
-    queues = [sorted(items, key=lambda item: -item[0]) for _, items in sorted(by_group.items(), key=lambda kv: (abs(solve_rate[kv[0]] - 0.5), kv[0]))]
+    groups = sorted(by_group)
+    if rule == "random":
+        if rng is None:
+            raise ValueError("failure choice 'random' needs an rng")
+        rng.shuffle(groups)
+        queues = [rng.sample(by_group[g], len(by_group[g])) for g in groups]
+    else:
+        order = {
+            "half_solved": lambda g: abs(solve_rate[g] - 0.5),
+            "least_solved": lambda g: solve_rate[g],
+            "most_solved": lambda g: -solve_rate[g],
+        }[rule]
+        queues = [sorted(by_group[g], key=lambda item: -item[0]) for g in sorted(groups, key=lambda g: (order(g), g))]
     chosen: list[int] = []
     while len(chosen) < budget and any(queues):
         for queue in queues:

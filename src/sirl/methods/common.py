@@ -4,6 +4,7 @@ prefix values, the choice of failures to work on, and a probe sampler that remem
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -42,13 +43,13 @@ class StepEvidence:
         """Rows of the fresh failures (reward < 1, sampled from the prompt alone)."""
         return [i for i, t in enumerate(self.rollouts) if t.reward < 1 and t.prefix_len == 0]
 
-    def choose_failures(self, budget: int) -> tuple[list[int], dict[str, float]]:
-        """Rows of the failures to localize under ``budget`` (sirl.internalize.credit.select_failures), and
-        the metrics of the choice: the share of failures whose prompt has no success at all, and how many
-        localizable ones the budget left out."""
+    def choose_failures(self, budget: int, rule: str = "half_solved", rng: random.Random | None = None) -> tuple[list[int], dict[str, float]]:
+        """Rows of the failures to localize under ``budget``, in the order of ``rule``
+        (sirl.internalize.credit.select_failures), and the metrics of the choice: the share of failures
+        whose prompt has no success at all, and how many localizable ones the budget left out."""
         rows = self.failure_rows()
         failures = [self.rollouts[i] for i in rows]
-        chosen = [rows[i] for i in select_failures(failures, self.book, self.solve_rate, budget)]
+        chosen = [rows[i] for i in select_failures(failures, self.book, self.solve_rate, budget, rule, rng)]
         unlocalizable = sum(not self.book.certified(t.group, []) for t in failures)
         return chosen, {
             "loc/unlocalizable_frac": unlocalizable / max(len(failures), 1),

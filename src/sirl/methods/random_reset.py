@@ -23,7 +23,7 @@ from sirl.types import Credit, Trajectory
 def random_reset_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
     config = context.config.method
     evidence = StepEvidence.of(rollouts, context.config.algo.outcome_advantage)
-    chosen_rows, metrics = evidence.choose_failures(config.max_localizations)
+    chosen_rows, metrics = evidence.choose_failures(config.max_localizations, config.failure_choice, context.rng)
     requests = [(rollouts[i], context.rng.randrange(len(rollouts[i].step_spans))) for i in chosen_rows]
     found = context.sampler.probe(requests, config.probes) if requests else []
     good_prefixes = []

@@ -42,7 +42,7 @@ def localized_credit(rollouts: Sequence[Trajectory], context: MethodContext, loc
     config = context.config.method
     evidence = StepEvidence.of(rollouts, context.config.algo.outcome_advantage)
     token_adv = evidence.outcome_token_advantages()
-    chosen_rows, metrics = evidence.choose_failures(config.max_localizations)
+    chosen_rows, metrics = evidence.choose_failures(config.max_localizations, config.failure_choice, context.rng)
     chosen = [rollouts[i] for i in chosen_rows]
     probe = RecordingProbe(context.sampler.probe)
     localizations = localizer(chosen, evidence.book, probe, metrics)

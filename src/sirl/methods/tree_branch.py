@@ -7,8 +7,8 @@ continuations (``method.branch_samples``) are sampled; they are scored against e
 (sirl.algos.branch_token_advantages), so a verified one is credited for repairing the failure and a failed
 one for repeating it. A verified branch is the corrected trajectory and its prefix goes to the repair
 buffer. The group's own rows keep their tree credit (sirl.methods.tree), which stays zero-sum. Which
-failures get branches under the per-step budget (``method.max_localizations``) is si's rule: prompts whose
-solve rate is closest to one half first, round-robin over prompts.
+failures get branches under the per-step budget (``method.max_localizations``) is ``method.failure_choice``
+(sirl.internalize.credit.select_failures), si's rule.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def tree_branch_credit(rollouts: Sequence[Trajectory], context: MethodContext) -
     config = context.config.method
     evidence = StepEvidence.of(rollouts, context.config.algo.outcome_advantage)
     base = tree_credit_of(evidence, config.tree_outcome_mix)
-    chosen_rows, metrics = evidence.choose_failures(config.max_localizations)
+    chosen_rows, metrics = evidence.choose_failures(config.max_localizations, config.failure_choice, context.rng)
     decisions = [certified_prefix_steps(evidence.book, rollouts[i], below=len(rollouts[i].step_spans)) for i in chosen_rows]
     requests = [(rollouts[i], c) for i, c in zip(chosen_rows, decisions)]
     branches = context.sampler.probe(requests, config.branch_samples) if requests else []
