@@ -9,8 +9,11 @@ Against the task's ground truth it reports, per setting:
   setting also plain bisection without free evidence;
 - probe continuations per failure, against the bisection bound K * ceil(log2(n+1)) and against a linear
   scan (probe k = 1, 2, ... until a prefix fails: K * t*);
-- how many verified samples hold a wrong step (a later error landed on the right answer by chance): the
-  free evidence counts them as good, and every failure that shares their wrong step is then localized late;
+- how many verified samples hold a wrong step (a later error landed on the right answer by chance, or,
+  on arith, a slip: a wrong result the next step does not carry): the free evidence counts them as good,
+  and every failure that shares their wrong step is then localized late;
+- on arith, the accuracy against the first wrong step the chain never recovers from
+  (ArithTask.first_lasting_error), which skips such slips;
 - how the misses split into "earlier than the truth" (a correct prefix the policy already cannot finish)
   and "later than the truth" (a probe verified after the wrong step: the step was recoverable, or the
   final answer right by luck);
@@ -104,6 +107,10 @@ def run(
     failures = [t for t in samples if t.reward < 1]
     localizable = [t for t in failures if book.certified(t.group, [])][:n_failures]
     truth = [task.first_error(t.problem, t.text) for t in localizable]
+    # Where the task can tell (arith), the first wrong step the chain never recovers from: a wrong result
+    # the next step does not carry is a slip that a verified sibling may share.
+    lasting_of = getattr(task, "first_lasting_error", None)
+    lasting = [lasting_of(t.problem, t.text) for t in localizable] if lasting_of else None
     # Where free evidence starts each search: the failure's longest prefix shared with a verified sample,
     # against the wrong step (after it: a sibling made the same wrong step and still verified).
     starts = [certified_prefix_steps(book, t, below=len(t.step_spans)) for t in localizable]
@@ -124,10 +131,13 @@ def run(
     largest_drop = [max(range(len(p) - 1), key=lambda k: p[k] - p[k + 1]) for p in profiles]
     task_row = {
         "divergence": divergence,
+        "divergence_lasting": sum(c == e for c, e in zip(starts, lasting)) / len(localizable) if lasting else math.nan,
+        "slips": sum(lasting_of(t.problem, t.text) is None and task.first_error(t.problem, t.text) is not None
+                     for t in samples if t.reward >= 1) if lasting_of else math.nan,
         "scan_accuracy": sum(t_star - 1 == e for t_star, e in zip(first_dead, truth)) / len(profiles) if profiles else math.nan,
         "drop_accuracy": sum(k == e for k, e in zip(largest_drop, truth)) / len(profiles) if profiles else math.nan,
         "task": name, "failures": len(failures), "localizable": len(localizable),
-        # Successes whose chain holds a wrong step (a later one landed on the right answer by chance): the
+        # Successes whose chain holds a wrong step (a later one landed on the right answer by chance, or a slip): the
         # free evidence treats them as good, so a failure that shares their wrong step looks right there.
         "successes": len(samples) - len(failures),
         "lucky": sum(task.first_error(t.problem, t.text) is not None for t in samples if t.reward >= 1),
@@ -147,6 +157,7 @@ def run(
         row = {
             **task_row, **setting, "seconds": seconds,
             "accuracy": sum(loc.error_step == e for loc, e in zip(found, truth)) / len(localizable),
+            "accuracy_lasting": sum(loc.error_step == e for loc, e in zip(found, lasting)) / len(localizable) if lasting else math.nan,
             "agree_scan": sum(loc.error_step == t_star - 1 for loc, t_star in zip(found, first_dead)) / len(profiles) if profiles else math.nan,
             "probes": statistics.mean(loc.probes for loc in found),
             "bound": statistics.mean(k * math.ceil(math.log2(len(t.step_spans) + 1)) for t in localizable),
@@ -201,7 +212,11 @@ def main() -> None:
     for rows in results:
         r = rows[0]
         print(f"{r['task']}: {r['successes']} of {r['successes'] + r['failures']} samples verified; {r['lucky']} "
-              f"({r['lucky'] / max(r['successes'], 1):.1%}) of those hold a wrong step (the answer right by chance)\n")
+              f"({r['lucky'] / max(r['successes'], 1):.1%}) of those hold a wrong step")
+        if not math.isnan(r["slips"]):
+            print(f"  of which {r['slips']:.0f} are slips the chain recovered from (a wrong result the next step does not carry)")
+            print(f"  the divergence step against the first wrong step the chain never recovers from: {r['divergence_lasting']:.1%} exact")
+        print()
     print("| task | failures localized | mean steps | non-monotone value profiles | mean value after the true wrong step "
           "| exhaustive scan: exact accuracy of its first dead prefix | of its largest value drop | probes/failure of the scan "
           "| failure leaves every verified sibling before / at / after the wrong step |")
@@ -216,13 +231,14 @@ def main() -> None:
             f"| {' / '.join(map(str, r['divergence']))} |"
         )
     print("\n| task | K | drop | settle | exact accuracy | agreement with exhaustive-scan t* | localized earlier / later than truth "
-          "| probes/failure | K*ceil(log2(n+1)) | linear scan K*t* | search time |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| probes/failure | K*ceil(log2(n+1)) | linear scan K*t* | search time | exact accuracy against the first lasting error |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for rows in results:
         for r in rows:
             print(
                 f"| {r['task']} | {r['k']} | {r['drop']:g} | {r['settle']} | {r['accuracy']:.1%} | {shown(r['agree_scan'], '.1%')} "
-                f"| {r['earlier']} / {r['later']} | {r['probes']:.2f} | {r['bound']:.2f} | {shown(r['linear'], '.2f')} | {r['seconds']:.1f} s |"
+                f"| {r['earlier']} / {r['later']} | {r['probes']:.2f} | {r['bound']:.2f} | {shown(r['linear'], '.2f')} | {r['seconds']:.1f} s "
+                f"| {shown(r['accuracy_lasting'], '.1%')} |"
             )
     print("\nPlain bisection without free evidence, first setting:")
     for rows in results:

@@ -98,6 +98,23 @@ def test_first_error_on_hand_written_solutions(completion, first_error):
     assert ArithTask().first_error(problem("7+5*3-2="), completion) == first_error
 
 
+@pytest.mark.parametrize(
+    "completion, first_error, lasting",
+    [
+        ("7+5=2;2*3=6;6-2=4;#4", None, None),
+        ("7+5=3;2*3=6;6-2=4;#4", 0, None),  # a slip not carried (step 1 starts from 2): right to the end
+        ("7+5=3;3*3=9;9-2=7;#7", 0, 0),  # carried: never right again
+        ("7+5=3;2*3=6;6-2=5;#5", 0, 2),  # the slip at 0 was not carried; the chain went wrong for good at 2
+        ("7+5=3;2*3=6;6-2=4;#6", 0, 3),  # right again until the answer
+        ("7+5=2;2*3=6;", 1, 1),  # stops early: the last step holds the end
+        ("7+5=3;2*3=6;", 0, 1),  # a slip, then an early stop
+    ],
+)
+def test_the_first_lasting_error_skips_slips_the_chain_recovered_from(completion, first_error, lasting):
+    task, p = ArithTask(), problem("7+5*3-2=")
+    assert (task.first_error(p, completion), task.first_lasting_error(p, completion)) == (first_error, lasting)
+
+
 def test_split_steps_partition_any_text():
     task = ArithTask()
     for text in ["", "7+5=2;", "7+5=2;2*", "#4", ";;;", "a;b", "7+5=2;2*3=6;6-2=4;#4"]:
@@ -180,6 +197,7 @@ def test_prime_modulus_problems_draw_nonzero_multipliers_and_one_digit_values():
             value = result
         completion = "".join(steps) + f"#{value}"
         assert task.verify(p, completion) == 0.0 and task.first_error(p, completion) == k
+        assert task.first_lasting_error(p, completion) == k  # carried: never right again
 
 
 def test_a_two_digit_prime_modulus_keeps_operands_one_digit_and_scores_two_digit_answers():

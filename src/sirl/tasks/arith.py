@@ -147,6 +147,24 @@ class ArithTask(Task):
         # Every written step is right; a completion that stops early is wrong at its last step.
         return None if len(spans) == len(expected) else len(spans) - 1
 
+    def first_lasting_error(self, problem: Problem, completion: str) -> int | None:
+        """The first wrong step the chain never recovers from: the first wrong one after the last step
+        that is right. A step can be right again after a wrong one when the wrong result was not carried
+        (the next step starts from the true value): a slip in the writing, not in the running value, which
+        a bijective chain would otherwise never forget. None when the chain ends right (every step, or every
+        one after a slip); with no slip, the same step as :meth:`first_error` (a localization diagnostic:
+        benchmarks/localization.py)."""
+        first = self.first_error(problem, completion)
+        if first is None:
+            return None
+        expected = self._chain(problem)
+        spans = self.split_steps(completion)
+        right = [i < len(expected) and completion[a:b] == expected[i] for i, (a, b) in enumerate(spans)]
+        last_right = max((i for i, ok in enumerate(right) if ok), default=-1)
+        if last_right == len(spans) - 1:  # right to the end: recovered, unless it stopped early
+            return None if len(spans) == len(expected) else last_right
+        return last_right + 1
+
     # rederive verdicts: "a op b=r?w" per step, r recomputed from the previous written result and the
     # prompt's operand, w the result the step wrote ("?" where nothing can be read), then "+" or "-";
     # the answer step is "#v?w" with v the last written result. For 7+5*3 with a written 7+5=2;2*3=5;
