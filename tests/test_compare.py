@@ -102,6 +102,24 @@ def test_the_hard_band_follows_the_plans_threshold(hand_built):
         ComparePlan(methods=["grpo"], budget_tokens=400, eval_every_tokens=200, hard_below=1.5)
 
 
+def test_the_reference_method_is_a_report_setting(hand_built):
+    plan = json.loads((hand_built / "compare.json").read_text())
+    (hand_built / "compare.json").write_text(json.dumps({**plan, "reference": "si"}))
+    results = summarize(hand_built)
+    grpo, si = results["methods"]["grpo"], results["methods"]["si"]
+    # si's final accuracy is (0.80 + 0.76) / 2 = 0.78; its own mean curve (0.5, 0.75, 0.85) crosses it at
+    # 200 + 200 * 0.03 / 0.10 = 260 tokens; grpo's (0.5, 0.7, 0.7) never does
+    assert results["reference"] == {"method": "si", "final_accuracy": pytest.approx(0.78)}
+    assert si["tokens_to_reference"]["generated_tokens"] == pytest.approx(260) and si["tokens_to_reference"]["generated_ratio"] == pytest.approx(1.0)
+    assert grpo["tokens_to_reference"]["generated_tokens"] is None
+    text = results_markdown(results)
+    assert "The difference from si is in points" in text and "| difference from si (95% CI) |" in text and "grpo's final" not in text
+    same = dict(methods=["grpo", "si"], budget_tokens=400, eval_every_tokens=200)
+    assert ComparePlan(**same, reference="si").same_results_as(ComparePlan(**same)) == []
+    with pytest.raises(ConfigError, match="reference 'dr_grpo' is not one of the methods"):
+        ComparePlan(**same, reference="dr_grpo")
+
+
 def test_unreached_targets_and_missing_runs_are_reported(hand_built):
     (hand_built / "runs/si/seed1/eval.json").unlink()
     write_run(hand_built / "runs/grpo/seed2", [(0, 0.5), (400, 0.99)], final=0.99)  # beyond the plan's seeds: ignored

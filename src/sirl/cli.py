@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--lr-seed", type=int, metavar="N", help="the seed of the learning-rate runs, not one of the table's (default 1000)")
     compare.add_argument("--hard-below", type=float, metavar="X",
                          help="the tables' hard band: levels where the starting policy is below this accuracy (default 0.15)")
+    compare.add_argument("--reference", metavar="METHOD",
+                         help="the method the others are measured against, one of --methods (default grpo); changes the report only")
 
     report = commands.add_parser(
         "report",
@@ -489,6 +491,7 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str], parser: argparse
         "eval_every_tokens": args.eval_every_tokens, "final_problems": args.final_problems,
         "checkpoint_every": args.checkpoint_every, "jobs": args.jobs, "threads": args.threads,
         "final_evaluations": args.final_evaluations, "lr_seed": args.lr_seed, "hard_below": args.hard_below,
+        "reference": args.reference,
         "learning_rates": [_float_flag("--learning-rates", v) for v in args.learning_rates.split(",")] if args.learning_rates else None,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})

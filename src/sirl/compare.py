@@ -100,6 +100,14 @@ class ComparePlan:
     """The hard band of the tables by difficulty: the levels where the starting policy's accuracy on the
     final set is below this. Raise it on a task whose answer space is small enough that luck alone scores
     near 15% (arith mod 7: a wrong chain ends on the right answer 1 time in 7). Changes the report only."""
+    reference: str | None = None
+    """The method every other is measured against (differences, token ratios); None: grpo, where it is
+    one of ``methods``. Changes the report only, so one set of runs can be read against grpo and against,
+    say, dr_grpo."""
+
+    @property
+    def reference_method(self) -> str:
+        return self.reference or REFERENCE
 
     def __post_init__(self) -> None:
         known = _method_names()
@@ -120,18 +128,20 @@ class ComparePlan:
                 raise ConfigError(f"lr_seed ({self.lr_seed}) is one of the table's seeds 0..{self.seeds - 1}; choose one >= seeds")
         if not 0 < self.hard_below < 1:
             raise ConfigError(f"hard_below must be in (0, 1), got {self.hard_below}")
+        if self.reference is not None and self.reference not in self.methods:
+            raise ConfigError(f"reference {self.reference!r} is not one of the methods {self.methods}; add it to methods or pick one of them")
         if self.eval_every_tokens > self.budget_tokens:
             raise ConfigError(f"eval_every_tokens ({self.eval_every_tokens}) is larger than budget_tokens ({self.budget_tokens})")
 
     def same_results_as(self, other: ComparePlan) -> list[str]:
-        """Fields whose change would change the runs (jobs and threads only change the speed, hard_below only
-        the report)."""
+        """Fields whose change would change the runs (jobs and threads only change the speed, hard_below and
+        reference only the report)."""
         mine, theirs = asdict(self), asdict(other)
-        return [f"{k}: {theirs[k]} -> {mine[k]}" for k in mine if k not in ("jobs", "threads", "hard_below") and mine[k] != theirs[k]]
+        return [f"{k}: {theirs[k]} -> {mine[k]}" for k in mine if k not in ("jobs", "threads", "hard_below", "reference") and mine[k] != theirs[k]]
 
 
 PLAN_FILE_KEYS = {"methods", "seeds", "budget_tokens", "eval_every_tokens", "final_problems", "checkpoint_every", "jobs", "threads",
-                  "final_evaluations", "learning_rates", "lr_seed", "hard_below"}
+                  "final_evaluations", "learning_rates", "lr_seed", "hard_below", "reference"}
 
 
 def read_plan_file(path: Path, task: str) -> tuple[str, list[str], dict[str, Any]]:
@@ -630,16 +640,17 @@ def summarize(out: Path) -> dict:
         }
     reference = None
     bands = difficulty_bands(start, methods, plan.hard_below)
-    if REFERENCE in methods:
+    ref = plan.reference_method
+    if ref in methods:
         rewards = {method: {seed: run.rewards for seed, run in runs.items()} for method, runs in per_run.items()}
         for method, row in methods.items():
-            if method != REFERENCE:
-                row["difference_from_reference"] = paired_difference(rewards[method], rewards[REFERENCE])
+            if method != ref:
+                row["difference_from_reference"] = paired_difference(rewards[method], rewards[ref])
                 if bands:
-                    row["band_difference_from_reference"] = band_differences(rewards[method], rewards[REFERENCE], start, bands)
-        reference = {"method": REFERENCE, "final_accuracy": methods[REFERENCE]["final_accuracy"]["mean"]}
+                    row["band_difference_from_reference"] = band_differences(rewards[method], rewards[ref], start, bands)
+        reference = {"method": ref, "final_accuracy": methods[ref]["final_accuracy"]["mean"]}
         for method, row in methods.items():
-            row["tokens_to_reference"] = tokens_to_reach(per_run[method], per_run[REFERENCE], grid)
+            row["tokens_to_reference"] = tokens_to_reach(per_run[method], per_run[ref], grid)
     choice = chosen_learning_rates(out, plan)
     for method, row in methods.items():
         if choice and method in choice:
@@ -656,7 +667,7 @@ def summarize(out: Path) -> dict:
         "missing_runs": [f"{m}-seed{s}" for m in plan.methods for s in range(plan.seeds)
                          if not (run_dir(out, RunSpec(m, s)) / "eval.json").is_file()],
         "eval_sets": {
-            # The curves (and tokens to reach grpo's best) come from the periodic evaluations during training;
+            # The curves (and tokens to reach the reference's final accuracy) come from the periodic evaluations during training;
             # the tables, the starting policy and the final markers from the final set.
             "periodic_n": plan.final_problems if plan.final_problems and plan.final_evaluations > 1 else config["eval"]["n_problems"],
             "final_n": start["n"] if start else next((row["final_n"] for row in methods.values()), None),
@@ -824,7 +835,7 @@ def _tokens(n: float | None) -> str:
 
 
 def _difference(diff: dict | None) -> str:
-    """A difference from grpo in points with its interval; one inside its interval reads as no difference."""
+    """A difference from the reference in points with its interval; one inside its interval reads as no difference."""
     if not diff:
         return ""
     low, high = diff["ci95"]
@@ -833,7 +844,7 @@ def _difference(diff: dict | None) -> str:
 
 
 def _ratio(value: float | None, ci: list[float | None] | None) -> str:
-    """A token ratio to grpo's with its interval; None reads as not reached within the budget."""
+    """A token ratio to the reference's with its interval; None reads as not reached within the budget."""
     def one(v: float | None) -> str:
         return "not reached" if v is None else f"{v:.2f}"
 
@@ -848,6 +859,7 @@ def results_markdown(results: dict) -> str:
     sets = results.get("eval_sets") or {}
     final_n = f"n={sets['final_n']}" if sets.get("final_n") else "the final set"
     periodic_n = f"n={sets['periodic_n']}" if sets.get("periodic_n") else "the periodic set"
+    ref = plan.get("reference") or REFERENCE
     lines = [
         f"# {task['name']}: {', '.join(plan['methods'])} at {plan['budget_tokens']:,} generated tokens",
         "",
@@ -862,23 +874,23 @@ def results_markdown(results: dict) -> str:
         + (", the same problems)." if sets.get("periodic_n") == sets.get("final_n") else
            ", the first of the same problems)." if (sets.get("periodic_n") or 0) <= (sets.get("final_n") or 0) else ")."),
         "",
-        "The difference from grpo is in points of final accuracy, with a 95% bootstrap interval that resamples the "
+        f"The difference from {ref} is in points of final accuracy, with a 95% bootstrap interval that resamples the "
         "seeds both methods ran (paired) and the final held-out problems (the same for every run); a difference "
         "whose interval holds 0 is no difference.",
         "",
     ]
     reference = results["reference"]
-    target = f"grpo's final accuracy ({reference['final_accuracy']:.1%})" if reference else "grpo's final accuracy"
+    target = f"{ref}'s final accuracy ({reference['final_accuracy']:.1%})" if reference else f"{ref}'s final accuracy"
     lines += [
-        f"Tokens to reach {target}: where a method's mean accuracy curve first crosses it, as a ratio to where grpo's own "
+        f"Tokens to reach {target}: where a method's mean accuracy curve first crosses it, as a ratio to where {ref}'s own "
         "mean curve does, in generated tokens and in trained tokens (every row's tokens through forward and backward), "
         "with 95% bootstrap intervals over the seeds both ran (paired); \"not reached\" means not within the budget.",
         "",
     ]
     spread = "mean ± std over seeds" if plan["seeds"] > 1 else "1 seed"
     lines += [
-        f"| method | final accuracy ({final_n}; {spread}) | difference from grpo (95% CI) | seeds | tokens to reach {target} | "
-        "generated-token ratio to grpo (95% CI) | trained-token ratio to grpo (95% CI) | learning rate | wall-clock (min) | "
+        f"| method | final accuracy ({final_n}; {spread}) | difference from {ref} (95% CI) | seeds | tokens to reach {target} | "
+        f"generated-token ratio to {ref} (95% CI) | trained-token ratio to {ref} (95% CI) | learning rate | wall-clock (min) | "
         "steps | trained tokens | probe tokens | localization accuracy | probes per failure (last quarter) | "
         "self-localization accuracy (last quarter) |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -930,7 +942,7 @@ def results_markdown(results: dict) -> str:
     if bands and bands["hard"] and bands["other"]:
         lines += ["", f"Pooled over the levels where the starting policy is below {plan.get('hard_below', HARD_LEVEL):.0%} (hard: {bands['hard']}) and over "
                   f"the others ({bands['other']}), each level weighted by its problem count; mean ± std over seeds:", "",
-                  f"| method | hard levels | hard, difference from {REFERENCE} | other levels | other, difference from {REFERENCE} |",
+                  f"| method | hard levels | hard, difference from {ref} | other levels | other, difference from {ref} |",
                   "|---|---:|---:|---:|---:|"]
         if start:
             def pooled(levels):
@@ -939,7 +951,7 @@ def results_markdown(results: dict) -> str:
             lines.append(f"| starting policy | {pooled(bands['hard']):.1%} | | {pooled(bands['other']):.1%} | |")
         for name, row in methods.items():
             band = row.get("band_difference_from_reference") or {}
-            cells = ["" if name == REFERENCE else _difference(band.get(b)) for b in ("hard", "other")]
+            cells = ["" if name == ref else _difference(band.get(b)) for b in ("hard", "other")]
             lines.append(f"| {name} | {_pct(row.get('hard_levels_accuracy'))} | {cells[0]} | {_pct(row.get('other_levels_accuracy'))} | {cells[1]} |")
         lines += ["", f"Differences by band: paired over the seeds both ran and the band's final problems, 95% bootstrap "
                   f"interval (blank without per-problem levels in the starting policy's evaluation)."]
