@@ -75,6 +75,21 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     assert load_config(str(path)) == config
 
 
+def test_a_field_added_after_a_save_is_no_difference_at_its_default():
+    import yaml
+
+    from sirl.config import config_differences
+
+    saved = yaml.safe_load(to_yaml(load_config("arith")))
+    del saved["method"]["failure_choice"]  # a config saved before the field existed
+    assert config_differences(saved, load_config("arith")) == []
+    assert config_differences(saved, load_config("arith", ["method.failure_choice=random"])) == [
+        "method.failure_choice: None -> 'random'"
+    ]
+    # a changed value of a field both have is still a difference
+    assert config_differences(saved, load_config("arith", ["method.probes=3"])) == ["method.probes: 1 -> 3"]
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

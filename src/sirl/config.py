@@ -587,7 +587,9 @@ def to_yaml(config: Any) -> str:
 
 
 def config_differences(saved: Any, current: Any, ignore: tuple[str, ...] = ("out",)) -> list[str]:
-    """Dotted keys whose values differ between two configs (dataclasses or dicts), as ``key: a -> b``."""
+    """Dotted keys whose values differ between two configs (dataclasses or dicts), as ``key: a -> b``. A key
+    the saved config lacks is no difference while the current value is that field's default: the field
+    was added after the save, and a new field's default keeps what came before."""
 
     def flat(data: Any, prefix: str = "") -> dict[str, Any]:
         data = to_dict(data) if dataclasses.is_dataclass(data) else data
@@ -601,4 +603,7 @@ def config_differences(saved: Any, current: Any, ignore: tuple[str, ...] = ("out
         return out
 
     a, b = flat(saved), flat(current)
-    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in sorted(set(a) | set(b)) if key not in ignore and a.get(key) != b.get(key)]
+    defaults = flat(ExperimentConfig())
+    added_at_default = {key for key in set(b) - set(a) if key in defaults and b[key] == defaults[key]}
+    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in sorted(set(a) | set(b))
+            if key not in ignore and key not in added_at_default and a.get(key) != b.get(key)]
