@@ -406,3 +406,28 @@ def test_each_method_runs_the_table_at_the_learning_rate_its_held_out_seed_chose
         ComparePlan(methods=["grpo"], seeds=8, learning_rates=[1e-4], lr_seed=3)
     with pytest.raises(ConfigError, match="learning_rates"):
         ComparePlan(methods=["grpo"], learning_rates=[1e-4, 1e-4])
+
+
+def test_the_paired_script_compares_variants_across_folders(tmp_path):
+    # two folders, one variant each; per-problem rewards by hand (a reward per problem may be a mean over
+    # samples): A 0.5 and B 0.25 on every problem of both seeds, so A - B = +25 points on every resample of
+    # seeds and problems, and the interval is that point
+    import subprocess
+    import sys
+
+    for name, rewards in (("a", ([0.5] * 4, [0.5] * 4)), ("b", ([0.25] * 4, [0.25] * 4))):
+        folder = tmp_path / name
+        plan = ComparePlan(methods=["tree_branch"], seeds=2, budget_tokens=400, eval_every_tokens=200, final_evaluations=1)
+        folder.mkdir()
+        (folder / "compare.json").write_text(json.dumps(plan.__dict__))
+        for seed, r in enumerate(rewards):
+            run = folder / f"runs/tree_branch/seed{seed}"
+            run.mkdir(parents=True)
+            (run / "eval.json").write_text(json.dumps({"step": 4, "tokens/total": 400, "n": 4, "accuracy": sum(r) / 4, "rewards": r}))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/paired.py"), f"A={tmp_path / 'a'}:tree_branch",
+                          f"B={tmp_path / 'b'}:tree_branch"], capture_output=True, text=True, check=True).stdout
+    assert "| A | 50.0% ± 0.0% | 2 |" in out and "| B | 25.0% ± 0.0% | 2 |" in out
+    assert "| A | B | +25.0 [+25.0, +25.0] |" in out
+    missing = subprocess.run([sys.executable, str(ROOT / "benchmarks/paired.py"), f"A={tmp_path / 'a'}:grpo"], capture_output=True, text=True)
+    assert missing.returncode != 0 and "no finished run of 'grpo'" in missing.stderr
+
