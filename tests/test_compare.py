@@ -4,6 +4,7 @@ an interrupted comparison resumed to the same results as an uninterrupted one.""
 import json
 import random
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -384,6 +385,24 @@ def test_the_final_figure_averages_the_last_evaluations_problem_by_problem(tmp_p
     assert final_figure(folder, ComparePlan(methods=["grpo"], final_evaluations=3))["accuracy"] == 1.0
 
 
+def test_the_table_by_difficulty_uses_the_same_final_figure_as_the_headline(tmp_path):
+    from sirl.compare import figure_by_difficulty, final_figure
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    last = {"1": {"n": 2, "accuracy": 1.0}, "2": {"n": 1, "accuracy": 0.0}}  # the last evaluation's own table
+    final = {"step": 4, "tokens/total": 400, "n": 3, "accuracy": 2 / 3, "rewards": [1.0, 1.0, 0.0],
+             "difficulties": [1, 1, 2], "by_difficulty": last}
+    (folder / "eval.json").write_text(json.dumps(final))
+    write_evals(folder, [(2, 200, [0.0, 1.0, 1.0]), (3, 300, [0.0, 0.0, 1.0]), (4, 400, [1.0, 1.0, 0.0])])
+    figure = final_figure(folder, ComparePlan(methods=["grpo"], final_evaluations=3))
+    table = figure_by_difficulty(figure, final)
+    # level 1: problems 1 and 2, (0+0+1)/3 and (1+0+1)/3 -> 1/2; level 2: problem 3, (1+1+0)/3 -> 2/3
+    assert table["1"] == {"n": 2, "accuracy": pytest.approx(1 / 2)} and table["2"] == {"n": 1, "accuracy": pytest.approx(2 / 3)}
+    assert sum(v["n"] * v["accuracy"] for v in table.values()) / 3 == pytest.approx(figure["accuracy"])
+    assert figure_by_difficulty(figure, {**final, "difficulties": []}) == last  # older runs: their own table
+
+
 def test_each_method_runs_the_table_at_the_learning_rate_its_held_out_seed_chose(tmp_path):
     from sirl.compare import _train_command, chosen_learning_rates, lr_runs, run_dir
 
@@ -431,3 +450,33 @@ def test_the_paired_script_compares_variants_across_folders(tmp_path):
     missing = subprocess.run([sys.executable, str(ROOT / "benchmarks/paired.py"), f"A={tmp_path / 'a'}:grpo"], capture_output=True, text=True)
     assert missing.returncode != 0 and "no finished run of 'grpo'" in missing.stderr
 
+
+
+def test_a_comparison_grows_by_seeds_and_methods_but_does_not_shrink():
+    base = dict(budget_tokens=400, eval_every_tokens=200)
+    saved = ComparePlan(methods=["grpo", "si"], seeds=8, **base)
+    assert ComparePlan(methods=["grpo", "si"], seeds=16, **base).same_results_as(saved) == []
+    assert ComparePlan(methods=["grpo", "si", "tree"], seeds=8, **base).same_results_as(saved) == []
+    assert ComparePlan(methods=["si", "grpo"], seeds=8, **base).same_results_as(saved) == []
+    assert ComparePlan(methods=["grpo", "si"], seeds=4, **base).same_results_as(saved) == [
+        "seeds: 8 -> 4 (a comparison can grow, not shrink; give a new --out for fewer)"
+    ]
+    assert ComparePlan(methods=["grpo"], seeds=8, **base).same_results_as(saved) == [
+        "methods: ['grpo', 'si'] -> ['grpo'] drops ['si'] (add methods, or give a new --out)"
+    ]
+
+
+def test_more_seeds_on_a_finished_comparison_adds_only_the_new_runs(uninterrupted, tmp_path):
+    out = tmp_path / "cmp"
+    shutil.copytree(uninterrupted, out)
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed0/eval.json")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    args = [a if a != "1" or TINY[i - 1] != "--seeds" else "2" for i, a in enumerate(TINY)]
+    done = subprocess.run([sys.executable, "-m", "sirl.cli", "compare", *args, "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert len(kept) == 2 and all(p.stat().st_mtime_ns == t for p, t in kept.items())  # seed 0's runs were not redone
+    results = json.loads((out / "results.json").read_text())
+    assert {name: row["seeds"] for name, row in results["methods"].items()} == {"grpo": [0, 1], "si": [0, 1]}
+    first = json.loads((uninterrupted / "results.json").read_text())
+    assert results["methods"]["grpo"]["final_accuracy"]["values"][0] == first["methods"]["grpo"]["final_accuracy"]["values"][0]

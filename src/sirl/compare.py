@@ -135,9 +135,17 @@ class ComparePlan:
 
     def same_results_as(self, other: ComparePlan) -> list[str]:
         """Fields whose change would change the runs (jobs and threads only change the speed, hard_below and
-        reference only the report)."""
+        reference only the report). A comparison may grow: more seeds, or methods added, leave every saved
+        run as it is and only add runs; fewer would drop finished runs from the table, so they count."""
         mine, theirs = asdict(self), asdict(other)
-        return [f"{k}: {theirs[k]} -> {mine[k]}" for k in mine if k not in ("jobs", "threads", "hard_below", "reference") and mine[k] != theirs[k]]
+        changed = [f"{k}: {theirs[k]} -> {mine[k]}" for k in mine
+                   if k not in ("jobs", "threads", "hard_below", "reference", "seeds", "methods") and mine[k] != theirs[k]]
+        if self.seeds < other.seeds:
+            changed.append(f"seeds: {other.seeds} -> {self.seeds} (a comparison can grow, not shrink; give a new --out for fewer)")
+        dropped = [m for m in other.methods if m not in self.methods]
+        if dropped:
+            changed.append(f"methods: {other.methods} -> {self.methods} drops {dropped} (add methods, or give a new --out)")
+        return changed
 
 
 PLAN_FILE_KEYS = {"methods", "seeds", "budget_tokens", "eval_every_tokens", "final_problems", "checkpoint_every", "jobs", "threads",
@@ -257,6 +265,19 @@ def final_figure(folder: Path, plan: ComparePlan) -> dict[str, Any]:
             used = [{"step": r["step"], "tokens/total": r["tokens/total"]} for r in records]
     accuracy = statistics.fmean(rewards) if rewards else final["accuracy"]
     return {"accuracy": accuracy, "rewards": rewards, "evaluations": used}
+
+
+def figure_by_difficulty(figure: dict[str, Any], final: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The final figure (``final_figure``) by difficulty level: per level, its problems' rewards averaged
+    as in the figure, so the table by difficulty and the headline agree. A run whose eval.json lacks
+    per-problem difficulties keeps that evaluation's own table."""
+    difficulties = final.get("difficulties") or []
+    if not figure["rewards"] or len(difficulties) != len(figure["rewards"]):
+        return final["by_difficulty"]
+    grouped: dict[str, list[float]] = {}
+    for level, reward in zip(difficulties, figure["rewards"]):
+        grouped.setdefault(str(level), []).append(reward)
+    return {level: {"n": len(values), "accuracy": statistics.fmean(values)} for level, values in sorted(grouped.items(), key=lambda kv: int(kv[0]))}
 
 
 def _threads(plan: ComparePlan) -> int:
@@ -610,7 +631,8 @@ def summarize(out: Path) -> dict:
         mean_curve = [statistics.mean(c[i] for c in curves) for i in range(len(grid))]
         std_curve = [statistics.stdev(c[i] for c in curves) if len(curves) > 1 else 0.0 for i in range(len(grid))]
         last = [rows[-1] for rows in logs]
-        levels = sorted({int(k) for f in finals for k in f["by_difficulty"]})
+        by_difficulty = [figure_by_difficulty(figure, final) for figure, final in zip(figures, finals)]
+        levels = sorted({int(k) for b in by_difficulty for k in b})
         methods[method] = {
             "seeds": [int(d.name.removeprefix("seed")) for d in finished],
             "final_accuracy": _mean_std([f["accuracy"] for f in figures]),
@@ -628,8 +650,7 @@ def summarize(out: Path) -> dict:
             "probes_per_failure": _mean_std([_mean_of(rows, "loc/probes_per_failure", last_fraction=0.25) for rows in logs]),
             "selfloc_accuracy": _mean_std([_mean_of(rows, "selfloc/accuracy", last_fraction=0.25) for rows in logs]),
             "by_difficulty": {
-                level: _mean_std([f["by_difficulty"][str(level)]["accuracy"] for f in finals if str(level) in f["by_difficulty"]])
-                for level in levels
+                level: _mean_std([b[str(level)]["accuracy"] for b in by_difficulty if str(level) in b]) for level in levels
             },
             "curve": {"tokens": grid, "mean": mean_curve, "std": std_curve},
             "probes_curve": _probes_curve(logs, grid),
