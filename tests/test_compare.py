@@ -480,3 +480,17 @@ def test_more_seeds_on_a_finished_comparison_adds_only_the_new_runs(uninterrupte
     assert {name: row["seeds"] for name, row in results["methods"].items()} == {"grpo": [0, 1], "si": [0, 1]}
     first = json.loads((uninterrupted / "results.json").read_text())
     assert results["methods"]["grpo"]["final_accuracy"]["values"][0] == first["methods"]["grpo"]["final_accuracy"]["values"][0]
+
+
+def test_rerunning_a_finished_comparison_rewrites_the_report_and_keeps_the_runs_load_record(uninterrupted, tmp_path):
+    out = tmp_path / "cmp"
+    shutil.copytree(uninterrupted, out)
+    load_record = (out / "logs/load.jsonl").read_text()
+    (out / "results.md").unlink()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-m", "sirl.cli", "compare", *TINY, "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (out / "results.md").is_file()
+    # nothing ran, so the load beside the wall-clock is still the one measured while the runs went
+    assert (out / "logs/load.jsonl").read_text() == load_record

@@ -367,7 +367,11 @@ def run_comparison(config: ExperimentConfig, plan: ComparePlan, out: Path, quiet
     pending = [r for r in runs if not _finished(out, r)]
     (out / "logs").mkdir(exist_ok=True)
     load_path = out / "logs" / "load.jsonl"
-    _record_load(load_path, "before", 0, threads)
+    # The load describes the runs' wall-clock: a rerun that only re-renders the report records nothing, so the
+    # saved before/after samples stay those of the runs.
+    measuring = bool(pending) or not (out / "start" / "eval.json").is_file()
+    if measuring:
+        _record_load(load_path, "before", 0, threads)
     if not quiet:
         if plan.learning_rates:
             print(f"compare: first {_count(len(lr_runs(plan)), 'learning-rate run')} (learning rates {plan.learning_rates} on seed "
@@ -443,7 +447,8 @@ def run_comparison(config: ExperimentConfig, plan: ComparePlan, out: Path, quiet
         for future in futures:
             future.result()  # an error of the starting policy's evaluation is raised here
     bar.close()
-    _record_load(load_path, "after", 0, threads)
+    if measuring:
+        _record_load(load_path, "after", 0, threads)
     results = summarize(out)
     write_outputs(out, results)
     if failed:
