@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
             "accuracy is measured at every multiple of --eval-every-tokens and at the end on --final-problems "
             "problems. Writes results.json, results.md (final accuracy mean and std over seeds, tokens to reach grpo's "
             "best accuracy, wall-clock, probe share, localization accuracy, accuracy by difficulty) and PNG plots into "
-            "--out. Rerunning with the same --out continues a killed comparison where it stopped. --plan reads the "
+            "--out. Rerunning with the same --out continues a killed comparison where it stopped, or grows a finished one by more --seeds or added --methods. --plan reads the "
             "settings and each task's config from a comparison preset (benchmarks/compare_cpu.yaml); flags given here "
             "override it."
         ),
