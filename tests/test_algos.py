@@ -329,6 +329,55 @@ def test_tree_credit_is_zero_sum_at_every_node_and_telescopes_to_the_outcome_adv
             assert sum(adv[i][len(prefix)].item() for i in through) == pytest.approx(0.0, abs=1e-5)
 
 
+def test_leave_one_out_tree_values_by_hand():
+    # The group of test_tree_credit_by_hand, each node's value without the row itself. Row 0 ([1,2,3],
+    # verified): V(root) over the three others 1/3, V([1,2]) over rows 1 and 3 = 1/2, V([1,2,3]) over row 3
+    # = 1: advantages 1/3 - 1/3 = 0, 1/2 - 1/3 = +1/6, 1 - 1/2 = +1/2; total 2/3 = 1 - 1/3 (RLOO).
+    # Row 1 ([1,2,4], failed): V(root) = 2/3, V([1,2]) over rows 0 and 3 = 1, V([1,2,4]) alone = its own 0:
+    # 0, +1/3, -1. Row 2 ([1,5], failed): 2/3, 2/3, then alone: 0, 0, -2/3.
+    rows = [[1, 2, 3], [1, 2, 4], [1, 5], [1, 2, 3]]
+    rewards = [1.0, 0.0, 0.0, 1.0]
+    adv = algos.tree_token_advantages(rows, rewards, [0, 0, 0, 0], values="leave_one_out")
+    expected = [[0, 1 / 6, 1 / 2], [0, 1 / 3, -1], [0, -2 / 3], [0, 1 / 6, 1 / 2]]
+    for got, want in zip(adv, expected):
+        assert torch.allclose(got, torch.tensor(want), atol=1e-6)
+    with pytest.raises(ValueError, match="values must be one of"):
+        algos.tree_token_advantages(rows, rewards, [0, 0, 0, 0], values="median")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_leave_one_out_tree_values_match_the_naive_definition_and_telescope_to_rloo(seed):
+    responses, rewards, groups, prefix_lens = random_forest(random.Random(seed))
+    fast = algos.tree_token_advantages(responses, rewards, groups, prefix_lens, values="leave_one_out")
+    slow = algos.tree_token_advantages_naive(responses, rewards, groups, prefix_lens, values="leave_one_out")
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fast, slow))
+    free = [i for i, pl in enumerate(prefix_lens) if pl == 0]
+    for i in free:  # a row sampled from the prompt: R_i minus the mean of the others free at the root
+        others = [rewards[j] for j in free if j != i and groups[j] == groups[i]]
+        if others:
+            assert fast[i].sum().item() == pytest.approx(rewards[i] - sum(others) / len(others), abs=1e-5)
+
+
+def test_node_counts_by_hand():
+    # [1,2,3] twice, [1,2,4], [1,5]: "1" is sampled by 4 rows, "2" after [1] by 3, "3" after [1,2] by 2,
+    # "4" and "5" by one each. A probe given [1,2] that writes [1,2,3] samples only its "3": it counts there
+    # (3 rows), not at "1" or "2", and its own given tokens get 1.
+    rows = [[1, 2, 3], [1, 2, 4], [1, 5], [1, 2, 3]]
+    counts = algos.tree_node_counts(rows, [0, 0, 0, 0])
+    assert [c.tolist() for c in counts] == [[4, 3, 2], [4, 3, 1], [4, 1], [4, 3, 2]]
+    counts = algos.tree_node_counts(rows + [[1, 2, 3]], [0] * 5, [0, 0, 0, 0, 2])
+    assert [c.tolist() for c in counts] == [[4, 3, 3], [4, 3, 1], [4, 1], [4, 3, 3], [1, 1, 3]]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_node_counts_match_their_naive_definition(seed):
+    responses, _, groups, prefix_lens = random_forest(random.Random(seed))
+    fast = algos.tree_node_counts(responses, groups, prefix_lens)
+    slow = algos.tree_node_counts_naive(responses, groups, prefix_lens)
+    assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+    assert all(torch.all(c >= 1) for c in fast)
+
+
 def test_branch_groups_score_each_row_against_the_others():
     # Three continuations of a 2-token given prefix [7, 7]: [7,7,1,1] verified, [7,7,1,2] and [7,7,3] not.
     # Leave-one-out: the success scores 1 - 0 = 1, each failure 0 - 1/2 = -1/2; the branch's own tree puts

@@ -47,6 +47,24 @@ def test_mixing_in_the_outcome_advantage():
     assert all(torch.allclose(a, o) for a, o in zip(credit("tree", GROUP, tree_outcome_mix=1.0).token_advantages, outcome.token_advantages))
 
 
+def test_tree_variants_leave_one_out_values_and_node_count_weighting():
+    # Group 0 of GROUP: rewards 1, 0, 0, 1 over [5,6,7,2], [5,6,8,2], [5,9,2], [5,6,7,2]; group 1: 1, 0.
+    # grpo's scale, 1 / the sample std: sqrt(3) and sqrt(2).
+    loo = credit("tree", GROUP, tree_values="leave_one_out")
+    rloo = outcome_advantages(GROUP, "rloo")  # R_i - mean of the others
+    scale = {0: 3**0.5, 1: 2**0.5}
+    for row, adv, score in zip(GROUP, loo.token_advantages, rloo):
+        assert adv.sum().item() == pytest.approx(score.item() * scale[row.group], abs=1e-4)
+    # the failure [5,9,2] leaves three rows whose other members' rate is 2/3 at "9": -(2/3) * sqrt(3)
+    assert loo.token_advantages[2][1].item() == pytest.approx(-(2 / 3) * 3**0.5, rel=1e-4)
+    weighted, plain = credit("tree", GROUP, tree_weighting="node_count"), credit("tree", GROUP)
+    # "6" after [5] is sampled by 3 rows, "7" after [5,6] by 2, "8" and "9" by one
+    assert weighted.token_advantages[0][1].item() == pytest.approx(plain.token_advantages[0][1].item() / 3, rel=1e-5)
+    assert weighted.token_advantages[0][2].item() == pytest.approx(plain.token_advantages[0][2].item() / 2, rel=1e-5)
+    assert weighted.token_advantages[1][2].item() == pytest.approx(plain.token_advantages[1][2].item(), rel=1e-5)
+    assert weighted.token_advantages[2][1].item() == pytest.approx(plain.token_advantages[2][1].item(), rel=1e-5)
+
+
 def test_every_method_is_registered_once_with_a_summary():
     assert sorted(METHODS) == ["dr_grpo", "grpo", "random_reset", "rloo", "si", "si_internal", "tree", "tree_branch", "vine"]
     assert all(m.name == name and m.summary for name, m in METHODS.items())

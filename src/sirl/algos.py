@@ -163,23 +163,22 @@ def broadcast_steps_to_tokens(step_adv_BS: torch.Tensor, step_index_BT: torch.Te
 # arXiv 2601.03703). Tokens every row shares get 0; along one row the advantages telescope to
 # R - V(root), the outcome advantage's numerator; and over the rows through any node where none ends, the
 # advantages of the next token sum to 0, so the credit is zero-sum wherever a choice was made.
+#
+# Variants (method.tree_values, method.tree_weighting): leave-one-out node values, and lambda-GRPO's
+# division of each token's loss by the number of rows that share it. TreeAdv's own redistribution (each
+# token the mean outcome advantage of the rows below its node) is not one: on a node n rows share, the n
+# rows' coefficients sum to n times their mean advantage, which is what GRPO's sum over them is already.
 
 
-def tree_token_advantages(
-    responses: list[list[int]], rewards: list[float], groups: list[int], prefix_lens: list[int] | None = None
-) -> list[torch.Tensor]:
-    """Per row, ``[len(responses[i])]`` advantages V(node after token t) - V(node before it); 0 on the
-    first ``prefix_lens[i]`` tokens (given, not sampled). Rows are tried only against rows of the same
-    group. A row given a prefix of L tokens was forced through its first L nodes, so it counts in the value
-    of a node at depth d only when L <= d (as sirl.internalize.localize.PrefixBook counts free samples).
+TREE_VALUES = ("mean", "leave_one_out")
 
-    One pass builds the trie (a dict per node) and one reads it: O(total tokens). Naive equivalent: for
-    each row and position, the mean reward of every row of the group that shares the prefix and was free
-    there (:func:`tree_token_advantages_naive`; tests hold them equal)."""
-    prefix_lens = prefix_lens or [0] * len(responses)
+
+def _prefix_trie(responses: list[list[int]], groups: list[int]) -> tuple[list[list[int]], int]:
+    """Per row, the node ids of a trie over token ids from its group's root through each of its tokens,
+    and the number of nodes. One dict per node: O(total tokens)."""
     children: list[dict[int, int]] = []  # node id -> {token: child node id}
     roots: dict[int, int] = {}  # group -> its root node
-    paths = []  # per row, the node ids from the root through each of its tokens
+    paths = []
     for tokens, group in zip(responses, groups, strict=True):
         if group not in roots:
             roots[group] = len(children)
@@ -192,16 +191,72 @@ def tree_token_advantages(
                 children.append({})
             path.append(nxt)
         paths.append(path)
-    total, count = [0.0] * len(children), [0] * len(children)
+    return paths, len(children)
+
+
+def _free_sums(paths: list[list[int]], rewards: list[float], prefix_lens: list[int], n_nodes: int) -> tuple[list[float], list[int]]:
+    """Per node, the summed reward and the number of rows that were free there (a row given L tokens
+    counts from depth L on)."""
+    total, count = [0.0] * n_nodes, [0] * n_nodes
     for path, reward, given in zip(paths, rewards, prefix_lens, strict=True):
-        for n in path[given:]:  # free from depth `given` on
+        for n in path[given:]:
             total[n] += reward
             count[n] += 1
+    return total, count
+
+
+def tree_token_advantages(
+    responses: list[list[int]],
+    rewards: list[float],
+    groups: list[int],
+    prefix_lens: list[int] | None = None,
+    values: str = "mean",
+) -> list[torch.Tensor]:
+    """Per row, ``[len(responses[i])]`` advantages V(node after token t) - V(node before it); 0 on the
+    first ``prefix_lens[i]`` tokens (given, not sampled). Rows are tried only against rows of the same
+    group. A row given a prefix of L tokens was forced through its first L nodes, so it counts in the value
+    of a node at depth d only when L <= d (as sirl.internalize.localize.PrefixBook counts free samples).
+
+    ``values``: "mean", V(node) the mean reward of the rows free through it; "leave_one_out", for row i
+    the mean over the *other* rows free through the node, and R_i where none is (a node only i reached).
+    Along a row the leave-one-out advantages telescope to R_i - mean_{j != i} R_j, the RLOO score (Kool et
+    al. 2019), so a row is never its own baseline: a failure parting from k successes of n rows is pushed
+    down by the others' rate k / (n - 1), not by k / n.
+
+    One pass builds the trie and one reads it: O(total tokens). Naive equivalent: for each row and
+    position, the mean reward of the rows of the group that share the prefix and were free there
+    (:func:`tree_token_advantages_naive`; tests hold them equal)."""
+    if values not in TREE_VALUES:
+        raise ValueError(f"values must be one of {TREE_VALUES}, got {values!r}")
+    prefix_lens = prefix_lens or [0] * len(responses)
+    paths, n_nodes = _prefix_trie(responses, groups)
+    total, count = _free_sums(paths, rewards, prefix_lens, n_nodes)
     out = []
-    for path, given in zip(paths, prefix_lens):
-        values = [total[n] / count[n] if count[n] else 0.0 for n in path]
-        out.append(torch.tensor([values[t + 1] - values[t] if t >= given else 0.0 for t in range(len(path) - 1)], dtype=torch.float32))
+    for path, reward, given in zip(paths, rewards, prefix_lens):
+        if values == "mean":
+            v = [total[n] / count[n] if count[n] else 0.0 for n in path]
+        else:  # this row is free at depth >= given, so it is in count there: take it out
+            v = [(total[n] - reward) / (count[n] - 1) if count[n] > 1 else reward for n in path]
+        out.append(torch.tensor([v[t + 1] - v[t] if t >= given else 0.0 for t in range(len(path) - 1)], dtype=torch.float32))
     return out
+
+
+def tree_node_counts(responses: list[list[int]], groups: list[int], prefix_lens: list[int] | None = None) -> list[torch.Tensor]:
+    """Per row and sampled token, the number of rows of its group that sampled the same token in the same
+    context (through the node the token leads to, free before it). lambda-GRPO (Sullivan 2025,
+    arXiv 2509.21154, sec. 4) divides each token's loss by this count, so that a step many rows share is
+    not trained once per row; given tokens get 1 (they carry no advantage). Naive equivalent: count the
+    rows whose tokens match up to and including t (:func:`tree_node_counts_naive`)."""
+    prefix_lens = prefix_lens or [0] * len(responses)
+    paths, n_nodes = _prefix_trie(responses, groups)
+    count = [0] * n_nodes
+    for path, given in zip(paths, prefix_lens):
+        for n in path[given + 1 :]:  # the nodes its sampled tokens lead to
+            count[n] += 1
+    return [
+        torch.tensor([float(count[path[t + 1]]) if t >= given else 1.0 for t in range(len(path) - 1)], dtype=torch.float32)
+        for path, given in zip(paths, prefix_lens)
+    ]
 
 
 def branch_token_advantages(responses: list[list[int]], rewards: list[float], prefix_len: int) -> list[torch.Tensor]:
@@ -222,20 +277,46 @@ def branch_token_advantages(responses: list[list[int]], rewards: list[float], pr
 
 
 def tree_token_advantages_naive(
-    responses: list[list[int]], rewards: list[float], groups: list[int], prefix_lens: list[int] | None = None
+    responses: list[list[int]],
+    rewards: list[float],
+    groups: list[int],
+    prefix_lens: list[int] | None = None,
+    values: str = "mean",
 ) -> list[torch.Tensor]:
     """The definition, row by row and position by position (the test twin of :func:`tree_token_advantages`)."""
     prefix_lens = prefix_lens or [0] * len(responses)
 
-    def value(group: int, prefix: list[int]) -> float:
-        through = [
-            r for tokens, r, g, given in zip(responses, rewards, groups, prefix_lens)
-            if g == group and tokens[: len(prefix)] == prefix and len(tokens) >= len(prefix) and given <= len(prefix)
+    def through(group: int, prefix: list[int], leave_out: int | None) -> list[float]:
+        return [
+            r for j, (tokens, r, g, given) in enumerate(zip(responses, rewards, groups, prefix_lens))
+            if g == group and tokens[: len(prefix)] == prefix and len(tokens) >= len(prefix) and given <= len(prefix) and j != leave_out
         ]
-        return sum(through) / len(through)
+
+    def value(i: int, prefix: list[int]) -> float:
+        if values == "mean":
+            rows = through(groups[i], prefix, None)
+            return sum(rows) / len(rows)
+        others = through(groups[i], prefix, i)
+        return sum(others) / len(others) if others else rewards[i]
 
     return [
-        torch.tensor([value(g, tokens[: t + 1]) - value(g, tokens[:t]) if t >= given else 0.0 for t in range(len(tokens))], dtype=torch.float32)
+        torch.tensor([value(i, tokens[: t + 1]) - value(i, tokens[:t]) if t >= given else 0.0 for t in range(len(tokens))], dtype=torch.float32)
+        for i, (tokens, given) in enumerate(zip(responses, prefix_lens))
+    ]
+
+
+def tree_node_counts_naive(responses: list[list[int]], groups: list[int], prefix_lens: list[int] | None = None) -> list[torch.Tensor]:
+    """The test twin of :func:`tree_node_counts`."""
+    prefix_lens = prefix_lens or [0] * len(responses)
+
+    def count(group: int, prefix: list[int]) -> float:
+        return float(sum(
+            g == group and tokens[: len(prefix)] == prefix and given <= len(prefix) - 1
+            for tokens, g, given in zip(responses, groups, prefix_lens)
+        ))
+
+    return [
+        torch.tensor([count(g, tokens[: t + 1]) if t >= given else 1.0 for t in range(len(tokens))], dtype=torch.float32)
         for tokens, g, given in zip(responses, groups, prefix_lens)
     ]
 

@@ -282,6 +282,14 @@ class MethodConfig:
     tree_outcome_mix: float = ranged(0.0, 0, 1)
     """tree: the share of each token's advantage that is the response's outcome advantage (the rest is tree
     credit); 0 is plain tree credit, 1 is the outcome method."""
+    tree_values: Literal["mean", "leave_one_out"] = "mean"
+    """tree, tree_branch: a trie node's value V in V(child) - V(parent): the mean outcome of the rows through
+    it, or for each row the mean of the *other* rows through it (its own outcome where none is), which makes
+    a row's credit add up to its RLOO score (sirl.algos.tree_token_advantages)."""
+    tree_weighting: Literal["none", "node_count"] = "none"
+    """tree, tree_branch: "node_count" divides each token's advantage by the number of rows of its group that
+    sampled the same token in the same context (lambda-GRPO, arXiv 2509.21154), so a step many rows share is
+    not trained once per row; "none" trains every row's copy."""
     repair_share: float = ranged(0.25, 0, 1)
     """Share of each step's prompts drawn from the repair buffer (continued from a stored good prefix)."""
     repair_capacity: int = ranged(512, 1)

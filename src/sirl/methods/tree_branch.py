@@ -27,7 +27,7 @@ from sirl.types import Credit, Localization, LocalizedFailure, Trajectory
 def tree_branch_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
     config = context.config.method
     evidence = StepEvidence.of(rollouts, context.config.algo.outcome_advantage)
-    base = tree_credit_of(evidence, config.tree_outcome_mix)
+    base = tree_credit_of(evidence, config)
     chosen_rows, metrics = evidence.choose_failures(config.max_localizations, config.failure_choice, context.rng)
     decisions = [certified_prefix_steps(evidence.book, rollouts[i], below=len(rollouts[i].step_spans)) for i in chosen_rows]
     requests = [(rollouts[i], c) for i, c in zip(chosen_rows, decisions)]
