@@ -104,13 +104,37 @@ class ComparePlan:
     """The method every other is measured against (differences, token ratios); None: grpo, where it is
     one of ``methods``. Changes the report only, so one set of runs can be read against grpo and against,
     say, dr_grpo."""
+    variants: dict[str, dict[str, Any]] | None = None
+    """Named variants of registered methods, each a mapping ``{method: NAME, overrides: {dotted.key: value}}``;
+    a variant's name may then be listed in ``methods`` like a method. Its runs train ``method`` with the
+    comparison's config plus its overrides, so an ablation (say, si without its repair buffer) runs in the
+    same folder as the runs it is measured against, seed for seed."""
 
     @property
     def reference_method(self) -> str:
         return self.reference or REFERENCE
 
+    def algo_of(self, name: str) -> str:
+        """The registered method that a table entry (a method or a variant's name) trains."""
+        return (self.variants or {}).get(name, {}).get("method", name)
+
+    def overrides_of(self, name: str) -> list[str]:
+        """A variant's overrides as command-line ``--dotted.key=value`` flags (none for a plain method)."""
+        overrides = (self.variants or {}).get(name, {}).get("overrides") or {}
+        return [f"--{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
+
     def __post_init__(self) -> None:
         known = _method_names()
+        for name, spec in (self.variants or {}).items():
+            if name in known:
+                raise ConfigError(f"variants: {name!r} is a registered method's name; give the variant another name")
+            if not isinstance(spec, dict) or spec.get("method") not in known or set(spec) - {"method", "overrides"}:
+                raise ConfigError(
+                    f"variants.{name}: give {{method: NAME, overrides: {{dotted.key: value}}}} with NAME one of {list(known)}, got {spec!r}"
+                )
+            if not isinstance(spec.get("overrides") or {}, dict):
+                raise ConfigError(f"variants.{name}.overrides must be a mapping of dotted keys to values, got {spec['overrides']!r}")
+        known = (*known, *(self.variants or {}))
         unknown = [m for m in self.methods if m not in known]
         if unknown or not self.methods:
             raise ConfigError(f"unknown method(s) {unknown or '(none given)'}; choose from {list(known)}")
@@ -139,7 +163,10 @@ class ComparePlan:
         run as it is and only add runs; fewer would drop finished runs from the table, so they count."""
         mine, theirs = asdict(self), asdict(other)
         changed = [f"{k}: {theirs[k]} -> {mine[k]}" for k in mine
-                   if k not in ("jobs", "threads", "hard_below", "reference", "seeds", "methods") and mine[k] != theirs[k]]
+                   if k not in ("jobs", "threads", "hard_below", "reference", "seeds", "methods", "variants") and mine[k] != theirs[k]]
+        # Variants may be added; one that both define must define the same runs.
+        changed += [f"variants.{name}: {(other.variants or {})[name]} -> {spec}" for name, spec in (self.variants or {}).items()
+                    if name in (other.variants or {}) and (other.variants or {})[name] != spec]
         if self.seeds < other.seeds:
             changed.append(f"seeds: {other.seeds} -> {self.seeds} (a comparison can grow, not shrink; give a new --out for fewer)")
         dropped = [m for m in other.methods if m not in self.methods]
@@ -149,7 +176,7 @@ class ComparePlan:
 
 
 PLAN_FILE_KEYS = {"methods", "seeds", "budget_tokens", "eval_every_tokens", "final_problems", "checkpoint_every", "jobs", "threads",
-                  "final_evaluations", "learning_rates", "lr_seed", "hard_below", "reference"}
+                  "final_evaluations", "learning_rates", "lr_seed", "hard_below", "reference", "variants"}
 
 
 def read_plan_file(path: Path, task: str) -> tuple[str, list[str], dict[str, Any]]:
@@ -232,7 +259,7 @@ def _train_command(out: Path, run: RunSpec, plan: ComparePlan, lr: float | None 
         shutil.rmtree(folder)
     return [
         sys.executable, "-m", "sirl.cli", "train", "--config", str(out / "base.yaml"), "--out", str(folder), "--quiet",
-        "--algo", run.method, "--seed", str(run.seed),
+        "--algo", plan.algo_of(run.method), "--seed", str(run.seed), *plan.overrides_of(run.method),
         f"--train.max_tokens={plan.budget_tokens}", "--train.steps=1000000000", "--train.max_minutes=null",
         "--train.eval_every=0", f"--train.eval_every_tokens={plan.eval_every_tokens}",
         f"--train.checkpoint_every={plan.checkpoint_every}",
