@@ -1,13 +1,16 @@
 """Build and load Hugging Face causal LMs and their tokenizers; token log-probabilities.
 
 Models are ordinary ``transformers`` models saved as ``save_pretrained`` directories, so a policy trained
-here loads anywhere and any local causal LM directory can be trained here. Nothing is downloaded: new
-models are built from configs, existing ones load from local folders only.
+here loads anywhere and any causal LM directory can be trained here. A model is named by a local directory
+or by a Hugging Face Hub id (``org/name``, optionally ``org/name@revision``), which resolves to its snapshot
+in the local Hugging Face cache (:func:`model_directory`); it is downloaded into that cache only when it is
+missing, a network exists and offline mode (``HF_HUB_OFFLINE=1``) is off. New models are built from configs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from transformers.utils import logging as hf_logging
 from sirl import algos
 from sirl.batch import TokenBatch
 from sirl.config import ModelConfig
-from sirl.paths import resolve_path
+from sirl.paths import PROJECT_ROOT, resolve_path
 from sirl.tokenizer import build_char_tokenizer
 
 
@@ -97,20 +100,114 @@ def build_model(
     return model
 
 
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.py"]
+"""The files of a Hub model repository that loading needs (config, weights, tokenizer, chat template); other
+files (GGUF and ONNX copies, training logs) are never downloaded. Repositories without safetensors weights
+get ``*.bin`` too (:func:`_download`)."""
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+
+
+class ModelNotFound(FileNotFoundError):
+    """``--model`` names neither a local model directory nor a Hub model that can be had."""
+
+
+def _truthy(value: str | None) -> bool:
+    # huggingface_hub.constants._is_true: the values it reads as on
+    return (value or "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_offline() -> bool:
+    """Offline mode as huggingface_hub reads it (``HF_HUB_OFFLINE``, or ``TRANSFORMERS_OFFLINE``), read now:
+    huggingface_hub reads it once, when it is imported, so a later change would otherwise go unseen."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or _truthy(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"))
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache as huggingface_hub finds it (``HF_HUB_CACHE``, ``HUGGINGFACE_HUB_CACHE``,
+    ``HF_HOME``/hub, ``XDG_CACHE_HOME``/huggingface/hub, ~/.cache/huggingface/hub), read from the environment
+    now for the same reason as :func:`hub_offline`."""
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
+    return Path(os.path.expandvars(os.path.expanduser(cache)))
+
+
+def split_hub_id(name: str) -> tuple[str, str | None] | None:
+    """``("org/name", revision or None)`` when ``name`` is shaped like a Hub model id (``name``, ``org/name``,
+    either with ``@revision``), else None."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    repo_id, _, revision = name.partition("@")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return None
+    return repo_id, revision or None
+
+
+def _download(repo_id: str, revision: str | None, cache: Path, offline: bool) -> Path:
+    """The snapshot folder of ``repo_id`` at ``revision`` in ``cache``: looked up there only when
+    ``offline``, else checked against the Hub and completed (the files of :data:`HUB_PATTERNS`)."""
+    from huggingface_hub import list_repo_files, snapshot_download
+
+    patterns = list(HUB_PATTERNS)
+    if not offline:
+        try:
+            files = list_repo_files(repo_id, revision=revision)
+        except Exception:  # no network, or no such repository: snapshot_download says which, or falls back to the cache
+            files = []
+        if files and not any(f.endswith(".safetensors") for f in files):
+            patterns.append("*.bin")  # an older repository: PyTorch pickles only
+    return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=offline, allow_patterns=patterns))
+
+
 def model_directory(path: str | Path) -> Path:
-    """The local Hugging Face model directory ``path`` names (see :func:`resolve_path`); FileNotFoundError
-    when it holds no config.json. Cheap, so commands call it before anything slow starts."""
+    """The Hugging Face model directory ``path`` names: a local directory (see :func:`resolve_path`), or for a
+    Hub id that is not one, its snapshot in the local Hugging Face cache, downloaded first where a network
+    exists and offline mode is off. Raises :class:`ModelNotFound` saying what was tried and what was
+    missing. Cheap for a local directory or a cached model, so commands call it before anything slow."""
     directory = resolve_path(path)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{path!s} is not a Hugging Face model directory (no config.json in {directory}); "
-            "give a folder written by save_pretrained, e.g. checkpoints/arith-tiny"
+    if directory.exists():
+        if not (directory / "config.json").is_file():
+            raise ModelNotFound(
+                f"{path!s} is not a Hugging Face model directory (no config.json in {directory}); "
+                "give a folder written by save_pretrained, e.g. checkpoints/arith-tiny, or a Hub id such as Qwen/Qwen2.5-0.5B-Instruct"
+            )
+        return directory
+    local = f"{path!s} is not a Hugging Face model directory (no such directory in {Path.cwd()} or {PROJECT_ROOT})"
+    hub = split_hub_id(str(path))
+    if hub is None:
+        raise ModelNotFound(f"{local}, and {str(path)!r} is not a Hub model id (org/name or org/name@revision) either")
+    repo_id, revision = hub
+    cache, offline = hub_cache_dir(), hub_offline()
+    where = f"the Hugging Face cache {cache / ('models--' + repo_id.replace('/', '--'))}"
+    try:
+        snapshot = _download(repo_id, revision, cache, offline)
+    except Exception as error:  # huggingface_hub raises a dozen types (offline, not found, gated, HTTP); the message says which
+        if offline:
+            tried = (f"as a Hub id, {repo_id}{'@' + revision if revision else ''} is not in {where}, and offline mode "
+                     f"(HF_HUB_OFFLINE=1) allows no download: download it where a network exists "
+                     f"(`hf download {repo_id}`) or unset HF_HUB_OFFLINE")
+        else:
+            tried = f"as a Hub id, {repo_id}{'@' + revision if revision else ''} could not be downloaded into {where}"
+        raise ModelNotFound(f"{local}; {tried} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+    missing = [] if (snapshot / "config.json").is_file() else ["config.json"]
+    if not any(next(snapshot.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        missing.append("the weights (*.safetensors or *.bin)")
+    if missing:
+        present = sorted(p.name for p in snapshot.iterdir())
+        raise ModelNotFound(
+            f"{local}; as a Hub id, {repo_id} resolved to {snapshot} in the Hugging Face cache, which lacks {' and '.join(missing)} "
+            f"(it holds {present}); {'download the whole model where a network exists (`hf download ' + repo_id + '`)' if offline else 'it is not a transformers model repository'}"
         )
-    return directory
+    return snapshot
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a local Hugging Face causal LM directory and its tokenizer (never from the network)."""
+    """Load a Hugging Face causal LM and its tokenizer from a local directory or a Hub id
+    (:func:`model_directory` resolves it; loading itself reads that directory only)."""
     directory = model_directory(path)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
@@ -293,7 +390,7 @@ def add_lora(model: PreTrainedModel, rank: int, alpha: float, target_modules: li
     try:
         from peft import LoraConfig, get_peft_model
     except ModuleNotFoundError:
-        raise ModuleNotFoundError("model.lora_rank > 0 needs peft; install sirl's real extra: pip install -e '.[real]'") from None
+        raise ModuleNotFoundError("model.lora_rank > 0 needs peft; install sirl's lora extra: pip install 'sirl[lora]'") from None
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = sorted(set(target_modules) - present)
     if missing:
