@@ -74,7 +74,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--task", metavar="NAME_OR_IMPORT_PATH",
         help=f"a registered task ({', '.join(task_names())}; `sirl tasks` describes them) or file.py:Class / package.module:Class",
     )
-    group.add_argument("--model", metavar="PATH", help="a local Hugging Face causal LM directory (sets model.path)")
+    group.add_argument(
+        "--model", metavar="PATH_OR_HUB_ID",
+        help="a local Hugging Face causal LM directory, or a Hub id (org/name or org/name@revision) taken from the local "
+        "Hugging Face cache, downloaded into it when missing unless HF_HUB_OFFLINE=1 (sets model.path)",
+    )
     group.add_argument("--out", metavar="DIR", help="the run folder (default runs/<name>-<time>)")
     group.add_argument("--seed", type=int, metavar="N", help="random seed of the run (sets seed)")
     group.add_argument("--quiet", action="store_true", help="no progress bars; print only the result")
@@ -350,7 +354,9 @@ def _check_model_task(config: ExperimentConfig, allow_mismatch: bool) -> None:
     from sirl.tasks import check_model_task
 
     if config.model.path:
-        note = check_model_task(config.model.path, config.task.name, config.task.args, allow_mismatch=allow_mismatch)
+        from sirl.model import model_directory  # a Hub id's record is in its snapshot
+
+        note = check_model_task(model_directory(config.model.path), config.task.name, config.task.args, allow_mismatch=allow_mismatch)
         if note:
             print(f"note: {note}", file=sys.stderr)
 
