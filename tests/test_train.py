@@ -306,11 +306,10 @@ def test_evaluations_on_a_token_grid_fall_at_the_steps_that_cross_each_multiple(
     assert 2 <= len(expected) < len(records)
 
 
-def test_grpo_from_the_shipped_policy_improves_held_out_accuracy(tmp_path):
+def test_grpo_from_the_shipped_policy_improves_held_out_accuracy(tmp_path, one_thread):
     """A real improvement, end to end: 30 grpo steps from the shipped arith policy (fixed seed, one
     thread, so the run is the same on every CPU) lift greedy accuracy on 300 held-out problems from 63.3%
     to 78.0% (measured); the test asks for 8 points, beyond the 95% interval of either figure (±5)."""
-    torch.set_num_threads(1)
     config = load_config("arith", [
         "model.device=cpu", "algo.name=grpo", "seed=0", "train.steps=30", "train.lr=2e-4", "train.warmup_steps=0",
         "train.eval_every=0", "train.checkpoint_every=0", "eval.n_problems=300",

@@ -75,8 +75,7 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean_token_mean"])
-def test_two_processes_take_the_single_process_step(loss_agg):
-    torch.set_num_threads(1)
+def test_two_processes_take_the_single_process_step(loss_agg, one_thread):
     model, batch, aux = model_and_batch(list(range(len(ROWS))), list(range(len(AUX))))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     single = step(model, batch, aux, loss_agg, Distributed())
