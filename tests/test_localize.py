@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from sirl.config import ExperimentConfig, MethodConfig
+from sirl.credit.divergence import choose_failures
+from sirl.credit.step_advantages import step_index as token_step_index
 from sirl.internalize import PrefixBook, localize, prefix_ids
-from sirl.internalize.credit import select_failures, step_index
+from sirl.internalize.localize import step_ends
 from sirl.internalize.selfverify import AuditSchedule
 from sirl.methods import MethodContext, MethodMemory, get_method
 from sirl.tasks.base import Task, split_on_separator
@@ -41,6 +43,17 @@ class Script(Task):
             if i >= len(REFERENCE) or s != REFERENCE[i]:
                 return i
         return None if len(steps) == len(REFERENCE) else len(steps) - 1
+
+
+def step_index(t: Trajectory) -> torch.Tensor:
+    """The step of each of the trajectory's tokens (-1 on its given prefix)."""
+    return token_step_index(step_ends(t), len(t.response_ids), t.prefix_len)
+
+
+def select_failures(failures, book, rates, budget, rule="half_solved", rng=None):
+    """Positions in ``failures`` (trajectories of ``book``) that the credit core chooses."""
+    ends = [step_ends(t) for t in book.trajectories]
+    return choose_failures(book.tree, [book.row(t) for t in failures], ends, rates, budget, rule, rng)
 
 
 TASK = Script()

@@ -322,7 +322,7 @@ def test_grpo_from_the_shipped_policy_improves_held_out_accuracy(tmp_path, one_t
 def test_a_method_is_one_registry_entry(tmp_path):
     """A method defined outside sirl (here: GRPO's advantages on successes only) runs through the same loop
     by registering it; its name is then valid, and only then."""
-    from sirl.internalize.credit import outcome_advantages
+    from sirl.methods.common import outcome_advantages
     from sirl.methods import METHODS, Method, register
     from sirl.types import Credit
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sirl.credit.prefix_tree import PrefixTree
 from sirl.types import Localization, Trajectory
 
 Probe = Callable[[list[tuple[Trajectory, int]]], list[list[Trajectory]]]
@@ -35,8 +36,16 @@ def prefix_ids(trajectory: Trajectory, k: int) -> list[int]:
     return trajectory.response_ids[: trajectory.step_spans[k - 1][1]] if k > 0 else []
 
 
+def step_ends(trajectory: Trajectory) -> list[int]:
+    """The token offset where each of the trajectory's steps ends: its steps as the credit core
+    (sirl.credit) reads them (``step_spans`` partition the response, so each step starts where the one
+    before it ended)."""
+    return [end for _, end in trajectory.step_spans]
+
+
 class PrefixBook:
-    """Every trajectory of a training step (samples, probes, corrections), by group, queried by prefix.
+    """Every trajectory of a training step (samples, probes, corrections), as rows of the group's prefix
+    tree (sirl.credit.prefix_tree.PrefixTree, which the probes join), queried by group and token prefix.
 
     ``certified(group, prefix)``: some verified trajectory passes through the prefix, so V(prefix) > 0.
     ``value(group, prefix)``: the success rate of the trajectories that pass through the prefix *and were
@@ -45,38 +54,49 @@ class PrefixBook:
     """
 
     def __init__(self, trajectories: Sequence[Trajectory] = ()):
-        self.groups: dict[int, list[Trajectory]] = {}
+        self.tree = PrefixTree()
+        self.trajectories: list[Trajectory] = []  # by row of the tree
+        self._rows: dict[int, list[int]] = {}  # id(trajectory) -> its rows (a trajectory added twice counts twice)
         self.add(trajectories)
 
     def add(self, trajectories: Sequence[Trajectory]) -> None:
         for t in trajectories:
-            self.groups.setdefault(t.group, []).append(t)
+            row = self.tree.add(t.response_ids, t.reward, t.group, t.prefix_len)
+            self.trajectories.append(t)
+            self._rows.setdefault(id(t), []).append(row)
 
-    def _through(self, group: int, prefix: list[int]) -> list[Trajectory]:
-        n = len(prefix)
-        return [t for t in self.groups.get(group, []) if len(t.response_ids) >= n and t.response_ids[:n] == prefix]
+    def row(self, trajectory: Trajectory) -> int:
+        """The tree row of ``trajectory`` (its first, if it was added twice)."""
+        rows = self._rows.get(id(trajectory))
+        if not rows:
+            raise KeyError(f"a trajectory of group {trajectory.group} that was never added to the book")
+        return rows[0]
+
+    def rows_of(self, trajectories: Sequence[Trajectory | None]) -> list[int]:
+        """The tree rows of the given trajectories (compared by identity; None and strangers have none)."""
+        return [row for t in trajectories if t is not None for row in self._rows.get(id(t), [])]
+
+    def node(self, group: int, prefix: list[int]) -> int | None:
+        return self.tree.node(group, prefix)
 
     def certified(self, group: int, prefix: list[int]) -> bool:
-        return any(t.reward >= 1 for t in self._through(group, prefix))
+        return self.tree.certified(self.tree.node(group, prefix))
 
     def value(self, group: int, prefix: list[int]) -> tuple[float, int]:
         """(success rate, number of samples) among free samples through ``prefix``; (0, 0) if none."""
-        free = [t for t in self._through(group, prefix) if t.prefix_len <= len(prefix)]
-        if not free:
-            return 0.0, 0
-        return sum(t.reward >= 1 for t in free) / len(free), len(free)
+        return self.tree.value(self.tree.node(group, prefix))
 
     def value_without(self, group: int, prefix: list[int], left_out: Sequence[Trajectory | None]) -> tuple[float, int]:
         """:meth:`value` without the trajectories in ``left_out`` (compared by identity)."""
-        free = [t for t in self._through(group, prefix) if t.prefix_len <= len(prefix) and not any(t is x for x in left_out)]
-        if not free:
-            return 0.0, 0
-        return sum(t.reward >= 1 for t in free) / len(free), len(free)
+        return self.tree.value_without(self.tree.node(group, prefix), self.rows_of(left_out))
 
     def samples_besides(self, group: int, prefix: list[int], trajectory: Trajectory) -> int:
         """How many free samples through ``prefix`` there are besides ``trajectory`` (the failure being
         localized: it was picked because it failed, so its own outcome is no evidence about the prefix)."""
-        return sum(t is not trajectory and t.prefix_len <= len(prefix) for t in self._through(group, prefix))
+        node = self.tree.node(group, prefix)
+        if node is None:
+            return 0
+        return self.tree.free[node] - sum(self.tree.passes_free(row, node) for row in self.rows_of([trajectory]))
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Pieces the step-credit methods (si, si_internal, random_reset, vine) share: the step's evidence about
-prefix values, the choice of failures to work on, and a probe sampler that remembers what it drew."""
+"""Pieces the step-credit methods (si, si_internal, tree_branch, random_reset, vine) share: their rows as
+the credit core reads them (token ids, rewards, groups, step ends), the choice of failures to work on,
+and a probe sampler that remembers what it drew. The credit itself is sirl.credit's."""
 
 from __future__ import annotations
 
@@ -10,51 +11,71 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sirl import algos
-from sirl.internalize.credit import ProbeFn, outcome_advantages, select_failures, value_scales
-from sirl.internalize.localize import PrefixBook, prefix_ids
+from sirl import credit as core
+from sirl.credit.divergence import choose_failures as choose_failure_rows, group_solve_rates
+from sirl.credit.outcome import outcome_advantages as group_outcome_advantages, value_scales as group_value_scales
+from sirl.credit.tree import branch_token_advantages
+from sirl.internalize.credit import ProbeFn
+from sirl.internalize.localize import PrefixBook, prefix_ids, step_ends
 from sirl.types import Credit, Trajectory
 
 
-@dataclass
-class StepEvidence:
-    """What one step's rollouts say before any probe: outcome advantages ``[B]``, the value scale of each
-    group, every trajectory by prefix (``book``, which probes join), and each group's solve rate from its
-    given prefix."""
+@dataclass(frozen=True)
+class TokenRows:
+    """Trajectories as the credit core (sirl.credit) reads them, one entry per row."""
 
-    rollouts: tuple[Trajectory, ...]
-    outcome_B: torch.Tensor
-    scales: dict[int, float]
-    book: PrefixBook
-    solve_rate: dict[int, float]
+    responses: tuple[list[int], ...]
+    rewards: tuple[float, ...]
+    groups: tuple[int, ...]
+    step_ends: tuple[list[int], ...]
+    prefix_lens: tuple[int, ...]
 
     @classmethod
-    def of(cls, rollouts: Sequence[Trajectory], estimator: str) -> StepEvidence:
-        book = PrefixBook(rollouts)
-        solve_rate: dict[int, float] = {}
-        for t in rollouts:
-            solve_rate.setdefault(t.group, book.value(t.group, t.response_ids[: t.prefix_len])[0])
-        return cls(tuple(rollouts), outcome_advantages(rollouts, estimator), value_scales(rollouts, estimator), book, solve_rate)
+    def of(cls, rows: Sequence[Trajectory]) -> TokenRows:
+        return cls(
+            tuple(t.response_ids for t in rows), tuple(t.reward for t in rows), tuple(t.group for t in rows),
+            tuple(step_ends(t) for t in rows), tuple(t.prefix_len for t in rows),
+        )
 
-    def outcome_token_advantages(self) -> list[torch.Tensor]:
-        return [torch.full((len(t.response_ids),), float(a)) for t, a in zip(self.rollouts, self.outcome_B)]
 
-    def failure_rows(self) -> list[int]:
-        """Rows of the fresh failures (reward < 1, sampled from the prompt alone)."""
-        return [i for i, t in enumerate(self.rollouts) if t.reward < 1 and t.prefix_len == 0]
+def outcome_advantages(trajectories: Sequence[Trajectory], estimator: str) -> torch.Tensor:
+    """Group-relative outcome advantages (sirl.credit.outcome.ADVANTAGES[estimator]), one per trajectory ``[B]``."""
+    return group_outcome_advantages([t.reward for t in trajectories], [t.group for t in trajectories], estimator)
 
-    def choose_failures(self, budget: int, rule: str = "half_solved", rng: random.Random | None = None) -> tuple[list[int], dict[str, float]]:
-        """Rows of the failures to localize under ``budget``, in the order of ``rule``
-        (sirl.internalize.credit.select_failures), and the metrics of the choice: the share of failures
-        whose prompt has no success at all, and how many localizable ones the budget left out."""
-        rows = self.failure_rows()
-        failures = [self.rollouts[i] for i in rows]
-        chosen = [rows[i] for i in select_failures(failures, self.book, self.solve_rate, budget, rule, rng)]
-        unlocalizable = sum(not self.book.certified(t.group, []) for t in failures)
-        return chosen, {
-            "loc/unlocalizable_frac": unlocalizable / max(len(failures), 1),
-            "loc/budget_skipped": len(failures) - unlocalizable - len(chosen),
-        }
+
+def value_scales(trajectories: Sequence[Trajectory], estimator: str) -> dict[int, float]:
+    """Per group, the factor that puts value differences on the outcome advantages' scale: 1 / group std
+    for the std-normalized estimator (grpo), 1 for the others (sirl.credit.outcome.VALUE_SCALES)."""
+    return group_value_scales([t.reward for t in trajectories], [t.group for t in trajectories], estimator)
+
+
+def outcome_token_advantages(rollouts: Sequence[Trajectory], estimator: str) -> list[torch.Tensor]:
+    """Each row's outcome advantage on every one of its tokens (sirl.credit.outcome_credit)."""
+    rows = TokenRows.of(rollouts)
+    return list(core.outcome_credit(rows.responses, rows.rewards, rows.groups, estimator=estimator).token_advantages)
+
+
+def failure_rows(rollouts: Sequence[Trajectory]) -> list[int]:
+    """Rows of the fresh failures (reward < 1, sampled from the prompt alone)."""
+    return [i for i, t in enumerate(rollouts) if t.reward < 1 and t.prefix_len == 0]
+
+
+def choose_failures(
+    book: PrefixBook, rollouts: Sequence[Trajectory], budget: int, rule: str = "half_solved", rng: random.Random | None = None,
+) -> tuple[list[int], dict[str, float]]:
+    """Rows of the failures to localize under ``budget``, in the order of ``rule``
+    (sirl.credit.divergence.choose_failures on the rollouts' prefix tree, ``book``, before any probe joins
+    it), and the metrics of the choice: the share of failures whose prompt has no success at all, and how
+    many localizable ones the budget left out."""
+    tree = book.tree
+    rows = failure_rows(rollouts)
+    ends = [step_ends(t) for t in rollouts]
+    chosen = [rows[i] for i in choose_failure_rows(tree, rows, ends, group_solve_rates(tree, range(len(rollouts))), budget, rule, rng)]
+    unlocalizable = sum(not tree.certified(tree.roots[rollouts[i].group]) for i in rows)
+    return chosen, {
+        "loc/unlocalizable_frac": unlocalizable / max(len(rows), 1),
+        "loc/budget_skipped": len(rows) - unlocalizable - len(chosen),
+    }
 
 
 class RecordingProbe:
@@ -113,7 +134,7 @@ def blind_resets(
     to improvable states). For each failure of :func:`all_fail_failures`, ``reset_steps`` gives the number of
     its steps to keep (None: no reset); ``k`` continuations of that prefix are sampled (through ``probe``,
     which counts their tokens in the budget) and scored against each other with tree credit and a
-    leave-one-out baseline (sirl.algos.branch_token_advantages), on the scale of an all-fail group (1).
+    leave-one-out baseline (sirl.credit.tree.branch_token_advantages), on the scale of an all-fail group (1).
     With ``first_error`` (ground truth) the metrics say how often the reset point is just before the first
     wrong step."""
     failures = all_fail_failures(rollouts, most)
@@ -125,7 +146,7 @@ def blind_resets(
     requests = [(t, s) for t, s in zip(failures, steps, strict=True) if s is not None]
     branches = probe(requests, k) if requests else []
     for (failure, kept), group in zip(requests, branches):
-        advantages = algos.branch_token_advantages([b.response_ids for b in group], [b.reward for b in group], group[0].prefix_len)
+        advantages = branch_token_advantages([b.response_ids for b in group], [b.reward for b in group], group[0].prefix_len)
         out.rows += group
         out.advantages += advantages
         out.kinds += ["correction" if b.reward >= 1 else "branch" for b in group]

@@ -1,7 +1,7 @@
 """Outcome-only methods: each response's group-relative advantage on every one of its tokens.
 
 grpo (Shao et al. 2024), dr_grpo (Liu et al. 2025) and rloo (Ahmadian et al. 2024) differ only in the
-advantage estimator (sirl.algos.ADVANTAGES).
+advantage estimator (sirl.credit.outcome.ADVANTAGES).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from functools import partial
 
 import torch
 
-from sirl.internalize.credit import outcome_advantages
 from sirl.methods.base import Method, MethodContext, register
+from sirl.methods.common import outcome_advantages
 from sirl.types import Credit, Trajectory
 
 

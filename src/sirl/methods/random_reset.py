@@ -12,23 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sirl.internalize.credit import probe_credit
-from sirl.internalize.localize import prefix_ids
-from sirl.methods.base import Method, MethodContext, register
+from sirl.credit.continuations import continuation_advantages
+from sirl.internalize.localize import PrefixBook, prefix_ids
 from sirl.internalize.repair import RepairEntry
-from sirl.methods.common import StepEvidence, blind_resets, with_blind_resets
+from sirl.methods.base import Method, MethodContext, register
+from sirl.methods.common import blind_resets, choose_failures, outcome_token_advantages, value_scales, with_blind_resets
 from sirl.types import Credit, Trajectory
 
 
 def random_reset_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
     config = context.config.method
-    evidence = StepEvidence.of(rollouts, context.config.algo.outcome_advantage)
-    chosen_rows, metrics = evidence.choose_failures(config.max_localizations, config.failure_choice, context.rng)
+    estimator = context.config.algo.outcome_advantage
+    book = PrefixBook(rollouts)
+    chosen_rows, metrics = choose_failures(book, rollouts, config.max_localizations, config.failure_choice, context.rng)
     requests = [(rollouts[i], context.rng.randrange(len(rollouts[i].step_spans))) for i in chosen_rows]
     found = context.sampler.probe(requests, config.probes) if requests else []
     good_prefixes = []
     for (t, k), probes in zip(requests, found):
-        evidence.book.add(probes)
+        book.add(probes)
         if any(p.reward >= 1 for p in probes):
             good_prefixes.append((t, prefix_ids(t, k)))
     probes = [p for group in found for p in group]
@@ -38,7 +39,10 @@ def random_reset_credit(rollouts: Sequence[Trajectory], context: MethodContext) 
     metrics["repair/added"] = sum(p.reward >= 1 for p in kept)
     credit = Credit(
         rows=(*rollouts, *kept),
-        token_advantages=(*evidence.outcome_token_advantages(), *probe_credit(kept, evidence.book, evidence.scales)),
+        token_advantages=(
+            *outcome_token_advantages(rollouts, estimator),
+            *continuation_advantages(book.tree, [book.row(p) for p in kept], value_scales(rollouts, estimator)),
+        ),
         reference=(True,) * len(rollouts) + (False,) * len(kept),
         metrics=metrics,
         row_kinds=("sample",) * len(rollouts) + ("probe",) * len(kept),

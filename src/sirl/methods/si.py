@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
+
 from sirl.config import ConfigError, ExperimentConfig
-from sirl.internalize.credit import (
-    SearchSettings, divergence_localize, first_difference_from_success, ground_truth_localize, localized_token_advantages, probe_credit,
-    search,
-)
-from sirl.internalize.localize import PrefixBook, prefix_ids
+from sirl.credit.continuations import continuation_advantages
+from sirl.credit.divergence import localized_token_advantages
+from sirl.internalize.credit import SearchSettings, divergence_localize, ground_truth_localize, search
+from sirl.internalize.localize import PrefixBook, prefix_ids, step_ends
 from sirl.methods.base import Method, MethodContext, register
-from sirl.methods.common import RecordingProbe, StepEvidence
+from sirl.methods.common import RecordingProbe, choose_failures, failure_rows, outcome_advantages, value_scales
 from sirl.tasks.base import Task
 from sirl.types import Credit, Localization, LocalizedFailure, Trajectory
 
@@ -38,25 +39,39 @@ def search_settings(config: ExperimentConfig) -> SearchSettings:
 
 def localized_credit(rollouts: Sequence[Trajectory], context: MethodContext, localizer: Localizer) -> tuple[Credit, list[tuple[Trajectory, list[int]]]]:
     """Credit of si and si_internal, which differ only in ``localizer``; also returns the good prefixes
-    (failure, prefix ids) found."""
+    (failure, prefix ids) found. The arithmetic is the credit core's (sirl.credit); this is its order."""
     config = context.config.method
-    evidence = StepEvidence.of(rollouts, context.config.algo.outcome_advantage)
-    token_adv = evidence.outcome_token_advantages()
-    chosen_rows, metrics = evidence.choose_failures(config.max_localizations, config.failure_choice, context.rng)
+    estimator = context.config.algo.outcome_advantage
+
+    # 1. Every sampled row starts with its group-relative outcome advantage on every token.
+    outcome_B = outcome_advantages(rollouts, estimator)
+    token_adv = [torch.full((len(t.response_ids),), float(a)) for t, a in zip(rollouts, outcome_B)]
+    scales = value_scales(rollouts, estimator)  # puts value differences on the outcome advantages' scale
+
+    # 2. The group's prefix tree (its rows: the rollouts, then every probe drawn) and the failures to localize.
+    book = PrefixBook(rollouts)
+    chosen_rows, metrics = choose_failures(book, rollouts, config.max_localizations, config.failure_choice, context.rng)
     chosen = [rollouts[i] for i in chosen_rows]
+
+    # 3. Localize them; the probes drawn on the way join the tree. Optionally a small group of corrections
+    #    of its own from each good prefix.
     probe = RecordingProbe(context.sampler.probe)
-    localizations = localizer(chosen, evidence.book, probe, metrics)
-    if config.correction_samples and chosen:  # a small group of its own for each good prefix
+    localizations = localizer(chosen, book, probe, metrics)
+    if config.correction_samples and chosen:
         for probes in probe([(t, loc.error_step) for t, loc in zip(chosen, localizations)], config.correction_samples):
-            evidence.book.add(probes)
+            book.add(probes)
     drawn = probe.drawn
+
+    # 4. Each localized failure: 0 on its good prefix, the value it destroyed on its error step (from the
+    #    first token where it left every success under error_span=first_difference), then 0 or its outcome.
     good_prefixes, correction_positions, per_failure = [], [], []
     for row, t, loc in zip(chosen_rows, chosen, localizations):
         good = prefix_ids(t, loc.error_step)
         good_prefixes.append((t, good))
         token_adv[row] = localized_token_advantages(
-            t, loc, float(evidence.outcome_B[row]), scale=evidence.scales[t.group], error_scale=config.error_scale, post_error=config.post_error,
-            error_from_token=first_difference_from_success(t, evidence.book) if config.error_span == "first_difference" else 0,
+            step_ends(t), t.prefix_len, loc.error_step, loc.value_before, loc.value_after, float(outcome_B[row]),
+            scale=scales[t.group], error_scale=config.error_scale, post_error=config.post_error,
+            error_from_token=book.tree.shared_with_success(row) if config.error_span == "first_difference" else 0,
         )
         # The corrections: verified continuations of the good prefix (probes, or sampled on purpose).
         mine = [
@@ -65,20 +80,25 @@ def localized_credit(rollouts: Sequence[Trajectory], context: MethodContext, loc
         ]
         correction_positions += mine
         per_failure.append((row, loc, mine[0] if mine else None))
+
+    # 5. The probes kept for training (or only the corrections) join the batch with R - V(prefix) on their
+    #    own tokens; under probe_baseline=leave_out V leaves out the probe and the failure it was drawn for.
     corrections = set(correction_positions)
     kept = list(range(len(drawn))) if config.train_on_probes else list(dict.fromkeys(correction_positions))
+    extra = [drawn[j] for j in kept]
+    extra_rows = [book.row(p) for p in extra]
+    leave_out = [book.rows_of([drawn[j], probe.drawn_for[j]]) for j in kept] if config.probe_baseline == "leave_out" else None
     row_of = {j: len(rollouts) + n for n, j in enumerate(kept)}
-    metrics["loc/localized_frac"] = len(localizations) / max(len(evidence.failure_rows()), 1)
+
+    metrics["loc/localized_frac"] = len(localizations) / max(len(failure_rows(rollouts)), 1)
     metrics["loc/probes_per_failure"] = sum(loc.probes for loc in localizations) / max(len(localizations), 1)
     metrics["repair/added"] = len(corrections)
     if context.task.has_ground_truth and localizations:
         truth = [context.task.first_error(t.problem, t.text) for t in chosen]
         metrics["loc/accuracy"] = sum(loc.error_step == e for loc, e in zip(localizations, truth)) / len(localizations)
-    extra = [drawn[j] for j in kept]
-    leave_out = [probe.drawn_for[j] for j in kept] if config.probe_baseline == "leave_out" else None
     credit = Credit(
         rows=(*rollouts, *extra),
-        token_advantages=(*token_adv, *probe_credit(extra, evidence.book, evidence.scales, leave_out)),
+        token_advantages=(*token_adv, *continuation_advantages(book.tree, extra_rows, scales, leave_out)),
         reference=(True,) * len(rollouts) + (False,) * len(extra),
         metrics=metrics,
         localizations=tuple(LocalizedFailure(row, loc, row_of[c] if c is not None else None) for row, loc, c in per_failure),

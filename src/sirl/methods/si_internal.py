@@ -21,12 +21,12 @@ from collections.abc import Sequence
 import torch
 
 from sirl.internalize import selfverify
-from sirl.internalize.credit import ProbeFn, SearchSettings, outcome_advantages, self_localize
+from sirl.internalize.credit import ProbeFn, SearchSettings, self_localize
 from sirl.internalize.localize import PrefixBook
 from sirl.internalize.selfverify import AuditSchedule
 from sirl.internalize.repair import RepairEntry
 from sirl.methods.base import Method, MethodContext, register
-from sirl.methods.common import blind_resets, with_blind_resets
+from sirl.methods.common import blind_resets, outcome_advantages, with_blind_resets
 from sirl.methods.si import localized_credit, search_settings
 from sirl.types import AuxiliaryLoss, Credit, Localization, Trajectory, Verdict
 

@@ -4,11 +4,11 @@
 The decision point of a failure is the step after its longest prefix that a verified sibling shares: where
 it left every success of its group, found without a probe. From the prefix just before it, K
 continuations (``method.branch_samples``) are sampled; they are scored against each other, leave-one-out
-(sirl.algos.branch_token_advantages), so a verified one is credited for repairing the failure and a failed
+(sirl.credit.tree.branch_token_advantages), so a verified one is credited for repairing the failure and a failed
 one for repeating it. A verified branch is the corrected trajectory and its prefix goes to the repair
 buffer. The group's own rows keep their tree credit (sirl.methods.tree), which stays zero-sum. Which
 failures get branches under the per-step budget (``method.max_localizations``) is ``method.failure_choice``
-(sirl.internalize.credit.select_failures), si's rule.
+(sirl.credit.divergence.choose_failures), si's rule.
 """
 
 from __future__ import annotations
@@ -16,28 +16,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-from sirl import algos
-from sirl.internalize.localize import certified_prefix_steps, prefix_ids
+from sirl.credit.divergence import divergence_step
+from sirl.credit.tree import branch_token_advantages
+from sirl.internalize.localize import PrefixBook, prefix_ids, step_ends
 from sirl.methods.base import Method, MethodContext, register
-from sirl.methods.common import StepEvidence
+from sirl.methods.common import choose_failures, failure_rows, value_scales
 from sirl.methods.tree import tree_credit_of
 from sirl.types import Credit, Localization, LocalizedFailure, Trajectory
 
 
 def tree_branch_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
     config = context.config.method
-    evidence = StepEvidence.of(rollouts, context.config.algo.outcome_advantage)
-    base = tree_credit_of(evidence, config)
-    chosen_rows, metrics = evidence.choose_failures(config.max_localizations, config.failure_choice, context.rng)
-    decisions = [certified_prefix_steps(evidence.book, rollouts[i], below=len(rollouts[i].step_spans)) for i in chosen_rows]
+    estimator = context.config.algo.outcome_advantage
+    base = tree_credit_of(rollouts, config, estimator)
+    scales = value_scales(rollouts, estimator)
+    book = PrefixBook(rollouts)
+    chosen_rows, metrics = choose_failures(book, rollouts, config.max_localizations, config.failure_choice, context.rng)
+    decisions = [divergence_step(book.tree, i, step_ends(rollouts[i])) for i in chosen_rows]  # where each left every success
     requests = [(rollouts[i], c) for i, c in zip(chosen_rows, decisions)]
     branches = context.sampler.probe(requests, config.branch_samples) if requests else []
     rows, advantages, kinds = list(base.rows), list(base.token_advantages), ["sample"] * len(base.rows)
     localizations, good_prefixes = [], []
     for n, (row, c, group) in enumerate(zip(chosen_rows, decisions, branches)):
         failure = rollouts[row]
-        scale = evidence.scales[failure.group]
-        adv = algos.branch_token_advantages([b.response_ids for b in group], [b.reward for b in group], group[0].prefix_len)
+        scale = scales[failure.group]
+        adv = branch_token_advantages([b.response_ids for b in group], [b.reward for b in group], group[0].prefix_len)
         first = len(rows)
         rows += group
         advantages += [a * scale for a in adv]
@@ -48,7 +51,7 @@ def tree_branch_credit(rollouts: Sequence[Trajectory], context: MethodContext) -
         localizations.append(LocalizedFailure(row, Localization(n, error_step=c, probes=len(group)), verified[0] if verified else None))
     n_branches = sum(len(g) for g in branches)
     metrics.update({
-        "loc/localized_frac": len(chosen_rows) / max(len(evidence.failure_rows()), 1),
+        "loc/localized_frac": len(chosen_rows) / max(len(failure_rows(rollouts)), 1),
         "loc/probes_per_failure": n_branches / max(len(chosen_rows), 1),
         "branch/solve_rate": sum(b.reward >= 1 for g in branches for b in g) / max(n_branches, 1),
         "repair/added": len(good_prefixes),

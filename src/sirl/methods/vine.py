@@ -9,17 +9,16 @@ from collections.abc import Sequence
 
 import torch
 
-from sirl import algos
-from sirl.internalize.credit import step_index
-from sirl.internalize.localize import prefix_ids
+from sirl.credit.step_advantages import broadcast_steps_to_tokens, step_index, value_difference_step_advantages
+from sirl.internalize.localize import PrefixBook, prefix_ids, step_ends
 from sirl.methods.base import Method, MethodContext, register
-from sirl.methods.common import StepEvidence
+from sirl.methods.common import value_scales
 from sirl.types import Credit, Trajectory
 
 
 def vine_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
-    evidence = StepEvidence.of(rollouts, context.config.algo.outcome_advantage)
-    book = evidence.book
+    scales = value_scales(rollouts, context.config.algo.outcome_advantage)
+    book = PrefixBook(rollouts)
     # Every inner step boundary past the given prefix.
     requests = [(t, k) for t in rollouts for k in range(1, len(t.step_spans)) if len(prefix_ids(t, k)) > t.prefix_len]
     found = context.sampler.probe(requests, context.config.method.probes) if requests else []
@@ -37,8 +36,8 @@ def vine_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credi
             elif len(prefix) >= t.prefix_len:
                 value, count = book.value(t.group, prefix)
                 values[0, k], known[0, k] = value, count > 0
-        step_adv = algos.value_difference_step_advantages(values, known) * evidence.scales[t.group]
-        token_adv.append(algos.broadcast_steps_to_tokens(step_adv, step_index(t)[None])[0])
+        step_adv = value_difference_step_advantages(values, known) * scales[t.group]
+        token_adv.append(broadcast_steps_to_tokens(step_adv, step_index(step_ends(t), len(t.response_ids), t.prefix_len)[None])[0])
     return Credit(
         rows=tuple(rollouts),
         token_advantages=tuple(token_adv),
