@@ -44,7 +44,8 @@ class GroupCredit:
     """What an entry point makes of B rows."""
 
     token_advantages: tuple[torch.Tensor, ...]
-    """One float32 ``[T_i]`` per row (0 on given tokens)."""
+    """One float32 ``[T_i]`` per row. Given tokens (``prefix_lens``) are context that the loss masks: tree
+    and localized credit put 0 there, the outcome advantage of an unlocalized row covers them too."""
     outcome_advantages: torch.Tensor
     """``[B]`` the group-relative outcome advantage per row."""
     divergences: tuple[Divergence, ...] = ()
