@@ -116,7 +116,7 @@ def test_a_task_loads_by_module_path():
 
 
 def test_unknown_task_lists_the_registered_ones():
-    with pytest.raises(ValueError, match="registered tasks: \\['arith', 'code', 'countdown', 'gsm8k'\\]"):
+    with pytest.raises(ValueError, match="registered tasks: \\['arith', 'code', 'countdown', 'gsm8k', 'records'\\]"):
         load_task("arithmetic")
 
 

@@ -4,7 +4,7 @@ A prompt file is a table of records, one per problem. :func:`read_records` reads
 against the fields a task needs (``fields``: name -> expected type). It never stops at the first bad row:
 
 - a row that is not valid JSON, not an object, or whose field is missing, null or of the wrong type is
-  *bad*: it is skipped and reported with its file and line (JSONL) or row number (Parquet);
+  *bad*: it is skipped and reported with its file and line (JSONL, CSV) or row number (Parquet);
 - a row whose prompt is longer than ``max_prompt_chars`` is *too long*: it is skipped and counted, never
   truncated (a cut prompt is a different problem);
 - a line that is not valid UTF-8, or an object that names a field twice, is bad too (never loaded with
@@ -57,7 +57,7 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class BadRow:
     where: str
-    """``file, line N`` (JSONL) or ``file, row N`` (Parquet, 1-based)."""
+    """``file, line N`` (JSONL, CSV) or ``file, row N`` (Parquet, a ``datasets`` dataset; 1-based)."""
     reason: str
 
     def __str__(self) -> str:
@@ -200,6 +200,44 @@ def _parquet_rows(path: Path) -> list[tuple[str, Any, str | None]]:
     return [(f"{path}, row {i}", record, None) for i, record in enumerate(table.to_pylist(), start=1)]
 
 
+def _csv_rows(path: Path) -> list[tuple[str, Any, str | None]]:
+    """One record per CSV row, keyed by the header (the first row); every value is text. A row is located
+    by the line it starts on (a quoted value may span lines); a row with more or fewer values than the
+    header has is bad, as is a file that is not UTF-8."""
+    import csv
+    import io
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not valid UTF-8 (at byte {error.start}: {error.reason}); CSV prompt files are UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""))  # lines end at \n or \r\n only, as the csv module expects
+    out: list[tuple[str, Any, str | None]] = []
+    try:
+        header = next(reader)
+    except StopIteration:
+        return out
+    except csv.Error as error:
+        raise DataError(f"{path}, line 1: not a CSV header ({error})") from None
+    start = reader.line_num + 1
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return out
+        except csv.Error as error:
+            out.append((f"{path}, line {start}", None, f"not valid CSV ({error})"))
+            start = reader.line_num + 1
+            continue
+        where, start = f"{path}, line {start}", reader.line_num + 1
+        if not any(v.strip() for v in values):
+            continue  # a blank line is not a row
+        if len(values) != len(header):
+            out.append((where, None, f"{len(values)} values for the header's {len(header)} columns {header}"))
+        else:
+            out.append((where, dict(zip(header, values)), None))
+
+
 def read_records(
     path: str | Path,
     fields: dict[str, type | tuple[type, ...]],
@@ -210,15 +248,34 @@ def read_records(
     check: Callable[[dict[str, Any]], str | None] | None = None,
     warn: Any = None,
 ) -> Records:
-    """Read and check a JSONL (``.jsonl``/``.json``) or Parquet (``.parquet``) prompt file (module docstring).
-    ``check(record)``, run on rows whose fields are right, may name a task-specific problem (a row is
-    then bad)."""
+    """Read and check a JSONL (``.jsonl``/``.json``), CSV (``.csv``) or Parquet (``.parquet``) prompt file
+    (module docstring). ``check(record)``, run on rows whose fields are right, may name a task-specific
+    problem (a row is then bad)."""
     path = Path(path)
-    if not 0 <= max_bad_fraction <= 1:
-        raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction!r}")
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist")
-    raw = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
+    readers = {".parquet": _parquet_rows, ".csv": _csv_rows}
+    raw = readers.get(path.suffix, _jsonl_rows)(path)
+    return check_rows(path, raw, fields, prompt_field=prompt_field, max_prompt_chars=max_prompt_chars,
+                      max_bad_fraction=max_bad_fraction, check=check, warn=warn)
+
+
+def check_rows(
+    source: str | Path,
+    raw: list[tuple[str, Any, str | None]],
+    fields: dict[str, type | tuple[type, ...]],
+    *,
+    prompt_field: str | None = None,
+    max_prompt_chars: int | None = None,
+    max_bad_fraction: float = 0.01,
+    check: Callable[[dict[str, Any]], str | None] | None = None,
+    warn: Any = None,
+) -> Records:
+    """:func:`read_records` on rows already read from ``source`` (a file, a ``datasets`` dataset): each
+    ``(location, record or None, error or None)``, checked and reported the same way."""
+    path = source
+    if not 0 <= max_bad_fraction <= 1:
+        raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction!r}")
     if not raw:
         raise DataError(f"{path} is empty: no rows (a JSONL file has one JSON object per line)")
     records = Records(rows=[], total=len(raw))

@@ -22,12 +22,14 @@ from sirl.tasks.base import NoGroundTruth, Task, split_of
 from sirl.tasks.code import CodeTask
 from sirl.tasks.countdown import CountdownTask
 from sirl.tasks.gsm8k import GSM8KTask
+from sirl.tasks.records import RecordsTask
 
 TASKS: dict[str, type[Task]] = {
     ArithTask.name: ArithTask,
     CountdownTask.name: CountdownTask,
     GSM8KTask.name: GSM8KTask,
     CodeTask.name: CodeTask,
+    RecordsTask.name: RecordsTask,
 }
 
 __all__ = ["OPTIONAL", "REQUIRED", "TASKS", "TASK_RECORD", "NoGroundTruth", "NotATask", "Task", "check_model_task",
