@@ -1,6 +1,7 @@
 """The code task: test formats, answer extraction, the shipped problems, and programs that attack the
-sandbox. Each hostile program scores 0 within its deadline + 1 s and leaves nothing behind: no process,
-no temp directory, no change to the trainer's files or the home directory."""
+sandbox and the unsandboxed path. Each hostile program scores 0, is ended by what should end it (the
+run's wall-clock kill, or the error its resource limit raises: no clock is read here), and leaves nothing
+behind: no process, no temp directory, no change to the trainer's files or the home directory."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 import os
 import shutil
 import socket
-import time
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +19,8 @@ from sirl.tasks.base import NoGroundTruth
 from sirl.tasks.code import CodeTask, extract_program, normalize_output, parse_assert, parse_tests
 from sirl.verifier import TaskSpec, make_verifier
 from sirl.verifier.harness import Unserializable, canonical
-from sirl.verifier.sandbox import bwrap_path
+from sirl.verifier.sandbox import CaseResult, Limits, ProgramRunner, RunResult, SandboxUnavailable, bwrap_path
+from conftest import scaled
 from verifier_helpers import descendants, sandbox_processes, wait_until_gone
 
 needs_bwrap = pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap is not installed (apt-get install -y bubblewrap)")
@@ -122,45 +125,90 @@ HOSTILE = {
         "def add(a, b):\n    return Anything()\n"
     ),
 }
+ENDED_BY = {
+    # name: (the run's wall-clock kill fired, what the first test case reports)
+    "infinite loop": (True, "no result"),
+    "sleep": (True, "no result"),
+    "memory bomb": (False, "program: MemoryError"),  # RLIMIT_AS
+    "fork bomb": (True, "no result"),  # RLIMIT_NPROC makes each fork fail; it spins until the kill
+    "double fork with setsid": (True, "no result"),
+    "network connect": (False, "program: ConnectionRefusedError"),  # a network namespace of its own: nothing listens
+    "write outside its temp dir": (False, "program: FileNotFoundError"),  # the run folder is not mounted
+    "read the user's home": (False, "program: FileNotFoundError"),  # nor the home directory
+    "os._exit before the tests": (False, "no result"),
+    "__eq__ always true": (False, "Unserializable: a Anything is not plain data"),
+}
+
+
+def record_runs(monkeypatch, task: CodeTask) -> list[RunResult]:
+    """What each of the task's program runs returned (verify keeps only the score)."""
+    results, real = [], task.runner.run
+
+    def run(*args, **kwargs):
+        results.append(real(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(task.runner, "run", run)
+    return results
+
+
+@pytest.fixture
+def system_temp(monkeypatch):
+    """A private temp directory for the runs' folders, in the system's temp directory: the sandbox's
+    unprivileged uid must pass through it as through /tmp (pytest's own tmp_path is closed to other
+    users, and a run under it could not start at all)."""
+    temp = Path(tempfile.mkdtemp(prefix="sirl-test-runs-"))
+    temp.chmod(0o711)
+    monkeypatch.setattr("tempfile.tempdir", str(temp))
+    yield temp
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+PATIENT = 20.0
+"""The deadline of runs that a resource limit or an error must end (in seconds, times SIRL_TEST_TIME_FACTOR):
+far beyond what they take, so that on a loaded machine the clock never ends them first."""
+
+
+def deadline_for(name: str) -> float:
+    """The wall clock ends only the programs that nothing else ends; they get the short deadline."""
+    return DEADLINE if ENDED_BY[name][0] else scaled(PATIENT)
 
 
 @pytest.fixture(scope="module")
-def code_task():
+def code_tasks():
     if bwrap_path() is None:
         pytest.skip("bubblewrap is not installed (apt-get install -y bubblewrap)")
-    return CodeTask(timeout_s=DEADLINE)
+    return {deadline: CodeTask(timeout_s=deadline) for deadline in (DEADLINE, scaled(PATIENT))}
 
 
 @needs_bwrap
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_hostile_program_scores_zero_and_leaves_nothing(code_task, name, tmp_path, monkeypatch):
+def test_hostile_program_scores_zero_and_leaves_nothing(code_tasks, name, tmp_path, monkeypatch, system_temp):
+    code_task = code_tasks[deadline_for(name)]
     # The trainer's files: a run folder and a home directory, each with a sentinel file.
     run_file, home_file = tmp_path / "run" / "metrics.jsonl", tmp_path / "home" / "secret"
     for path, text in ((run_file, "trainer data\n"), (home_file, "do not read\n")):
         path.parent.mkdir()
         path.write_text(text)
     monkeypatch.setenv("HOME", str(home_file.parent))
-    temp = tmp_path / "tmp"
-    temp.mkdir()
-    monkeypatch.setattr("tempfile.tempdir", str(temp))
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     listener.setblocking(False)
     program = HOSTILE[name].format(port=listener.getsockname()[1], run_file=str(run_file), home_file=str(home_file))
     problem = code_task.problem(0)  # add(a, b): the hostile programs that define add define it right
+    runs = record_runs(monkeypatch, code_task)
     before = descendants()
 
-    start = time.monotonic()
-    score = code_task.verify(problem, f"```python\n{program}```")
-    elapsed = time.monotonic() - start
+    assert code_task.verify(problem, f"```python\n{program}```") == 0.0
 
-    assert score == 0.0
-    assert elapsed <= DEADLINE + 1.0
+    [result] = runs
+    timed_out, first_case = ENDED_BY[name]
+    assert (result.timed_out, result.cases[0].text[: len(first_case)]) == (timed_out, first_case), result.stderr
     assert wait_until_gone(descendants() - before) == set()
     assert wait_until_gone(sandbox_processes()) == set()
     assert run_file.read_text() == "trainer data\n" and home_file.read_text() == "do not read\n"
-    assert list(temp.iterdir()) == []
+    assert list(system_temp.iterdir()) == []
     with pytest.raises(BlockingIOError):
         listener.accept()  # nothing connected from inside
     listener.close()
@@ -172,11 +220,14 @@ def test_hostile_programs_through_the_pool(tmp_path):
     problem = task.problem(0)
     programs = [HOSTILE[name] for name in ("infinite loop", "fork bomb", "double fork with setsid", "memory bomb")]
     before = descendants()
-    with make_verifier(task, TaskSpec.of("code", {"timeout_s": DEADLINE}), workers=2, timeout_s=DEADLINE + 2) as verifier:
+    # The pool's own deadline is far behind the sandbox's (1 s): had the sandbox's clock not ended a
+    # program, the pool's would, and count it.
+    pool_deadline = DEADLINE + scaled(10.0)
+    with make_verifier(task, TaskSpec.of("code", {"timeout_s": DEADLINE}), workers=2, timeout_s=pool_deadline) as verifier:
         assert "bubblewrap" in verifier.isolation.describe()
         scores = verifier.score([problem] * 5, programs + [task.reference_solution(problem)])
         assert scores == [0.0, 0.0, 0.0, 0.0, 1.0]
-        assert verifier.counts.timeouts == 0  # the sandbox's own wall clock ended them first
+        assert verifier.counts.timeouts == 0  # the sandbox's own wall clock ended them
     assert wait_until_gone(descendants() - before) == set()
     assert wait_until_gone(sandbox_processes()) == set()
 
@@ -191,3 +242,95 @@ def test_forged_result_lines_gain_nothing():
     )
     task = load_task("code")
     assert [task.verify(task.problem(i), forger) for i in range(len(task))] == [0.0] * len(task)
+
+
+# --- without a sandbox (unsafe_exec): the resource limits and the kill are all there is ----------------
+def unsafe_task(monkeypatch, tmp_path, deadline: float) -> CodeTask:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on PATH: only unsafe_exec runs programs
+    return CodeTask(timeout_s=deadline, unsafe_exec=True)
+
+
+def stdio_problem(task: CodeTask):
+    return next(task.problem(i) for i in range(len(task)) if task.problem(i).meta["kind"] == "stdio")
+
+
+@pytest.mark.parametrize("name", ["infinite loop", "sleep", "memory bomb"])
+def test_without_a_sandbox_a_runaway_program_is_ended_and_leaves_nothing(name, monkeypatch, tmp_path, system_temp):
+    task = unsafe_task(monkeypatch, tmp_path, deadline_for(name))
+    runs = record_runs(monkeypatch, task)
+    before = descendants()
+    assert task.verify(task.problem(0), HOSTILE[name]) == 0.0
+    [result] = runs
+    timed_out, first_case = ENDED_BY[name]
+    assert (result.timed_out, result.cases[0].text[: len(first_case)]) == (timed_out, first_case), result.stderr
+    assert wait_until_gone(descendants() - before) == set()
+    assert list(system_temp.iterdir()) == []
+
+
+def test_without_a_sandbox_an_output_flood_is_stopped_by_the_file_size_limit(monkeypatch, tmp_path, system_temp):
+    """A program that prints forever: its output file reaches RLIMIT_FSIZE (16 MB) and the write fails,
+    long before the wall clock; the case fails and the file is deleted with the run's folder."""
+    task = unsafe_task(monkeypatch, tmp_path, scaled(PATIENT))
+    problem = stdio_problem(task)
+    runs = record_runs(monkeypatch, task)
+    flood = "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n"
+    assert task.verify(problem, flood) == 0.0
+    [result] = runs
+    assert not result.timed_out and result.cases[0] == CaseResult(False, "exit status 256")  # exit(1): the write raised EFBIG
+    assert list(system_temp.iterdir()) == []
+    # One megabyte more than a case may print, well under the file limit: refused by the output cap.
+    assert task.verify(problem, "print('x' * 1000000)\n") == 0.0
+    assert runs[-1].cases[0] == CaseResult(False, "more than 1000000 bytes of output")
+
+
+LIMITS_PROGRAM = """import errno
+def write(n):
+    try:
+        with open('big', 'wb') as f:
+            f.write(b'x' * n)
+        return 'wrote'
+    except OSError as error:
+        return errno.errorcode[error.errno]
+def open_all():
+    files = []
+    try:
+        while True:
+            files.append(open('/dev/null'))
+    except OSError as error:
+        return max(f.fileno() for f in files), errno.errorcode[error.errno]
+"""
+
+
+@pytest.mark.parametrize("sandbox", [False, pytest.param(True, marks=needs_bwrap)], ids=["unsafe_exec", "bubblewrap"])
+def test_the_stdout_file_size_and_open_file_limits_hold_to_the_byte(sandbox, system_temp):
+    # A deadline far beyond what these take, so that only the limits decide.
+    limits = Limits(timeout_s=scaled(PATIENT), output_bytes=100, file_mb=1, open_files=16)
+    runner = ProgramRunner(limits, sandbox=sandbox)
+    result = runner.run(LIMITS_PROGRAM, "call", ["write(1 << 20)", "write((1 << 20) + 1)", "open_all()"])
+    # 1 MB is the largest file; descriptors are numbered from 0, so the last one a process may hold is 15
+    assert [c.text for c in result.cases] == ["'wrote'", "'EFBIG'", "(15, 'EMFILE')"] and not result.timed_out
+    # print adds a newline: 99 characters are 100 bytes, the most a case may write; 100 are one too many
+    assert runner.run("print('x' * 99)\n", "stdio", [""]).cases == [CaseResult(True, "x" * 99 + "\n")]
+    assert runner.run("print('x' * 100)\n", "stdio", [""]).cases == [CaseResult(False, "more than 100 bytes of output")]
+    assert list(system_temp.iterdir()) == []
+
+
+def test_a_missing_or_broken_bubblewrap_is_sandbox_unavailable(monkeypatch, tmp_path, system_temp):
+    tools = system_temp / "bin"  # where the sandbox's uid may run a program from
+    tools.mkdir(mode=0o755)
+    monkeypatch.setenv("PATH", str(tools))
+    runner = ProgramRunner(Limits(timeout_s=scaled(PATIENT)))
+    with pytest.raises(SandboxUnavailable, match="bwrap is not installed"):
+        runner.check()
+    with pytest.raises(SandboxUnavailable, match="bwrap is not installed"):
+        runner.run("x = 1", "call", ["x"])  # and nothing runs unsandboxed in its place
+    # A bwrap that is there but cannot make a sandbox (a container without user namespaces): named, refused.
+    fake = tools / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(SandboxUnavailable, match="a test program did not run in it: bwrap: No permissions to create new namespace"):
+        runner.check()
+    with pytest.raises(ValueError, match=r"bubblewrap sandbox, which is unavailable: .*No permissions.*unsafe_exec=true"):
+        CodeTask()
+    with pytest.raises(ValueError, match="the code task cannot run programs: could not start it"):
+        CodeTask(unsafe_exec=True, python=str(tmp_path / "no-such-python"))
