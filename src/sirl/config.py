@@ -372,6 +372,12 @@ class TrainConfig:
     None keeps all. A real model's checkpoint is its weights plus twice as much optimizer state."""
     log_samples: int = ranged(4, 0)
     """Sampled trajectories written to samples.jsonl at each evaluation step."""
+    report_to: list[str] | str = field(default_factory=lambda: ["tensorboard"])
+    """Where the logged numbers go besides metrics.jsonl, which stays the record that compare and the report read
+    (sirl.sinks): any of tensorboard (tb/ in the run folder), wandb (the wandb extra), trackio (the trackio extra);
+    [] or none for metrics.jsonl alone. Also for sirl sft."""
+    report_project: str = "sirl"
+    """The wandb or Trackio project the run is logged under; the run's name is its name or its folder's."""
 
 
 @dataclass
@@ -483,6 +489,12 @@ def check_ranges(config: Any, prefix: str = "") -> None:
 
 def check_consistency(config: ExperimentConfig) -> None:
     """Every check that involves more than one field, in one place."""
+    from sirl.sinks import sink_names  # the sinks' registry holds the names train.report_to accepts
+
+    try:
+        sink_names(config.train.report_to)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if config.method.settle_probes > 0 and config.method.drop == 0:
         raise ConfigError(
             f"method.settle_probes={config.method.settle_probes} needs method.drop > 0: with drop = 0 one verified probe "

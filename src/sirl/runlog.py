@@ -1,15 +1,15 @@
-"""The run folder: resolved config, metrics as JSON lines, TensorBoard events."""
+"""The run folder: resolved config, metrics as JSON lines, and the sinks of train.report_to (sirl.sinks)."""
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sirl.config import ExperimentConfig, to_yaml
+from sirl.config import ExperimentConfig, to_dict, to_yaml
+from sirl.sinks import finite_scalars, open_sinks
 
 
 EVALS_FILE = "evals.jsonl"
@@ -66,7 +66,8 @@ def truncate_tensorboard(tb_dir: Path, last_step: int) -> None:
 
 
 class RunLog:
-    """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
+    """Appends one JSON object per logged step to ``metrics.jsonl`` and mirrors its numbers to the sinks of
+    ``train.report_to`` (TensorBoard by default; sirl.sinks).
 
     ``resume_step`` continues an existing run folder after its checkpoint of that step: records of later
     steps (logged before the run stopped) are dropped from metrics.jsonl, samples.jsonl, evals.jsonl and the TensorBoard
@@ -74,7 +75,7 @@ class RunLog:
     the clock continues from ``elapsed_s``, and config.yaml is rewritten only when ``write_config``."""
 
     def __init__(
-        self, run_dir: Path, config: ExperimentConfig, tensorboard: bool = True, *,
+        self, run_dir: Path, config: ExperimentConfig, *,
         resume_step: int | None = None, elapsed_s: float = 0.0, write_config: bool = True,
     ):
         self.run_dir = Path(run_dir)
@@ -86,29 +87,18 @@ class RunLog:
             truncate_jsonl(self.metrics_path, resume_step)
             truncate_jsonl(self.run_dir / "samples.jsonl", resume_step)
             truncate_jsonl(self.run_dir / EVALS_FILE, resume_step)
+        self._sinks = open_sinks(config.train.report_to, self.run_dir, name=config.name or self.run_dir.name,
+                                 project=config.train.report_project, config=to_dict(config), resume_step=resume_step)
         self._file = self.metrics_path.open("a")
-        self._writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # imported here: it is slow to import
-
-            # The earlier process's events after the checkpoint are removed; purge_step also tells readers
-            # that honour it, should a file have been missed (one being written by a process not yet dead).
-            purge = None
-            if resume_step is not None:
-                truncate_tensorboard(self.run_dir / "tb", resume_step)
-                purge = resume_step + 1
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge)
         self.start_time = time.time() - elapsed_s
 
     def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         record = {"step": step, "time/elapsed_s": round(time.time() - self.start_time, 3), **metrics}
         self._file.write(json.dumps(record, allow_nan=True) + "\n")
         self._file.flush()
-        if self._writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    self._writer.add_scalar(key, value, step)
-            self._writer.flush()
+        scalars = finite_scalars(record)
+        for sink in self._sinks:
+            sink.log(step, scalars)
         return record
 
     def log_evaluation(self, step: int, tokens: int, trained_tokens: int, rewards: list[float]) -> None:
@@ -127,5 +117,5 @@ class RunLog:
 
     def close(self) -> None:
         self._file.close()
-        if self._writer is not None:
-            self._writer.close()
+        for sink in self._sinks:
+            sink.close()
