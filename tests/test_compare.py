@@ -4,6 +4,7 @@ an interrupted comparison resumed to the same results as an uninterrupted one.""
 import json
 import random
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -227,6 +228,7 @@ def without_timing(results: dict) -> dict:
     """Wall-clock figures differ between any two runs; everything else must not."""
     results = json.loads(json.dumps(results))
     results.pop("machine")
+    results.pop("commands")  # each call's own command line and time
     for row in results["methods"].values():
         row.pop("timing")
     return results
@@ -494,3 +496,55 @@ def test_rerunning_a_finished_comparison_rewrites_the_report_and_keeps_the_runs_
     assert (out / "results.md").is_file()
     # nothing ran, so the load beside the wall-clock is still the one measured while the runs went
     assert (out / "logs/load.jsonl").read_text() == load_record
+
+
+# --- what ran: the command, the sirl commit and every method's settings ----------------------------
+
+
+def test_method_settings_are_the_differences_from_the_defaults_shared_or_by_seed(tmp_path):
+    from sirl.compare import method_settings
+
+    for seed, lr in ((0, 2e-4), (1, 3e-4)):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        config = load_config("arith", [f"seed={seed}", f"train.lr={lr}", "algo.name=grpo", f"out={folder}"])
+        (folder / "config.yaml").write_text(to_yaml(config))
+    settings = method_settings([tmp_path / "seed0", tmp_path / "seed1"])
+    # the arith preset's own changes and grpo are shared; the seed and the folder are left out; the learning rate
+    # differs by seed (the default 1e-4 is the preset's too, so it is no setting of its own)
+    assert settings["shared"]["algo.name"] == "grpo" and settings["shared"]["model.path"] == "checkpoints/arith-tiny"
+    assert "seed" not in settings["shared"] and "out" not in settings["shared"] and "rollout.group_size" not in settings["shared"]
+    assert settings["by_seed"] == {"train.lr": {"0": 2e-4, "1": 3e-4}}
+    assert method_settings([tmp_path / "nothing"]) is None
+
+
+def test_the_results_say_what_ran(tmp_path):
+    """A tiny comparison of grpo and a variant of it: results.json and results.md record the command line, the
+    sirl commit, and each method's settings that differ from the defaults, the variant's override among them."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "methods: [grpo, grpo_hot]\n"
+        "variants: {grpo_hot: {method: grpo, overrides: {rollout.temperature: 1.5}}}\n"
+        "seeds: 1\njobs: 1\nthreads: 1\nfinal_evaluations: 1\ncheckpoint_every: 1\n"
+        "tasks:\n  arith:\n    config: arith\n    budget_tokens: 1500\n    eval_every_tokens: 1500\n    final_problems: 50\n"
+        "    overrides: {rollout.prompts_per_step: 2, rollout.group_size: 4, eval.n_problems: 8, model.device: cpu}\n"
+    )
+    out = tmp_path / "cmp"
+    args = ["compare", "--plan", str(plan), "--task", "arith", "--out", str(out), "--quiet", "--train.lr=2e-4"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-m", "sirl.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    (call,) = results["commands"]
+    assert call["command"] == shlex.join(["sirl", *args]) and call["argv"][1:] == args
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert call["sirl"]["commit"] == head and isinstance(call["sirl"]["dirty"], bool)
+    grpo, hot = results["methods"]["grpo"]["settings"], results["methods"]["grpo_hot"]["settings"]
+    assert grpo["shared"]["algo.name"] == hot["shared"]["algo.name"] == "grpo"
+    assert hot["shared"]["rollout.temperature"] == 1.5 and "rollout.temperature" not in grpo["shared"]
+    assert grpo["shared"]["train.lr"] == 2e-4 and grpo["shared"]["rollout.group_size"] == 4 and grpo["shared"]["train.max_tokens"] == 1500
+    assert grpo["by_seed"] == {} and "seed" not in grpo["shared"]
+    md = (out / "results.md").read_text()
+    assert f"    {call['command']}" in md and f"sirl commit {head}" in md
+    assert "| grpo_hot | `rollout.temperature=1.5` |" in md and "| grpo | (none) |" in md and "`train.lr=0.0002`" in md
+    assert "| method's model memory (MB) |" in md.splitlines()[next(i for i, l in enumerate(md.splitlines()) if l.startswith("| method | final"))]

@@ -16,6 +16,7 @@ The comparison folder::
 
     base.yaml             the training config every run shares
     compare.json          what was asked (methods, seeds, budget, ...); a rerun must ask the same
+    commands.jsonl        every `sirl compare` call on the folder: its command line, time and sirl commit
     runs/<method>/seed<k> the `sirl train` run folders
     runs/<method>/lr<r>/seed<lr_seed>  the learning-rate runs
     logs/<method>-seed<k>.log
@@ -40,6 +41,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -54,7 +56,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sirl.config import ConfigError, ExperimentConfig, config_differences, to_yaml
+from sirl.config import ConfigError, ExperimentConfig, config_differences, to_dict, to_yaml
 from sirl.runlog import EVALS_FILE
 
 HARD_LEVEL = 0.15
@@ -368,10 +370,13 @@ def tokens_done(out: Path, runs: list[RunSpec], budget: int) -> int:
     )
 
 
-def run_comparison(config: ExperimentConfig, plan: ComparePlan, out: Path, quiet: bool = False) -> dict:
+def run_comparison(
+    config: ExperimentConfig, plan: ComparePlan, out: Path, quiet: bool = False, command: list[str] | None = None,
+) -> dict:
     """Run (or continue) every (method, seed) run of ``plan`` from ``config`` into ``out``, then summarize.
     Raises ConfigError when ``out`` holds a comparison of another config or plan. Unless ``quiet``, a
-    progress bar counts the generated tokens of all runs against their budgets, with an ETA."""
+    progress bar counts the generated tokens of all runs against their budgets, with an ETA. ``command``
+    (default ``sys.argv``) is recorded in commands.jsonl with the sirl commit."""
     out.mkdir(parents=True, exist_ok=True)
     base_path, plan_path = out / "base.yaml", out / "compare.json"
     if base_path.is_file() or plan_path.is_file():
@@ -386,6 +391,7 @@ def run_comparison(config: ExperimentConfig, plan: ComparePlan, out: Path, quiet
             )
     base_path.write_text(to_yaml(config))
     plan_path.write_text(json.dumps(asdict(plan), indent=2) + "\n")
+    record_command(out, sys.argv if command is None else command)
 
     threads = _threads(plan)
     # The learning-rate runs first (the table's runs use their choice), then seeds outer: partial results stay balanced.
@@ -632,6 +638,78 @@ def tokens_to_reach(method: dict[int, RunCurve], reference: dict[int, RunCurve],
     }
 
 
+COMMANDS_FILE = "commands.jsonl"
+"""One line per `sirl compare` call on a comparison folder: its command line, time, and the sirl commit."""
+PER_RUN_KEYS = ("seed", "out")
+"""Config keys that differ from run to run of one method by design, left out of its settings."""
+
+
+def sirl_revision() -> dict[str, Any]:
+    """The git commit of the sirl source that runs, and whether the checkout's tracked files differ from it
+    (``dirty``); commit "unknown" and dirty None outside a git checkout or without git."""
+    source = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=60)
+        if head.returncode != 0:
+            return {"commit": "unknown", "dirty": None}
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": "unknown", "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+
+
+def record_command(out: Path, argv: list[str]) -> dict[str, Any]:
+    """Append this call's command line (``argv``, as ``sys.argv`` holds it; shown as ``sirl ARGS``), the time,
+    the working directory and :func:`sirl_revision` to the folder's commands.jsonl. Not part of the plan: a
+    comparison continued or grown by another command line is the same comparison."""
+    entry = {"time": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": shlex.join(["sirl", *argv[1:]]), "argv": list(argv),
+             "cwd": os.getcwd(), "sirl": sirl_revision()}
+    with (out / COMMANDS_FILE).open("a") as f:
+        f.write(json.dumps(entry) + "\n")
+    return entry
+
+
+def _flat_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dict by dotted key (task.args stays one value, as in sirl.config.config_differences)."""
+    out: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and value and key != "task.args":
+            out.update(_flat_config(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def settings_from_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a resolved config (a run's config.yaml) that differ from sirl's defaults
+    (``ExperimentConfig()``), by dotted key, without the keys that differ run to run (:data:`PER_RUN_KEYS`).
+    A key the saved config lacks took its default then; a key it has that sirl no longer knows is kept."""
+    defaults = _flat_config(to_dict(ExperimentConfig()))
+    missing = object()
+    return {key: value for key, value in sorted(_flat_config(saved).items())
+            if key not in PER_RUN_KEYS and defaults.get(key, missing) != value}
+
+
+def method_settings(folders: list[Path]) -> dict[str, Any] | None:
+    """What a method's finished runs ran with (:func:`settings_from_defaults` of their config.yaml):
+    ``shared``, the settings all of them have, and ``by_seed``, any that differ between seeds (seed ->
+    value). None without config.yaml."""
+    per_seed = {int(d.name.removeprefix("seed")): settings_from_defaults(yaml.safe_load((d / "config.yaml").read_text()))
+                for d in folders if (d / "config.yaml").is_file()}
+    if not per_seed:
+        return None
+    defaults = _flat_config(to_dict(ExperimentConfig()))
+    shared, by_seed = {}, {}
+    for key in sorted({k for settings in per_seed.values() for k in settings}):
+        values = {seed: settings.get(key, defaults.get(key)) for seed, settings in per_seed.items()}
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) == 1:
+            shared[key] = next(iter(values.values()))
+        else:
+            by_seed[key] = {str(seed): value for seed, value in values.items()}
+    return {"shared": shared, "by_seed": by_seed}
+
+
 def summarize(out: Path) -> dict:
     """results.json's content, from the comparison folder. Timing lives under each method's ``timing`` and
     under ``machine``: everything else is a deterministic function of the runs."""
@@ -681,6 +759,9 @@ def summarize(out: Path) -> dict:
             "localization_accuracy": _mean_std([_mean_of(rows, "loc/accuracy") for rows in logs]),
             "probes_per_failure": _mean_std([_mean_of(rows, "loc/probes_per_failure", last_fraction=0.25) for rows in logs]),
             "selfloc_accuracy": _mean_std([_mean_of(rows, "selfloc/accuracy", last_fraction=0.25) for rows in logs]),
+            # model state the method holds besides the policy and its optimizer (PRIME's reward model and reference)
+            "method_state_mb": _mean_std([_mean_of(rows, "memory/method_state_mb") for rows in logs]),
+            "settings": method_settings(finished),
             "by_difficulty": {
                 level: _mean_std([b[str(level)]["accuracy"] for b in by_difficulty if str(level) in b]) for level in levels
             },
@@ -726,6 +807,7 @@ def summarize(out: Path) -> dict:
             "final_n": start["n"] if start else next((row["final_n"] for row in methods.values()), None),
         },
         "machine": {**_machine(plan), "load": load_summary(out / "logs" / "load.jsonl")},
+        "commands": _read_jsonl(out / COMMANDS_FILE) if (out / COMMANDS_FILE).is_file() else [],
     }
 
 
@@ -945,8 +1027,8 @@ def results_markdown(results: dict) -> str:
         f"| method | final accuracy ({final_n}; {spread}) | difference from {ref} (95% CI) | seeds | tokens to reach {target} | "
         f"generated-token ratio to {ref} (95% CI) | trained-token ratio to {ref} (95% CI) | learning rate | wall-clock (min) | "
         "steps | trained tokens | probe tokens | localization accuracy | probes per failure (last quarter) | "
-        "self-localization accuracy (last quarter) |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "self-localization accuracy (last quarter) | method's model memory (MB) |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in methods.items():
         seeds = ", ".join(f"{v:.1%}" for v in row["final_accuracy"]["values"])
@@ -961,8 +1043,12 @@ def results_markdown(results: dict) -> str:
             f"{lr} | {wall / 60:.1f} | "
             f"{row['steps']['mean']:.0f} | {'-' if row['trained_tokens']['mean'] is None else _tokens(row['trained_tokens']['mean'])} | {row['probe_share']['mean']:.0%} | {_pct(row['localization_accuracy'])} | "
             f"{_number(row['probes_per_failure'])} | "
-            f"{_pct(row['selfloc_accuracy'])} |"
+            f"{_pct(row['selfloc_accuracy'])} | {_megabytes(row.get('method_state_mb'))} |"
         )
+    lines += ["", "Trained tokens count every token through a forward and backward pass: the policy's rows each epoch, and "
+              "those of a model the method trains itself (PRIME's reward model). A method's model memory is the state it "
+              "holds besides the policy and its optimizer (PRIME: its reward model's weights, gradients and AdamW moments, "
+              "and the frozen reference); - for none."]
     chosen = {name: row["learning_rate"] for name, row in methods.items() if row.get("learning_rate")}
     if chosen:
         rates = sorted({float(lr) for c in chosen.values() for lr in c["accuracy_by_lr"]})
@@ -1024,8 +1110,113 @@ def results_markdown(results: dict) -> str:
         f"torch {machine['torch']}. Wall-clock includes the periodic held-out evaluations (the same number for every method). "
         + load_text(machine),
         "",
+        *what_ran_markdown(results),
     ]
     return "\n".join(lines)
+
+
+def _megabytes(stat: dict | None) -> str:
+    return "-" if not stat or stat.get("mean") is None else f"{stat['mean']:.1f}"
+
+
+def _setting(key: str, value: Any) -> str:
+    return f"`{key}={value if isinstance(value, str) else json.dumps(value)}`"
+
+
+def what_ran_markdown(results: dict) -> list[str]:
+    """The results.md section that lets a reader rerun the comparison: its command lines with the sirl
+    commit of each, and every method's settings that differ from sirl's defaults (shared ones once)."""
+    lines = ["## What ran", ""]
+    commands = results.get("commands") or []
+    if commands:
+        lines.append("The command (`commands.jsonl` holds every call on this folder, with its full argv):")
+        lines.append("")
+        for entry in commands:
+            revision = entry.get("sirl") or {}
+            state = {True: ", with uncommitted changes to tracked files", False: "", None: ""}[revision.get("dirty")]
+            lines += [f"    {entry['command']}", "",
+                      f"(in `{entry.get('cwd', '?')}`, {entry['time']}; sirl commit {revision.get('commit', 'unknown')}{state})", ""]
+    else:
+        lines += ["The command line was not recorded (the folder predates commands.jsonl).", ""]
+    settings = {name: row.get("settings") for name, row in results["methods"].items()}
+    known = {name: s for name, s in settings.items() if s}
+    if not known:
+        return lines + ["The runs' settings were not recorded (no config.yaml in their folders).", ""]
+    common = {k: v for k, v in next(iter(known.values()))["shared"].items()
+              if all(k in s["shared"] and s["shared"][k] == v for s in known.values())}
+    lines += [
+        "Settings that differ from sirl's defaults (each run's config.yaml against `ExperimentConfig()`); every method's runs "
+        "share these:",
+        "",
+        ", ".join(_setting(k, v) for k, v in common.items()) or "(none)",
+        "",
+        "and each method adds its own (a variant: its method and overrides):",
+        "",
+        "| method | settings besides the shared ones |",
+        "|---|---|",
+    ]
+    for name, s in settings.items():
+        if not s:
+            lines.append(f"| {name} | not recorded |")
+            continue
+        own = [_setting(k, v) for k, v in s["shared"].items() if k not in common]
+        own += [f"`{k}` by seed: {json.dumps(by_seed)}" for k, by_seed in s["by_seed"].items()]
+        lines.append(f"| {name} | {', '.join(own) or '(none)'} |")
+    return lines + [""]
+
+
+def _report_part(failed: dict[str, str], name: str, build: Callable[[], Any], fallback: Any = None) -> Any:
+    """``build()``, or ``fallback`` when it raises: a bug in one part of a comparison's report must not lose
+    the others (nor the compute behind them). The failure is recorded in ``failed[name]`` (the exception's
+    type and message, which results.md shows) and its traceback printed to stderr."""
+    try:
+        return build()
+    except Exception as error:
+        failed[name] = f"{type(error).__name__}: {error}"
+        traceback.print_exc()
+        print(f"warning: the comparison's {name} could not be built ({failed[name]}); the rest of the report is written "
+              "without it", file=sys.stderr, flush=True)
+        return fallback
+
+
+def summarize_or_report(out: Path) -> dict:
+    """:func:`summarize`; should it fail as a whole, what can be read without it (each finished run's eval.json,
+    see :func:`_bare_markdown`) with the failure in ``failed_parts["summary"]``, so that results.json and
+    results.md are written whatever goes wrong."""
+    failed: dict[str, str] = {}
+    results = _report_part(failed, "summary", lambda: summarize(out))
+    if results is not None:
+        return results
+    plan = json.loads((out / "compare.json").read_text()) if (out / "compare.json").is_file() else None
+    return {"plan": plan, "methods": {}, "runs": _finished_runs(out), "failed_parts": failed}
+
+
+def _finished_runs(out: Path) -> dict[str, dict]:
+    """Every finished run of the folder (runs/<method>[/lr<r>]/seed<k>/eval.json) by its path: accuracy,
+    steps and generated tokens of its final evaluation, or the error that reading it gave."""
+    runs: dict[str, dict] = {}
+    for path in sorted((out / "runs").glob("**/eval.json")):
+        name = path.parent.relative_to(out / "runs").as_posix()
+        try:
+            final = json.loads(path.read_text())
+            runs[name] = {"accuracy": final["accuracy"], "step": final.get("step"), "tokens/total": final.get("tokens/total")}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            runs[name] = {"error": f"{type(error).__name__}: {error}"}
+    return runs
+
+
+def _bare_markdown(out: Path) -> str:
+    """results.md when its tables could not be built: each finished run's final accuracy, from its eval.json."""
+    lines = [f"# Comparison in {out}: the summary tables could not be built (see below)", "",
+             "Each finished run's final accuracy (its eval.json; the last evaluation only):", ""]
+    for name, run in _finished_runs(out).items():
+        label = " ".join(part.replace("seed", "seed ", 1) if part.startswith("seed") else part for part in name.split("/"))
+        if "error" in run:
+            lines.append(f"- {label}: unreadable eval.json ({run['error']})")
+        else:
+            tokens = f" after {run['tokens/total']:,} generated tokens" if isinstance(run.get("tokens/total"), int) else ""
+            lines.append(f"- {label}: {run['accuracy']:.1%}{tokens}")
+    return "\n".join(lines) + "\n"
 
 
 def write_outputs(out: Path, results: dict) -> None:
