@@ -1,7 +1,10 @@
 """The verifier pool: deadlines, memory caps, crashes and process-group kills cost one sample, never the run.
 
-Deadlines are short (1 s) so the whole file runs in well under a minute on two cores. Every test checks
-that nothing is left behind: no process below this one, no extra file descriptor.
+Deadlines that must fire are short (1 s) so the whole file runs in well under a minute on two cores; where
+a deadline must not fire, it is long (``PATIENT`` seconds times SIRL_TEST_TIME_FACTOR), and no test reads
+a clock to judge the pool: what happened is read from its counts, its workers' pids and files the
+verifiers write. Every test checks that nothing is left behind: no process below this one, no extra file
+descriptor.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from sirl.config import ConfigError, load_config
 from sirl.tasks import load_task
 from sirl.tasks.arith import ArithTask
 from sirl.verifier import Isolation, TaskSpec, Verifier, VerifierPool, VerifierStartupError, make_verifier, resolve_isolation
+from conftest import scaled
 from verifier_helpers import HERE, HostileTask, descendants, open_fds, running, wait_until_gone
 
 DEADLINE = 1.0
+PATIENT = 20.0
+"""Seconds (times SIRL_TEST_TIME_FACTOR) of a deadline that must not fire: far beyond what the work takes."""
 HOSTILE = TaskSpec(f"{HERE}:HostileTask")
 OK = HostileTask().sample(random.Random(0), "train")
 
@@ -36,32 +42,30 @@ def no_leaks():
 
 @pytest.fixture(scope="module")
 def gsm8k_pool():
-    with VerifierPool(TaskSpec("gsm8k"), workers=2, timeout_s=DEADLINE, memory_mb=1024) as pool:
+    with VerifierPool(TaskSpec("gsm8k"), workers=2, timeout_s=scaled(PATIENT), memory_mb=1024) as pool:
         pool.wait_ready()
         yield pool
 
 
 # --- math: adversarial answers ----------------------------------------------------------------------
-MATH_INPUTS = {
-    "power tower": "\\boxed{5^{5^{5^{5^5}}}}",
-    "100,000 digits": "A: " + "7" * 100_000,
-    "10 MB string": "x" * 10_000_000 + "\nA: 18",
-    "10,000 nested braces": "\\boxed{" + "{" * 10_000 + "18" + "}" * 10_000 + "}",
-    "NUL bytes": "so\x00 the answer\x00\nA: 18\x00",
-    "lone surrogates": "\ud800\udfff\udc00 A: \ud83d",
+MATH_INPUTS = {  # name: (completion, its score against the gold answer 18)
+    "power tower": ("\\boxed{5^{5^{5^{5^5}}}}", 0.0),  # never evaluated (it has about 10^2184 digits), not 18
+    "100,000 digits": ("A: " + "7" * 100_000, 0.0),
+    "10 MB string": ("x" * 10_000_000 + "\nA: 18", 1.0),  # the answer line after 10 MB of junk still counts
+    "10,000 nested braces": ("\\boxed{" + "{" * 10_000 + "18" + "}" * 10_000 + "}", 0.0),  # too deep to read: no answer
+    "NUL bytes": ("so\x00 the answer\x00\nA: 18\x00", 1.0),
+    "lone surrogates": ("\ud800\udfff\udc00 A: \ud83d", 0.0),
 }
 
 
 @pytest.mark.parametrize("name", list(MATH_INPUTS))
-def test_math_adversarial_input_gets_a_verdict_within_the_deadline(gsm8k_pool, name):
+def test_math_adversarial_input_gets_its_verdict_from_verify_not_from_the_deadline(gsm8k_pool, name):
     problem = load_task("gsm8k").problem(0)  # gold answer 18
-    before = gsm8k_pool.pids()
-    start = time.monotonic()
-    [score] = gsm8k_pool.score([problem], [MATH_INPUTS[name]])
-    assert time.monotonic() - start <= DEADLINE + 1.0
-    assert score in (0.0, 1.0)
-    if gsm8k_pool.pids() != before:  # a worker was replaced: the old one must be gone
-        assert wait_until_gone(set(before) - set(gsm8k_pool.pids())) == set()
+    before, counts = gsm8k_pool.pids(), (gsm8k_pool.counts.timeouts, gsm8k_pool.counts.errors)
+    completion, expected = MATH_INPUTS[name]
+    assert gsm8k_pool.score([problem], [completion]) == [expected]
+    assert (gsm8k_pool.counts.timeouts, gsm8k_pool.counts.errors) == counts  # verify answered, nothing killed it
+    assert gsm8k_pool.pids() == before  # the same workers, none replaced
 
 
 def test_math_pool_still_scores_ordinary_answers(gsm8k_pool):
@@ -70,9 +74,10 @@ def test_math_pool_still_scores_ordinary_answers(gsm8k_pool):
 
 
 def test_math_pool_leaves_no_worker_behind(no_leaks):
-    with VerifierPool(TaskSpec("gsm8k"), workers=2, timeout_s=DEADLINE, memory_mb=1024) as pool:
+    with VerifierPool(TaskSpec("gsm8k"), workers=2, timeout_s=scaled(PATIENT), memory_mb=1024) as pool:
         problem = load_task("gsm8k").problem(0)
-        assert pool.score([problem] * len(MATH_INPUTS), list(MATH_INPUTS.values()))
+        completions, expected = zip(*MATH_INPUTS.values())
+        assert pool.score([problem] * len(MATH_INPUTS), list(completions)) == list(expected)
         workers = set(pool.pids())
     assert wait_until_gone(workers) == set()
 
@@ -84,15 +89,14 @@ def test_math_pool_leaves_no_worker_behind(no_leaks):
 def test_a_failing_verify_scores_zero_and_is_counted(no_leaks, completion, counted):
     with VerifierPool(HOSTILE, workers=1, timeout_s=DEADLINE, memory_mb=512) as pool:
         pool.wait_ready()
-        first = set(pool.pids()) | descendants(pool.pids()[0])
-        start = time.monotonic()
+        workers = pool.pids()
+        first = set(workers) | descendants(workers[0])
         assert pool.score([OK, OK], [completion, "ok"]) == [0.0, 1.0]  # the next completion still scores
         restarted = counted == "timeouts" or completion == "exit"  # a new worker (and its guardian) had to start
-        if not restarted:  # the error came back from the worker that was already running
-            assert time.monotonic() - start <= DEADLINE + 1.0
-        # A restart's duration is the new worker's start-up (it imports torch again: 4.3 s cold on 2 cores),
-        # a property of the machine, so it is not timed; that the hanging verify (it would sleep for 11 days)
-        # ended at all and a new worker took over is what shows the deadline acted.
+        if not restarted:  # the error came back from the worker that was already running, which goes on
+            assert pool.pids() == workers
+        # That the hanging verify (it would sleep for 11 days) ended at all and a new worker took over is
+        # what shows the deadline acted; how long the restart took is the machine's, so it is not timed.
         assert getattr(pool.counts, counted) == 1 and pool.counts.calls == 2
         assert pool.counts.timeouts + pool.counts.errors == 1
         if counted == "timeouts":  # the worker and its helper process were killed, a new worker took over
@@ -112,7 +116,7 @@ def test_a_helper_that_left_the_session_dies_with_the_pool(no_leaks, mode):
         scores = pool.score([OK, OK], [f"escape-{mode}-{seconds}", "ok"])
         assert scores == [1.0 if mode in ("return", "daemon") else 0.0, 1.0]
         if mode in ("return", "daemon"):  # alive until the pool closes (setsid -f execs it a moment later)
-            deadline = time.monotonic() + 2.0
+            deadline = time.monotonic() + scaled(PATIENT)
             while not running(argv) and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert len(running(argv)) == 1
@@ -146,13 +150,16 @@ def test_helpers_die_when_the_trainer_is_killed(tmp_path):
     assert wait_until_gone(running(["sleep", seconds]), 5.0) == set()
 
 
-def test_each_completion_has_its_own_deadline(no_leaks):
-    with VerifierPool(HOSTILE, workers=2, timeout_s=DEADLINE, memory_mb=512) as pool:
+def test_each_completion_has_its_own_deadline(no_leaks, tmp_path):
+    """While one worker waits on its completion, the other scores the rest, one of which releases the
+    wait: the first completion scores 1.0 only if the second worker went on meanwhile. A hang later in the
+    batch costs its own completion only."""
+    signal_file = tmp_path / "released"
+    completions = [f"wait-for {signal_file}", "ok", f"create {signal_file}", "ok", "hang", "ok"]
+    with VerifierPool(HOSTILE, workers=2, timeout_s=scaled(3.0), memory_mb=512) as pool:
         pool.wait_ready()
-        start = time.monotonic()
-        scores = pool.score([OK] * 6, ["hang", "ok", "ok", "ok", "ok", "ok"])
-        assert scores == [0.0] + [1.0] * 5
-        assert time.monotonic() - start <= DEADLINE + 1.0  # the other worker went on meanwhile
+        assert pool.score([OK] * len(completions), completions) == [1.0, 1.0, 1.0, 1.0, 0.0, 1.0]
+        assert (pool.counts.timeouts, pool.counts.errors) == (1, 0)
 
 
 def test_a_task_that_cannot_be_built_is_an_error_not_a_hang(no_leaks):

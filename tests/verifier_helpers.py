@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve()
 
 class HostileTask(Task):
     """``verify`` does what the completion says: hang, crash, exit, allocate, start a helper and hang,
-    return nonsense; anything else scores 1.0 when it equals the answer."""
+    return nonsense, wait for a file or create one; anything else scores 1.0 when it equals the answer."""
 
     name = "hostile"
 
@@ -46,6 +46,14 @@ class HostileTask(Task):
             if mode == "exit":
                 os._exit(3)
             return 1.0  # "return" and "daemon": the helper outlives the call
+        if completion.startswith("wait-for "):  # scores 1.0 once another verify call has created the file
+            path = completion.split(" ", 1)[1]
+            while not os.path.exists(path):
+                time.sleep(0.01)
+            return 1.0
+        if completion.startswith("create "):
+            Path(completion.split(" ", 1)[1]).touch()
+            return 1.0
         if completion == "raise":
             raise RuntimeError("verifier bug")
         if completion == "exit":
