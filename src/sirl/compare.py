@@ -1165,60 +1165,6 @@ def what_ran_markdown(results: dict) -> list[str]:
     return lines + [""]
 
 
-def _report_part(failed: dict[str, str], name: str, build: Callable[[], Any], fallback: Any = None) -> Any:
-    """``build()``, or ``fallback`` when it raises: a bug in one part of a comparison's report must not lose
-    the others (nor the compute behind them). The failure is recorded in ``failed[name]`` (the exception's
-    type and message, which results.md shows) and its traceback printed to stderr."""
-    try:
-        return build()
-    except Exception as error:
-        failed[name] = f"{type(error).__name__}: {error}"
-        traceback.print_exc()
-        print(f"warning: the comparison's {name} could not be built ({failed[name]}); the rest of the report is written "
-              "without it", file=sys.stderr, flush=True)
-        return fallback
-
-
-def summarize_or_report(out: Path) -> dict:
-    """:func:`summarize`; should it fail as a whole, what can be read without it (each finished run's eval.json,
-    see :func:`_bare_markdown`) with the failure in ``failed_parts["summary"]``, so that results.json and
-    results.md are written whatever goes wrong."""
-    failed: dict[str, str] = {}
-    results = _report_part(failed, "summary", lambda: summarize(out))
-    if results is not None:
-        return results
-    plan = json.loads((out / "compare.json").read_text()) if (out / "compare.json").is_file() else None
-    return {"plan": plan, "methods": {}, "runs": _finished_runs(out), "failed_parts": failed}
-
-
-def _finished_runs(out: Path) -> dict[str, dict]:
-    """Every finished run of the folder (runs/<method>[/lr<r>]/seed<k>/eval.json) by its path: accuracy,
-    steps and generated tokens of its final evaluation, or the error that reading it gave."""
-    runs: dict[str, dict] = {}
-    for path in sorted((out / "runs").glob("**/eval.json")):
-        name = path.parent.relative_to(out / "runs").as_posix()
-        try:
-            final = json.loads(path.read_text())
-            runs[name] = {"accuracy": final["accuracy"], "step": final.get("step"), "tokens/total": final.get("tokens/total")}
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            runs[name] = {"error": f"{type(error).__name__}: {error}"}
-    return runs
-
-
-def _bare_markdown(out: Path) -> str:
-    """results.md when its tables could not be built: each finished run's final accuracy, from its eval.json."""
-    lines = [f"# Comparison in {out}: the summary tables could not be built (see below)", "",
-             "Each finished run's final accuracy (its eval.json; the last evaluation only):", ""]
-    for name, run in _finished_runs(out).items():
-        label = " ".join(part.replace("seed", "seed ", 1) if part.startswith("seed") else part for part in name.split("/"))
-        if "error" in run:
-            lines.append(f"- {label}: unreadable eval.json ({run['error']})")
-        else:
-            tokens = f" after {run['tokens/total']:,} generated tokens" if isinstance(run.get("tokens/total"), int) else ""
-            lines.append(f"- {label}: {run['accuracy']:.1%}{tokens}")
-    return "\n".join(lines) + "\n"
-
-
 def write_outputs(out: Path, results: dict) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(results))
