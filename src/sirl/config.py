@@ -183,6 +183,12 @@ class RolloutConfig:
     """Responses longer than this are cut off (truncated) and score what the verifier gives them."""
     batch_size: int = ranged(1024, 1)
     """Most rows the engine decodes at once."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """The dtype the engine samples in (rollouts, probes and the run's evaluations), whatever model.dtype
+    trains in. auto: bfloat16 for a model of at least 50M parameters on a device with native bf16 (a CPU
+    with AVX512-BF16 or AMX, a recent GPU), where decoding is bound by reading the weights; else
+    model.dtype (sirl's own small policies sample in float32, as before). The sampling log-probs are
+    then bf16's: tests/test_rollout_bf16.py states their tolerance against float32."""
     stop: list[str] = field(default_factory=list)
     """Strings that end a response as soon as it contains one (its tokens stay in the response, the verifier
     scores the text before it); also in evaluations.

@@ -49,7 +49,7 @@ from sirl.model import base_causal_lm, count_parameters, enable_checkpointing, p
 from sirl.prompts import describe_format, prompt_record
 from sirl.prompts import prompt_format as make_prompt_format
 from sirl.report import write_report_or_warn
-from sirl.rollout import NonFiniteLogits, SamplingParams, sample_trajectories
+from sirl.rollout import NonFiniteLogits, SamplingParams, resolve_rollout_dtype, sample_trajectories
 from sirl.runlog import RunLog
 from sirl.tasks import Task, load_task, resolve_task_class, write_task_record
 from sirl.update import auto_micro_batch_tokens, policy_update
@@ -84,6 +84,7 @@ def _train(
     # --- set-up: policy, optimizer, the state that carries over between steps ---------------------
     torch.manual_seed(config.seed)
     model, tokenizer = policy_from_config(config.model, task.alphabet(), config.seed)
+    model.sirl_rollout_dtype = resolve_rollout_dtype(config.rollout.dtype, model)  # what every generate call samples in
     dist = Distributed.from_env(model.device)
     show = not quiet and dist.is_main
     rollout, algo, train, internal = config.rollout, config.algo, config.train, config.internalize

@@ -11,12 +11,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sirl.model import eos_ids
 from sirl.prompts import PromptFormat
-from sirl.rollout.engine import Generations, NonFiniteLogits, SamplingParams, before_stop, generate, pick_backend
+from sirl.rollout.engine import Generations, NonFiniteLogits, SamplingParams, before_stop, generate, pick_backend, resolve_rollout_dtype, rollout_dtype
 from sirl.rollout.steps import char_spans_to_token_spans, token_char_offsets
 from sirl.tasks.base import Task
 from sirl.types import Problem, Trajectory
 
-__all__ = ["before_stop", "Generations", "NonFiniteLogits", "SamplingParams", "generate", "pick_backend", "response_end_ids", "sample_trajectories", "text_decoder"]
+__all__ = [
+    "before_stop", "Generations", "NonFiniteLogits", "SamplingParams", "generate", "pick_backend", "resolve_rollout_dtype", "response_end_ids",
+    "rollout_dtype", "sample_trajectories", "text_decoder",
+]
 
 
 def response_end_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat | None) -> list[int]:

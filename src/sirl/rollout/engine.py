@@ -5,21 +5,28 @@ row) and samples continuations with temperature and top-p until EOS or ``max_new
 encoded once and its cache copied to all ``repeats`` rows that continue it, so a group of G samples, or K
 probes from one prefix, pays for one prefill.
 
-Two backends run the same loop:
+Three backends run the same loop:
 
 - ``FastBackend`` for Llama-shaped decoders (llama, qwen2, qwen3, mistral): a preallocated static KV cache
   and a hand-written attention step around the model's own projection, norm and MLP modules. Small models
   on a CPU are bound by per-call overhead, not arithmetic, and this removes most of it.
+- ``LargeModelBackend``, the same for models of 50M parameters and more, which are bound by reading the
+  weights and the cache: weights cast once to the rollout dtype (bf16 where the hardware has it,
+  ``rollout.dtype``) and packed for oneDNN on a CPU, a cache that single-token attention reads in place,
+  and a sampler that draws one random number per row.
 - ``HFBackend`` for every other causal LM: the model's own forward with a ``DynamicCache``.
 
-Both return log-probabilities of the sampled tokens under the temperature-scaled policy (the full
+All return log-probabilities of the sampled tokens under the temperature-scaled policy (the full
 distribution, before top-p truncation: the distribution the trainer optimizes), and the naive equivalent
-of both is a teacher-forced forward over the finished sequences (``sirl.model.token_logprobs``); the
+of each is a teacher-forced forward over the finished sequences (``sirl.model.token_logprobs``); the
 tests hold them equal within 1e-5 in float32, and greedy output equal to ``model.generate``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 
-from sirl.model import compute_autocast, compute_dtype
+from sirl.model import compute_dtype
 
 FAST_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 
@@ -117,8 +124,9 @@ class FastBackend:
     overhead, and these cut the op count per step by more than half against the module-by-module forward.
     """
 
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, dtype: torch.dtype | None = None):
         self.model = model
+        self.dtype = dtype or rollout_dtype(model)
         inner = _unwrap(model)  # a peft model's transformers model, its LoRA layers in place
         decoder = inner.model
         config = inner.config
@@ -128,7 +136,7 @@ class FastBackend:
         self.scale = D**-0.5
         self.embed = decoder.embed_tokens.weight
         # Under bf16 compute (autocast) the cache holds what the projections write: bf16 keys and values.
-        self.cache_dtype = compute_dtype(model)
+        self.cache_dtype = self.dtype
         pairs = torch.stack([torch.arange(D // 2), torch.arange(D // 2) + D // 2], dim=1).flatten()  # 0, d/2, 1, ...
 
         def interleave(weight: torch.Tensor | None, n_heads: int) -> torch.Tensor | None:
@@ -151,7 +159,7 @@ class FastBackend:
                 )
                 qkv_w = torch.cat([interleave(q_w, self.n_heads), interleave(k_w, self.n_kv_heads), v_w])
                 gate_up_w = torch.cat([g_w, u_w])
-                self.layers.append(
+                self.layers.append(self._prepare(
                     _LayerWeights(
                         in_eps=_norm_params(layer.input_layernorm)[1],
                         qkv_w=fold(layer.input_layernorm, qkv_w),
@@ -168,13 +176,27 @@ class FastBackend:
                         down_b=d_b,
                         act=mlp.act_fn,
                     )
-                )
+                ))
             self.final_eps = _norm_params(decoder.norm)[1]
-            self.lm_head = fold(decoder.norm, _linear(inner.lm_head)[0])
+            self.lm_head = self._prepare_weight(fold(decoder.norm, _linear(inner.lm_head)[0]))
             positions = torch.arange(config.max_position_embeddings, device=self.embed.device)[None]
             cos, sin = decoder.rotary_emb(self.embed[:1][None].float(), positions)
             # cos/sin repeat over the two halves of a head; one half, as a complex number, is the rotation.
             self.rotation = torch.complex(cos[0, :, : D // 2], sin[0, :, : D // 2])  # [max_positions, D/2]
+
+    def sample(self, logits_BV, params, generator):
+        return sample_next(logits_BV, params, generator)
+
+    def _prepare(self, layer: _LayerWeights) -> _LayerWeights:
+        """A layer's weights as :meth:`_forward` applies them (here: as they are)."""
+        return layer
+
+    def _prepare_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight
+
+    def autocast(self):
+        """The context decoding runs in: autocast to the rollout dtype when it is not the weights'."""
+        return _autocast_to(self.model, self.dtype)
 
     def prefill(self, ids_BP: torch.Tensor, mask_BP: torch.Tensor, capacity: int) -> tuple[torch.Tensor, dict]:
         B, P = ids_BP.shape
@@ -184,12 +206,12 @@ class FastBackend:
                 f"max_position_embeddings={len(self.rotation)}; lower max_new_tokens or shorten the prompts"
             )
         device = ids_BP.device
-        shape = (B, self.n_kv_heads, capacity, self.head_dim)
         bias_BS = torch.zeros(B, capacity, dtype=self.cache_dtype, device=device)
         bias_BS[:, :P].masked_fill_(~mask_BP, float("-inf"))
+        k_shape, v_shape = self._cache_shapes(B, capacity)
         state = {
-            "k": [torch.zeros(shape, dtype=self.cache_dtype, device=device) for _ in self.layers],
-            "v": [torch.zeros(shape, dtype=self.cache_dtype, device=device) for _ in self.layers],
+            "k": [torch.zeros(k_shape, dtype=self.cache_dtype, device=device) for _ in self.layers],
+            "v": [torch.zeros(v_shape, dtype=self.cache_dtype, device=device) for _ in self.layers],
             "bias_BS": bias_BS,  # 0 where a cache slot holds a real token, -inf on left padding
             "next_pos_B": mask_BP.long().sum(-1),
             "length": P,
@@ -200,6 +222,10 @@ class FastBackend:
         attend_B1PP = (causal_PP & mask_BP[:, None, :])[:, None] | torch.eye(P, dtype=torch.bool, device=device)
         hidden = self._forward(ids_BP, pos_BP, state, slot=0, attend=attend_B1PP)
         return self._logits(hidden[:, -1]), state
+
+    def _cache_shapes(self, B: int, capacity: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        shape = (B, self.n_kv_heads, capacity, self.head_dim)
+        return shape, shape
 
     def decode(self, tokens_B: torch.Tensor, state: dict) -> torch.Tensor:
         slot = state["length"]
@@ -266,11 +292,149 @@ class FastBackend:
         }
 
 
+class LargeModelBackend(FastBackend):
+    """:class:`FastBackend` for models of at least :data:`LARGE_MODEL_PARAMETERS`, whose decoding is bound
+    by reading the weights and the cache from memory rather than by per-op overhead.
+
+    - Weights are cast once to the rollout dtype (bf16 halves the bytes each step reads) and, on a CPU,
+      prepacked for oneDNN's matrix product (``torch.ops.mkldnn._linear_pointwise``, what inductor's
+      frozen CPU graphs call): at 8 rows, MKL's ``F.linear`` read SmolLM2's 576 x 49,152 head at about a
+      fifth of the bandwidth oneDNN's packed product reaches. The residual stream stays float32, as
+      under autocast.
+    - Keys are cached transposed, ``[B, Hkv, D, capacity]``, and values ``[B, Hkv, capacity, D]``, so a
+      single-token attention step multiplies the cache in place (no copy of the cache per layer and
+      step); it is ``baddbmm`` and ``bmm`` rather than SDPA, whose CPU kernel took several times longer
+      for one query in bf16. Prefill uses SDPA.
+
+    Its naive equivalent is :class:`FastBackend` (module by module under autocast); in float32 the two
+    agree within 1e-5 (tests/test_rollout_bf16.py).
+    """
+
+    def __init__(self, model: PreTrainedModel, dtype: torch.dtype | None = None, packed: bool | None = None):
+        dtype = dtype or rollout_dtype(model)
+        device = next(model.parameters()).device
+        self.packed = (device.type == "cpu" and _onednn_linear_available(dtype)) if packed is None else packed
+        super().__init__(model, dtype)
+
+    def _prepare(self, layer: _LayerWeights) -> _LayerWeights:
+        cast = self._prepare_weight
+        return dataclasses.replace(
+            layer,
+            qkv_w=cast(layer.qkv_w), qkv_b=_cast(layer.qkv_b, self.dtype), o_w=cast(layer.o_w), o_b=_cast(layer.o_b, self.dtype),
+            gate_up_w=cast(layer.gate_up_w), gate_up_b=_cast(layer.gate_up_b, self.dtype),
+            down_w=cast(layer.down_w), down_b=_cast(layer.down_b, self.dtype),
+        )
+
+    def _prepare_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        weight = weight.detach().to(self.dtype).contiguous()
+        return torch.ops.mkldnn._reorder_linear_weight(weight, PACKED_ROWS_HINT) if self.packed else weight
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return F.linear(x, weight, bias)
+
+    def autocast(self):
+        return contextlib.nullcontext()  # every cast is explicit
+
+    def sample(self, logits_BV, params, generator):
+        return sample_next_by_blocks(logits_BV, params, generator)
+
+    def _empty(self, shape, like: torch.Tensor) -> torch.Tensor:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+    def repeat(self, state: dict, repeats: torch.Tensor) -> dict:
+        """Rows ``repeats[i]`` times each, copying only the cache slots written so far (the rest of the
+        capacity is written by decoding before it is read)."""
+        if bool((repeats == 1).all()):
+            return state
+        U, length, uniform = len(repeats), state["length"], bool((repeats == repeats[0]).all())
+        rows = torch.repeat_interleave(torch.arange(U, device=repeats.device), repeats)
+
+        def widen(cache: torch.Tensor, slot_dim: int) -> torch.Tensor:
+            out = self._empty((len(rows), *cache.shape[1:]), cache)
+            if uniform:  # a broadcast copy: far faster than an index for bf16 on a CPU
+                view = out.view(U, int(repeats[0]), *cache.shape[1:]).narrow(slot_dim + 1, 0, length)
+                view.copy_(cache.narrow(slot_dim, 0, length)[:, None])
+            else:
+                out.narrow(slot_dim, 0, length).copy_(cache.narrow(slot_dim, 0, length)[rows])
+            return out
+
+        return {
+            "k": [widen(t, 3) for t in state["k"]],
+            "v": [widen(t, 2) for t in state["v"]],
+            "bias_BS": state["bias_BS"][rows],
+            "next_pos_B": state["next_pos_B"][rows],
+            "length": length,
+        }
+
+    def select(self, state: dict, rows: torch.Tensor) -> dict:
+        length = state["length"]
+
+        def pick(cache: torch.Tensor, slot_dim: int) -> torch.Tensor:
+            out = self._empty((len(rows), *cache.shape[1:]), cache)
+            out.narrow(slot_dim, 0, length).copy_(cache.narrow(slot_dim, 0, length)[rows])
+            return out
+
+        return {
+            "k": [pick(t, 3) for t in state["k"]],
+            "v": [pick(t, 2) for t in state["v"]],
+            "bias_BS": state["bias_BS"][rows],
+            "next_pos_B": state["next_pos_B"][rows],
+            "length": length,
+        }
+
+    def _cache_shapes(self, B: int, capacity: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return (B, self.n_kv_heads, self.head_dim, capacity), (B, self.n_kv_heads, capacity, self.head_dim)
+
+    def _forward(self, ids_BT, pos_BT, state, slot: int, attend: torch.Tensor) -> torch.Tensor:
+        B, T = ids_BT.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        end = slot + T
+        hidden = F.embedding(ids_BT, self.embed).float()  # the residual stream, float32
+        rotation = self.rotation[pos_BT][:, :, None]  # [B, T, 1, D/2]
+        for i, layer in enumerate(self.layers):
+            x = _normalize(hidden, layer.in_eps).to(self.dtype)
+            qkv = self._linear(x, layer.qkv_w, layer.qkv_b).view(B, T, H + 2 * Hkv, D)
+            qk, v = qkv[:, :, : H + Hkv], qkv[:, :, H + Hkv :]
+            if layer.q_norm is not None:
+                qk = torch.cat([_rms_norm(qk[:, :, :H], layer.q_norm), _rms_norm(qk[:, :, H:], layer.k_norm)], dim=2)
+            qk = _rotate(qk, rotation).to(self.dtype)  # [B, T, H + Hkv, D]
+            keys_T, values = state["k"][i], state["v"][i]  # [B, Hkv, D, S], [B, Hkv, S, D]
+            keys_T[:, :, :, slot:end] = qk[:, :, H:].permute(0, 2, 3, 1)
+            values[:, :, slot:end] = v.transpose(1, 2)
+            if attend.dtype == torch.bool:  # prefill: T queries per row
+                q = qk[:, :, :H].transpose(1, 2)
+                keys = keys_T[:, :, :, :end].transpose(2, 3).contiguous()
+                out = F.scaled_dot_product_attention(
+                    q, keys, values[:, :, :end], attn_mask=attend, scale=self.scale, enable_gqa=Hkv != H
+                )
+                out = out.transpose(1, 2).reshape(B, T, H * D)
+            else:  # one query per row; the G query heads of a key head form one small matrix product
+                q = qk[:, 0, :H].reshape(B * Hkv, H // Hkv, D)
+                scores = torch.baddbmm(attend, q, keys_T.view(B * Hkv, D, -1)[:, :, :end], alpha=self.scale)
+                out = torch.bmm(torch.softmax(scores, dim=-1), values.view(B * Hkv, -1, D)[:, :end]).view(B, 1, H * D)
+            hidden = hidden + self._linear(out, layer.o_w, layer.o_b)
+            gate, up = self._linear(_normalize(hidden, layer.post_eps).to(self.dtype), layer.gate_up_w, layer.gate_up_b).chunk(2, dim=-1)
+            hidden = hidden + self._linear(layer.act(gate) * up, layer.down_w, layer.down_b)
+        return hidden
+
+    def _logits(self, hidden_BH: torch.Tensor) -> torch.Tensor:
+        return self._linear(_normalize(hidden_BH, self.final_eps).to(self.dtype), self.lm_head, None).float()
+
+
 class HFBackend:
     """The model's own forward with a DynamicCache: any causal LM, with more per-step overhead."""
 
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, dtype: torch.dtype | None = None):
         self.model = model
+        self.dtype = dtype or rollout_dtype(model)
+
+    def autocast(self):
+        return _autocast_to(self.model, self.dtype)
+
+    def sample(self, logits_BV, params, generator):
+        return sample_next(logits_BV, params, generator)
 
     def prefill(self, ids_BP: torch.Tensor, mask_BP: torch.Tensor, capacity: int) -> tuple[torch.Tensor, dict]:
         cache = DynamicCache(config=self.model.config)
@@ -359,7 +523,10 @@ def _linear(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
     return weight, base.bias
 
 
-def pick_backend(model: PreTrainedModel) -> FastBackend | HFBackend:
+def pick_backend(model: PreTrainedModel, dtype: torch.dtype | None = None) -> FastBackend | HFBackend:
+    """The backend for ``model`` decoding in ``dtype`` (default :func:`rollout_dtype`): Llama-shaped models
+    get :class:`LargeModelBackend` from :data:`LARGE_MODEL_PARAMETERS` on, :class:`FastBackend` below it
+    (sirl's own character-level policies: their sampled numbers are those of earlier versions)."""
     inner = _unwrap(model)
     decoder = getattr(inner, "model", None)
     fast = (
@@ -368,7 +535,88 @@ def pick_backend(model: PreTrainedModel) -> FastBackend | HFBackend:
         and hasattr(decoder, "rotary_emb")
         and not getattr(inner.config, "sliding_window", None)
     )
-    return FastBackend(model) if fast else HFBackend(inner)
+    if not fast:
+        return HFBackend(inner, dtype or rollout_dtype(model))
+    large = sum(p.numel() for p in model.parameters()) >= LARGE_MODEL_PARAMETERS
+    return (LargeModelBackend if large else FastBackend)(model, dtype)
+
+
+LARGE_MODEL_PARAMETERS = 50_000_000
+"""From this size on (float32 weights of 200 MB, more than a CPU's caches hold) decoding reads the
+weights from memory at every step, so ``rollout.dtype=auto`` decodes in bf16 where the device computes it
+natively and :class:`LargeModelBackend` decodes. sirl's own policies (at most ~27M parameters) stay in
+their training dtype on :class:`FastBackend`."""
+
+PACKED_ROWS_HINT = 64
+"""The rows oneDNN is told to pack the weights for; any number of rows runs on the same packed weights."""
+
+
+def rollout_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype the engine decodes in: ``model.sirl_rollout_dtype`` when set (sirl train sets it from
+    ``rollout.dtype``, see :func:`resolve_rollout_dtype`), else the compute dtype (sirl.model.compute_dtype)."""
+    return getattr(model, "sirl_rollout_dtype", None) or compute_dtype(model)
+
+
+def resolve_rollout_dtype(name: str, model: torch.nn.Module) -> torch.dtype:
+    """``rollout.dtype`` for ``model``: "float32" or "bfloat16" as named; "auto" is bfloat16 for a model of
+    at least :data:`LARGE_MODEL_PARAMETERS` on a device with native bf16 arithmetic (:func:`native_bf16`),
+    else the training compute dtype."""
+    if name == "auto":
+        weights = next(model.parameters())
+        large = sum(p.numel() for p in model.parameters()) >= LARGE_MODEL_PARAMETERS
+        return torch.bfloat16 if large and native_bf16(weights.device) else compute_dtype(model)
+    if name not in ROLLOUT_DTYPES:
+        raise ValueError(f"rollout.dtype={name!r} is not one of auto, {', '.join(ROLLOUT_DTYPES)}")
+    return ROLLOUT_DTYPES[name]
+
+
+ROLLOUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """The device multiplies bf16 in hardware: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or
+    AMX-BF16 (read from /proc/cpuinfo; elsewhere False, so "auto" keeps float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.cache
+def _onednn_linear_available(dtype: torch.dtype) -> bool:
+    """oneDNN's packed linear exists in this torch build and computes ``dtype`` (a product of 2 x 3 checked)."""
+    try:
+        weight = torch.arange(6.0).view(3, 2).to(dtype)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, 2)
+        x = torch.ones(2, 2, dtype=dtype)
+        return bool(torch.equal(torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "").float(), F.linear(x, weight).float()))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def _cast(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if tensor is None else tensor.detach().to(dtype)
+
+
+def _autocast_to(model: torch.nn.Module, dtype: torch.dtype):
+    """Autocast to ``dtype`` when it is not the weights' dtype (bf16 compute on float32 weights)."""
+    weights = next(model.parameters())
+    if dtype == weights.dtype:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=weights.device.type, dtype=dtype)
 
 
 # --- sampling ------------------------------------------------------------------------------------
@@ -405,6 +653,82 @@ def sample_next(
     return tokens_B, logp_BV.gather(-1, tokens_B[:, None]).squeeze(-1)
 
 
+SAMPLE_BLOCK = 256
+"""Vocabulary entries per block of :func:`sample_next_by_blocks`."""
+
+
+def sample_next_by_blocks(
+    logits_BV: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample_next` by inverse transform sampling with one uniform number per row.
+
+    ``torch.multinomial`` draws an exponential number for every vocabulary entry (Efraimidis-Spirakis);
+    at V = 49,152 and 64 rows that took longer on a CPU than the model's decoding step. Here a row's
+    probabilities are summed in blocks of :data:`SAMPLE_BLOCK`; a uniform number in [0, total) picks
+    the block through the cumulative block sums and then the token through the cumulative sum inside
+    the block, so no cumulative sum runs over the whole vocabulary (whose float32 rounding would grow
+    with V). The distribution is the same as :func:`sample_next`'s (tests/test_rollout_bf16.py checks the
+    frequencies); the random draws differ, so the tokens do too. Greedy and top-p < 1 use
+    :func:`sample_next` (top-p sorts the vocabulary anyway)."""
+    if params.temperature == 0 or params.top_p < 1:
+        return sample_next(logits_BV, params, generator)
+    scaled_BV = logits_BV if params.temperature == 1 else logits_BV / params.temperature
+    B, V = scaled_BV.shape
+    max_B1 = scaled_BV.max(-1, keepdim=True).values
+    weights_BV = (scaled_BV - max_B1).exp_()  # unnormalized probabilities, the largest 1
+    pad = -V % SAMPLE_BLOCK
+    blocks_BNK = F.pad(weights_BV, (0, pad)).view(B, -1, SAMPLE_BLOCK)
+    block_cdf_BN = blocks_BNK.sum(-1).cumsum(-1)
+    total_B1 = block_cdf_BN[:, -1:]
+    # Uniform in [0, total): the first cumulative sum above it then always ends a block (or entry) of
+    # positive weight, however the products round.
+    u_B1 = torch.minimum(torch.rand(B, 1, generator=generator, device=logits_BV.device) * total_B1, _below(total_B1))
+    block_B1 = torch.searchsorted(block_cdf_BN, u_B1, right=True)
+    before_B1 = torch.where(block_B1 > 0, block_cdf_BN.gather(-1, (block_B1 - 1).clamp(min=0)), torch.zeros_like(u_B1))
+    inner_cdf_BK = blocks_BNK[torch.arange(B, device=logits_BV.device), block_B1.squeeze(-1)].cumsum(-1)
+    inner_u_B1 = torch.minimum((u_B1 - before_B1).clamp(min=0), _below(inner_cdf_BK[:, -1:]))
+    inner_B1 = torch.searchsorted(inner_cdf_BK, inner_u_B1, right=True)
+    tokens_B = (block_B1 * SAMPLE_BLOCK + inner_B1).squeeze(-1)
+    # log p = scaled logit - logsumexp, the logsumexp from the same block sums.
+    logp_B = scaled_BV.gather(-1, tokens_B[:, None]).squeeze(-1) - (max_B1 + total_B1.log()).squeeze(-1)
+    return tokens_B, logp_B
+
+
+class _StopCandidates:
+    """Which new tokens can complete a stop string, so that the per-step text search runs only on their rows.
+
+    A token completes a stop string when its text holds the string's last character; a token whose own
+    text has no such character can still complete one when that text depends on its neighbours: a piece
+    of a multi-byte character (it decodes alone to U+FFFD), a token that decodes alone to nothing, or, for
+    a stop string ending in a space, any token (sentencepiece tokenizers drop a token's leading space
+    when it is decoded alone). Each id is decoded alone once, on first sight.
+    """
+
+    def __init__(self, stop: tuple[str, ...], decode: Callable[[list[int]], str], vocab: int, device: torch.device):
+        self.last_chars = {s[-1] for s in stop}
+        self.every_token = " " in self.last_chars
+        self.decode = decode
+        self.known_V = torch.zeros(vocab, dtype=torch.bool, device=device)
+        self.candidate_V = torch.zeros(vocab, dtype=torch.bool, device=device)
+
+    def of(self, tokens_A: torch.Tensor) -> torch.Tensor:
+        """[A] bool: the rows whose new token may have completed a stop string."""
+        if self.every_token:
+            return torch.ones_like(tokens_A, dtype=torch.bool)
+        fresh = tokens_A[~self.known_V[tokens_A]]
+        if fresh.numel():
+            for token in fresh.unique().tolist():
+                text = self.decode([token])
+                self.candidate_V[token] = not text or "\ufffd" in text or any(c in text for c in self.last_chars)
+            self.known_V[fresh] = True
+        return self.candidate_V[tokens_A]
+
+
+def _below(x: torch.Tensor) -> torch.Tensor:
+    """The largest float below each element of ``x`` (which is positive)."""
+    return torch.nextafter(x, torch.zeros_like(x))
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -438,7 +762,7 @@ def generate(
     backend = backend or pick_backend(model)
     was_training = model.training
     model.eval()
-    autocast = compute_autocast(model)  # bf16 compute on float32 weights, as in training (sirl.model)
+    autocast = backend.autocast()  # bf16 compute on float32 weights where the backend needs autocast
     autocast.__enter__()
     try:
         chunks, start, rows = [], 0, 0
@@ -502,22 +826,27 @@ def _generate_chunk(
     # A stop string of n characters lies within the last n tokens (a token decodes to at least one character,
     # or to part of one: a few more cover multi-byte characters split over byte tokens).
     window = max((len(s) for s in params.stop), default=0) + 4
+    stop_candidates = _StopCandidates(params.stop, decode, logits_BV.shape[1], device) if params.stop else None
     for t in range(T):
         finite_A = torch.isfinite(logits_BV).all(-1)
         finite = finite & finite_A.all()
         # A broken row samples from uniform logits rather than crash inside torch.multinomial; `finite`
-        # then refuses the whole chunk below.
-        next_A, logp_A = sample_next(torch.where(finite_A[:, None], logits_BV, torch.zeros_like(logits_BV)), params, generator)
+        # then refuses the whole chunk below. (On a CPU the check costs nothing and spares a pass over
+        # [B, V] when every row is finite; the values are the same either way.)
+        if device.type != "cpu" or not bool(finite_A.all()):
+            logits_BV = torch.where(finite_A[:, None], logits_BV, torch.zeros_like(logits_BV))
+        next_A, logp_A = backend.sample(logits_BV, params, generator)
         if compacted:
             tokens_BT[active_A, t], logp_BT[active_A, t] = next_A, logp_A
         else:  # every row still in place: a plain column write
             tokens_BT[:, t], logp_BT[:, t] = next_A, logp_A
         done_A = done_A | (next_A == eos[0] if len(eos) == 1 else torch.isin(next_A, eos))
         if params.stop:
-            tails = tokens_BT[active_A, max(0, t + 1 - window) : t + 1].tolist()
-            for a, tail in enumerate(tails):
+            # Only rows whose new token could have completed a stop string are decoded (_StopCandidates).
+            for a in (stop_candidates.of(next_A) & ~done_A).nonzero().flatten().tolist():
+                tail = tokens_BT[active_A[a], max(0, t + 1 - window) : t + 1].tolist()
                 # Each step checks the newest window, so a stop string found now was completed by this token.
-                if not done_A[a] and any(stop in decode(tail) for stop in params.stop):
+                if any(stop in decode(tail) for stop in params.stop):
                     done_A[a] = True
                     end_B[active_A[a]] = t + 1
                     stopped_B[active_A[a]] = True
