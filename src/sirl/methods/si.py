@@ -6,7 +6,8 @@ Per step: the most informative failures are localized by the oracle search over 
 error step is penalized by the value it destroyed, its good prefix gets 0; the probes drawn on the way
 (the corrections among them: verified continuations of a good prefix) join the batch with R - V(prefix)
 on their own tokens; successes and unlocalized failures keep the outcome advantage. Good prefixes go to the
-repair buffer, from which later steps continue on-policy.
+repair buffer, from which later steps continue on-policy. The credit's arithmetic is the credit core's
+(sirl.credit); with the divergence localizer the sampled rows get exactly sirl.credit.divergence_credit.
 """
 
 from __future__ import annotations
