@@ -3,7 +3,8 @@
 A checkpoint is a folder ``RUN/checkpoints/<name>`` (``step_N`` or ``final``)::
 
     config.json, model.safetensors, tokenizer files   the policy, a Hugging Face directory (``--model`` loads it)
-    trainer_state.safetensors                         optimizer tensors (AdamW moments and step counts)
+    trainer_state.safetensors                         optimizer tensors (AdamW moments and step counts), and
+                                                      the method's own (``method/...``: PRIME's reward model)
     trainer_state.json                                everything else: step, token counters, clock, RNG
                                                       states, scheduler, repair buffer, self-verification
                                                       examples, audit outcomes, guard counters
@@ -47,6 +48,8 @@ MANIFEST = "manifest.json"
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "trainer_state.safetensors"
 FORMAT = 1
+METHOD_PREFIX = "method/"
+"""Names of the method's own tensors in trainer_state.safetensors (the optimizer's are ``optimizer/...``)."""
 
 
 class CheckpointError(ValueError):
@@ -356,6 +359,9 @@ class TrainerState:
     skipped_in_row: int = 0
     first_eval: Any = None
     last_eval: Any = None
+    method_state: Any = None
+    """The method's own state (sirl.methods.MethodState: PRIME's reward model and its optimizer), or None;
+    every process holds the same, so it is saved once, beside the optimizer."""
 
     def process_json(self) -> dict:
         """This process's own part (data-parallel processes differ in it): random states and the method's memory."""
@@ -427,6 +433,9 @@ def save_training_checkpoint(
         "processes": processes,
         "config": config_yaml,
     }
+    if state.method_state is not None:
+        optimizer_tensors.update({f"{METHOD_PREFIX}{key}": t for key, t in state.method_state.tensors().items()})
+        trainer_state["method_state"] = state.method_state.to_json()
     return write_checkpoint(run_dir, name, save_policy, trainer_state, optimizer_tensors)
 
 
@@ -447,4 +456,10 @@ def resume_training(
     schedule.load_state_dict(saved["scheduler"])
     state.load_process_json(saved["processes"][rank])
     state.load_shared_json(saved, eval_from_json)
+    if state.method_state is not None:
+        if "method_state" not in saved:
+            raise CheckpointError(f"{loaded.path} holds no state of the method (written by a run of another method?)")
+        state.method_state.load(
+            {key.removeprefix(METHOD_PREFIX): t for key, t in loaded.tensors.items() if key.startswith(METHOD_PREFIX)}, saved["method_state"]
+        )
     return loaded

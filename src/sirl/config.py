@@ -203,7 +203,8 @@ class AlgoConfig:
     (the method section configures it). si_internal: si where the policy also learns to localize its own
     errors and proposes the error step itself, confirmed by two probe checks, with oracle audits (the
     internalize section). random_reset: si with the reset step drawn at random instead of localized. vine:
-    K probes at every step of every trajectory (Monte-Carlo step values)."""
+    K probes at every step of every trajectory (Monte-Carlo step values). prime: PRIME's implicit process
+    reward model trained online from the outcomes (the prime section)."""
     outcome_advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
     """Outcome advantages beside the step credit of si, random_reset and vine."""
     clip_low: float = ranged(0.2, 0, 1, high_open=True)
@@ -345,6 +346,32 @@ class InternalizeConfig:
 
 
 @dataclass
+class PrimeConfig:
+    """Knobs of prime: PRIME (Cui et al. 2025, arXiv 2502.01456), an implicit process reward model trained
+    online from the outcome labels (sirl.methods.prime; docs/method.md, "PRIME")."""
+
+    beta: float = ranged(0.05, 0, low_open=True)
+    """beta of the implicit reward beta * log(pi_phi / pi_ref), in the reward model's cross-entropy and in the
+    token process rewards (the paper's 0.05)."""
+    lr: float | None = ranged(None, 0, 1, low_open=True)
+    """The reward model's AdamW learning rate, constant; None uses train.lr (the paper's was twice its
+    policy's: 1e-6 against 5e-7)."""
+    grad_clip: float = ranged(10.0, 0, low_open=True)
+    """Gradient-norm clip of the reward model's step (10 in the authors' run script)."""
+    gamma: float = ranged(1.0, 0, 1)
+    """Discount of the return of the process rewards (the paper's 1)."""
+    accuracy_low: float = ranged(0.2, 0, 1)
+    """The accuracy filter's lower bound: a prompt's group is trained on (by the policy and the reward model)
+    only when its share of verified samples lies in [accuracy_low, accuracy_high] (the paper's 0.2 and 0.8;
+    with 8 samples a prompt this drops groups with 0, 1, 7 or 8 successes). 0 and 1 keep every group."""
+    accuracy_high: float = ranged(0.8, 0, 1)
+    """The accuracy filter's upper bound (see accuracy_low)."""
+    whiten: bool = True
+    """Whiten the advantages over the step's trained tokens (subtract their mean, divide by their std), as
+    the authors' released code does after the paper's advantage estimate; False keeps the estimate's scale."""
+
+
+@dataclass
 class TrainConfig:
     steps: int = ranged(200, 1)
     """Most training steps; a run also stops at max_tokens or max_minutes."""
@@ -402,6 +429,7 @@ class ExperimentConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     internalize: InternalizeConfig = field(default_factory=InternalizeConfig)
+    prime: PrimeConfig = field(default_factory=PrimeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

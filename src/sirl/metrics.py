@@ -39,7 +39,7 @@ class StepCounts:
     verify_errors: float
     trained_tokens: float
     """Tokens through forward and backward: every credit row's and auxiliary row's prompt and response, once
-    per PPO epoch."""
+    per PPO epoch, and those the method trained a model of its own on (``Credit.trained_tokens``)."""
 
     @classmethod
     def of(cls, rollouts: list[Trajectory], generated: dict[str, int], verified: VerifyCounts, credit: Credit, epochs: int) -> StepCounts:
@@ -52,7 +52,7 @@ class StepCounts:
             verify_timeouts=float(verified.timeouts), verify_errors=float(verified.errors),
             trained_tokens=float(epochs * (
                 sum(len(t.prompt_ids) + len(t.response_ids) for t in credit.rows) + sum(int(a.attention_BT.sum()) for a in credit.aux_losses)
-            )),
+            ) + credit.trained_tokens),
         )
 
     def summed(self, dist: Distributed) -> StepCounts:

@@ -102,6 +102,7 @@ def _train(
         memory=MethodMemory(config.method.repair_capacity, config.method.verification_capacity,
                             AuditSchedule(internal.audit_min, internal.audit_max, internal.audit_window)),
         tokens=TokenCounts(),
+        method_state=method.make_state(config, model, dist) if method.make_state else None,  # from the starting policy
     )
     loaded = _resume(run_dir, config, state, model, optimizer, schedule, dist, force, show) if resume else None
     log = RunLog(run_dir, config, resume_step=state.step if resume else None, elapsed_s=state.log_elapsed_s) if dist.is_main else None
@@ -171,7 +172,7 @@ def _train(
             rollouts = verify_trajectories(task, samples, verifier)
             rollout_seconds = time.time() - step_start
             # 3. Credit: the method's rows, advantages and auxiliary losses (its probes count their tokens).
-            credit = method.credit(rollouts, MethodContext(task, config, sampler, state.random.method, state.memory, step))
+            credit = method.credit(rollouts, MethodContext(task, config, sampler, state.random.method, state.memory, step, state.method_state))
             broken = None
         except NonFiniteLogits as error:
             broken = str(error)

@@ -133,6 +133,9 @@ class Credit:
     row_kinds: tuple[str, ...] = ()
     """Per row: "sample" (the step's own rollouts), "probe", "correction", "branch" or "verdict"; empty
     means every row is a sample."""
+    trained_tokens: int = 0
+    """Tokens the method itself passed forward and backward through a model of its own this step (PRIME's
+    reward model), beside the rows the policy update trains on; they count in the trained-token budget."""
 
     def __post_init__(self):
         object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))  # read-only once returned

@@ -12,6 +12,6 @@ shape of verl's ``register_adv_est``).
 from sirl.methods.base import METHODS, Method, MethodContext, MethodMemory, get_method, register
 
 # One line per method module; importing it registers its methods.
-from sirl.methods import outcome, random_reset, si, si_internal, tree, tree_branch, vine  # noqa: E402,F401
+from sirl.methods import outcome, prime, random_reset, si, si_internal, tree, tree_branch, vine  # noqa: E402,F401
 
 __all__ = ["METHODS", "Method", "MethodContext", "MethodMemory", "get_method", "register"]

@@ -11,12 +11,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sirl.batch import TokenBatch, collate_supervised
 from sirl.config import ConfigError, ExperimentConfig
+from sirl.distributed import Distributed
 from sirl.internalize import selfverify
 from sirl.internalize.localize import prefix_ids
 from sirl.internalize.repair import RepairBuffer, RepairEntry, VerificationExample, VerificationExamples
@@ -112,6 +114,26 @@ class MethodContext:
     """The method's own random stream (saved in checkpoints)."""
     memory: MethodMemory
     step: int
+    state: MethodState | None = None
+    """The method's own state (:attr:`Method.make_state`), None for a method without one."""
+
+
+class MethodState(Protocol):
+    """What a method keeps besides the policy and :class:`MethodMemory` (PRIME's reward model and its
+    optimizer): built once from the starting policy (:attr:`Method.make_state`), handed to every step in
+    the context, and saved in every checkpoint so that a resumed run continues it exactly."""
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Its tensors by name (weights, optimizer moments), as a checkpoint stores them."""
+        ...
+
+    def to_json(self) -> dict:
+        """Everything else, as plain JSON."""
+        ...
+
+    def load(self, tensors: dict[str, torch.Tensor], data: dict) -> None:
+        """Restore what :meth:`tensors` and :meth:`to_json` saved."""
+        ...
 
 
 CreditFn = Callable[[Sequence[Trajectory], MethodContext], Credit]
@@ -141,13 +163,16 @@ def check_verdict_format(config: ExperimentConfig, task: Task) -> None:
 class Method:
     """A registry entry. ``credit`` turns the step's verified rollouts into a :class:`Credit`;
     ``uses_repair``: a share of each step's prompts continue good prefixes from the repair buffer;
-    ``check`` refuses, before anything runs, a config or task the method cannot work with."""
+    ``check`` refuses, before anything runs, a config or task the method cannot work with;
+    ``make_state`` builds what it keeps besides the policy (checkpointed with the run)."""
 
     name: str
     summary: str
     credit: CreditFn
     uses_repair: bool = False
     check: Callable[[ExperimentConfig, Task], None] = refuse_ground_truth
+    make_state: Callable[[ExperimentConfig, PreTrainedModel, Distributed], MethodState] | None = None
+    """Builds the method's own state from the starting policy (before any resume); None: the method has none."""
 
 
 METHODS: dict[str, Method] = {}
