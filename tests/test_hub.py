@@ -97,3 +97,14 @@ def test_cli_refuses_a_hub_model_trained_on_another_task(offline_cache, capsys):
     code = main(["eval", "--task", "countdown", "--model", "sirl-test/arith7-tiny", "--eval.n_problems=2", "--quiet"])
     assert code == 2
     assert "was trained on task 'arith'" in capsys.readouterr().err
+
+
+def test_online_a_cached_model_is_used_without_asking_the_hub(offline_cache, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda *a, **k: asked.append(a) or [])
+    snapshot = cache_model(offline_cache, "sirl-test/arith7-tiny")
+    assert model_directory("sirl-test/arith7-tiny") == snapshot and asked == []

@@ -4,7 +4,8 @@ Models are ordinary ``transformers`` models saved as ``save_pretrained`` directo
 here loads anywhere and any causal LM directory can be trained here. A model is named by a local directory
 or by a Hugging Face Hub id (``org/name``, optionally ``org/name@revision``), which resolves to its snapshot
 in the local Hugging Face cache (:func:`model_directory`); it is downloaded into that cache only when it is
-missing, a network exists and offline mode (``HF_HUB_OFFLINE=1``) is off. New models are built from configs.
+missing (or incomplete), a network exists and offline mode (``HF_HUB_OFFLINE=1``) is off. New models are
+built from configs.
 """
 
 from __future__ import annotations
@@ -147,20 +148,36 @@ def split_hub_id(name: str) -> tuple[str, str | None] | None:
     return repo_id, revision or None
 
 
+def _missing_files(snapshot: Path) -> list[str]:
+    """What a model snapshot lacks of what loading needs (its config and its weights)."""
+    missing = [] if (snapshot / "config.json").is_file() else ["config.json"]
+    if not any(next(snapshot.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        missing.append("the weights (*.safetensors or *.bin)")
+    return missing
+
+
 def _download(repo_id: str, revision: str | None, cache: Path, offline: bool) -> Path:
-    """The snapshot folder of ``repo_id`` at ``revision`` in ``cache``: looked up there only when
-    ``offline``, else checked against the Hub and completed (the files of :data:`HUB_PATTERNS`)."""
+    """The snapshot folder of ``repo_id`` at ``revision`` in ``cache``. A cached snapshot with a config and
+    weights is used as it is, without asking the Hub (``hf download`` refreshes a branch that moved); else,
+    unless ``offline``, the files of :data:`HUB_PATTERNS` are downloaded."""
     from huggingface_hub import list_repo_files, snapshot_download
 
     patterns = list(HUB_PATTERNS)
-    if not offline:
-        try:
-            files = list_repo_files(repo_id, revision=revision)
-        except Exception:  # no network, or no such repository: snapshot_download says which, or falls back to the cache
-            files = []
-        if files and not any(f.endswith(".safetensors") for f in files):
-            patterns.append("*.bin")  # an older repository: PyTorch pickles only
-    return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=offline, allow_patterns=patterns))
+    try:
+        cached = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=True, allow_patterns=patterns))
+    except Exception:  # not cached (huggingface_hub raises one of several types); downloaded below where allowed
+        cached = None
+    if offline or (cached is not None and not _missing_files(cached)):
+        if cached is None:
+            raise FileNotFoundError(f"{repo_id} is not in {cache}")
+        return cached
+    try:
+        files = list_repo_files(repo_id, revision=revision)
+    except Exception:  # no network, or no such repository: snapshot_download below says which
+        files = []
+    if files and not any(f.endswith(".safetensors") for f in files):
+        patterns.append("*.bin")  # an older repository: PyTorch pickles only
+    return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, allow_patterns=patterns))
 
 
 def model_directory(path: str | Path) -> Path:
@@ -176,7 +193,8 @@ def model_directory(path: str | Path) -> Path:
                 "give a folder written by save_pretrained, e.g. checkpoints/arith-tiny, or a Hub id such as Qwen/Qwen2.5-0.5B-Instruct"
             )
         return directory
-    local = f"{path!s} is not a Hugging Face model directory (no such directory in {Path.cwd()} or {PROJECT_ROOT})"
+    looked = Path.cwd() if Path.cwd().resolve() == PROJECT_ROOT else f"{Path.cwd()} or {PROJECT_ROOT}"
+    local = f"{path!s} is not a Hugging Face model directory (no such directory in {looked})"
     hub = split_hub_id(str(path))
     if hub is None:
         raise ModelNotFound(f"{local}, and {str(path)!r} is not a Hub model id (org/name or org/name@revision) either")
@@ -186,16 +204,15 @@ def model_directory(path: str | Path) -> Path:
     try:
         snapshot = _download(repo_id, revision, cache, offline)
     except Exception as error:  # huggingface_hub raises a dozen types (offline, not found, gated, HTTP); the message says which
-        if offline:
+        if offline:  # huggingface_hub's own message speaks of its arguments, not of what to do here
             tried = (f"as a Hub id, {repo_id}{'@' + revision if revision else ''} is not in {where}, and offline mode "
                      f"(HF_HUB_OFFLINE=1) allows no download: download it where a network exists "
                      f"(`hf download {repo_id}`) or unset HF_HUB_OFFLINE")
         else:
-            tried = f"as a Hub id, {repo_id}{'@' + revision if revision else ''} could not be downloaded into {where}"
-        raise ModelNotFound(f"{local}; {tried} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
-    missing = [] if (snapshot / "config.json").is_file() else ["config.json"]
-    if not any(next(snapshot.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
-        missing.append("the weights (*.safetensors or *.bin)")
+            reason = str(error).splitlines()[0] if str(error) else ""
+            tried = f"as a Hub id, {repo_id}{'@' + revision if revision else ''} could not be downloaded into {where} ({type(error).__name__}: {reason})"
+        raise ModelNotFound(f"{local}; {tried}") from None
+    missing = _missing_files(snapshot)
     if missing:
         present = sorted(p.name for p in snapshot.iterdir())
         raise ModelNotFound(
