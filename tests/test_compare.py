@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -218,8 +217,16 @@ TINY = [
 ]
 
 
-def compare(out: Path, **popen) -> subprocess.Popen:
+HOOKS = Path(__file__).resolve().parent / "hooks"
+
+
+def compare(out: Path, kill_at: tuple[Path, str] | None = None, **popen) -> subprocess.Popen:
+    """``sirl compare`` with the TINY settings into ``out``; ``kill_at=(run_dir, checkpoint)`` SIGKILLs the
+    comparison's process group once that run's ``latest`` names that checkpoint (tests/hooks/sitecustomize.py)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    if kill_at is not None:
+        env["PYTHONPATH"] += os.pathsep + str(HOOKS)
+        env["SIRL_TEST_KILL_AT_CHECKPOINT"] = f"{kill_at[0]}:{kill_at[1]}"
     return subprocess.Popen([sys.executable, "-m", "sirl.cli", "compare", *TINY, "--out", str(out)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
@@ -262,14 +269,12 @@ def test_no_run_exceeds_the_budget_by_more_than_one_step(uninterrupted):
 
 def test_a_killed_comparison_resumes_to_the_same_results(uninterrupted, tmp_path):
     out = tmp_path / "cmp"
-    process = compare(out, start_new_session=True)
-    checkpoint = out / "runs/si/seed0/checkpoints/latest"  # the second run, part-way through
-    deadline = time.time() + 600
-    while not checkpoint.is_file():
-        assert process.poll() is None and time.time() < deadline, "the comparison ended before it could be interrupted"
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)  # the comparison and the run it was running
-    process.wait()
+    # The second run, part-way through: SIGKILL to the comparison and the run the moment si's step-2
+    # checkpoint is complete (a session of its own, so the kill takes nothing else).
+    process = compare(out, kill_at=(out / "runs/si/seed0", "step_2"), start_new_session=True)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == -signal.SIGKILL, output
+    assert (out / "runs/si/seed0/checkpoints/latest").read_text().strip() == "step_2"
     assert not (out / "runs/si/seed0/eval.json").exists() and (out / "runs/grpo/seed0/eval.json").exists()
     resumed = compare(out)
     output, _ = resumed.communicate(timeout=600)
@@ -280,13 +285,18 @@ def test_a_killed_comparison_resumes_to_the_same_results(uninterrupted, tmp_path
     )
 
 
-def test_a_rerun_with_other_settings_is_refused(uninterrupted):
+def test_a_rerun_with_other_settings_is_refused(uninterrupted, tmp_path):
+    out = tmp_path / "cmp"
+    shutil.copytree(uninterrupted, out)  # the shared comparison stays as the other tests read it
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     args = [a if a != "2500" else "3000" for a in TINY]
-    done = subprocess.run([sys.executable, "-m", "sirl.cli", "compare", *args, "--out", str(uninterrupted)], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "sirl.cli", "compare", *args, "--out", str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "budget_tokens: 2500 -> 3000" in done.stderr and "give a new --out" in done.stderr
+    assert without_timing(json.loads((out / "results.json").read_text())) == without_timing(
+        json.loads((uninterrupted / "results.json").read_text())
+    )  # refused before anything was rewritten
 
 
 def test_the_paired_difference_by_hand_and_its_interval():
