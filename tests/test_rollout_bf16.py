@@ -64,10 +64,11 @@ def teacher_forced_decode(backend, context_list, tokens_BT) -> torch.Tensor:
     return torch.stack(out, 1)
 
 
-@pytest.mark.parametrize("packed", [True, False])
-def test_large_backend_in_float32_equals_the_module_by_module_path(packed):
+@pytest.mark.parametrize("packed, cache_block", [(True, 64), (False, 64), (True, 4)])
+def test_large_backend_in_float32_equals_the_module_by_module_path(packed, cache_block, monkeypatch):
     if packed and not engine._onednn_linear_available(torch.float32):
         pytest.skip("this torch build has no oneDNN packed linear")
+    monkeypatch.setattr(engine, "CACHE_BLOCK", cache_block)  # 4: the cache grows many times, before and after copies
     model = gqa_llama()
     ctx = contexts()
     # Greedy: the same tokens; per-row repeats 2, 1, 3, 1 exercise the cache copy for uneven groups, and EOS

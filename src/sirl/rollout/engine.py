@@ -301,10 +301,11 @@ class LargeModelBackend(FastBackend):
       frozen CPU graphs call): at 8 rows, MKL's ``F.linear`` read SmolLM2's 576 x 49,152 head at about a
       fifth of the bandwidth oneDNN's packed product reaches. The residual stream stays float32, as
       under autocast.
-    - Keys are cached transposed, ``[B, Hkv, D, capacity]``, and values ``[B, Hkv, capacity, D]``, so a
-      single-token attention step multiplies the cache in place (no copy of the cache per layer and
-      step); it is ``baddbmm`` and ``bmm`` rather than SDPA, whose CPU kernel took several times longer
-      for one query in bf16. Prefill uses SDPA.
+    - Keys are cached transposed, ``[B, Hkv, D, slots]``, and values ``[B, Hkv, slots, D]``, and the cache
+      grows :data:`CACHE_BLOCK` slots at a time, so a single-token attention step multiplies whole
+      contiguous buffers of few distinct shapes (unwritten slots masked); it is ``baddbmm`` and ``bmm``
+      rather than SDPA, whose CPU kernel took several times longer for one query in bf16. Prefill uses
+      SDPA.
 
     Its naive equivalent is :class:`FastBackend` (module by module under autocast); in float32 the two
     agree within 1e-5 (tests/test_rollout_bf16.py).
@@ -341,11 +342,10 @@ class LargeModelBackend(FastBackend):
         return sample_next_by_blocks(logits_BV, params, generator)
 
     def _empty(self, shape, like: torch.Tensor) -> torch.Tensor:
-        return torch.empty(shape, dtype=like.dtype, device=like.device)
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)  # unwritten slots are read (masked): finite
 
     def repeat(self, state: dict, repeats: torch.Tensor) -> dict:
-        """Rows ``repeats[i]`` times each, copying only the cache slots written so far (the rest of the
-        capacity is written by decoding before it is read)."""
+        """Rows ``repeats[i]`` times each, copying only the cache slots written so far."""
         if bool((repeats == 1).all()):
             return state
         U, length, uniform = len(repeats), state["length"], bool((repeats == repeats[0]).all())
@@ -366,6 +366,7 @@ class LargeModelBackend(FastBackend):
             "bias_BS": state["bias_BS"][rows],
             "next_pos_B": state["next_pos_B"][rows],
             "length": length,
+            "capacity": state["capacity"],
         }
 
     def select(self, state: dict, rows: torch.Tensor) -> dict:
@@ -382,10 +383,45 @@ class LargeModelBackend(FastBackend):
             "bias_BS": state["bias_BS"][rows],
             "next_pos_B": state["next_pos_B"][rows],
             "length": length,
+            "capacity": state["capacity"],
         }
 
-    def _cache_shapes(self, B: int, capacity: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        return (B, self.n_kv_heads, self.head_dim, capacity), (B, self.n_kv_heads, capacity, self.head_dim)
+    def prefill(self, ids_BP: torch.Tensor, mask_BP: torch.Tensor, capacity: int) -> tuple[torch.Tensor, dict]:
+        B, P = ids_BP.shape
+        if capacity > len(self.rotation):
+            raise ValueError(
+                f"prompt + max_new_tokens = {capacity} positions exceed the model's "
+                f"max_position_embeddings={len(self.rotation)}; lower max_new_tokens or shorten the prompts"
+            )
+        device = ids_BP.device
+        slots = min(capacity, _round_up(P + 1, CACHE_BLOCK))
+        # -inf on left padding and on slots not written yet: attention runs over every slot of the cache.
+        bias_BS = torch.full((B, slots), float("-inf"), dtype=self.dtype, device=device)
+        bias_BS[:, :P].masked_fill_(mask_BP, 0.0)
+        state = {
+            "k": [torch.zeros(B, self.n_kv_heads, self.head_dim, slots, dtype=self.dtype, device=device) for _ in self.layers],
+            "v": [torch.zeros(B, self.n_kv_heads, slots, self.head_dim, dtype=self.dtype, device=device) for _ in self.layers],
+            "bias_BS": bias_BS,
+            "next_pos_B": mask_BP.long().sum(-1),
+            "length": P,
+            "capacity": capacity,
+        }
+        pos_BP = (mask_BP.long().cumsum(-1) - 1).clamp(min=0)
+        causal_PP = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+        attend_B1PP = (causal_PP & mask_BP[:, None, :])[:, None] | torch.eye(P, dtype=torch.bool, device=device)
+        hidden = self._forward(ids_BP, pos_BP, state, slot=0, attend=attend_B1PP)
+        return self._logits(hidden[:, -1]), state
+
+    def decode(self, tokens_B: torch.Tensor, state: dict) -> torch.Tensor:
+        slot, B, Hkv = state["length"], len(tokens_B), self.n_kv_heads
+        if slot == state["bias_BS"].shape[1]:
+            _grow(state, min(state["capacity"], slot + CACHE_BLOCK))
+        state["bias_BS"][:, slot] = 0.0
+        bias = state["bias_BS"][:, None, None, :].expand(B, Hkv, 1, -1).reshape(B * Hkv, 1, -1)  # [B*Hkv, 1, S]
+        hidden = self._forward(tokens_B[:, None], state["next_pos_B"][:, None], state, slot=slot, attend=bias)
+        state["length"] = slot + 1
+        state["next_pos_B"] = state["next_pos_B"] + 1
+        return self._logits(hidden[:, -1])
 
     def _forward(self, ids_BT, pos_BT, state, slot: int, attend: torch.Tensor) -> torch.Tensor:
         B, T = ids_BT.shape
@@ -410,10 +446,10 @@ class LargeModelBackend(FastBackend):
                     q, keys, values[:, :, :end], attn_mask=attend, scale=self.scale, enable_gqa=Hkv != H
                 )
                 out = out.transpose(1, 2).reshape(B, T, H * D)
-            else:  # one query per row; the G query heads of a key head form one small matrix product
+            else:  # one query per row over every cache slot; the G query heads of a key head form one product
                 q = qk[:, 0, :H].reshape(B * Hkv, H // Hkv, D)
-                scores = torch.baddbmm(attend, q, keys_T.view(B * Hkv, D, -1)[:, :, :end], alpha=self.scale)
-                out = torch.bmm(torch.softmax(scores, dim=-1), values.view(B * Hkv, -1, D)[:, :end]).view(B, 1, H * D)
+                scores = torch.baddbmm(attend, q, keys_T.view(B * Hkv, D, -1), alpha=self.scale)
+                out = torch.bmm(torch.softmax(scores, dim=-1), values.view(B * Hkv, -1, D)).view(B, 1, H * D)
             hidden = hidden + self._linear(out, layer.o_w, layer.o_b)
             gate, up = self._linear(_normalize(hidden, layer.post_eps).to(self.dtype), layer.gate_up_w, layer.gate_up_b).chunk(2, dim=-1)
             hidden = hidden + self._linear(layer.act(gate) * up, layer.down_w, layer.down_b)
@@ -539,6 +575,25 @@ def pick_backend(model: PreTrainedModel, dtype: torch.dtype | None = None) -> Fa
         return HFBackend(inner, dtype or rollout_dtype(model))
     large = sum(p.numel() for p in model.parameters()) >= LARGE_MODEL_PARAMETERS
     return (LargeModelBackend if large else FastBackend)(model, dtype)
+
+
+CACHE_BLOCK = 64
+"""LargeModelBackend's cache grows by this many slots at a time, and its attention runs over all of them:
+oneDNN builds a kernel for every new shape of a bf16 product (several milliseconds each), so a shape
+that changes every step, or a slice of a larger buffer (copied before the product), cost more than
+attending to up to 63 masked slots."""
+
+
+def _round_up(n: int, block: int) -> int:
+    return -(-n // block) * block
+
+
+def _grow(state: dict, slots: int) -> None:
+    """Widen a LargeModelBackend cache in place to ``slots`` slots (new slots zero, masked)."""
+    old = state["bias_BS"].shape[1]
+    state["k"] = [F.pad(t, (0, slots - old)) for t in state["k"]]
+    state["v"] = [F.pad(t, (0, 0, 0, slots - old)) for t in state["v"]]
+    state["bias_BS"] = F.pad(state["bias_BS"], (0, slots - old), value=float("-inf"))
 
 
 LARGE_MODEL_PARAMETERS = 50_000_000
