@@ -49,13 +49,13 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig
 from math_verify import parse as mv_parse
 from math_verify import verify as mv_verify
 
+from sirl.paths import resolve_path
 from sirl.tasks.gsm8k import extract_answer, normalize_answer
 
 
@@ -163,7 +163,7 @@ def import_object(spec: str, what: str = "reward function") -> Any:
     if not module_part or not name:
         raise ValueError(f"{what} {spec!r} must be a built-in ({', '.join(BUILTINS)}) or an import path 'file.py:function' / 'package.module:function'")
     if module_part.endswith(".py"):
-        path = Path(module_part).expanduser().resolve()
+        path = resolve_path(module_part).resolve()  # as data paths are found: the working directory, then the project
         if not path.is_file():
             raise FileNotFoundError(f"{what} file {module_part!r} (from {spec!r}) does not exist")
         module_name = f"sirl_user_reward_{path.stem}"
