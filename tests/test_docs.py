@@ -18,10 +18,6 @@ from sirl.cli import build_parser, config_sections, method_names, preset_names, 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
-AFTER_MERGE = {"docs/method.md"}
-"""Links to files another branch creates; checked by test_links_awaiting_another_branch once they exist."""
-
-
 def backticked(text: str) -> list[str]:
     return re.findall(r"`([^`]+)`", text)
 
@@ -108,6 +104,9 @@ def relative_links(markdown: str) -> list[str]:
 
 
 def broken_links(files: set[str]) -> list[str]:
+    """Every relative link of the Markdown files among ``files`` whose target is not one of ``files`` (or a
+    folder of them) on disk, or whose anchor is not a heading of its target. No target is exempt."""
+    files = {path for path in files if (ROOT / path).is_file()}  # tracked but deleted is gone from a clone too
     folders = {str(parent) for path in files for parent in Path(path).parents if str(parent) != "."}
     broken = []
     for document in sorted(p for p in files if p.endswith(".md")):
@@ -115,8 +114,6 @@ def broken_links(files: set[str]) -> list[str]:
         for target in relative_links(text):
             path, _, anchor = target.partition("#")
             resolved = os.path.normpath(Path(document).parent / path) if path else document
-            if resolved in AFTER_MERGE:
-                continue
             if resolved not in files and resolved not in folders:
                 broken.append(f"{document}: {target} (no {resolved} in the repository)")
             elif anchor and resolved.endswith(".md") and anchor not in github_anchors((ROOT / resolved).read_text()):
@@ -143,15 +140,10 @@ def test_the_link_checker_finds_broken_paths_and_anchors(tmp_path, monkeypatch):
     ]
 
 
-@pytest.mark.skipif(not (ROOT / "docs" / "method.md").is_file(),
-                    reason="docs/method.md comes with the training-loop branch; this check runs once it is merged")
-def test_links_awaiting_another_branch():
-    for path in AFTER_MERGE:
-        assert path in tracked_files(), f"{path} is linked from README.md but not in the repository"
-
-
-def test_the_method_document_is_linked_where_a_clone_has_it():
+def test_the_method_document_is_in_the_repository_and_linked_from_the_readme():
     assert "](docs/method.md)" in README and "../shared/" not in README
+    assert "docs/method.md" in tracked_files() and (ROOT / "docs" / "method.md").is_file()
+    assert "docs/method.md" not in " ".join(broken_links(tracked_files()))
 
 
 # --- packaging ---------------------------------------------------------------------------------------
