@@ -362,6 +362,9 @@ def _check_model_task(config: ExperimentConfig, allow_mismatch: bool) -> None:
 
 
 def cmd_train(config: ExperimentConfig, quiet: bool, resume: bool, force: bool, allow_task_mismatch: bool) -> int:
+    """``sirl train``; a run stopped by SIGINT or SIGTERM ends with 130 or 143 after naming its checkpoint
+    and the command that resumes it (sirl.interrupt)."""
+    from sirl.interrupt import Interrupted
     from sirl.train import Diverged, run_train
 
     check_model_path(config)
@@ -373,6 +376,12 @@ def cmd_train(config: ExperimentConfig, quiet: bool, resume: bool, force: bool, 
     except Diverged as error:
         print(f"sirl train: stopped: {error}", file=sys.stderr)
         return 1
+    except Interrupted as error:
+        print(f"sirl train: {error}", file=sys.stderr)
+        return error.exit_status
+    except KeyboardInterrupt:  # before the run had started
+        print("sirl train: stopped by Ctrl-C before the run started; nothing was written", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -516,8 +525,13 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str], parser: argparse
     if not config.model.path:
         raise ConfigError("sirl compare needs a starting policy: model.path in the preset, or --model PATH")
     check_model_path(config)
+    from sirl.interrupt import Interrupted
+
     try:
         results = run_comparison(config, plan, out, quiet=args.quiet)
+    except Interrupted as error:  # SIGINT or SIGTERM: the runs stopped with checkpoints; a rerun continues them
+        print(f"sirl compare: {error}", file=sys.stderr)
+        return error.exit_status
     except RuntimeError as error:  # runs that failed; the finished ones are summarized and kept
         print(f"sirl compare: {error}", file=sys.stderr)
         return 1

@@ -29,7 +29,8 @@ A killed comparison continues where it stopped when rerun with the same folder: 
 are kept, interrupted ones resume from their latest checkpoint (which gives the same numbers as a run never
 stopped, see sirl.checkpoint), and runs never started start. A finished run keeps only its final
 checkpoint. The summary is computed from the run folders
-only, so rerunning on a finished folder just rewrites it.
+only, so rerunning on a finished folder just rewrites it. Ctrl-C or SIGTERM stop a comparison cleanly: each
+run in progress stops after its step with a checkpoint (sirl.interrupt), and rerunning continues it.
 
     sirl compare --task arith --methods grpo,si --seeds 3 --budget-tokens 500000 --out runs/cmp
     sirl compare --plan benchmarks/compare_cpu.yaml --task arith --out runs/compare-arith
@@ -37,12 +38,14 @@ only, so rerunning on a finished folder just rewrites it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -57,6 +60,7 @@ import yaml
 from tqdm import tqdm
 
 from sirl.config import ConfigError, ExperimentConfig, config_differences, to_dict, to_yaml
+from sirl.interrupt import Interrupted, StopSignals, exit_status, signal_name
 from sirl.runlog import EVALS_FILE
 
 HARD_LEVEL = 0.15
@@ -313,13 +317,48 @@ def _threads(plan: ComparePlan) -> int:
     return plan.threads or max(1, (os.cpu_count() or 1) // plan.jobs)
 
 
-def _execute(command: list[str], log_path: Path, threads: int) -> int:
+class Children:
+    """The commands a comparison is running, so that a stop reaches them: :meth:`stop` sends each SIGTERM
+    once (a run then stops after its step in progress, with a checkpoint; sirl.interrupt), and no command
+    starts after it."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, subprocess.Popen] = {}
+        self.stopped: set[int] = set()
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Called from the signal handler (main thread) and the polling loop: every running command gets
+        one SIGTERM, whatever signal the comparison got (a Ctrl-C at the terminal reached them already;
+        a SIGTERM after it is no second Ctrl-C, so it never cuts a checkpoint short)."""
+        self.stopping = True
+        for process in list(self.running.values()):
+            if process.pid not in self.stopped and process.poll() is None:
+                self.stopped.add(process.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+
+
+def _execute(command: list[str], log_path: Path, threads: int, children: Children | None = None, name: str = "") -> int | None:
+    """Run ``command`` with its output in ``log_path``; its exit status, or None when the comparison is
+    stopping and it was not started."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        if children is not None and children.stopping:
+            return None
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if children is None:
+            return process.wait()
+        children.running[name] = process
+        try:
+            if children.stopping:  # the stop came between the check above and the start
+                children.stop()
+            return process.wait()
+        finally:
+            children.running.pop(name, None)
 
 
 POLL_S = 2.0
@@ -376,7 +415,22 @@ def run_comparison(
     """Run (or continue) every (method, seed) run of ``plan`` from ``config`` into ``out``, then summarize.
     Raises ConfigError when ``out`` holds a comparison of another config or plan. Unless ``quiet``, a
     progress bar counts the generated tokens of all runs against their budgets, with an ETA. ``command``
-    (default ``sys.argv``) is recorded in commands.jsonl with the sirl commit."""
+    (default ``sys.argv``) is recorded in commands.jsonl with the sirl commit.
+
+    SIGINT or SIGTERM stop the comparison: each run
+    in progress gets SIGTERM, stops after its step in progress with a checkpoint, no run starts, and
+    Interrupted is raised; rerunning the same command continues them (sirl.interrupt)."""
+    children = Children()
+    with StopSignals(
+        "the runs stop after their step in progress, each with a checkpoint; rerun the same command to continue them",
+        name="sirl compare", on_signal=lambda signum: children.stop(), second_ctrl_c_aborts=False,
+    ) as stop:
+        return _run_comparison(config, plan, out, quiet, command, children, stop)
+
+
+def _run_comparison(
+    config: ExperimentConfig, plan: ComparePlan, out: Path, quiet: bool, command: list[str] | None, children: Children, stop: StopSignals,
+) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     base_path, plan_path = out / "base.yaml", out / "compare.json"
     if base_path.is_file() or plan_path.is_file():
@@ -414,6 +468,7 @@ def run_comparison(
               f"{plan.jobs} at a time, {_count(threads, 'thread')} each; folder {out}", flush=True)
     start = time.time()
     failed: list[str] = []
+    stopped: list[str] = []
     running: set[str] = set()
     total = len(runs) * plan.budget_tokens
     bar = tqdm(total=total, initial=tokens_done(out, runs, plan.budget_tokens), desc="compare", unit="tok", unit_scale=True,
@@ -424,6 +479,8 @@ def run_comparison(
             bar.write(message)
 
     def one(run: RunSpec) -> None:
+        if children.stopping:
+            return
         t0 = time.time()
         lr = None
         if run.lr is None and plan.learning_rates:
@@ -436,9 +493,15 @@ def run_comparison(
         running.add(run.name)
         say(f"  {run.name}: {'resuming' if '--resume' in command else 'starting'} (log {out / 'logs' / f'{run.name}.log'})")
         try:
-            code = _execute(command, out / "logs" / f"{run.name}.log", threads)
+            code = _execute(command, out / "logs" / f"{run.name}.log", threads, children, run.name)
         finally:
             running.discard(run.name)
+        if code is None:  # the comparison was stopped before it began
+            return
+        if children.stopping and code in STOPPED:
+            stopped.append(run.name)
+            say(f"  {run.name}: stopped after its step in progress, with a checkpoint")
+            return
         if code != 0:
             failed.append(f"{run.name} (exit {code}, see {out / 'logs' / f'{run.name}.log'})")
             say(f"  {run.name}: failed (exit {code})")
@@ -455,7 +518,7 @@ def run_comparison(
         running.add("start")
         say(f"  starting policy: evaluating on the final set (log {out / 'logs' / 'start.log'})")
         try:
-            _evaluate_start(config, plan, out, threads)
+            _evaluate_start(config, plan, out, threads, children)
         finally:
             running.discard("start")
 
@@ -474,12 +537,19 @@ def run_comparison(
                 bar.set_postfix_str(f"{sum(_finished(out, r) for r in runs)}/{len(runs)} runs done")
                 if not not_done:
                     break
+                if children.stopping:
+                    children.stop()  # any command that started after the signal
                 if time.time() - last_load >= LOAD_EVERY_S:
                     _record_load(load_path, "during", len(running), threads)
                     last_load = time.time()
         for future in futures:
             future.result()  # an error of the starting policy's evaluation is raised here
     bar.close()
+    if children.stopping:
+        signum = stop.requested or signal.SIGTERM
+        runs_stopped = f"{', '.join(stopped)} stopped after their step in progress, each with a checkpoint" if stopped else "no run was in progress"
+        raise Interrupted(signum, f"stopped by {signal_name(signum)}: {runs_stopped}; finished runs are kept. Rerun the same "
+                                  f"command to continue the comparison (the stopped runs resume where they stopped).")
     if measuring:
         _record_load(load_path, "after", 0, threads)
     results = summarize(out)
@@ -492,14 +562,20 @@ def run_comparison(
     return results
 
 
-def _evaluate_start(config: ExperimentConfig, plan: ComparePlan, out: Path, threads: int) -> None:
+STOPPED = (exit_status(signal.SIGINT), exit_status(signal.SIGTERM))
+"""Exit statuses of a run that stopped when asked to, with a checkpoint (sirl.interrupt)."""
+
+
+def _evaluate_start(config: ExperimentConfig, plan: ComparePlan, out: Path, threads: int, children: Children | None = None) -> None:
     """The starting policy on the final evaluation set, by difficulty (the first row of the tables)."""
     n = plan.final_problems or config.eval.n_problems
     code = _execute(
         [sys.executable, "-m", "sirl.cli", "eval", "--config", str(out / "base.yaml"), "--out", str(out / "start"),
          "--quiet", f"--eval.n_problems={n}"],
-        out / "logs" / "start.log", threads,
+        out / "logs" / "start.log", threads, children, "start",
     )
+    if code is None or (children is not None and children.stopping):  # stopped: a rerun evaluates it
+        return
     if code != 0:
         raise RuntimeError(f"evaluating the starting policy failed (exit {code}); see {out / 'logs' / 'start.log'}")
 

@@ -27,7 +27,10 @@ the global batch (sirl.distributed).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import shlex
+import signal
 import time
 from pathlib import Path
 
@@ -42,6 +45,7 @@ from sirl.config import ConfigError, ExperimentConfig, TrainConfig, check_task_a
 from sirl.distributed import Distributed
 from sirl.evaluate import EvalResult, EvaluationFailed, evaluate, heldout_problems
 from sirl.internalize.selfverify import AuditSchedule
+from sirl.interrupt import Interrupted, StopSignals, signal_name
 from sirl.methods import Method, MethodContext, MethodMemory, get_method
 from sirl.methods.base import PolicySampler
 from sirl.metrics import StepCounts, append_samples, repair_metrics, sample_records, step_metrics
@@ -70,16 +74,27 @@ def warmup_constant(step: int, warmup: int) -> float:
 def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False, resume: bool = False, force: bool = False) -> EvalResult:
     """Train as ``config`` says into ``run_dir``; with ``resume``, continue the run in ``run_dir`` from its
     most recent complete checkpoint (sirl.checkpoint), exactly as if it had never stopped. Resuming with
-    a config other than the checkpoint's is an error unless ``force``."""
+    a config other than the checkpoint's is an error unless ``force``.
+
+    SIGINT and SIGTERM stop the run after the step in progress, with a checkpoint of it, by raising
+    Interrupted (sirl.interrupt)."""
+    run_dir = Path(run_dir)
     method = get_method(config.algo.name)
     task = load_task(config.task.name, **check_task_args(resolve_task_class(config.task.name), config.task.args))
     method.check(config, task)
-    with verifier_for(config.verifier, config.task, task) as verifier:  # its workers stop however the run ends
-        return _train(config, method, run_dir, quiet, resume, force, task, verifier)
+    with contextlib.ExitStack() as scope:
+        stop = scope.enter_context(StopSignals("the run stops after the step in progress, with a checkpoint", name="sirl train"))
+        verifier = scope.enter_context(verifier_for(config.verifier, config.task, task))  # its workers stop however the run ends
+        try:
+            return _train(config, method, run_dir, quiet, resume, force, task, verifier, stop)
+        except KeyboardInterrupt:  # a second Ctrl-C before the safe point
+            raise Interrupted(signal.SIGINT, f"stopped at once by a second Ctrl-C, without saving the step in progress; "
+                                             f"{_last_good(run_dir)}{_resume_hint(run_dir)}") from None
 
 
 def _train(
-    config: ExperimentConfig, method: Method, run_dir: Path, quiet: bool, resume: bool, force: bool, task: Task, verifier: Verifier
+    config: ExperimentConfig, method: Method, run_dir: Path, quiet: bool, resume: bool, force: bool, task: Task, verifier: Verifier,
+    stop: StopSignals,
 ) -> EvalResult:
     # --- set-up: policy, optimizer, the state that carries over between steps ---------------------
     torch.manual_seed(config.seed)
@@ -151,8 +166,11 @@ def _train(
     start = time.time() - state.train_elapsed_s
     bar = tqdm(range(state.step + 1, train.steps + 1), desc=f"train {algo.name}", disable=not show, dynamic_ncols=True,
                bar_format="{desc} step {n_fmt} [{elapsed}{postfix}]", initial=state.step)
-    finishing = state.step >= train.steps
+    # A resumed run whose last step ended it (a stop came before the end) goes straight to the end.
+    finishing = state.step >= train.steps or (resume and _out_of_budget(train, state))
     for step in bar:
+        if finishing or _stop_requested(stop, dist):  # a safe point: no step in progress
+            break
         state.step = step
         step_start = time.time()
         sampler = PolicySampler(
@@ -228,6 +246,8 @@ def _train(
         if finishing:
             break
     bar.close()
+    if _stop_requested(stop, dist):
+        _stop_at_safe_point(stop, state, log, run_dir, checkpoint)
 
     # --- the end: final evaluation, checkpoint, eval.json and the report ------------------------------
     last_eval = state.last_eval
@@ -273,6 +293,40 @@ def _resume(run_dir, config, state, model, optimizer, schedule, dist, force, sho
         run_dir, state, model, optimizer, schedule, rank=dist.rank, world_size=dist.world_size, changed_config=changed,
         eval_from_json=EvalResult.from_json,
     )
+
+
+def _resume_hint(run_dir: Path) -> str:
+    if not (run_dir / "checkpoints" / "latest").is_file():
+        return ". Nothing to resume from: start the run again"
+    return f". Continue the run with:\n  sirl train --resume {shlex.quote(str(run_dir))}"
+
+
+def _stop_requested(stop: StopSignals, dist: Distributed) -> bool:
+    """Whether any process was asked to stop (every process takes part, so all stop at the same step)."""
+    return bool(dist.sum([float(stop.requested is not None)])[0])
+
+
+def _stop_at_safe_point(stop: StopSignals, state: TrainerState, log: RunLog | None, run_dir: Path, checkpoint) -> None:
+    """End the run after a finished step because a signal asked it to: checkpoint that step (unless it is
+    saved already, or steps are being skipped: then ``latest`` stays the last good one) with every further
+    signal held until the checkpoint is complete, then raise Interrupted with the command that resumes."""
+    signum = stop.requested or signal.SIGTERM  # another process of a data-parallel run was asked
+    latest = run_dir / "checkpoints" / "latest"
+    name = f"step_{state.step}"
+    if state.skipped_in_row:
+        saved = f"not saved while steps are being skipped; {_last_good(run_dir)}"
+    elif latest.is_file() and latest.read_text().strip() == name:
+        saved = f"its checkpoint {run_dir / 'checkpoints' / name} was written already"
+    else:
+        try:
+            with stop.holding():
+                checkpoint(name)
+            saved = f"checkpoint {run_dir / 'checkpoints' / name} written"
+        except NonFiniteWeights as error:
+            saved = f"not saved ({error}); {_last_good(run_dir)}"
+    if log:
+        log.close()
+    raise Interrupted(signum, f"stopped by {signal_name(signum)} after step {state.step}: {saved}{_resume_hint(run_dir)}")
 
 
 def _out_of_budget(train: TrainConfig, state: TrainerState) -> bool:
