@@ -31,6 +31,7 @@ stopped, see sirl.checkpoint), and runs never started start. A finished run keep
 checkpoint. The summary is computed from the run folders
 only, so rerunning on a finished folder just rewrites it. Ctrl-C or SIGTERM stop a comparison cleanly: each
 run in progress stops after its step with a checkpoint (sirl.interrupt), and rerunning continues it.
+One process at a time writes a comparison folder (sirl.runlock).
 
     sirl compare --task arith --methods grpo,si --seeds 3 --budget-tokens 500000 --out runs/cmp
     sirl compare --plan benchmarks/compare_cpu.yaml --task arith --out runs/compare-arith
@@ -61,6 +62,7 @@ from tqdm import tqdm
 
 from sirl.config import ConfigError, ExperimentConfig, config_differences, to_dict, to_yaml
 from sirl.interrupt import Interrupted, StopSignals, exit_status, signal_name
+from sirl.runlock import FolderLock
 from sirl.runlog import EVALS_FILE
 
 HARD_LEVEL = 0.15
@@ -417,11 +419,11 @@ def run_comparison(
     progress bar counts the generated tokens of all runs against their budgets, with an ETA. ``command``
     (default ``sys.argv``) is recorded in commands.jsonl with the sirl commit.
 
-    SIGINT or SIGTERM stop the comparison: each run
+    One process at a time writes ``out`` (sirl.runlock). SIGINT or SIGTERM stop the comparison: each run
     in progress gets SIGTERM, stops after its step in progress with a checkpoint, no run starts, and
     Interrupted is raised; rerunning the same command continues them (sirl.interrupt)."""
     children = Children()
-    with StopSignals(
+    with FolderLock(out, what="comparison folder"), StopSignals(
         "the runs stop after their step in progress, each with a checkpoint; rerun the same command to continue them",
         name="sirl compare", on_signal=lambda signum: children.stop(), second_ctrl_c_aborts=False,
     ) as stop:

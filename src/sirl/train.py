@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import shlex
 import signal
 import time
@@ -55,6 +56,7 @@ from sirl.prompts import prompt_format as make_prompt_format
 from sirl.report import write_report_or_warn
 from sirl.rollout import NonFiniteLogits, SamplingParams, resolve_rollout_dtype, sample_trajectories
 from sirl.runlog import RunLog
+from sirl.runlock import FolderLock, check_not_in_use
 from sirl.tasks import Task, load_task, resolve_task_class, write_task_record
 from sirl.update import auto_micro_batch_tokens, policy_update
 from sirl.verifier import Verifier, verifier_for, verify_trajectories
@@ -76,14 +78,19 @@ def run_train(config: ExperimentConfig, run_dir: Path, quiet: bool = False, resu
     most recent complete checkpoint (sirl.checkpoint), exactly as if it had never stopped. Resuming with
     a config other than the checkpoint's is an error unless ``force``.
 
-    SIGINT and SIGTERM stop the run after the step in progress, with a checkpoint of it, by raising
-    Interrupted (sirl.interrupt)."""
+    One process writes a run folder at a time (sirl.runlock). SIGINT and SIGTERM stop the run after the
+    step in progress, with a checkpoint of it, by raising Interrupted (sirl.interrupt)."""
     run_dir = Path(run_dir)
     method = get_method(config.algo.name)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun, the process that writes the folder
+    if main_process:  # before anything is written, so that a refusal touches nothing
+        check_not_in_use(run_dir, "run folder")
     task = load_task(config.task.name, **check_task_args(resolve_task_class(config.task.name), config.task.args))
     method.check(config, task)
     with contextlib.ExitStack() as scope:
         stop = scope.enter_context(StopSignals("the run stops after the step in progress, with a checkpoint", name="sirl train"))
+        if main_process:
+            scope.enter_context(FolderLock(run_dir, what="run folder"))
         verifier = scope.enter_context(verifier_for(config.verifier, config.task, task))  # its workers stop however the run ends
         try:
             return _train(config, method, run_dir, quiet, resume, force, task, verifier, stop)
