@@ -115,3 +115,34 @@ def test_a_second_comparison_in_the_same_folder_is_refused(tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"pid {os.getpid()}" in error and "sirl compare --out cmp (the first)" in error
 
+
+# --- `--out` of an existing run --------------------------------------------------------------------
+
+
+def snapshot(folder: Path) -> dict:
+    """Every path under ``folder`` (and the folder) with its size, modification time and bytes."""
+    found = {".": folder.stat().st_mtime_ns}
+    for path in sorted(folder.rglob("*")):
+        stat = path.stat()
+        found[path.relative_to(folder).as_posix()] = (stat.st_size, stat.st_mtime_ns, path.read_bytes() if path.is_file() else None)
+    return found
+
+
+def test_train_out_an_existing_run_is_refused_with_the_choices_and_touches_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), *NANO]) == 0
+    before = snapshot(run)
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), *NANO, "--train.steps=3"]) == 2
+    error = capsys.readouterr().err
+    assert f"{run} holds a run already" in error and "nothing was changed" in error
+    assert f"sirl train --resume {run}" in error and "another folder" in error and "--overwrite" in error
+    assert snapshot(run) == before
+    assert main(["train", "--resume", str(run), "--overwrite", "--quiet"]) == 2  # one or the other
+    assert snapshot(run) == before
+
+    (run / "notes.txt").write_text("the old run's notes")
+    assert main(["train", "--out", str(run), *NANO, "--train.steps=3", "--overwrite"]) == 0
+    assert [r["step"] for r in records(run)] == [0, 1, 2, 3]  # a new run, each step once
+    assert not (run / "notes.txt").exists() and not (run / LOCK_FILE).exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["final", "latest"]

@@ -152,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--force", action="store_true", help="with --resume: accept config overrides that change the run's config",
     )
+    train.add_argument(
+        "--overwrite", action="store_true",
+        help="start a new run in an --out folder that holds a run already, deleting everything in it first (without it, "
+        "such a folder is refused: resume it with --resume, or give another --out)",
+    )
 
     evaluate = commands.add_parser(
         "eval",
@@ -361,18 +366,20 @@ def _check_model_task(config: ExperimentConfig, allow_mismatch: bool) -> None:
             print(f"note: {note}", file=sys.stderr)
 
 
-def cmd_train(config: ExperimentConfig, quiet: bool, resume: bool, force: bool, allow_task_mismatch: bool) -> int:
+def cmd_train(config: ExperimentConfig, quiet: bool, resume: bool, force: bool, allow_task_mismatch: bool, overwrite: bool = False) -> int:
     """``sirl train``; a run stopped by SIGINT or SIGTERM ends with 130 or 143 after naming its checkpoint
     and the command that resumes it (sirl.interrupt)."""
     from sirl.interrupt import Interrupted
     from sirl.train import Diverged, run_train
 
+    if resume and overwrite:
+        raise ConfigError("--overwrite starts a new run in place of the old one; --resume continues the old one: give one of them")
     check_model_path(config)
     if not resume:  # a resumed run's task and model were accepted when it started
         _check_model_task(config, allow_task_mismatch)
     run_dir = _run_dir("train", config)
     try:
-        run_train(config, run_dir, quiet=quiet, resume=resume, force=force)
+        run_train(config, run_dir, quiet=quiet, resume=resume, force=force, overwrite=overwrite)
     except Diverged as error:
         print(f"sirl train: stopped: {error}", file=sys.stderr)
         return 1
@@ -573,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sft":
             return cmd_sft(config, args.quiet, args.allow_task_mismatch)
         if args.command == "train":
-            return cmd_train(config, args.quiet, bool(resume), args.force, args.allow_task_mismatch)
+            return cmd_train(config, args.quiet, bool(resume), args.force, args.allow_task_mismatch, args.overwrite)
         if args.command == "eval":
             return cmd_eval(config, args.quiet, args.json, args.verify, args.pass_k, args.allow_task_mismatch)
     except (ConfigError, FileNotFoundError, ModuleNotFoundError, ValueError, VerifierStartupError) as error:
