@@ -31,7 +31,8 @@ stopped, see sirl.checkpoint), and runs never started start. A finished run keep
 checkpoint. The summary is computed from the run folders
 only, so rerunning on a finished folder just rewrites it. Ctrl-C or SIGTERM stop a comparison cleanly: each
 run in progress stops after its step with a checkpoint (sirl.interrupt), and rerunning continues it.
-One process at a time writes a comparison folder (sirl.runlock).
+One process at a time writes a comparison folder (sirl.runlock). A part of the report that fails is named
+in results.md with its error, and the rest is written all the same.
 
     sirl compare --task arith --methods grpo,si --seeds 3 --budget-tokens 500000 --out runs/cmp
     sirl compare --plan benchmarks/compare_cpu.yaml --task arith --out runs/compare-arith
@@ -51,6 +52,8 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,6 +67,7 @@ from sirl.config import ConfigError, ExperimentConfig, config_differences, to_di
 from sirl.interrupt import Interrupted, StopSignals, exit_status, signal_name
 from sirl.runlock import FolderLock
 from sirl.runlog import EVALS_FILE
+from sirl.tasks.base import difficulty_order, level_from_key
 
 HARD_LEVEL = 0.15
 """Difficulty levels where the starting policy's final-set accuracy is below this are pooled as "hard"."""
@@ -303,16 +307,19 @@ def final_figure(folder: Path, plan: ComparePlan) -> dict[str, Any]:
 
 
 def figure_by_difficulty(figure: dict[str, Any], final: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The final figure (``final_figure``) by difficulty level: per level, its problems' rewards averaged
-    as in the figure, so the table by difficulty and the headline agree. A run whose eval.json lacks
-    per-problem difficulties keeps that evaluation's own table."""
+    """The final figure (``final_figure``) by difficulty level: per level (its text, as a JSON key), its
+    problems' rewards averaged as in the figure, so the table by difficulty and the headline agree; levels in
+    :func:`~sirl.tasks.base.difficulty_order` (numbers by value, then text), problems without one in none, as
+    in sirl.evaluate. A run whose eval.json lacks per-problem difficulties keeps that evaluation's own table."""
     difficulties = final.get("difficulties") or []
     if not figure["rewards"] or len(difficulties) != len(figure["rewards"]):
-        return final["by_difficulty"]
+        return dict(sorted(final["by_difficulty"].items(), key=lambda kv: difficulty_order(kv[0])))
     grouped: dict[str, list[float]] = {}
     for level, reward in zip(difficulties, figure["rewards"]):
-        grouped.setdefault(str(level), []).append(reward)
-    return {level: {"n": len(values), "accuracy": statistics.fmean(values)} for level, values in sorted(grouped.items(), key=lambda kv: int(kv[0]))}
+        if level is not None:
+            grouped.setdefault(str(level), []).append(reward)
+    ordered = sorted(grouped.items(), key=lambda kv: difficulty_order(kv[0]))
+    return {level: {"n": len(values), "accuracy": statistics.fmean(values)} for level, values in ordered}
 
 
 def _threads(plan: ComparePlan) -> int:
@@ -545,7 +552,10 @@ def _run_comparison(
                     _record_load(load_path, "during", len(running), threads)
                     last_load = time.time()
         for future in futures:
-            future.result()  # an error of the starting policy's evaluation is raised here
+            try:
+                future.result()
+            except StartEvaluationFailed as error:  # the runs' results are summarized without the starting row
+                failed.append(str(error))
     bar.close()
     if children.stopping:
         signum = stop.requested or signal.SIGTERM
@@ -554,7 +564,7 @@ def _run_comparison(
                                   f"command to continue the comparison (the stopped runs resume where they stopped).")
     if measuring:
         _record_load(load_path, "after", 0, threads)
-    results = summarize(out)
+    results = summarize_or_report(out)
     write_outputs(out, results)
     if failed:
         raise RuntimeError(
@@ -562,6 +572,10 @@ def _run_comparison(
             f"the failed ones (interrupted runs resume from their last checkpoint)."
         )
     return results
+
+
+class StartEvaluationFailed(RuntimeError):
+    """The starting policy's evaluation failed; the comparison is summarized without it."""
 
 
 STOPPED = (exit_status(signal.SIGINT), exit_status(signal.SIGTERM))
@@ -579,7 +593,7 @@ def _evaluate_start(config: ExperimentConfig, plan: ComparePlan, out: Path, thre
     if code is None or (children is not None and children.stopping):  # stopped: a rerun evaluates it
         return
     if code != 0:
-        raise RuntimeError(f"evaluating the starting policy failed (exit {code}); see {out / 'logs' / 'start.log'}")
+        raise StartEvaluationFailed(f"evaluating the starting policy failed (exit {code}); see {out / 'logs' / 'start.log'}")
 
 
 # --- summarizing (reads the comparison folder only) ----------------------------------------------
@@ -793,6 +807,7 @@ def summarize(out: Path) -> dict:
     under ``machine``: everything else is a deterministic function of the runs."""
     plan = ComparePlan(**json.loads((out / "compare.json").read_text()))
     config = yaml.safe_load((out / "base.yaml").read_text())
+    failed: dict[str, str] = {}  # report parts that could not be built (_report_part)
     grid = list(range(0, plan.budget_tokens + 1, plan.eval_every_tokens))
     if grid[-1] != plan.budget_tokens:
         grid.append(plan.budget_tokens)
@@ -819,8 +834,8 @@ def summarize(out: Path) -> dict:
         mean_curve = [statistics.mean(c[i] for c in curves) for i in range(len(grid))]
         std_curve = [statistics.stdev(c[i] for c in curves) if len(curves) > 1 else 0.0 for i in range(len(grid))]
         last = [rows[-1] for rows in logs]
-        by_difficulty = [figure_by_difficulty(figure, final) for figure, final in zip(figures, finals)]
-        levels = sorted({int(k) for b in by_difficulty for k in b})
+        by_difficulty = _report_part(failed, "table by difficulty", lambda: [figure_by_difficulty(f, e) for f, e in zip(figures, finals)], [])
+        levels = sorted({k for b in by_difficulty for k in b}, key=difficulty_order)
         methods[method] = {
             "seeds": [int(d.name.removeprefix("seed")) for d in finished],
             "final_accuracy": _mean_std([f["accuracy"] for f in figures]),
@@ -841,7 +856,7 @@ def summarize(out: Path) -> dict:
             "method_state_mb": _mean_std([_mean_of(rows, "memory/method_state_mb") for rows in logs]),
             "settings": method_settings(finished),
             "by_difficulty": {
-                level: _mean_std([b[str(level)]["accuracy"] for b in by_difficulty if str(level) in b]) for level in levels
+                level_from_key(level): _mean_std([b[level]["accuracy"] for b in by_difficulty if level in b]) for level in levels
             },
             "curve": {"tokens": grid, "mean": mean_curve, "std": std_curve},
             "probes_curve": _probes_curve(logs, grid),
@@ -851,7 +866,7 @@ def summarize(out: Path) -> dict:
             },
         }
     reference = None
-    bands = difficulty_bands(start, methods, plan.hard_below)
+    bands = _report_part(failed, "difficulty bands", lambda: difficulty_bands(start, methods, plan.hard_below))
     ref = plan.reference_method
     if ref in methods:
         rewards = {method: {seed: run.rewards for seed, run in runs.items()} for method, runs in per_run.items()}
@@ -859,10 +874,11 @@ def summarize(out: Path) -> dict:
             if method != ref:
                 row["difference_from_reference"] = paired_difference(rewards[method], rewards[ref])
                 if bands:
-                    row["band_difference_from_reference"] = band_differences(rewards[method], rewards[ref], start, bands)
+                    row["band_difference_from_reference"] = _report_part(
+                        failed, "differences by band", lambda: band_differences(rewards[method], rewards[ref], start, bands))
         reference = {"method": ref, "final_accuracy": methods[ref]["final_accuracy"]["mean"]}
         for method, row in methods.items():
-            row["tokens_to_reference"] = tokens_to_reach(per_run[method], per_run[ref], grid)
+            row["tokens_to_reference"] = _report_part(failed, "tokens to reach the reference", lambda: tokens_to_reach(per_run[method], per_run[ref], grid))
     choice = chosen_learning_rates(out, plan)
     for method, row in methods.items():
         if choice and method in choice:
@@ -886,6 +902,7 @@ def summarize(out: Path) -> dict:
         },
         "machine": {**_machine(plan), "load": load_summary(out / "logs" / "load.jsonl")},
         "commands": _read_jsonl(out / COMMANDS_FILE) if (out / COMMANDS_FILE).is_file() else [],
+        "failed_parts": failed,
     }
 
 
@@ -915,11 +932,11 @@ def difficulty_bands(start: dict | None, methods: dict[str, dict], hard_below: f
     (mean and std over seeds) to each method's row; works on a summary read back from results.json too."""
     if start is None or not start["by_difficulty"]:
         return None
-    levels = {int(k): v for k, v in start["by_difficulty"].items()}
-    hard = sorted(k for k, v in levels.items() if v["accuracy"] < hard_below)
-    bands = {"hard": hard, "other": sorted(k for k in levels if k not in hard)}
+    levels = {level_from_key(str(k)): v for k, v in start["by_difficulty"].items()}
+    hard = sorted((k for k, v in levels.items() if v["accuracy"] < hard_below), key=difficulty_order)
+    bands = {"hard": hard, "other": sorted((k for k in levels if k not in hard), key=difficulty_order)}
     for row in methods.values():
-        by_level = {int(k): v for k, v in row["by_difficulty"].items()}
+        by_level = {level_from_key(str(k)): v for k, v in row["by_difficulty"].items()}
         for band, members in bands.items():
             n = sum(levels[k]["n"] for k in members)
             known = n and all(k in by_level and len(by_level[k]["values"]) == len(row["seeds"]) for k in members)
@@ -1141,8 +1158,8 @@ def results_markdown(results: dict) -> str:
                 text = "-" if value is None else f"{value:.1%}"
                 cells.append(f"**{text}**" if lr == c["lr"] else text)
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    levels = sorted({int(level) for row in methods.values() for level in row["by_difficulty"]}
-                    | ({int(k) for k in start["by_difficulty"]} if start else set()))
+    levels = sorted({str(level) for row in methods.values() for level in row["by_difficulty"]}
+                    | ({str(k) for k in start["by_difficulty"]} if start else set()), key=difficulty_order)
     if levels:
         lines += ["", f"Final accuracy by difficulty on the final set (`{task['name']}`'s difficulty level; mean over seeds, n per "
                   "level in the header):", ""]
@@ -1243,11 +1260,78 @@ def what_ran_markdown(results: dict) -> list[str]:
     return lines + [""]
 
 
+def _report_part(failed: dict[str, str], name: str, build: Callable[[], Any], fallback: Any = None) -> Any:
+    """``build()``, or ``fallback`` when it raises: a bug in one part of a comparison's report must not lose
+    the others (nor the compute behind them). The failure is recorded in ``failed[name]`` (the exception's
+    type and message, which results.md shows) and its traceback printed to stderr."""
+    try:
+        return build()
+    except Exception as error:
+        failed[name] = f"{type(error).__name__}: {error}"
+        traceback.print_exc()
+        print(f"warning: the comparison's {name} could not be built ({failed[name]}); the rest of the report is written "
+              "without it", file=sys.stderr, flush=True)
+        return fallback
+
+
+def summarize_or_report(out: Path) -> dict:
+    """:func:`summarize`; should it fail as a whole, what can be read without it (each finished run's eval.json,
+    see :func:`_bare_markdown`) with the failure in ``failed_parts["summary"]``, so that results.json and
+    results.md are written whatever goes wrong."""
+    failed: dict[str, str] = {}
+    results = _report_part(failed, "summary", lambda: summarize(out))
+    if results is not None:
+        return results
+    plan = json.loads((out / "compare.json").read_text()) if (out / "compare.json").is_file() else None
+    return {"plan": plan, "methods": {}, "runs": _finished_runs(out), "failed_parts": failed}
+
+
+def _finished_runs(out: Path) -> dict[str, dict]:
+    """Every finished run of the folder (runs/<method>[/lr<r>]/seed<k>/eval.json) by its path: accuracy,
+    steps and generated tokens of its final evaluation, or the error that reading it gave."""
+    runs: dict[str, dict] = {}
+    for path in sorted((out / "runs").glob("**/eval.json")):
+        name = path.parent.relative_to(out / "runs").as_posix()
+        try:
+            final = json.loads(path.read_text())
+            runs[name] = {"accuracy": final["accuracy"], "step": final.get("step"), "tokens/total": final.get("tokens/total")}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            runs[name] = {"error": f"{type(error).__name__}: {error}"}
+    return runs
+
+
+def _bare_markdown(out: Path) -> str:
+    """results.md when its tables could not be built: each finished run's final accuracy, from its eval.json."""
+    lines = [f"# Comparison in {out}: the summary tables could not be built (see below)", "",
+             "Each finished run's final accuracy (its eval.json; the last evaluation only):", ""]
+    for name, run in _finished_runs(out).items():
+        label = " ".join(part.replace("seed", "seed ", 1) if part.startswith("seed") else part for part in name.split("/"))
+        if "error" in run:
+            lines.append(f"- {label}: unreadable eval.json ({run['error']})")
+        else:
+            tokens = f" after {run['tokens/total']:,} generated tokens" if isinstance(run.get("tokens/total"), int) else ""
+            lines.append(f"- {label}: {run['accuracy']:.1%}{tokens}")
+    return "\n".join(lines) + "\n"
+
+
 def write_outputs(out: Path, results: dict) -> None:
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(results_markdown(results))
-    if results["methods"]:
-        plot_comparison(out, results)
+    """results.json, results.md and the plots. A part that fails (:func:`_report_part`) is named in both files
+    with its exception, and everything else is written all the same; where results.md's tables fail, it
+    lists each finished run's final accuracy instead."""
+    failed = results.setdefault("failed_parts", {})
+    markdown = None
+    if "task" in results:  # a summary, not the bare one summarize_or_report falls back to
+        markdown = _report_part(failed, "results.md's tables", lambda: results_markdown(results))
+    if results.get("methods"):
+        _report_part(failed, "plots", lambda: plot_comparison(out, results))
+    if markdown is None:
+        markdown = _bare_markdown(out)
+    if failed:
+        markdown += "\n## Report parts that could not be built\n\n" + "".join(f"- {name}: {error}\n" for name, error in failed.items())
+        markdown += ("\nEverything else in this report is complete; the traceback of each failure is in the command's error output. "
+                     "Rerunning the same command on this folder rewrites the report and keeps the runs.\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / "results.md").write_text(markdown)
 
 
 def plot_comparison(out: Path, results: dict) -> None:
@@ -1312,12 +1396,12 @@ def plot_comparison(out: Path, results: dict) -> None:
            title=f"{title}: probes per failure (mean over seeds)" if drawn else f"{title}: no method localized failures")
     _save(fig, ax, out / "probes_per_failure.png", legend=drawn)
 
-    levels = sorted({int(level) for row in methods.values() for level in row["by_difficulty"]})
+    levels = sorted({str(level) for row in methods.values() for level in row["by_difficulty"]}, key=difficulty_order)
     fig, ax = plt.subplots(figsize=(7, 4.8))
     width = 0.8 / (len(methods) + (1 if start else 0))
-    series = ([("starting policy", {int(k): {"mean": v["accuracy"], "std": None} for k, v in start["by_difficulty"].items()}, "0.6")]
+    series = ([("starting policy", {str(k): {"mean": v["accuracy"], "std": None} for k, v in start["by_difficulty"].items()}, "0.6")]
               if start else [])
-    series += [(f"{name} ({_count(len(row['seeds']), 'seed')})", {int(k): v for k, v in row["by_difficulty"].items()}, colors[name])
+    series += [(f"{name} ({_count(len(row['seeds']), 'seed')})", {str(k): v for k, v in row["by_difficulty"].items()}, colors[name])
                for name, row in methods.items()]
     for i, (name, by_level, color) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(levels))]

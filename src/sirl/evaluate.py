@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from sirl.prompts import PromptFormat
 from sirl.rollout import SamplingParams, before_stop, generate, response_end_ids, text_decoder
-from sirl.tasks.base import Task
+from sirl.tasks.base import Task, difficulty_order, level_from_key
 from sirl.types import Problem
 from sirl.verifier import Verifier, score_completions
 
@@ -78,7 +78,7 @@ class EvalResult:
     n: int
     accuracy: float
     ci95: tuple[float, float]
-    by_difficulty: dict[int, dict[str, float]]
+    by_difficulty: dict[int | float | str, dict[str, float]]
     first_error_histogram: dict[int, int] | None
     """Ground-truth first wrong step of each greedy failure (tasks with ground truth): count by step
     index. The keys are 0-based, as every log counts (eval.json, samples.jsonl); what a person reads
@@ -91,7 +91,7 @@ class EvalResult:
     rewards: list[float] = field(default_factory=list)
     """Each held-out problem's greedy reward, in the order of the problems: comparisons pair methods on the
     same problems with it (sirl.compare's bootstrap over seeds and problems)."""
-    difficulties: list[int | None] = field(default_factory=list)
+    difficulties: list[int | float | str | None] = field(default_factory=list)
     """Each held-out problem's difficulty level (None where the task gives none), in the same order: paired
     differences by difficulty band pick their problems with it (sirl.compare)."""
 
@@ -106,7 +106,7 @@ class EvalResult:
         histogram = data["first_error_histogram"]
         return cls(
             **{**data, "ci95": tuple(data["ci95"]),
-               "by_difficulty": {int(k): v for k, v in data["by_difficulty"].items()},
+               "by_difficulty": {level_from_key(k): v for k, v in data["by_difficulty"].items()},
                "first_error_histogram": None if histogram is None else {int(k): v for k, v in histogram.items()},
                "pass_at_k": {int(k): v for k, v in data.get("pass_at_k", {}).items()}}
         )
@@ -210,7 +210,7 @@ def evaluate(
     )
     n = len(greedy)
     correct = sum(c.reward for c in greedy)
-    by_level: dict[int, list[float]] = defaultdict(list)
+    by_level: dict[int | float | str, list[float]] = defaultdict(list)
     for c in greedy:
         level = task.difficulty(c.problem)
         if level is not None:
@@ -224,7 +224,7 @@ def evaluate(
         n=n,
         accuracy=correct / n if n else 0.0,
         ci95=wilson_interval(correct, n),
-        by_difficulty={k: {"n": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(by_level.items())},
+        by_difficulty={k: {"n": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(by_level.items(), key=lambda kv: difficulty_order(kv[0]))},
         first_error_histogram=histogram,
         mean_response_tokens=n_tokens / n if n else 0.0,
         truncated_frac=sum(c.truncated for c in greedy) / n if n else 0.0,

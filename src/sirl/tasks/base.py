@@ -32,6 +32,7 @@ Knobs (difficulty and the like) are constructor keyword arguments; the config pa
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 from abc import ABC, abstractmethod
@@ -41,6 +42,31 @@ from sirl.types import Problem, Span
 SPLITS = ("train", "test")
 VERDICT_FORMATS = ("index", "judgments", "rederive")
 """How the policy writes a self-verification verdict (:meth:`Task.verdict_target`)."""
+
+
+def difficulty_order(level: object) -> tuple:
+    """Sort key for difficulty levels of any kind (:meth:`Task.difficulty`): numbers by value, then text,
+    then None. A level read back from JSON, where it is an object's key, is text: ``"10"`` sorts as the
+    number it spells (after ``"2"``), ``"easy"`` as text."""
+    level = level_from_key(level) if isinstance(level, str) else level
+    if isinstance(level, (int, float)) and not isinstance(level, bool):
+        return (0, level, "")
+    if level is None:
+        return (2, 0, "")
+    return (1, 0, str(level))
+
+
+def level_from_key(key: str) -> int | float | str:
+    """A difficulty level from its text (a JSON object's key): ``"3"`` -> 3, ``"2.5"`` -> 2.5, other text as is."""
+    try:
+        return int(key)
+    except ValueError:
+        pass
+    try:
+        value = float(key)
+    except ValueError:
+        return key
+    return value if math.isfinite(value) else key  # "nan" and "inf" are names here, not numbers
 
 
 class NoGroundTruth(NotImplementedError):
@@ -117,8 +143,9 @@ class Task(ABC):
         """How ``verify`` isolates the model-written programs it executes; None when it runs none."""
         return None
 
-    def difficulty(self, problem: Problem) -> int | None:
-        """An integer difficulty level for per-difficulty reports, or None when the task has none."""
+    def difficulty(self, problem: Problem) -> int | float | str | None:
+        """A difficulty level for per-difficulty reports (an integer, usually; numbers and text are ordered
+        by :func:`difficulty_order`), or None when the task has none."""
         return problem.meta.get("difficulty")
 
     # --- self-verification format -------------------------------------------------------------

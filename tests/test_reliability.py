@@ -1,0 +1,163 @@
+"""Summaries that never die last: a comparison of a task without difficulty levels, tables by difficulty with
+levels of any kind, and a report part that fails without losing the others. Also: prompt files with a
+byte-order mark on every line, group-relative methods with groups of one, and third-party warnings."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import sirl.compare
+from sirl.cli import main
+from sirl.compare import ComparePlan, summarize_or_report, write_outputs
+from sirl.config import load_config, to_yaml
+
+ECHO_TASK = '''
+from sirl.tasks.base import Task, split_on_separator
+from sirl.types import Problem
+
+
+class Echo(Task):
+    """Repeat the word; a task written to the interface, whose problems carry no difficulty."""
+
+    name = "echo"
+    description = "repeat the word"
+
+    def sample(self, rng, split):
+        word = "".join(rng.choice("abc") for _ in range(3))
+        return Problem(prompt=word + ">", answer=word, meta={})
+
+    def verify(self, problem, completion):
+        return float(completion == problem.answer)
+
+    def split_steps(self, completion):
+        return split_on_separator(completion, "|")
+
+    def reference_solution(self, problem):
+        return problem.answer
+'''
+
+TINY = ["--model.device=cpu", "--eval.n_problems=4", "--eval.max_new_tokens=6", "--quiet"]
+
+
+def test_a_comparison_of_a_task_without_difficulty_writes_its_summary(tmp_path, capsys):
+    """It used to run every run and then die in the summary (int('None') in the table by difficulty),
+    leaving no results.md after all the compute."""
+    task_file = tmp_path / "echo_task.py"
+    task_file.write_text(ECHO_TASK)
+    task = f"{task_file}:Echo"
+    model = tmp_path / "echo-sft"
+    assert main(["sft", "--task", task, "--out", str(model), "--model.size=nano", "--sft.steps=1", "--sft.eval_every=1",
+                 "--sft.batch_size=4", *TINY]) == 0
+    out = tmp_path / "cmp"
+    code = main(["compare", "--task", task, "--model", str(model), "--methods", "grpo", "--seeds", "1", "--budget-tokens", "60",
+                 "--eval-every-tokens", "30", "--final-problems", "4", "--jobs", "1", "--threads", "1", "--out", str(out),
+                 "--rollout.prompts_per_step=2", "--rollout.group_size=2", "--rollout.max_new_tokens=6", *TINY])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["methods"]["grpo"]["by_difficulty"] == {} and results["start"]["by_difficulty"] == {}
+    markdown = (out / "results.md").read_text()
+    assert "| grpo |" in markdown and "by difficulty on the final set" not in markdown  # no levels: no table
+    assert not results.get("failed_parts")
+
+
+# --- tables by difficulty with levels of any kind -----------------------------------------------------
+
+
+def write_finished_run(folder: Path, levels: list, rewards: list[float]) -> None:
+    folder.mkdir(parents=True)
+    rows = [{"step": 0, "time/elapsed_s": 0.0, "tokens/total": 0, "eval/accuracy": 0.0},
+            {"step": 1, "time/elapsed_s": 1.0, "tokens/total": 100, "tokens/policy": 100, "tokens/probe": 0, "tokens/verify": 0,
+             "eval/accuracy": sum(rewards) / len(rewards)}]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    by_level: dict[str, list[float]] = {}
+    for level, reward in zip(levels, rewards):
+        if level is not None:
+            by_level.setdefault(str(level), []).append(reward)
+    final = {"step": 1, "tokens/total": 100, "n": len(rewards), "accuracy": sum(rewards) / len(rewards), "rewards": rewards,
+             "difficulties": levels, "by_difficulty": {k: {"n": len(v), "accuracy": sum(v) / len(v)} for k, v in by_level.items()}}
+    (folder / "eval.json").write_text(json.dumps(final))
+
+
+# Numbers (by value, not as text: 10 after 2), then strings, and problems without a level in no column.
+LEVELS = [10, 2, "hard", None, 2.5, "easy", 1, 10]
+REWARDS = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0]
+
+
+@pytest.fixture
+def mixed_levels(tmp_path):
+    plan = ComparePlan(methods=["grpo", "dr_grpo"], seeds=1, budget_tokens=100, eval_every_tokens=100, final_evaluations=1)
+    (tmp_path / "compare.json").write_text(json.dumps(plan.__dict__))
+    (tmp_path / "base.yaml").write_text(to_yaml(load_config("arith")))
+    write_finished_run(tmp_path / "runs/grpo/seed0", LEVELS, REWARDS)
+    write_finished_run(tmp_path / "runs/dr_grpo/seed0", LEVELS, [1.0 - r for r in REWARDS])
+    write_finished_run(tmp_path / "start", LEVELS, [0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0])
+    return tmp_path
+
+
+def test_tables_by_difficulty_take_levels_of_any_kind_in_order(mixed_levels):
+    write_outputs(mixed_levels, summarize_or_report(mixed_levels))
+    results = json.loads((mixed_levels / "results.json").read_text())
+    assert not results.get("failed_parts")
+    grpo = results["methods"]["grpo"]["by_difficulty"]
+    assert list(grpo) == ["1", "2", "2.5", "10", "easy", "hard"]
+    # level 10: rewards 1.0 and 0.0 -> 0.5; "hard": 1.0; the problem without a level is in no column
+    assert grpo["10"]["mean"] == 0.5 and grpo["hard"]["mean"] == 1.0
+    assert results["difficulty_bands"] == {"hard": [2, 2.5, 10, "hard"], "other": [1, "easy"]}  # start below 15%: 2, 2.5, 10, hard
+    markdown = (mixed_levels / "results.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| method | 1 (n=1) |"))
+    assert header == "| method | 1 (n=1) | 2 (n=1) | 2.5 (n=1) | 10 (n=2) | easy (n=1) | hard (n=1) |"
+    assert (mixed_levels / "accuracy_by_difficulty.png").stat().st_size > 0
+
+
+def test_a_report_part_that_fails_is_named_and_the_others_are_written(mixed_levels, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise KeyError("a bug in the bands")
+
+    monkeypatch.setattr(sirl.compare, "difficulty_bands", broken)
+    monkeypatch.setattr(sirl.compare, "plot_comparison", lambda *args: 1 / 0)
+    results = summarize_or_report(mixed_levels)
+    write_outputs(mixed_levels, results)
+    saved = json.loads((mixed_levels / "results.json").read_text())
+    assert saved["methods"]["grpo"]["final_accuracy"]["mean"] == pytest.approx(5 / 8)
+    assert "KeyError" in saved["failed_parts"]["difficulty bands"] and "a bug in the bands" in saved["failed_parts"]["difficulty bands"]
+    assert "ZeroDivisionError" in saved["failed_parts"]["plots"]
+    markdown = (mixed_levels / "results.md").read_text()
+    assert "| grpo |" in markdown and "| method | 1 (n=1) |" in markdown  # the main table and the table by difficulty
+    assert "difficulty bands" in markdown and "KeyError: 'a bug in the bands'" in markdown and "ZeroDivisionError" in markdown
+    assert "could not be built" in capsys.readouterr().err
+
+
+def test_tables_or_a_summary_that_fail_whole_still_leave_what_every_run_reached(mixed_levels, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(sirl.compare, "results_markdown", lambda results: 1 / 0)
+        write_outputs(mixed_levels, summarize_or_report(mixed_levels))
+    markdown = (mixed_levels / "results.md").read_text()
+    assert "results.md's tables: ZeroDivisionError: division by zero" in markdown
+    assert "grpo seed 0: 62.5% after 100 generated tokens" in markdown and "dr_grpo seed 0: 37.5%" in markdown
+    assert json.loads((mixed_levels / "results.json").read_text())["methods"]["grpo"]["final_accuracy"]["mean"] == 0.625
+
+    monkeypatch.setattr(sirl.compare, "summarize", lambda out: {}["a bug in the summary"])
+    results = summarize_or_report(mixed_levels)
+    write_outputs(mixed_levels, results)
+    markdown = (mixed_levels / "results.md").read_text()
+    assert "summary: KeyError: 'a bug in the summary'" in markdown and "grpo seed 0: 62.5%" in markdown
+    saved = json.loads((mixed_levels / "results.json").read_text())
+    assert saved["failed_parts"]["summary"].startswith("KeyError") and saved["runs"]["grpo/seed0"]["accuracy"] == 0.625
+
+
+
+def test_an_evaluation_with_text_levels_survives_a_checkpoint():
+    """A run's checkpoint stores its evaluations as JSON and a resumed run reads them back; a text level used
+    to make the resume fail (int('easy'))."""
+    from sirl.evaluate import EvalResult
+
+    result = EvalResult(n=3, accuracy=2 / 3, ci95=(0.2, 0.9), by_difficulty={2: {"n": 1, "accuracy": 1.0}, "easy": {"n": 2, "accuracy": 0.5}},
+                        first_error_histogram=None, mean_response_tokens=3.0, truncated_frac=0.0, tokens_per_second=1.0,
+                        rewards=[1.0, 1.0, 0.0], difficulties=[2, "easy", "easy"])
+    assert EvalResult.from_json(json.loads(json.dumps(result.to_json()))) == result
+
