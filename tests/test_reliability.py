@@ -161,3 +161,46 @@ def test_an_evaluation_with_text_levels_survives_a_checkpoint():
                         rewards=[1.0, 1.0, 0.0], difficulties=[2, "easy", "easy"])
     assert EvalResult.from_json(json.loads(json.dumps(result.to_json()))) == result
 
+
+# --- prompt files read by their byte-order mark ------------------------------------------------------
+
+DATA_FIELDS = {"question": str, "answer": str}
+ROW = {"question": "What is 2+2? caf\u00e9", "answer": "4"}
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-8"])
+def test_every_lines_byte_order_mark_is_dropped(tmp_path, encoding):
+    """Files joined with `cat a.jsonl b.jsonl`, each written with a mark: every line starts with one. It used
+    to be refused with json's hint "Unexpected UTF-8 BOM (decode using utf-8-sig)", which fits no such file."""
+    from sirl.data import read_records
+
+    path = tmp_path / "joined.jsonl"
+    path.write_bytes(b"".join(("\ufeff" + json.dumps(dict(ROW, question=f"q{i} caf\u00e9"), ensure_ascii=False) + "\n").encode(encoding)
+                              for i in range(5)))
+    records = read_records(path, DATA_FIELDS)
+    assert [r["question"] for r in records.rows] == [f"q{i} caf\u00e9" for i in range(5)] and not records.bad
+
+
+def mixed_file(path: Path, kind: str) -> Path:
+    """Four good UTF-8 (or UTF-16-LE) rows, long enough that the file starts as one, then four rows in another encoding."""
+    rows = [json.dumps(dict(ROW, question=f"q{i} caf\u00e9", answer="4" * 100), ensure_ascii=False) + "\n" for i in range(8)]
+    if kind == "windows-1252":  # an editor saved the second half in the Windows code page
+        data = "".join(rows[:4]).encode("utf-8") + "".join(rows[4:]).encode("cp1252")
+    elif kind == "utf-16 part":  # a UTF-16 file appended to a UTF-8 one
+        data = "".join(rows[:4]).encode("utf-8") + ("\ufeff" + "".join(rows[4:])).encode("utf-16-le")
+    else:  # a big-endian UTF-16 part appended to a little-endian one
+        data = ("\ufeff" + "".join(rows[:4])).encode("utf-16-le") + ("\ufeff" + "".join(rows[4:])).encode("utf-16-be")
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("kind, named", [("windows-1252", "Windows-1252"), ("utf-16 part", "UTF-16"), ("utf-16-be part", "UTF-16-BE")])
+def test_a_misdecoded_line_names_the_encoding_it_most_likely_is(tmp_path, kind, named):
+    from sirl.data import read_records
+
+    bad = []
+    records = read_records(mixed_file(tmp_path / "mixed.jsonl", kind), DATA_FIELDS, max_bad_fraction=1.0, warn=bad.append)
+    assert [r["question"] for r in records.rows] == [f"q{i} caf\u00e9" for i in range(4)]
+    assert records.bad and all(f"looks like {named}" in row.reason for row in records.bad), [row.reason for row in records.bad]
+    assert all("utf-8-sig" not in row.reason for row in records.bad)
+

@@ -9,9 +9,10 @@ against the fields a task needs (``fields``: name -> expected type). It never st
   truncated (a cut prompt is a different problem);
 - a line that is not valid UTF-8, or an object that names a field twice, is bad too (never loaded with
   replacement characters or with one of the two values);
-- blank lines are not rows; lines end at ``\n`` (a CRLF end and a UTF-8 byte-order mark are read as if
-  absent); a UTF-16 or UTF-32 file is read when it starts with its byte-order mark, and refused with the
-  command that converts it when it does not.
+- blank lines are not rows; lines end at ``\n`` (a CRLF end and a byte-order mark at the start of any line,
+  as files joined with ``cat`` have, are read as if absent); a UTF-16 or UTF-32 file is read when it starts
+  with its byte-order mark, and refused with the command that converts it when it does not; a line in
+  another encoding than the file's is bad, and its reason names the encoding it most likely is.
 
 When more than ``max_bad_fraction`` of the rows are bad, or no row is left, it raises :class:`DataError`
 listing the first bad rows; otherwise it warns with the counts and the first few (once per process:
@@ -21,6 +22,7 @@ a file read again says the same), and returns the good rows. Parquet needs pyarr
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +145,57 @@ def _encoding_of(path: Path, data: bytes) -> tuple[str, int]:
     return "UTF-8", 0
 
 
+def _guess_bytes(raw: bytes) -> str | None:
+    """The encoding a line that is not UTF-8 JSON most likely is, from its bytes, or None: a byte-order mark it
+    starts with, NUL bytes between its characters (UTF-16 or UTF-32: a part of another encoding appended to
+    the file), or letters of the Windows code page (Latin-1's superset: each non-ASCII byte alone, beside an
+    ASCII letter, and a letter there, as in ``caf\xe9``; stray bytes are named by nothing)."""
+    for mark, encoding in BOMS:
+        if encoding != "UTF-8" and raw.startswith(mark):
+            return encoding
+    if raw and raw.count(0) * 4 >= len(raw):
+        return "UTF-32" if b"\x00\x00\x00" in raw else "UTF-16"
+    high = [m.start() for m in re.finditer(rb"[\x80-\xff]", raw)]
+    if not high:
+        return None
+    try:
+        raw.decode("utf-8")
+        return None
+    except UnicodeDecodeError:
+        pass
+    try:
+        text = raw.decode("cp1252")  # one character per byte: positions agree
+    except UnicodeDecodeError:
+        return None
+    def letter_beside(i: int) -> bool:
+        return any(0 <= j < len(raw) and chr(raw[j]).isascii() and chr(raw[j]).isalpha() for j in (i - 1, i + 1))
+    if all(text[i].isalpha() and letter_beside(i) and i + 1 not in high for i in high):
+        return "Windows-1252"
+    return None
+
+
+def _guess_text(line: str, encoding: str) -> str | None:
+    """The encoding a line of a UTF-16 file read by its mark most likely is, when it is not JSON: the other
+    byte order (a part written big-endian appended to a little-endian file, or the reverse) when the line
+    starts with a swapped mark or reads as text once each character's two bytes are swapped."""
+    if not encoding.startswith("UTF-16"):
+        return None
+    other = "UTF-16-BE" if encoding == "UTF-16-LE" else "UTF-16-LE"
+    if line.startswith("\ufffe"):
+        return other
+    swapped = line.encode("utf-16-le", "surrogatepass")
+    swapped = bytes(b for pair in zip(swapped[1::2], swapped[::2]) for b in pair).decode("utf-16-le", "replace")
+    printable = sum(c.isascii() and c.isprintable() for c in swapped)
+    return other if printable >= 0.9 * len(swapped) > sum(c.isascii() for c in line) else None
+
+
+def _hint(guess: str | None) -> str:
+    if guess is None:
+        return ""
+    return (f"; the line looks like {guess}, not the file's encoding (a part in another encoding appended to it?): prompt "
+            f"files are UTF-8, convert that part with `iconv -f {guess.upper()} -t UTF-8`")
+
+
 def _jsonl_rows(path: Path) -> list[tuple[str, Any, str | None]]:
     """(location, record or None, error or None) for each non-blank line.
 
@@ -150,7 +203,9 @@ def _jsonl_rows(path: Path) -> list[tuple[str, Any, str | None]]:
     U+2028, U+2029, U+0085 and the other separators that a JSON string may hold unescaped (as
     ``json.dumps(..., ensure_ascii=False)`` writes them), turning one good row into two bad ones. A UTF-8
     file is decoded line by line, so a line with invalid bytes is one bad row, not a silently altered one;
-    a UTF-16 or UTF-32 file with a byte-order mark is decoded whole, and refused if it does not decode."""
+    a UTF-16 or UTF-32 file with a byte-order mark is decoded whole, and refused if it does not decode.
+    Every line's leading byte-order mark is dropped (files joined with ``cat`` keep each one's), and a line
+    that does not decode or is not JSON names the encoding it most likely is (:func:`_guess_bytes`)."""
     data = path.read_bytes()
     encoding, skip = _encoding_of(path, data)
     if encoding == "UTF-8":
@@ -168,21 +223,24 @@ def _jsonl_rows(path: Path) -> list[tuple[str, Any, str | None]]:
     for number, raw in enumerate(lines, start=1):
         where = f"{path}, line {number}"
         if isinstance(raw, bytes):
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
                 if raw.strip():
-                    out.append((where, None, f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the line: {error.reason})"))
+                    out.append((where, None, f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the "
+                                             f"line: {error.reason}){_hint(_guess_bytes(raw))}"))
                 continue
         else:
             line = raw
-        line = line.removesuffix("\r")
+        line = line.removesuffix("\r").lstrip("\ufeff")
         if not line.strip():
             continue
         try:
             out.append((where, json.loads(line, object_pairs_hook=_unique_keys), None))
         except json.JSONDecodeError as error:
-            out.append((where, None, f"not valid JSON ({error.msg} at column {error.colno})"))
+            guess = _guess_bytes(raw) if isinstance(raw, bytes) else _guess_text(line, encoding)
+            out.append((where, None, f"not valid JSON ({error.msg} at column {error.colno}){_hint(guess)}"))
         except _DuplicateKey as error:
             out.append((where, None, f"field {error.args[0]!r} appears twice in one object; each field may appear once"))
     return out
