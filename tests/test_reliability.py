@@ -204,3 +204,30 @@ def test_a_misdecoded_line_names_the_encoding_it_most_likely_is(tmp_path, kind, 
     assert records.bad and all(f"looks like {named}" in row.reason for row in records.bad), [row.reason for row in records.bad]
     assert all("utf-8-sig" not in row.reason for row in records.bad)
 
+
+# --- group-relative methods need groups of two ---------------------------------------------------------
+
+TINY_TRAIN = ["--config", "arith", "--model.device=cpu", "--train.steps=1", "--rollout.prompts_per_step=2", "--eval.n_problems=4",
+              "--eval.max_new_tokens=12", "--rollout.max_new_tokens=12", "--quiet"]
+
+
+def test_the_group_relative_methods_are_the_outcome_estimators():
+    from sirl.methods import METHODS
+    from sirl.train import group_relative
+
+    assert sorted(name for name, method in METHODS.items() if group_relative(method)) == ["dr_grpo", "grpo", "rloo"]
+
+
+@pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "rloo"])
+def test_a_group_relative_method_with_groups_of_one_is_refused_before_it_runs(tmp_path, capsys, algo):
+    """It used to train on advantages that were all 0, without a word."""
+    run = tmp_path / "run"
+    assert main(["train", "--algo", algo, "--rollout.group_size=1", "--out", str(run), *TINY_TRAIN]) == 2
+    error = capsys.readouterr().err
+    assert f"rollout.group_size=1 with algo.name={algo}" in error and "the smallest valid value is 2" in error
+    assert not run.exists()
+    out = tmp_path / "cmp"
+    assert main(["compare", "--task", "arith", "--methods", f"si,{algo}", "--seeds", "1", "--budget-tokens", "100", "--rollout.group_size=1",
+                 "--out", str(out), *TINY_TRAIN[2:]]) == 2
+    assert f"rollout.group_size=1 with algo.name={algo}" in capsys.readouterr().err and not out.exists()
+

@@ -41,6 +41,7 @@ in results.md with its error, and the rest is written all the same.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -63,7 +64,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sirl.config import ConfigError, ExperimentConfig, config_differences, to_dict, to_yaml
+from sirl.config import ConfigError, ExperimentConfig, check_group_size, config_differences, to_dict, to_yaml
 from sirl.interrupt import Interrupted, StopSignals, exit_status, signal_name
 from sirl.runlock import FolderLock
 from sirl.runlog import EVALS_FILE
@@ -429,6 +430,12 @@ def run_comparison(
     One process at a time writes ``out`` (sirl.runlock). SIGINT or SIGTERM stop the comparison: each run
     in progress gets SIGTERM, stops after its step in progress with a checkpoint, no run starts, and
     Interrupted is raised; rerunning the same command continues them (sirl.interrupt)."""
+    from sirl.methods import get_method
+    from sirl.train import group_relative
+
+    for name in plan.methods:  # before any run starts: a group-relative method with groups of one learns nothing
+        algo = plan.algo_of(name)
+        check_group_size(dataclasses.replace(config, algo=dataclasses.replace(config.algo, name=algo)), group_relative(get_method(algo)))
     children = Children()
     with FolderLock(out, what="comparison folder"), StopSignals(
         "the runs stop after their step in progress, each with a checkpoint; rerun the same command to continue them",

@@ -541,6 +541,19 @@ def check_consistency(config: ExperimentConfig) -> None:
         )
 
 
+def check_group_size(config: ExperimentConfig, group_relative: bool) -> None:
+    """A method whose advantages are relative to its group (``group_relative``: sirl.train.group_relative)
+    needs two samples per prompt at least: in a group of one each sample is its group's mean, every
+    advantage is 0, and the run would train on nothing."""
+    if group_relative and config.rollout.group_size < 2:
+        raise ConfigError(
+            f"rollout.group_size={config.rollout.group_size} with algo.name={config.algo.name}: its advantages compare the samples "
+            f"of one prompt with each other, and a group of one has nothing to compare, so every advantage would be 0 and the "
+            f"run would learn nothing; set rollout.group_size to 2 or more (the smallest valid value is 2; the default is "
+            f"{RolloutConfig().group_size})"
+        )
+
+
 def from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
     """Build dataclass ``cls`` from a (partial) dict, checking every key and value."""
     if not isinstance(data, dict):

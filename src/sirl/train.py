@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import shlex
 import shutil
@@ -43,7 +44,9 @@ from sirl.batch import collate_rollouts
 from sirl.checkpoint import (
     CheckpointError, NonFiniteWeights, RandomStreams, TokenCounts, TrainerState, prune_checkpoints, resume_training, save_training_checkpoint,
 )
-from sirl.config import ConfigError, ExperimentConfig, TrainConfig, check_task_args, config_differences, from_dict, to_dict, to_yaml
+from sirl.config import (
+    ConfigError, ExperimentConfig, TrainConfig, check_group_size, check_task_args, config_differences, from_dict, to_dict, to_yaml,
+)
 from sirl.distributed import Distributed
 from sirl.evaluate import EvalResult, EvaluationFailed, evaluate, heldout_problems
 from sirl.internalize.selfverify import AuditSchedule
@@ -86,6 +89,7 @@ def run_train(
     step in progress, with a checkpoint of it, by raising Interrupted (sirl.interrupt)."""
     run_dir = Path(run_dir)
     method = get_method(config.algo.name)
+    check_group_size(config, group_relative(method))
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun, the process that writes the folder
     if main_process:  # before anything is written, so that a refusal touches nothing
         check_not_in_use(run_dir, "run folder")
@@ -339,6 +343,14 @@ def check_new_run_dir(run_dir: Path, overwrite: bool, delete: bool = False) -> N
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
+
+
+def group_relative(method: Method) -> bool:
+    """Whether ``method``'s credit is a group-relative outcome advantage alone (grpo, dr_grpo, rloo: the
+    registry's entries whose credit is sirl.methods.outcome's with one of sirl.algos.ADVANTAGES): with one
+    sample per prompt, every advantage is 0 and the run learns nothing."""
+    credit = method.credit
+    return isinstance(credit, functools.partial) and "estimator" in credit.keywords
 
 
 def _resume_hint(run_dir: Path) -> str:
