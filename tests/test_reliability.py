@@ -231,3 +231,33 @@ def test_a_group_relative_method_with_groups_of_one_is_refused_before_it_runs(tm
                  "--out", str(out), *TINY_TRAIN[2:]]) == 2
     assert f"rollout.group_size=1 with algo.name={algo}" in capsys.readouterr().err and not out.exists()
 
+
+# --- third-party warnings ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("isolation", ["in_process", "workers"])
+def test_math_verifys_timeout_warning_is_not_printed(tmp_path, capfd, caplog, monkeypatch, isolation):
+    """sirl turns math-verify's own signal-based timeouts off on purpose (they only work on a main thread;
+    the worker pool bounds every verify call from outside), and math-verify then warned "Timeout is
+    disabled ..." on stderr from every process that verifies, once for parsing and once for comparing."""
+    import random
+
+    import math_verify.grader
+    import math_verify.parser
+
+    from sirl.tasks.gsm8k import GSM8KTask
+    from sirl.verifier import TaskSpec, make_verifier
+
+    path = tmp_path / "g.jsonl"
+    path.write_text("".join(json.dumps({"question": f"What is {i}+{i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"}) + "\n"
+                            for i in range(20)))
+    for module in (math_verify.parser, math_verify.grader):  # as in a fresh process: not yet warned
+        monkeypatch.setattr(module, "TIMEOUT_WARNING_SHOWN", False)
+    task = GSM8KTask(path=str(path))
+    problem = task.sample(random.Random(0), "train")
+    answer = problem.answer
+    with make_verifier(task, TaskSpec("gsm8k", {"path": str(path)}), isolation=isolation, workers=2) as verifier:
+        scores = verifier.score([problem] * 4, [f"so #### {answer}", "#### 12345", f"{answer}", f"#### {answer}.0"])
+    assert scores[0] == 1.0 and scores[1] == 0.0
+    assert "Timeout is disabled" not in capfd.readouterr().err  # the workers' stderr
+    assert not [r for r in caplog.records if "Timeout is disabled" in r.getMessage()]  # in process: pytest's handler sees it

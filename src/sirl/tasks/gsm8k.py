@@ -157,7 +157,7 @@ def normalize_answer(text: str) -> str:
 # math-verify's timeouts use signal.alarm, which only works on the main thread (it raises ValueError
 # elsewhere). Both calls below disable them (parsing_timeout=None, timeout_seconds=None): the inputs
 # are at most MAX_ANSWER_CHARS long, and the verifier pool (sirl.verifier.pool) bounds the time and memory
-# of a whole verify call from outside. math-verify logs a one-time warning that the timeout is disabled.
+# of a whole verify call from outside; sirl.verifier drops math-verify's warning that its timeouts are disabled.
 # With raise_on_error=False it catches errors of parsing and comparison itself and returns []/False;
 # the only exceptions it still lets out are its ValueError for signals outside the main thread and its
 # TimeoutException, which _parse and score_answer catch.

@@ -25,9 +25,10 @@ once.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import sys
-import dataclasses
 from dataclasses import asdict, dataclass
 
 from sirl.config import TaskConfig, VerifierConfig
@@ -38,6 +39,29 @@ from sirl.verifier.pool import TaskSpec, VerifierPool, VerifierStartupError, Ver
 __all__ = ["Isolation", "TaskSpec", "Verifier", "VerifierPool", "VerifierStartupError", "VerifyCounts", "make_verifier", "resolve_isolation", "score_completions", "verifier_for", "verify_trajectories"]
 
 LEVELS = ("in_process", "workers")
+
+
+class _TimeoutNotice(logging.Filter):
+    """Drops math-verify's "Timeout is disabled ..." warning. sirl turns math-verify's own timeouts off on
+    purpose (they use signal.alarm, which only works on a main thread; sirl.tasks.gsm8k) and bounds every
+    verify call from outside (the worker pool's deadline), so the warning, printed by every process that
+    verifies, once for parsing and once for comparing, asks the user for something already done."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+_TIMEOUT_NOTICE = _TimeoutNotice()
+
+
+def silence_timeout_notices() -> None:
+    """Install the filter on math-verify's loggers (idempotent); done when this package is imported, which
+    every process that verifies does (the trainer, and each worker through sirl.verifier.pool)."""
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).addFilter(_TIMEOUT_NOTICE)
+
+
+silence_timeout_notices()
 
 
 @dataclass(frozen=True)
