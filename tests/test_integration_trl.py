@@ -1,0 +1,383 @@
+"""sirl.integrations.trl: TRL's GRPOTrainer with sirl's per-token credit.
+
+- on a fixed batch, the trainer's token advantages equal sirl's own credit exactly: the credit core
+  (sirl.credit.divergence_credit) and sirl's si with the divergence localizer on the same rows;
+- an end-to-end TRL run on the CPU from checkpoints/arith7-tiny: finite loss, parameters moved, TRL's own
+  advantage on rows the credit leaves alone, zero advantage on the tokens a failure shares with a success;
+- two processes (gloo, spawned on the CPU) whose groups straddle the processes give the credit of one
+  process on the gathered rows;
+- the README's example runs.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+trl = pytest.importorskip("trl")
+
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from bpe_helpers import bpe_tokenizer  # noqa: E402
+from sirl.config import ExperimentConfig  # noqa: E402
+from sirl.credit import divergence_credit, outcome_credit, tree_credit  # noqa: E402
+from sirl.credit.steps import split_steps, token_step_ends  # noqa: E402
+from sirl.integrations.trl import (  # noqa: E402
+    CreditGRPOTrainer, completion_step_ends, credit_options_of, decoded_offsets, group_token_advantages, mapped_offsets,
+)
+from sirl.rollout.steps import char_spans_to_token_spans, token_char_offsets  # noqa: E402
+from sirl.tasks.arith import ArithTask  # noqa: E402
+from sirl.types import Problem, Trajectory  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICY = ROOT / "checkpoints" / "arith7-tiny"
+TASK = ArithTask(min_ops=8, max_ops=12, modulus=7)
+PROBLEM = Problem("3+4*2-1=", "6", {"numbers": [3, 4, 2, 1], "ops": "+*-", "difficulty": 3})  # 3+4=0; 0*2=0; 0-1=6 (mod 7)
+
+# Two groups of four arith completions (prompt 3+4*2-1=, answer 6). Group 0: two successes; "...0-1=5;#5"
+# leaves them at its third step's result, "3+4=1;..." at its first. Group 1: one success, a failure that
+# leaves it at the answer step, and a half reward that is a failure for the credit (threshold 1.0).
+GROUPS = [
+    [("3+4=0;0*2=0;0-1=6;#6", 1.0), ("3+4=0;0*2=0;0-1=5;#5", 0.0), ("3+4=1;1*2=2;2-1=1;#1", 0.0), ("3+4=0;0*2=0;0-1=6;#6", 1.0)],
+    [("3+4=0;0*2=0;0-1=6;#6", 1.0), ("3+4=0;0*2=0;0-1=6;#5", 0.0), ("3+4=0;0*2=1;1-1=0;#0", 0.5), ("3+4=2;2*2=4;4-1=3;#3", 0.0)],
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(POLICY)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def fixed_batch(tokenizer):
+    texts = [text for group in GROUPS for text, _ in group]
+    rewards = [reward for group in GROUPS for _, reward in group]
+    return [encode(tokenizer, t) for t in texts], texts, rewards
+
+
+def arith_reward(completions, answer, **kwargs):
+    return [TASK.verify(Problem("", a), c) for c, a in zip(completions, answer)]
+
+
+def arith_dataset(n: int, seed: int = 0):
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    problems = [TASK.sample(rng, "train") for _ in range(n)]
+    return Dataset.from_list([{"prompt": p.prompt, "answer": p.answer} for p in problems])
+
+
+def grpo_config(out: Path, **overrides):
+    settings = dict(
+        output_dir=str(out), per_device_train_batch_size=16, num_generations=8, max_completion_length=96, learning_rate=1e-4,
+        max_steps=2, use_cpu=True, bf16=False, logging_steps=1, report_to=[], save_strategy="no", temperature=1.0, beta=0.0,
+        seed=0, dataloader_num_workers=0, lr_scheduler_type="constant", disable_tqdm=True,
+    )
+    return trl.GRPOConfig(**{**settings, **overrides})
+
+
+def make_trainer(out: Path, trainer_class=CreditGRPOTrainer, config_overrides=None, **credit):
+    model = AutoModelForCausalLM.from_pretrained(POLICY, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(POLICY)
+    return trainer_class(model=model, reward_funcs=arith_reward, args=grpo_config(out, **(config_overrides or {})),
+                         train_dataset=arith_dataset(32), processing_class=tokenizer, **credit)
+
+
+# --- step boundaries ------------------------------------------------------------------------------
+
+
+def test_completion_step_ends_hand_derived(tokenizer):
+    # one token per character: "7+5=2;" tokens 0-5, "2*3=6;" 6-11, "#6" 12-13, EOS (no text) joins the last step
+    ids = encode(tokenizer, "7+5=2;2*3=6;#6")
+    assert completion_step_ends(tokenizer, ids, "regex:;") == [6, 12, 15]
+    assert completion_step_ends(tokenizer, ids, "lines") == [15]
+
+
+@pytest.mark.parametrize("text", [
+    "Janet has 16 eggs.\n\nShe eats 3.\n 13 are left.\n\n#### 13\n",
+    "Le café coûte 3 €.\n\nDeux cafés: 6 €.\n 日本 😀\n\n",
+    "First, 7+5=2;\n\n then 2*3=6;\n  so #6",
+])
+def test_offset_mapping_and_decoding_give_sirls_step_ends(text):
+    """A BPE tokenizer with merged-whitespace and multi-byte tokens: the fast offset mapping, the decoding
+    path and sirl's own rollout mapping (sirl.rollout.steps) give the same step ends."""
+    tokenizer = bpe_tokenizer()
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    mapped, decoded = mapped_offsets(tokenizer, ids), decoded_offsets(tokenizer, ids)
+    assert mapped is not None and mapped[0] == decoded[0] == text
+    spans = split_steps(text, "lines")
+    _, starts = token_char_offsets(tokenizer, ids)
+    sirl_ends = [end for _, end in char_spans_to_token_spans(spans, starts, len(text))]
+    assert token_step_ends(spans, mapped[1]) == token_step_ends(spans, decoded[1]) == sirl_ends
+    assert len(sirl_ends) > 2
+
+
+def test_a_segmentation_the_tokenizer_would_not_make_falls_back_to_decoding():
+    tokenizer = bpe_tokenizer()
+    ids = [tokenizer.convert_tokens_to_ids(c) for c in "Janet"]  # one byte token per letter: not its own encoding
+    assert tokenizer("Janet", add_special_tokens=False)["input_ids"] != ids
+    assert mapped_offsets(tokenizer, ids) is None
+    assert decoded_offsets(tokenizer, ids)[1] == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+
+
+# --- the credit on a fixed batch ------------------------------------------------------------------
+
+
+def sirl_si_credit(tokenizer, texts, responses, rewards, group_size, outcome_advantage):
+    """sirl's own si with the divergence localizer on the same rows (Trajectories built as sirl's rollout
+    engine builds them: the task's steps mapped onto tokens by sirl.rollout.steps)."""
+    from sirl.internalize.selfverify import AuditSchedule
+    from sirl.methods.base import MethodContext, MethodMemory
+    from sirl.methods.si import si_credit
+
+    config = ExperimentConfig()
+    config.algo.outcome_advantage = outcome_advantage
+    config.method.localizer, config.method.error_span = "divergence", "first_difference"
+    rows = []
+    for i, (text, ids, reward) in enumerate(zip(texts, responses, rewards)):
+        decoded, starts = token_char_offsets(tokenizer, ids)
+        rows.append(Trajectory(
+            problem=PROBLEM, prompt_ids=[0], response_ids=ids, logprobs=[0.0] * len(ids), text=decoded,
+            reward=reward, truncated=False, group=i // group_size,
+            step_spans=char_spans_to_token_spans(TASK.split_steps(decoded), starts, len(decoded)),
+        ))
+
+    class NoProbes:
+        def probe(self, *args, **kwargs):
+            raise AssertionError("the divergence localizer draws no probe")
+
+    memory = MethodMemory(config.method.repair_capacity, config.method.verification_capacity, AuditSchedule(0.1, 1.0, 16))
+    context = MethodContext(task=TASK, config=config, sampler=NoProbes(), rng=random.Random(0), memory=memory, step=1)
+    return si_credit(rows, context).token_advantages
+
+
+@pytest.fixture(scope="module")
+def fixed_trainer(tmp_path_factory):
+    return make_trainer(tmp_path_factory.mktemp("fixed"), credit="divergence", step_splitter="regex:;",
+                        credit_options={"error_span": "first_difference"})
+
+
+def test_fixed_batch_equals_sirls_credit_exactly(fixed_trainer, tokenizer):
+    """scale_rewards="none": the trainer's advantages are the credit core's with dr_grpo and sirl's si
+    (algo.outcome_advantage=dr_grpo) on the same rows, bit for bit."""
+    responses, texts, rewards = fixed_batch(tokenizer)
+    fixed_trainer.scale_rewards = "none"
+    width = max(map(len, responses)) + 3
+    got_BT, metrics = fixed_trainer.token_advantages(responses, torch.tensor(rewards)[:, None], 4, width)
+    step_ends = [[end for _, end in char_spans_to_token_spans(TASK.split_steps(t), token_char_offsets(tokenizer, ids)[1], len(t))]
+                 for t, ids in zip(texts, responses)]
+    core = divergence_credit(responses, rewards, [i // 4 for i in range(8)], step_ends, estimator="dr_grpo", error_span="first_difference")
+    si = sirl_si_credit(tokenizer, texts, responses, rewards, 4, "dr_grpo")
+    for row, ids in enumerate(responses):
+        assert torch.equal(got_BT[row, :len(ids)], core.token_advantages[row])
+        assert torch.equal(got_BT[row, :len(ids)], si[row])
+        assert not got_BT[row, len(ids):].any()  # padding
+    # three failures localized of four ("...#5" in group 0, "...6;#5" and the half reward in group 1);
+    # "3+4=2;..." leaves every success at its first step's result: localized at step 0 too
+    assert {d.row for d in core.divergences} == {1, 2, 5, 6, 7}
+    assert metrics["credit/localized_frac"] == 1.0
+    # hand-derived: row 1 ("3+4=0;0*2=0;0-1=5;#5") shares 16 tokens with the successes ("3+4=0;0*2=0;0-1=");
+    # from its 17th token (the "5" of step 2) the penalty -(V(before) - V(after)) = -(2/3 - 0): the free
+    # rows through "3+4=0;0*2=0;" are rows 0, 1, 3 (2 successes of 3), and none of them but row 1 wrote "0-1=5;"
+    assert not got_BT[1, :16].any()
+    assert torch.allclose(got_BT[1, 16:18], torch.tensor(-2 / 3))
+    assert not got_BT[1, 18:len(responses[1])].any()  # post_error="zero"
+
+
+def test_group_scale_is_trls_denominator_on_the_dr_grpo_credit(fixed_trainer, tokenizer):
+    """scale_rewards="group": the unscaled credit divided by TRL's std + 1e-4, bit for bit; within 1e-3
+    of sirl's grpo credit (its std + 1e-6) from the core and from si."""
+    responses, texts, rewards = fixed_batch(tokenizer)
+    fixed_trainer.scale_rewards = "group"
+    got_BT, _ = fixed_trainer.token_advantages(responses, torch.tensor(rewards)[:, None], 4, 40)
+    step_ends = [completion_step_ends(tokenizer, ids, "regex:;") for ids in responses]
+    groups = [i // 4 for i in range(8)]
+    unscaled = divergence_credit(responses, rewards, groups, step_ends, estimator="dr_grpo")
+    grpo = divergence_credit(responses, rewards, groups, step_ends, estimator="grpo")
+    si = sirl_si_credit(tokenizer, texts, responses, rewards, 4, "grpo")
+    std_G = trl.trainer.utils.nanstd(torch.tensor(rewards).view(2, 4), dim=1)  # TRL's own group std (unbiased)
+    for row, ids in enumerate(responses):
+        assert torch.equal(got_BT[row, :len(ids)], unscaled.token_advantages[row] / (std_G[row // 4] + 1e-4))
+        assert torch.allclose(got_BT[row, :len(ids)], grpo.token_advantages[row], rtol=1e-3, atol=0)
+        assert torch.allclose(got_BT[row, :len(ids)], si[row], rtol=1e-3, atol=0)
+    # a success keeps TRL's outcome advantage: (1 - 0.5) / (std + 1e-4) in group 0
+    assert torch.allclose(got_BT[0, :len(responses[0])], (1 - 0.5) / (std_G[0] + 1e-4))
+
+
+def test_tree_and_outcome_credit_and_unscorable_rows(fixed_trainer, tokenizer):
+    responses, _, rewards = fixed_batch(tokenizer)
+    groups = [i // 4 for i in range(8)]
+    scored = torch.tensor(rewards)
+    scored[2] = torch.nan  # every reward function returned None: out of its group, 0 on its tokens
+    kept = [i for i in range(8) if i != 2]
+    for credit, core in (("tree", tree_credit), ("outcome", outcome_credit)):
+        got, _ = group_token_advantages(responses, scored, 4, None, credit=credit, scale_rewards="none")
+        expected = core([responses[i] for i in kept], [rewards[i] for i in kept], [groups[i] for i in kept], estimator="dr_grpo")
+        assert not got[2].any()
+        for i, adv in zip(kept, expected.token_advantages):
+            assert torch.equal(got[i], adv)
+    # outcome credit is TRL's advantage: r - nanmean(group) without the unscorable row
+    got, _ = group_token_advantages(responses, scored, 4, None, credit="outcome", scale_rewards="none")
+    assert torch.allclose(got[0], torch.tensor(1 - 2 / 3))
+
+
+def test_bad_settings_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="choose one of"):
+        make_trainer(tmp_path, credit="vine")
+    with pytest.raises(ValueError, match=r"credit_options \['values'\]"):
+        make_trainer(tmp_path, credit="divergence", credit_options={"values": "mean"})
+    with pytest.raises(ValueError, match="unknown step splitter"):
+        make_trainer(tmp_path, step_splitter="paragraphs")
+    with pytest.raises(ValueError, match="sum_then_normalize"):
+        make_trainer(tmp_path, config_overrides={"multi_objective_aggregation": "normalize_then_sum"})
+    assert "post_error" in credit_options_of("divergence") and "outcome_mix" in credit_options_of("tree")
+
+
+# --- an end-to-end TRL run -------------------------------------------------------------------------
+
+
+class TRLAdvantages(trl.GRPOTrainer):
+    """Records TRL's own per-completion advantages before the credit replaces them."""
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        self.trl_advantages.append(output["advantages"].clone())
+        return output
+
+
+class Recorder(CreditGRPOTrainer, TRLAdvantages):
+    """CreditGRPOTrainer -> TRLAdvantages -> GRPOTrainer: also records the rows the credit was given."""
+
+    def __init__(self, *args, **kwargs):
+        self.trl_advantages, self.rows = [], []
+        super().__init__(*args, **kwargs)
+
+    def token_advantages(self, completion_ids, rewards_per_func, group_size, width):
+        advantages_BT, metrics = super().token_advantages(completion_ids, rewards_per_func, group_size, width)
+        self.rows.append((completion_ids, rewards_per_func.sum(1).tolist(), advantages_BT, group_size))
+        return advantages_BT, metrics
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def test_end_to_end_trl_run_from_the_arith_policy(tmp_path):
+    trainer = make_trainer(tmp_path, Recorder, credit="divergence", step_splitter="regex:;")
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    assert any(not torch.equal(before[name], p) for name, p in trainer.model.named_parameters())
+    assert any("credit/localized_frac" in entry for entry in trainer.state.log_history)
+
+    shared_tokens = localized = 0
+    for (ids, rewards, adv_BT, group_size), trl_adv_B in zip(trainer.rows, trainer.trl_advantages):
+        step_ends = [completion_step_ends(trainer._tokenizer, row, "regex:;") for row in ids]
+        found = divergence_credit(ids, rewards, [i // group_size for i in range(len(ids))], step_ends, estimator="dr_grpo")
+        localized_rows = {d.row for d in found.divergences}
+        localized += len(localized_rows)
+        for row, tokens in enumerate(ids):
+            adv = adv_BT[row, :len(tokens)]
+            if row not in localized_rows:  # successes and failures the credit leaves alone: TRL's advantage
+                assert torch.allclose(adv, trl_adv_B[row].expand_as(adv), atol=1e-5, rtol=1e-6)
+                continue
+            group = range(row - row % group_size, row - row % group_size + group_size)
+            shared = max(common_prefix(tokens, ids[j]) for j in group if rewards[j] >= 1.0)
+            assert not adv[:shared].any()  # what a success also wrote is not punished
+            assert adv[shared] < 0  # the token where it left every success is
+            shared_tokens += shared
+    assert localized > 0 and shared_tokens > 0  # the checks above were not vacuous
+
+
+# --- two processes ---------------------------------------------------------------------------------
+
+
+class RankRecorder(CreditGRPOTrainer):
+    def token_advantages(self, completion_ids, rewards_per_func, group_size, width):
+        advantages_BT, metrics = super().token_advantages(completion_ids, rewards_per_func, group_size, width)
+        torch.save({"ids": completion_ids, "rewards": rewards_per_func.sum(1), "advantages": advantages_BT, "metrics": metrics},
+                   Path(self.args.output_dir) / f"rank{self.accelerator.process_index}.pt")
+        return advantages_BT, metrics
+
+
+HANG_S = 300
+"""A worker still running after this long dumps its stack into the test's folder and exits."""
+
+
+def two_process_worker(rank: int, out: str, port: int) -> None:
+    import faulthandler
+    import os
+
+    faulthandler.dump_traceback_later(HANG_S, exit=True, file=open(Path(out) / f"stack{rank}.txt", "w"))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    # 6 completions per process, groups of 4: group 1 has two rows on each process
+    trainer = make_trainer(Path(out), RankRecorder, config_overrides={"per_device_train_batch_size": 6, "num_generations": 4, "max_steps": 1},
+                           credit="divergence", step_splitter="regex:;")
+    assert trainer.accelerator.num_processes == 2
+    trainer.train()
+    torch.distributed.destroy_process_group()
+    faulthandler.cancel_dump_traceback_later()
+
+
+def test_two_processes_give_the_one_process_credit(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        mp.spawn(two_process_worker, args=(str(tmp_path), port), nprocs=2, join=True)
+    except mp.ProcessExitedException as error:  # a worker that hung says where
+        stacks = "\n".join(p.read_text() for p in sorted(tmp_path.glob("stack*.txt")))
+        raise AssertionError(f"a worker exited: {error}\n{stacks}") from None
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert torch.equal(ranks[0]["rewards"], ranks[1]["rewards"])  # TRL gathers the rewards
+    ids = ranks[0]["ids"] + ranks[1]["ids"]
+    tokenizer = AutoTokenizer.from_pretrained(POLICY)
+    step_ends = [completion_step_ends(tokenizer, row, "regex:;") for row in ids]
+    one_process, metrics = group_token_advantages(ids, ranks[0]["rewards"], 4, step_ends, credit="divergence", scale_rewards="group")
+    for rank, recorded in enumerate(ranks):
+        assert recorded["metrics"] == metrics
+        for local, tokens in enumerate(recorded["ids"]):
+            assert torch.equal(recorded["advantages"][local, :len(tokens)], one_process[6 * rank + local])
+    # group 1 (rows 4-7) straddles the processes and the credit saw it whole: it holds a success and a
+    # localized failure, whose advantages are not one number
+    rewards = ranks[0]["rewards"].tolist()
+    assert 1.0 in rewards[4:8] and 0.0 in rewards[4:8]
+    assert any(len(set(adv.tolist())) > 1 for adv in one_process[4:8])
+
+
+# --- the README's example --------------------------------------------------------------------------
+
+
+def test_readme_example_runs(tmp_path, monkeypatch):
+    """The python block of README.md's "The credit inside TRL" section, run as a user would (in the
+    repository's root, where checkpoints/arith7-tiny is) with its output folder in a temporary one."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The credit inside TRL", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(block.strip().splitlines()) <= 20
+    monkeypatch.chdir(ROOT)
+    block = block.replace('output_dir="runs/trl-divergence"', f'output_dir="{tmp_path}"')
+    assert str(tmp_path) in block
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    history = namespace["trainer"].state.log_history
+    assert any("credit/zero_frac" in entry for entry in history)
