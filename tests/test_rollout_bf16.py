@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
+import sirl.model
 from sirl.model import token_logprobs
 from sirl.rollout import SamplingParams, generate, resolve_rollout_dtype, rollout_dtype
 from sirl.rollout import engine
@@ -160,7 +161,7 @@ def test_rollout_dtype_auto_is_bf16_only_for_large_models_on_native_bf16(monkeyp
     model.sirl_compute_dtype = torch.bfloat16
     assert resolve_rollout_dtype("auto", model) == torch.bfloat16  # ... which may be bf16
     del model.sirl_compute_dtype
-    monkeypatch.setattr(engine, "LARGE_MODEL_PARAMETERS", 1000)
+    monkeypatch.setattr(sirl.model, "LARGE_MODEL_PARAMETERS", 1000)
     assert resolve_rollout_dtype("auto", model) == torch.bfloat16
     assert isinstance(pick_backend(model), LargeModelBackend)
     monkeypatch.setattr(engine, "native_bf16", lambda device: False)

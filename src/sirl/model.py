@@ -241,6 +241,19 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+LARGE_MODEL_PARAMETERS = 50_000_000
+"""From this size on (float32 weights of 200 MB, more than a CPU's caches hold) a model is bound by moving
+its weights and activations through memory, and sirl takes its large-model paths: the rollout engine
+decodes with sirl.rollout.engine.LargeModelBackend (bf16 where the hardware has it, rollout.dtype=auto),
+and the update uses fused AdamW, micro-batches sized to the weights and one forward pass per shared
+prompt (sirl.update). sirl's own policies (at most ~27M parameters) keep the paths their recorded runs
+used, so their numbers do not change."""
+
+
+def is_large_model(model: torch.nn.Module) -> bool:
+    return count_parameters(model) >= LARGE_MODEL_PARAMETERS
+
+
 FULL_LOGITS_MAX = 1 << 24
 """Largest [B, T-1, V] logits tensor (elements; 64 MB in float32) that :func:`token_logprobs` builds whole,
 as it always did: sirl's own character-level policies (V ~ 30) stay on that path, so their numbers are

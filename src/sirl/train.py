@@ -54,7 +54,7 @@ from sirl.interrupt import Interrupted, StopSignals, signal_name
 from sirl.methods import Method, MethodContext, MethodMemory, get_method
 from sirl.methods.base import PolicySampler
 from sirl.metrics import StepCounts, append_samples, repair_metrics, sample_records, step_metrics
-from sirl.model import base_causal_lm, count_parameters, enable_checkpointing, policy_from_config, save_model, trainable_parameters
+from sirl.model import base_causal_lm, count_parameters, enable_checkpointing, policy_from_config, save_model
 from sirl.prompts import describe_format, prompt_record
 from sirl.prompts import prompt_format as make_prompt_format
 from sirl.report import write_report_or_warn
@@ -62,7 +62,7 @@ from sirl.rollout import NonFiniteLogits, SamplingParams, resolve_rollout_dtype,
 from sirl.runlog import RunLog
 from sirl.runlock import LOCK_FILE, FolderLock, check_not_in_use
 from sirl.tasks import Task, load_task, resolve_task_class, write_task_record
-from sirl.update import auto_micro_batch_tokens, policy_update
+from sirl.update import adamw, auto_micro_batch_tokens, policy_update
 from sirl.verifier import Verifier, verifier_for, verify_trajectories
 
 MAX_SKIPPED_IN_ROW = 3
@@ -126,7 +126,7 @@ def _train(
     if train.gradient_checkpointing:
         enable_checkpointing(base_causal_lm(model))
     micro_batch_tokens = train.micro_batch_tokens or auto_micro_batch_tokens(base_causal_lm(model), train.gradient_checkpointing)
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=train.lr, weight_decay=train.weight_decay, betas=(0.9, 0.99))
+    optimizer = adamw(model, lr=train.lr, weight_decay=train.weight_decay)  # betas (0.9, 0.99); fused for large models
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_constant(s, train.warmup_steps))
     params = SamplingParams(rollout.max_new_tokens, temperature=rollout.temperature, top_p=rollout.top_p, stop=tuple(rollout.stop))
     prompt_format = make_prompt_format(config.prompt, tokenizer, task)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 
-from sirl.model import compute_dtype
+from sirl.model import compute_dtype, is_large_model
 
 FAST_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 
@@ -293,7 +293,7 @@ class FastBackend:
 
 
 class LargeModelBackend(FastBackend):
-    """:class:`FastBackend` for models of at least :data:`LARGE_MODEL_PARAMETERS`, whose decoding is bound
+    """:class:`FastBackend` for models of at least ``sirl.model.LARGE_MODEL_PARAMETERS``, whose decoding is bound
     by reading the weights and the cache from memory rather than by per-op overhead.
 
     - Weights are cast once to the rollout dtype (bf16 halves the bytes each step reads) and, on a CPU,
@@ -561,7 +561,7 @@ def _linear(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
 
 def pick_backend(model: PreTrainedModel, dtype: torch.dtype | None = None) -> FastBackend | HFBackend:
     """The backend for ``model`` decoding in ``dtype`` (default :func:`rollout_dtype`): Llama-shaped models
-    get :class:`LargeModelBackend` from :data:`LARGE_MODEL_PARAMETERS` on, :class:`FastBackend` below it
+    get :class:`LargeModelBackend` from ``sirl.model.LARGE_MODEL_PARAMETERS`` on, :class:`FastBackend` below it
     (sirl's own character-level policies: their sampled numbers are those of earlier versions)."""
     inner = _unwrap(model)
     decoder = getattr(inner, "model", None)
@@ -573,8 +573,7 @@ def pick_backend(model: PreTrainedModel, dtype: torch.dtype | None = None) -> Fa
     )
     if not fast:
         return HFBackend(inner, dtype or rollout_dtype(model))
-    large = sum(p.numel() for p in model.parameters()) >= LARGE_MODEL_PARAMETERS
-    return (LargeModelBackend if large else FastBackend)(model, dtype)
+    return (LargeModelBackend if is_large_model(model) else FastBackend)(model, dtype)
 
 
 CACHE_BLOCK = 64
@@ -596,12 +595,6 @@ def _grow(state: dict, slots: int) -> None:
     state["bias_BS"] = F.pad(state["bias_BS"], (0, slots - old), value=float("-inf"))
 
 
-LARGE_MODEL_PARAMETERS = 50_000_000
-"""From this size on (float32 weights of 200 MB, more than a CPU's caches hold) decoding reads the
-weights from memory at every step, so ``rollout.dtype=auto`` decodes in bf16 where the device computes it
-natively and :class:`LargeModelBackend` decodes. sirl's own policies (at most ~27M parameters) stay in
-their training dtype on :class:`FastBackend`."""
-
 PACKED_ROWS_HINT = 64
 """The rows oneDNN is told to pack the weights for; any number of rows runs on the same packed weights."""
 
@@ -614,12 +607,11 @@ def rollout_dtype(model: torch.nn.Module) -> torch.dtype:
 
 def resolve_rollout_dtype(name: str, model: torch.nn.Module) -> torch.dtype:
     """``rollout.dtype`` for ``model``: "float32" or "bfloat16" as named; "auto" is bfloat16 for a model of
-    at least :data:`LARGE_MODEL_PARAMETERS` on a device with native bf16 arithmetic (:func:`native_bf16`),
+    at least ``sirl.model.LARGE_MODEL_PARAMETERS`` on a device with native bf16 arithmetic (:func:`native_bf16`),
     else the training compute dtype."""
     if name == "auto":
         weights = next(model.parameters())
-        large = sum(p.numel() for p in model.parameters()) >= LARGE_MODEL_PARAMETERS
-        return torch.bfloat16 if large and native_bf16(weights.device) else compute_dtype(model)
+        return torch.bfloat16 if is_large_model(model) and native_bf16(weights.device) else compute_dtype(model)
     if name not in ROLLOUT_DTYPES:
         raise ValueError(f"rollout.dtype={name!r} is not one of auto, {', '.join(ROLLOUT_DTYPES)}")
     return ROLLOUT_DTYPES[name]
