@@ -27,9 +27,8 @@ from bpe_helpers import bpe_tokenizer  # noqa: E402
 from sirl.config import ExperimentConfig  # noqa: E402
 from sirl.credit import divergence_credit, outcome_credit, tree_credit  # noqa: E402
 from sirl.credit.steps import split_steps, token_step_ends  # noqa: E402
-from sirl.integrations.trl import (  # noqa: E402
-    CreditGRPOTrainer, completion_step_ends, credit_options_of, decoded_offsets, group_token_advantages, mapped_offsets,
-)
+from sirl.integrations.tokens import completion_step_ends, decoded_offsets, mapped_offsets  # noqa: E402
+from sirl.integrations.trl import CreditGRPOTrainer, credit_options_of, group_token_advantages  # noqa: E402
 from sirl.rollout.steps import char_spans_to_token_spans, token_char_offsets  # noqa: E402
 from sirl.tasks.arith import ArithTask  # noqa: E402
 from sirl.types import Problem, Trajectory  # noqa: E402

@@ -25,7 +25,7 @@ How the advantages are made (every process computes the same numbers):
    one step per line) and mapped onto tokens by ``sirl.credit.steps.token_step_ends`` (a token belongs to
    the step where its first character is). Token offsets come from the tokenizer's offset mapping when
    re-encoding the text gives the sampled ids back (a fast tokenizer), otherwise from decoding token by
-   token (sirl.rollout.steps.token_char_offsets).
+   token (sirl.rollout.steps.token_char_offsets); sirl.integrations.tokens.
 4. Credit (``credit``): ``"divergence"`` is ``sirl.credit.divergence_credit`` (a failure, reward below
    ``success_threshold``, gets 0 on the prefix a success of its group also wrote and the destroyed value on
    the step where it left them), ``"tree"`` ``sirl.credit.tree_credit``, ``"outcome"``
@@ -57,8 +57,8 @@ from trl import GRPOTrainer
 from trl.trainer.utils import nanstd
 
 import sirl.credit as credit_core
-from sirl.credit.steps import Splitter, resolve_splitter, split_steps, token_step_ends
-from sirl.rollout.steps import token_char_offsets
+from sirl.credit.steps import Splitter, resolve_splitter
+from sirl.integrations.tokens import completion_step_ends
 
 CREDITS = ("divergence", "tree", "outcome")
 TRL_STD_EPS = 1e-4
@@ -72,45 +72,6 @@ def credit_options_of(credit: str) -> list[str]:
     """The keyword settings ``credit_options`` may give the credit function of ``credit``."""
     parameters = inspect.signature(_CREDIT_FUNCTIONS[credit]).parameters
     return [name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY and name not in _SET_BY_ADAPTER]
-
-
-def completion_offsets(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
-    """The completion's text (special tokens skipped, as TRL decodes it) and each token's characters
-    ``(start, end)`` in it; a token that writes no text has ``start == end``. A fast tokenizer's offset
-    mapping where re-encoding the text gives back the sampled ids (:func:`mapped_offsets`), otherwise the
-    offsets found by decoding (:func:`decoded_offsets`)."""
-    return mapped_offsets(tokenizer, token_ids) or decoded_offsets(tokenizer, token_ids)
-
-
-def mapped_offsets(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]] | None:
-    """Offsets from a fast tokenizer's ``return_offsets_mapping`` on the decoded text, special tokens
-    ``(0, 0)``; None for a slow tokenizer, or when the text re-encodes to other ids than were sampled
-    (a sampled segmentation the tokenizer would not produce itself)."""
-    if not getattr(tokenizer, "is_fast", False):
-        return None
-    ids = [int(t) for t in token_ids]
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    special = set(tokenizer.all_special_ids)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    if encoded["input_ids"] != [t for t in ids if t not in special]:
-        return None
-    mapping = iter(encoded["offset_mapping"])
-    return text, [(0, 0) if t in special else tuple(next(mapping)) for t in ids]
-
-
-def decoded_offsets(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
-    """Offsets from decoding, for any tokenizer: token i starts at the length of the text the tokens
-    before it decode to (sirl.rollout.steps.token_char_offsets, which sirl's own rollouts use) and ends
-    where the next one starts; a byte token that only begins a character writes no text."""
-    text, starts = token_char_offsets(tokenizer, [int(t) for t in token_ids])
-    ends = [*starts[1:], len(text)]
-    return text, [(start, max(start, end)) for start, end in zip(starts, ends)]
-
-
-def completion_step_ends(tokenizer, token_ids: Sequence[int], splitter: Splitter) -> list[int]:
-    """``step_ends`` of one completion: its text split by ``splitter``, mapped onto its tokens."""
-    text, offsets = completion_offsets(tokenizer, token_ids)
-    return token_step_ends(split_steps(text, splitter), offsets)
 
 
 def trl_denominators(rewards_B: torch.Tensor, group_size: int, scale_rewards: str) -> torch.Tensor:
