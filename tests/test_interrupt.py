@@ -161,3 +161,54 @@ def test_a_stopped_comparison_stops_its_run_with_a_checkpoint_and_a_rerun_contin
     assert "train --resume" in (out / "logs" / "grpo-seed0.log").read_text()
     assert [r["step"] for r in records(run)] == list(range(len(records(run)))) and records(run)[-1]["tokens/total"] >= 1200
     assert "| grpo |" in (out / "results.md").read_text()
+
+
+# --- sirl sft and sirl eval --------------------------------------------------------------------------
+
+
+def test_ctrl_c_during_sft_saves_the_weights_trained_so_far(tmp_path):
+    """SFT has no checkpoints to resume from: a Ctrl-C inside step 3 finishes that step and saves the weights
+    as the model directory --out promises (it used to end in a traceback with nothing saved)."""
+    out = tmp_path / "sft"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        import sirl.sft
+        from sirl.cli import main
+
+        real, calls = sirl.sft.supervised_loss, [0]
+        def loss(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real(*args, **kwargs)
+        sirl.sft.supervised_loss = loss
+        sys.exit(main(["sft", "--config", "arith_sft", "--model.size=nano", "--model.device=cpu", "--sft.steps=50", "--sft.eval_every=40",
+                       "--sft.batch_size=4", "--sft.target_accuracy=null", "--eval.n_problems=4", "--out", {str(out)!r}, "--quiet"]))
+    """)
+    child = subprocess.run([sys.executable, "-c", script], env=child_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert child.returncode == 130, child.stderr[-3000:]
+    assert "Traceback" not in child.stderr and f"the weights after SFT step 3 are saved in {out}" in child.stderr
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "sirl_task.json"):
+        assert (out / name).is_file(), name
+    assert not (out / ".sirl.lock").exists()
+
+
+def test_ctrl_c_during_sirl_eval_ends_cleanly_and_writes_no_partial_result(tmp_path):
+    out = tmp_path / "eval"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        import sirl.evaluate
+        from sirl.cli import main
+
+        real = sirl.evaluate.complete
+        def complete(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+            return real(*args, **kwargs)
+        sirl.evaluate.complete = complete
+        sys.exit(main(["eval", "--config", "arith", "--model.device=cpu", "--eval.n_problems=4", "--out", {str(out)!r}, "--quiet"]))
+    """)
+    child = subprocess.run([sys.executable, "-c", script], env=child_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert child.returncode == 130, child.stderr[-3000:]
+    assert "Traceback" not in child.stderr and "sirl eval: stopped by SIGINT" in child.stderr
+    assert not (out / "eval.json").exists() and not (out / ".sirl.lock").exists()

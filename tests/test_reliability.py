@@ -261,3 +261,29 @@ def test_math_verifys_timeout_warning_is_not_printed(tmp_path, capfd, caplog, mo
     assert scores[0] == 1.0 and scores[1] == 0.0
     assert "Timeout is disabled" not in capfd.readouterr().err  # the workers' stderr
     assert not [r for r in caplog.records if "Timeout is disabled" in r.getMessage()]  # in process: pytest's handler sees it
+
+
+# --- files that readers take as a finished result are never half written ------------------------------
+
+
+def test_a_run_folders_json_files_are_never_left_half_written(tmp_path, monkeypatch):
+    """A comparison takes a run folder with eval.json as finished (and reads it); a write cut short (the
+    process killed, the disk full) used to leave a truncated eval.json behind."""
+    import pathlib
+
+    from sirl.runlog import RunLog
+
+    log = RunLog(tmp_path, load_config("arith"))
+    log.write_json("eval.json", {"accuracy": 0.5})
+    real = pathlib.Path.write_text
+
+    def cut_short(self, data, *args, **kwargs):
+        real(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", cut_short)
+    with pytest.raises(OSError):
+        log.write_json("eval.json", {"accuracy": 0.75, "n": 100})
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "eval.json").read_text()) == {"accuracy": 0.5}  # the last complete one
+    log.close()

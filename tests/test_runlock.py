@@ -146,3 +146,24 @@ def test_train_out_an_existing_run_is_refused_with_the_choices_and_touches_nothi
     assert [r["step"] for r in records(run)] == [0, 1, 2, 3]  # a new run, each step once
     assert not (run / "notes.txt").exists() and not (run / LOCK_FILE).exists()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["final", "latest"]
+
+
+def test_sft_out_an_existing_run_is_refused_and_eval_out_has_one_writer(tmp_path, capsys):
+    sft = tmp_path / "sft"
+    args = ["sft", "--config", "arith_sft", "--model.size=nano", "--model.device=cpu", "--sft.steps=2", "--sft.eval_every=2",
+            "--sft.batch_size=4", "--sft.target_accuracy=null", "--eval.n_problems=4", "--out", str(sft), "--quiet"]
+    assert main(args) == 0
+    before = snapshot(sft)
+    capsys.readouterr()
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert f"{sft} holds a run already" in error and "--overwrite" in error and "sirl train --resume" not in error
+    assert snapshot(sft) == before
+    assert main([*args, "--overwrite"]) == 0
+    assert [json.loads(line)["step"] for line in (sft / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+    out = tmp_path / "eval"
+    with FolderLock(out, command="sirl eval --out eval (the first)"):
+        assert main(["eval", "--model", str(sft), "--config", "arith", "--model.device=cpu", "--eval.n_problems=4", "--out", str(out), "--quiet"]) == 2
+        assert not (out / "eval.json").exists()
+    assert "sirl eval --out eval (the first)" in capsys.readouterr().err

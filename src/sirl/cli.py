@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -118,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(sft)
     _add_task_mismatch(sft)
+    sft.add_argument(
+        "--overwrite", action="store_true",
+        help="train into an --out folder that holds a run already, deleting everything in it first (without it, such a "
+        "folder is refused: give another --out)",
+    )
 
     train = commands.add_parser(
         "train",
@@ -346,11 +352,20 @@ def check_model_path(config: ExperimentConfig) -> None:
         model_directory(config.model.path)
 
 
-def cmd_sft(config: ExperimentConfig, quiet: bool, allow_task_mismatch: bool) -> int:
+def cmd_sft(config: ExperimentConfig, quiet: bool, allow_task_mismatch: bool, overwrite: bool = False) -> int:
+    """``sirl sft``; stopped by SIGINT or SIGTERM, it saves the weights so far and ends with 130 or 143."""
+    from sirl.interrupt import Interrupted
     from sirl.sft import run_sft
 
     check_model_path(config)
-    run_sft(config, _run_dir("sft", config), quiet=quiet, allow_task_mismatch=allow_task_mismatch)
+    try:
+        run_sft(config, _run_dir("sft", config), quiet=quiet, allow_task_mismatch=allow_task_mismatch, overwrite=overwrite)
+    except Interrupted as error:
+        print(f"sirl sft: {error}", file=sys.stderr)
+        return error.exit_status
+    except KeyboardInterrupt:  # before SFT had started
+        print("sirl sft: stopped by Ctrl-C before SFT started", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -395,7 +410,23 @@ def cmd_train(config: ExperimentConfig, quiet: bool, resume: bool, force: bool, 
 def cmd_eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool, pass_k: bool, allow_task_mismatch: bool) -> int:
     """``sirl eval``: what it prints on stdout is the result (the text report, or one JSON object with
     --json); the verifier line goes to stdout before it, or to stderr with --json, and not at all with
-    --quiet; the progress bars go to stderr, and not at all with --quiet."""
+    --quiet; the progress bars go to stderr, and not at all with --quiet. With --out, one process writes
+    that folder at a time and its eval.json is written whole; SIGINT or SIGTERM end the evaluation at once
+    with 130 or 143, writing nothing."""
+    from sirl.interrupt import StopNow, stopping_at_once
+    from sirl.runlock import FolderLock, check_not_in_use
+
+    if config.out:
+        check_not_in_use(Path(config.out), "evaluation folder")
+    try:
+        with stopping_at_once(), FolderLock(Path(config.out), what="evaluation folder") if config.out else contextlib.nullcontext():
+            return _load_and_eval(config, quiet, as_json, verify, pass_k, allow_task_mismatch)
+    except StopNow as stop:
+        print(f"sirl eval: {stop}; nothing was written", file=sys.stderr)
+        return stop.exit_status
+
+
+def _load_and_eval(config: ExperimentConfig, quiet: bool, as_json: bool, verify: bool, pass_k: bool, allow_task_mismatch: bool) -> int:
     import torch
 
     from sirl.evaluate import check_pass_k
@@ -426,6 +457,7 @@ def _eval(
     from sirl.evaluate import evaluate, evaluate_self_verification, format_result, format_self_verification, heldout_problems
 
     from sirl.prompts import describe_format, prompt_format, prompt_record
+    from sirl.runlog import write_atomic
 
     progress = None if quiet else "eval"
     problems = heldout_problems(task, config.eval.n_problems, config.eval.seed)
@@ -465,7 +497,7 @@ def _eval(
     if config.out:
         out = Path(config.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_atomic(out / "eval.json", json.dumps(report, indent=2) + "\n")  # a comparison takes it as done
     if as_json:
         print(json.dumps(report))
     else:
@@ -578,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             print(to_yaml(config), end="")
             return 0
         if args.command == "sft":
-            return cmd_sft(config, args.quiet, args.allow_task_mismatch)
+            return cmd_sft(config, args.quiet, args.allow_task_mismatch, args.overwrite)
         if args.command == "train":
             return cmd_train(config, args.quiet, bool(resume), args.force, args.allow_task_mismatch, args.overwrite)
         if args.command == "eval":

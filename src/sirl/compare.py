@@ -67,7 +67,7 @@ from tqdm import tqdm
 from sirl.config import ConfigError, ExperimentConfig, check_group_size, config_differences, to_dict, to_yaml
 from sirl.interrupt import Interrupted, StopSignals, exit_status, signal_name
 from sirl.runlock import FolderLock
-from sirl.runlog import EVALS_FILE
+from sirl.runlog import EVALS_FILE, write_atomic
 from sirl.tasks.base import difficulty_order, level_from_key
 
 HARD_LEVEL = 0.15
@@ -1337,8 +1337,8 @@ def write_outputs(out: Path, results: dict) -> None:
         markdown += "\n## Report parts that could not be built\n\n" + "".join(f"- {name}: {error}\n" for name, error in failed.items())
         markdown += ("\nEverything else in this report is complete; the traceback of each failure is in the command's error output. "
                      "Rerunning the same command on this folder rewrites the report and keeps the runs.\n")
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (out / "results.md").write_text(markdown)
+    write_atomic(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    write_atomic(out / "results.md", markdown)
 
 
 def plot_comparison(out: Path, results: dict) -> None:

@@ -103,3 +103,36 @@ class StopSignals:
             yield
         finally:
             self._holding = before
+
+
+class StopNow(BaseException):
+    """Raised by :func:`stopping_at_once`'s handler wherever the work is (a BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` on the way takes it for an error to recover from)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal_name(signum)}")
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        return exit_status(self.signum)
+
+
+@contextmanager
+def stopping_at_once() -> Iterator[None]:
+    """For work with nothing to save (an evaluation): while entered, SIGINT and SIGTERM raise StopNow at once,
+    so the command can end with the conventional status and one line instead of a traceback (SIGINT) or
+    a silent death (SIGTERM). No handler is installed outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame) -> None:
+        raise StopNow(signum)
+
+    previous = {signum: signal.signal(signum, handle) for signum in SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

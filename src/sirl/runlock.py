@@ -1,5 +1,6 @@
 """One writer per folder: a run folder (``sirl train``, ``sirl sft``, ``sirl eval --out``) or a comparison
-folder (``sirl compare``) is written by one process at a time.
+folder (``sirl compare``) is written by one process at a time; and a new run never goes into a folder that
+holds one (:func:`check_new_run_dir`).
 
 The writer holds ``FOLDER/.sirl.lock``: a small JSON file that names it (pid, host, command, start time)
 and on which it holds an exclusive ``flock`` for as long as it runs. The kernel drops that lock when the
@@ -17,6 +18,7 @@ import fcntl
 import json
 import os
 import shlex
+import shutil
 import socket
 import sys
 import time
@@ -27,6 +29,39 @@ LOCK_FILE = ".sirl.lock"
 
 class FolderInUse(ValueError):
     """Another live process is writing the folder (the message names it)."""
+
+
+class RunExists(ValueError):
+    """The folder given for a new run holds a run already."""
+
+
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "eval.json")
+"""Files (any one) that make a folder a run folder (sirl.runlog, sirl.checkpoint)."""
+
+
+def check_new_run_dir(run_dir: Path, overwrite: bool, *, delete: bool = False, resume: str | None = None) -> None:
+    """A new run's folder must not hold a run (RUN_MARKERS): appending to its metrics or replacing its
+    checkpoints or weights would mix two runs. The refusal names the choices: ``resume`` (the command that
+    continues the old run, where there is one), another folder, or ``overwrite``, with which it may;
+    ``delete`` then removes everything in it but the writer's lock, so the new run starts in an empty folder."""
+    run_dir = Path(run_dir)
+    found = [name for name in RUN_MARKERS if (run_dir / name).exists()]
+    if not found:
+        return
+    if not overwrite:
+        choices = f"Continue it with `{resume}`, write" if resume else "Write"
+        raise RunExists(
+            f"{run_dir} holds a run already ({', '.join(found)}); nothing was changed. {choices} the new run to another folder "
+            f"(--out), or pass --overwrite to delete everything in it and start again there"
+        )
+    if delete:
+        for entry in run_dir.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
 
 def describe_holder(holder: dict) -> str:

@@ -21,6 +21,19 @@ def default_run_dir(command: str, config: ExperimentConfig) -> Path:
     return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def write_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file beside it, renamed into place: a reader (or a
+    process killed while writing) sees the previous file or the new one whole, never half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def truncate_jsonl(path: Path, last_step: int) -> None:
     """Keep the records of ``path`` up to step ``last_step`` (a resumed run rewrites what came after its
     checkpoint). The file is replaced atomically; a torn last line (the process was killed mid-write)
@@ -111,9 +124,9 @@ class RunLog:
             handle.write(json.dumps(record) + "\n")
 
     def write_json(self, name: str, data: Any) -> Path:
-        path = self.run_dir / name
-        path.write_text(json.dumps(data, indent=2) + "\n")
-        return path
+        """``name`` in the run folder, written whole or not at all (write_atomic): readers take eval.json as
+        the mark of a finished run."""
+        return write_atomic(self.run_dir / name, json.dumps(data, indent=2) + "\n")
 
     def close(self) -> None:
         self._file.close()

@@ -12,8 +12,10 @@ model.safetensors, tokenizer files) into the run folder, beside config.yaml and 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from sirl.config import ExperimentConfig, check_task_args
 from sirl.evaluate import EvalResult, EvaluationFailed, evaluate, heldout_problems
 from sirl.batch import collate_supervised
 from sirl.model import count_parameters, encode_prompt, encode_text, policy_from_config, save_model, supervised_loss
+from sirl.interrupt import Interrupted, StopSignals, signal_name
+from sirl.runlock import FolderLock, check_new_run_dir, check_not_in_use
 from sirl.runlog import RunLog
 from sirl.tasks import Task, check_model_task, load_task, resolve_task_class, write_task_record
 from sirl.verifier import Verifier, verifier_for
@@ -47,9 +51,16 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> flo
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def run_sft(config: ExperimentConfig, run_dir: Path, quiet: bool = False, allow_task_mismatch: bool = False) -> SFTResult:
+def run_sft(
+    config: ExperimentConfig, run_dir: Path, quiet: bool = False, allow_task_mismatch: bool = False, overwrite: bool = False,
+) -> SFTResult:
     """SFT into ``run_dir`` (module docstring). Starting from a model that sirl trained on another task
-    is refused unless ``allow_task_mismatch`` (sirl.tasks.check_model_task)."""
+    is refused unless ``allow_task_mismatch`` (sirl.tasks.check_model_task). A ``run_dir`` that holds a run
+    is refused unless ``overwrite``, and one process writes it at a time (sirl.runlock). SIGINT or SIGTERM
+    stop SFT after the step in progress with the weights saved in ``run_dir``, raising Interrupted."""
+    run_dir = Path(run_dir)
+    check_not_in_use(run_dir, "run folder")
+    check_new_run_dir(run_dir, overwrite)
     task_class = resolve_task_class(config.task.name)
     task_args = check_task_args(task_class, config.task.args)
     if config.model.path:
@@ -59,11 +70,20 @@ def run_sft(config: ExperimentConfig, run_dir: Path, quiet: bool = False, allow_
     train_args = check_task_args(task_class, {**task_args, **config.sft.task_args}, key="sft.task_args")
     task = load_task(config.task.name, **task_args)
     train_task = load_task(config.task.name, **train_args)
-    with verifier_for(config.verifier, config.task, task) as verifier:  # its workers stop however SFT ends
-        return _sft(config, run_dir, quiet, task, train_task, verifier)
+    with contextlib.ExitStack() as scope:
+        stop = scope.enter_context(StopSignals("SFT stops after the step in progress and saves the weights", name="sirl sft"))
+        scope.enter_context(FolderLock(run_dir, what="run folder"))
+        check_new_run_dir(run_dir, overwrite, delete=overwrite)
+        verifier = scope.enter_context(verifier_for(config.verifier, config.task, task))  # its workers stop however SFT ends
+        try:
+            return _sft(config, run_dir, quiet, task, train_task, verifier, stop)
+        except KeyboardInterrupt:  # a second Ctrl-C before the step ended
+            raise Interrupted(signal.SIGINT, "stopped at once by a second Ctrl-C; the weights of this SFT run were not saved") from None
 
 
-def _sft(config: ExperimentConfig, run_dir: Path, quiet: bool, task: Task, train_task: Task, verifier: Verifier) -> SFTResult:
+def _sft(
+    config: ExperimentConfig, run_dir: Path, quiet: bool, task: Task, train_task: Task, verifier: Verifier, stop: StopSignals,
+) -> SFTResult:
     torch.manual_seed(config.seed)
     model, tokenizer = policy_from_config(config.model, task.alphabet() + train_task.alphabet(), config.seed)
     device = model.device
@@ -128,6 +148,13 @@ def _sft(config: ExperimentConfig, run_dir: Path, quiet: bool, task: Task, train
         if out_of_time:
             stopped_because = f"time budget of {sft.max_minutes} minutes reached"
             break
+        if stop.requested:  # after a whole step: save what it trained (SFT has no checkpoints to resume from)
+            bar.close()
+            with stop.holding():
+                save()
+            log.close()
+            raise Interrupted(stop.requested, f"stopped by {signal_name(stop.requested)}: the weights after SFT step {step} are saved in "
+                                              f"{run_dir}, a model directory that --model {run_dir} loads (not evaluated)")
     bar.close()
     final = last_eval if last_eval_step == step else held_out_eval(step)
     save()

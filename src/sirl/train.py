@@ -32,7 +32,6 @@ import copy
 import functools
 import os
 import shlex
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -60,7 +59,7 @@ from sirl.prompts import prompt_format as make_prompt_format
 from sirl.report import write_report_or_warn
 from sirl.rollout import NonFiniteLogits, SamplingParams, resolve_rollout_dtype, sample_trajectories
 from sirl.runlog import RunLog
-from sirl.runlock import LOCK_FILE, FolderLock, check_not_in_use
+from sirl.runlock import FolderLock, check_new_run_dir, check_not_in_use
 from sirl.tasks import Task, load_task, resolve_task_class, write_task_record
 from sirl.update import adamw, auto_micro_batch_tokens, policy_update
 from sirl.verifier import Verifier, verifier_for, verify_trajectories
@@ -83,7 +82,7 @@ def run_train(
     """Train as ``config`` says into ``run_dir``; with ``resume``, continue the run in ``run_dir`` from its
     most recent complete checkpoint (sirl.checkpoint), exactly as if it had never stopped. Resuming with
     a config other than the checkpoint's is an error unless ``force``. A ``run_dir`` that holds a run
-    already is refused (RunExists) unless ``resume``, or ``overwrite`` (its files are deleted first).
+    already is refused (sirl.runlock.RunExists) unless ``resume``, or ``overwrite`` (its files are deleted first).
 
     One process writes a run folder at a time (sirl.runlock). SIGINT and SIGTERM stop the run after the
     step in progress, with a checkpoint of it, by raising Interrupted (sirl.interrupt)."""
@@ -94,7 +93,7 @@ def run_train(
     if main_process:  # before anything is written, so that a refusal touches nothing
         check_not_in_use(run_dir, "run folder")
         if not resume:
-            check_new_run_dir(run_dir, overwrite)
+            check_new_run_dir(run_dir, overwrite, resume=f"sirl train --resume {shlex.quote(str(run_dir))}")
     task = load_task(config.task.name, **check_task_args(resolve_task_class(config.task.name), config.task.args))
     method.check(config, task)
     with contextlib.ExitStack() as scope:
@@ -312,37 +311,6 @@ def _resume(run_dir, config, state, model, optimizer, schedule, dist, force, sho
         run_dir, state, model, optimizer, schedule, rank=dist.rank, world_size=dist.world_size, changed_config=changed,
         eval_from_json=EvalResult.from_json,
     )
-
-
-class RunExists(ConfigError):
-    """The run folder given for a new run holds a run already."""
-
-
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "eval.json")
-"""Files (any one) that make a folder a run folder (sirl.runlog, sirl.checkpoint)."""
-
-
-def check_new_run_dir(run_dir: Path, overwrite: bool, delete: bool = False) -> None:
-    """A new run's folder must not hold a run (RUN_MARKERS): appending to its metrics or replacing its
-    checkpoints would mix two runs. With ``overwrite`` it may; ``delete`` then removes everything in it but
-    the writer's lock, so the new run starts in an empty folder."""
-    found = [name for name in RUN_MARKERS if (run_dir / name).exists()]
-    if not found:
-        return
-    if not overwrite:
-        raise RunExists(
-            f"{run_dir} holds a run already ({', '.join(found)}); nothing was changed. Continue it with "
-            f"`sirl train --resume {shlex.quote(str(run_dir))}`, write the new run to another folder (--out), or pass "
-            f"--overwrite to delete everything in it and start again there"
-        )
-    if delete:
-        for entry in run_dir.iterdir():
-            if entry.name == LOCK_FILE:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
 
 
 def group_relative(method: Method) -> bool:
