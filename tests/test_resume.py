@@ -16,6 +16,7 @@ import sirl.train
 from sirl.checkpoint import check_checkpoint, load_checkpoint
 from sirl.cli import main as cli_main
 from sirl.config import load_config
+from sirl.methods import METHODS
 from sirl.train import Diverged, run_train
 
 TIME_KEYS = ("time/", "tokens_per_s")
@@ -32,11 +33,13 @@ def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 def shipped_config(algo: str, *extra: str):
-    """The shipped arith policy (so the method finds failures and successes to work with), small steps."""
+    """The shipped arith policy (so the method finds failures and successes to work with), six short steps:
+    checkpoints at steps 3 and 6, evaluations on 4 problems at steps 0, 3 and 6. Seed 2 gives groups of
+    mixed outcome from step 1 on, so every method has trained its own state before the step-3 checkpoint."""
     return load_config("arith", [
-        "model.device=cpu", f"algo.name={algo}", "train.steps=20", "train.eval_every=10", "train.checkpoint_every=10",
+        "model.device=cpu", f"algo.name={algo}", "seed=2", "train.steps=6", "train.eval_every=3", "train.checkpoint_every=3",
         "task.args.min_ops=3", "task.args.max_ops=6", "rollout.max_new_tokens=48", "rollout.prompts_per_step=2",
-        "rollout.group_size=4", "eval.n_problems=8", "eval.max_new_tokens=48", "method.repair_share=0.5",
+        "rollout.group_size=4", "eval.n_problems=4", "eval.max_new_tokens=48", "method.repair_share=0.5",
         "internalize.verify_batch=4", *extra,
     ])
 
@@ -67,33 +70,42 @@ def crash_at_step(monkeypatch, step: int) -> None:
     monkeypatch.setattr(sirl.train, "sample_trajectories", sample)
 
 
-@pytest.mark.parametrize("algo", ["grpo", "si", "si_internal"])
+@pytest.mark.parametrize("algo", list(METHODS))  # the registry: a method added later is resumed here too
 def test_a_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch, algo):
     config = shipped_config(algo)
     run_train(config, tmp_path / "whole", quiet=True)
 
     with monkeypatch.context() as patch:
-        crash_at_step(patch, 13)  # steps 11 and 12 are logged after the step-10 checkpoint, then it dies
+        crash_at_step(patch, 5)  # step 4 is logged after the step-3 checkpoint, then it dies
         with pytest.raises(Killed):
             run_train(config, tmp_path / "resumed", quiet=True)
-    assert records(tmp_path / "resumed")[-1]["step"] == 12
-    assert (tmp_path / "resumed" / "checkpoints" / "latest").read_text().strip() == "step_10"
+    assert records(tmp_path / "resumed")[-1]["step"] == 4
+    assert (tmp_path / "resumed" / "checkpoints" / "latest").read_text().strip() == "step_3"
     run_train(config, tmp_path / "resumed", quiet=True, resume=True)
 
     whole, resumed = records(tmp_path / "whole"), records(tmp_path / "resumed")
-    assert [r["step"] for r in resumed] == list(range(21))
+    assert [r["step"] for r in resumed] == list(range(7))
     assert resumed == whole
     a, b = weights(tmp_path / "whole" / "checkpoints" / "final"), weights(tmp_path / "resumed" / "checkpoints" / "final")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "whole" / "samples.jsonl").read_text() == (tmp_path / "resumed" / "samples.jsonl").read_text()
     # each evaluation once (the one after the checkpoint, logged before the crash, was dropped and redone)
     assert (tmp_path / "whole" / "evals.jsonl").read_text() == (tmp_path / "resumed" / "evals.jsonl").read_text()
-    if algo != "grpo":  # the state the method carries over was in the checkpoint, and in use after it
-        state = json.loads((tmp_path / "resumed" / "checkpoints" / "step_10" / "trainer_state.json").read_text())
+    # The state the method carries over was in the checkpoint, and in use after it.
+    method, step_3 = METHODS[algo], tmp_path / "resumed" / "checkpoints" / "step_3"
+    state = json.loads((step_3 / "trainer_state.json").read_text())
+    if method.uses_repair:
         assert state["processes"][0]["verification"]
-        assert sum(r["repair/buffer_draws"] for r in resumed[11:]) > 0
-        if algo == "si_internal":
-            assert state["processes"][0]["audits"]
+        assert sum(r["repair/buffer_draws"] for r in resumed[4:]) > 0
+    if method.make_state is not None:  # its own state had moved from where it starts, so a lost one would show
+        from sirl.checkpoint import METHOD_PREFIX
+        from sirl.distributed import Distributed
+        from sirl.model import load_model
+
+        start = method.make_state(config, load_model(config.model.path)[0], Distributed()).tensors()
+        saved = {k.removeprefix(METHOD_PREFIX): v for k, v in load_file(str(step_3 / "trainer_state.safetensors")).items()
+                 if k.startswith(METHOD_PREFIX)}
+        assert saved.keys() >= start.keys() and any(not torch.equal(saved[k], start[k]) for k in start)
 
 
 def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_path):
