@@ -111,6 +111,33 @@ def test_a_second_ctrl_c_during_the_step_stops_at_once_and_keeps_the_last_checkp
     assert_resumes_to_the_whole_run(run, whole)
 
 
+
+def test_a_stop_during_the_first_evaluation_saves_step_0_and_resumes_exactly(whole, tmp_path, monkeypatch):
+    """SIGTERM while the starting policy is evaluated, before any step: the run saves a step-0 checkpoint (the
+    evaluation is part of it) and a resumed run trains as if never stopped. In process: the handler is the
+    run's own, so the signal reaches it as it would at the terminal."""
+    import sirl.train
+    from sirl.interrupt import Interrupted
+
+    real, calls = sirl.train.evaluate, [0]
+
+    def evaluate(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(sirl.train, "evaluate", evaluate)
+        with pytest.raises(Interrupted, match="stopped by SIGTERM after step 0: checkpoint .*step_0 written") as stopped:
+            run_train(load_config(str(whole / "config.yaml")), run, quiet=True)
+    assert stopped.value.exit_status == 143
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run's handler is gone with it
+    assert [r["step"] for r in records(run)] == [0] and (run / "checkpoints" / "latest").read_text().strip() == "step_0"
+    assert_resumes_to_the_whole_run(run, whole)
+
+
 # --- sirl compare passes the stop to its runs ------------------------------------------------------
 
 STOP_HOOK = '''

@@ -167,3 +167,18 @@ def test_sft_out_an_existing_run_is_refused_and_eval_out_has_one_writer(tmp_path
         assert main(["eval", "--model", str(sft), "--config", "arith", "--model.device=cpu", "--eval.n_problems=4", "--out", str(out), "--quiet"]) == 2
         assert not (out / "eval.json").exists()
     assert "sirl eval --out eval (the first)" in capsys.readouterr().err
+
+
+
+def test_a_comparison_never_deletes_or_resumes_a_run_folder_another_process_writes(tmp_path, capsys):
+    """A run of a killed comparison can outlive it (a SIGKILL reaches the comparison only). Rerun, the
+    comparison used to delete that run's folder (started, no checkpoint yet) under it and start again."""
+    out = tmp_path / "cmp"
+    folder = out / "runs" / "grpo" / "seed0"
+    with FolderLock(folder, command="sirl train (a run still going)"):
+        code = main(["compare", "--task", "arith", "--methods", "grpo", "--seeds", "1", "--budget-tokens", "100", "--final-problems", "4",
+                     "--jobs", "1", "--threads", "1", "--out", str(out), "--eval.n_problems=4", "--model.device=cpu", "--quiet"])
+        assert code == 1
+        assert (folder / LOCK_FILE).is_file()  # not deleted under its writer
+    error = capsys.readouterr().err
+    assert "grpo-seed0" in error and "sirl train (a run still going)" in error and "rerun the same command" in error

@@ -66,7 +66,7 @@ from tqdm import tqdm
 
 from sirl.config import ConfigError, ExperimentConfig, check_group_size, config_differences, to_dict, to_yaml
 from sirl.interrupt import Interrupted, StopSignals, exit_status, signal_name
-from sirl.runlock import FolderLock
+from sirl.runlock import FolderInUse, FolderLock, check_not_in_use
 from sirl.runlog import EVALS_FILE, write_atomic
 from sirl.tasks.base import difficulty_order, level_from_key
 
@@ -505,6 +505,12 @@ def _run_comparison(
                 failed.append(f"{run.name} (its method's learning-rate runs did not all finish)")
                 return
             lr = choice["lr"]
+        try:  # a run of an earlier comparison killed outright can outlive it: never delete or resume its folder under it
+            check_not_in_use(run_dir(out, run), "run folder")
+        except FolderInUse as error:
+            failed.append(f"{run.name} ({error})")
+            say(f"  {run.name}: not started, its folder is in use")
+            return
         command = _train_command(out, run, plan, lr)
         running.add(run.name)
         say(f"  {run.name}: {'resuming' if '--resume' in command else 'starting'} (log {out / 'logs' / f'{run.name}.log'})")
