@@ -28,7 +28,9 @@ import sirl.model
 from sirl.model import token_logprobs
 from sirl.rollout import SamplingParams, generate, resolve_rollout_dtype, rollout_dtype
 from sirl.rollout import engine
-from sirl.rollout.engine import FastBackend, HFBackend, LargeModelBackend, pick_backend, sample_next, sample_next_by_blocks
+from sirl.rollout.engine import (
+    FastBackend, HFBackend, LargeModelBackend, _shared_roots, pick_backend, sample_next, sample_next_by_blocks,
+)
 
 SMOLLM2 = Path(__file__).resolve().parents[1] / "models/smollm2-135m-instruct"
 
@@ -85,6 +87,51 @@ def test_large_backend_in_float32_equals_the_module_by_module_path(packed, cache
     fast = teacher_forced_decode(FastBackend(model), ctx, sampled.tokens_BT)
     packed_lp = teacher_forced_decode(LargeModelBackend(model, torch.float32, packed=packed), ctx, sampled.tokens_BT)
     assert (fast - packed_lp).abs().max() < 1e-5
+
+
+def probe_contexts():
+    """Probes as si takes them: two prompts, each under several prefixes of a response, and a lone prompt."""
+    g = torch.Generator().manual_seed(4)
+    a, b, c = (torch.randint(2, 300, (n,), generator=g).tolist() for n in (14, 9, 6))
+    response_a, response_b = torch.randint(2, 300, (12,), generator=g).tolist(), torch.randint(2, 300, (7,), generator=g).tolist()
+    return [a + response_a[:3], b + response_b[:1], a + response_a[:9], c, a, b + response_b[:6], a + response_a[:12]]
+
+
+def test_shared_roots_are_what_contexts_have_in_common_and_save_work():
+    ctx = probe_contexts()
+    root_B, length_B = _shared_roots(ctx)
+    for i, j in ((0, 2), (0, 4), (0, 6), (1, 5)):
+        assert root_B[i] == root_B[j] >= 0
+    assert root_B[3] == -1 and root_B[0] != root_B[1]
+    for i, c in enumerate(ctx):
+        if root_B[i] >= 0:
+            group = [ctx[j] for j in range(len(ctx)) if root_B[j] == root_B[i]]
+            # the root is common to the group (naive check) and leaves every context at least one token
+            assert all(g[: length_B[i]] == c[: length_B[i]] for g in group) and length_B[i] < len(c)
+    assert length_B[4] == 13  # prompt a alone is 14 tokens: the root of its group stops one short
+    cost = sum(1 for r in set(root_B) if r >= 0) * max(length_B) + len(ctx) * max(len(c) - n for c, n in zip(ctx, length_B))
+    assert cost < len(ctx) * max(map(len, ctx))
+    assert _shared_roots([[1, 2, 3], [4, 5, 6]]) is None and _shared_roots([[1, 2, 3]]) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_root_prefill_equals_prefilling_every_context_whole(dtype, monkeypatch):
+    model = gqa_llama()
+    ctx = probe_contexts()
+    params = SamplingParams(16, temperature=0.0)
+    kwargs = dict(eos_ids=[5], pad_id=0, repeats=[2, 1, 1, 3, 1, 2, 1])
+    calls = []
+    real = LargeModelBackend._prefill_shared
+    monkeypatch.setattr(LargeModelBackend, "_prefill_shared", lambda self, *a: (calls.append(1), real(self, *a))[1])
+    shared = generate(model, ctx, params, backend=LargeModelBackend(model, dtype), **kwargs)
+    assert calls  # the roots were shared
+    monkeypatch.setattr(engine, "_shared_roots", lambda contexts: None)
+    whole = generate(model, ctx, params, backend=LargeModelBackend(model, dtype), **kwargs)
+    naive = generate(model, ctx, params, backend=FastBackend(model), **kwargs)
+    if dtype == torch.float32:
+        assert torch.equal(shared.tokens_BT, naive.tokens_BT) and (shared.logp_BT - naive.logp_BT).abs().max() < 1e-5
+    # bf16 rounds the two layouts' products alike only up to bf16: the tokens agree, the log-probs within bf16's tolerance
+    assert torch.equal(shared.tokens_BT, whole.tokens_BT) and (shared.logp_BT - whole.logp_BT).abs().max() < (1e-5 if dtype == torch.float32 else 0.05)
 
 
 def test_large_backend_sampling_log_probs_equal_teacher_forcing():

@@ -13,7 +13,8 @@ Three backends run the same loop:
 - ``LargeModelBackend``, the same for models of 50M parameters and more, which are bound by reading the
   weights and the cache: weights cast once to the rollout dtype (bf16 where the hardware has it,
   ``rollout.dtype``) and packed for oneDNN on a CPU, a cache that single-token attention reads in place,
-  and a sampler that draws one random number per row.
+  a prefill that computes the first part that contexts share once, and a sampler that draws one random
+  number per row.
 - ``HFBackend`` for every other causal LM: the model's own forward with a ``DynamicCache``.
 
 All return log-probabilities of the sampled tokens under the temperature-scaled policy (the full
@@ -306,6 +307,9 @@ class LargeModelBackend(FastBackend):
       contiguous buffers of few distinct shapes (unwritten slots masked); it is ``baddbmm`` and ``bmm``
       rather than SDPA, whose CPU kernel took several times longer for one query in bf16. Prefill uses
       SDPA.
+    - Contexts that share a first part (a prompt under several probe prefixes, the chat template's system
+      turn) prefill it once (:func:`_shared_roots`); contexts repeated for a group already share their
+      whole prefill (:func:`generate`).
 
     Its naive equivalent is :class:`FastBackend` (module by module under autocast); in float32 the two
     agree within 1e-5 (tests/test_rollout_bf16.py).
@@ -393,24 +397,71 @@ class LargeModelBackend(FastBackend):
                 f"prompt + max_new_tokens = {capacity} positions exceed the model's "
                 f"max_position_embeddings={len(self.rotation)}; lower max_new_tokens or shorten the prompts"
             )
-        device = ids_BP.device
-        slots = min(capacity, _round_up(P + 1, CACHE_BLOCK))
-        # -inf on left padding and on slots not written yet: attention runs over every slot of the cache.
-        bias_BS = torch.full((B, slots), float("-inf"), dtype=self.dtype, device=device)
-        bias_BS[:, :P].masked_fill_(mask_BP, 0.0)
-        state = {
+        contexts = [row[keep].tolist() for row, keep in zip(ids_BP, mask_BP)]
+        shared = _shared_roots(contexts)
+        if shared is None:
+            state = self._new_state(B, P, capacity - P, ids_BP.device)
+            hidden = self._extend(state, ids_BP, mask_BP, torch.zeros(B, dtype=torch.long, device=ids_BP.device))
+        else:
+            hidden, state = self._prefill_shared(contexts, *shared, capacity - P, ids_BP.device)
+        return self._logits(hidden[:, -1]), state
+
+    def _new_state(self, B: int, used: int, extra: int, device: torch.device) -> dict:
+        """An empty cache of ``used`` slots to fill now and room for ``extra`` more, -inf everywhere in the
+        bias (attention runs over every slot, so unwritten and padding slots are masked)."""
+        slots = min(used + extra, _round_up(used + 1, CACHE_BLOCK))
+        return {
             "k": [torch.zeros(B, self.n_kv_heads, self.head_dim, slots, dtype=self.dtype, device=device) for _ in self.layers],
             "v": [torch.zeros(B, self.n_kv_heads, slots, self.head_dim, dtype=self.dtype, device=device) for _ in self.layers],
-            "bias_BS": bias_BS,
-            "next_pos_B": mask_BP.long().sum(-1),
-            "length": P,
-            "capacity": capacity,
+            "bias_BS": torch.full((B, slots), float("-inf"), dtype=self.dtype, device=device),
+            "next_pos_B": torch.zeros(B, dtype=torch.long, device=device),
+            "length": 0,
+            "capacity": used + extra,
         }
-        pos_BP = (mask_BP.long().cumsum(-1) - 1).clamp(min=0)
-        causal_PP = torch.ones(P, P, dtype=torch.bool, device=device).tril()
-        attend_B1PP = (causal_PP & mask_BP[:, None, :])[:, None] | torch.eye(P, dtype=torch.bool, device=device)
-        hidden = self._forward(ids_BP, pos_BP, state, slot=0, attend=attend_B1PP)
-        return self._logits(hidden[:, -1]), state
+
+    def _extend(self, state: dict, ids_BT: torch.Tensor, mask_BT: torch.Tensor, offset_B: torch.Tensor) -> torch.Tensor:
+        """Write T more left-padded tokens per row into the cache after its ``length`` slots (each row's
+        positions continue from ``offset_B``) and return their final hidden states."""
+        B, T = ids_BT.shape
+        slot, device = state["length"], ids_BT.device
+        state["bias_BS"][:, slot : slot + T].masked_fill_(mask_BT, 0.0)
+        pos_BT = offset_B[:, None] + (mask_BT.long().cumsum(-1) - 1).clamp(min=0)
+        # Causal over the new slots, all earlier slots that hold a token; a padding query may see itself so
+        # its (unused) output stays finite.
+        causal_TT = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        new_B1TT = (causal_TT & mask_BT[:, None, :])[:, None] | torch.eye(T, dtype=torch.bool, device=device)
+        earlier_B1TS = (state["bias_BS"][:, None, None, :slot] == 0).expand(B, 1, T, slot)
+        hidden = self._forward(ids_BT, pos_BT, state, slot=slot, attend=torch.cat([earlier_B1TS, new_B1TT], dim=-1))
+        state["length"] = slot + T
+        state["next_pos_B"] = offset_B + mask_BT.long().sum(-1)
+        return hidden
+
+    def _prefill_shared(self, contexts, root_B: list[int], root_len_B: list[int], extra: int, device) -> tuple[torch.Tensor, dict]:
+        """Prefill where contexts share roots (a prompt under several prefixes): each root once, its keys and
+        values copied into the rows of its contexts (slots [0, Lr)), then every context's rest on top of
+        them (slots [Lr, Lr + Ls)). Positions, not slots, place a token, so the gap between is padding."""
+        B, R = len(contexts), max(root_B) + 1
+        roots = [None] * R
+        for b, r in enumerate(root_B):
+            if r >= 0:
+                roots[r] = contexts[b][: root_len_B[b]]
+        root_ids, root_mask = _left_padded(roots, device)
+        suffix_ids, suffix_mask = _left_padded([c[n:] for c, n in zip(contexts, root_len_B)], device)
+        Lr, Ls = root_ids.shape[1], suffix_ids.shape[1]
+        root_state = self._new_state(R, Lr, 0, device)
+        self._extend(root_state, root_ids, root_mask, torch.zeros(R, dtype=torch.long, device=device))
+        state = self._new_state(B, Lr + Ls, extra, device)
+        rows = torch.tensor([b for b in range(B) if root_B[b] >= 0], device=device)
+        which = torch.tensor([root_B[b] for b in range(B) if root_B[b] >= 0], device=device)
+        for mine, theirs in zip(state["k"] + state["v"], root_state["k"] + root_state["v"]):
+            if mine.shape[-1] != theirs.shape[-1]:  # keys: the slot is the last dimension
+                mine[rows, :, :, :Lr] = theirs[which, :, :, :Lr]
+            else:
+                mine[rows, :, :Lr] = theirs[which, :, :Lr]
+        state["bias_BS"][rows, :Lr] = root_state["bias_BS"][which, :Lr]
+        state["length"] = Lr
+        hidden = self._extend(state, suffix_ids, suffix_mask, torch.tensor(root_len_B, device=device))
+        return hidden, state
 
     def decode(self, tokens_B: torch.Tensor, state: dict) -> torch.Tensor:
         slot, B, Hkv = state["length"], len(tokens_B), self.n_kv_heads
@@ -581,6 +632,64 @@ CACHE_BLOCK = 64
 oneDNN builds a kernel for every new shape of a bf16 product (several milliseconds each), so a shape
 that changes every step, or a slice of a larger buffer (copied before the product), cost more than
 attending to up to 63 masked slots."""
+
+
+def _left_padded(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), True
+    return ids.to(device), mask.to(device)
+
+
+def _shared_roots(contexts: list[list[int]]) -> tuple[list[int], list[int]] | None:
+    """Which contexts share a root (a common first part: a prompt under several prefixes, or the chat
+    template's system turn), as each context's root index (-1: none) and root length; None when sharing
+    would not compute fewer (padded) tokens than prefilling every context whole.
+
+    Contexts are sorted, so that those with a common first part are neighbours, and cut into groups where
+    neighbours share fewer than a threshold of tokens; a group's root is what all its contexts share, less
+    at least one token per context (the last token's logits come from the second pass). Every threshold
+    among the neighbours' common lengths is tried, and the one whose two passes are cheapest wins: R
+    roots of Lr slots plus every context's rest in Ls slots, against U contexts of P slots."""
+    U = len(contexts)
+    if U < 2:
+        return None
+    order = sorted(range(U), key=lambda i: contexts[i])
+    common = [_common_length(contexts[a], contexts[b]) for a, b in zip(order, order[1:])]
+    best_cost, best = U * max(map(len, contexts)), None
+    for threshold in sorted(set(common) - {0}):
+        root_B, root_len_B, n_roots, start = [-1] * U, [0] * U, 0, 0
+        for end in range(1, U + 1):  # the group order[start:end] ends where neighbours share too little
+            if end < U and common[end - 1] >= threshold:
+                continue
+            group, start_of_group = order[start:end], start
+            start = end
+            if len(group) < 2:
+                continue
+            shared = min(min(common[start_of_group : end - 1]), min(len(contexts[i]) for i in group) - 1)
+            if shared < 1:
+                continue
+            for i in group:
+                root_B[i], root_len_B[i] = n_roots, shared
+            n_roots += 1
+        if not n_roots:
+            continue
+        cost = n_roots * max(root_len_B) + U * max(len(c) - n for c, n in zip(contexts, root_len_B))
+        if cost < best_cost:
+            best_cost, best = cost, (root_B, root_len_B)
+    return best
+
+
+def _common_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _round_up(n: int, block: int) -> int:
