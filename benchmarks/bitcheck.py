@@ -1,6 +1,6 @@
 """Bit-for-bit check that a refactor changes no numbers: short training runs of every method, then a comparison.
 
-`run` trains each method for a few steps on a fixed seed from the shipped arith mod 7 policy into
+`run` trains each method (prime with its reward model among them) for a few steps on a fixed seed from the shipped arith mod 7 policy into
 FOLDER/<method>; `compare` holds two such folders equal: every metrics.jsonl record the same once its
 time fields are removed, and every tensor of the final weights equal (torch.equal).
 
@@ -32,6 +32,7 @@ METHODS: dict[str, list[str]] = {
     "si_internal": ["--algo", "si_internal"],
     "random_reset": ["--algo", "random_reset", "--method.blind_resets=2"],
     "vine": ["--algo", "vine"],
+    "prime": ["--algo", "prime"],
 }
 TIME_FIELDS = ("time/", "tokens_per_s", "wall", "elapsed")
 """Metric names holding a wall-clock measurement (they differ between any two runs)."""

@@ -528,6 +528,25 @@ def test_method_settings_are_the_differences_from_the_defaults_shared_or_by_seed
     assert method_settings([tmp_path / "nothing"]) is None
 
 
+def test_the_settings_of_a_run_saved_before_the_method_sections_read_at_todays_keys(tmp_path):
+    """A run folder written when every method knob was in one method section (and si_internal's in
+    internalize): its settings are named by today's keys, each old value at every place it is read now."""
+    import shutil
+
+    from sirl.compare import method_settings
+
+    folder = tmp_path / "seed0"
+    folder.mkdir()
+    shutil.copy(ROOT / "benchmarks/results/internalize_hard/si_internal-seed0/config.yaml", folder / "config.yaml")
+    shared = method_settings([folder])["shared"]
+    assert not any(key.startswith(("internalize.", "prime.")) or key.count(".") == 1 and key.startswith("method.") for key in shared)
+    # method.error_span, method.blind_resets and internalize.verdict_format of the file, at their places now
+    assert shared["method.si_internal.error_span"] == shared["method.si.error_span"] == "first_difference"
+    assert shared["method.si_internal.blind_resets"] == shared["method.random_reset.blind_resets"] == 8
+    assert shared["method.si_internal.verdict_format"] == "rederive" and shared["algo.name"] == "si_internal"
+    assert "method.si_internal.probes" not in shared  # 1, the default
+
+
 def test_the_results_say_what_ran(tmp_path):
     """A tiny comparison of grpo and a variant of it: results.json and results.md record the command line, the
     sirl commit, and each method's settings that differ from the defaults, the variant's override among them."""

@@ -498,9 +498,10 @@ def test_divergence_credit_equals_sis_credit_of_a_real_steps_rows():
     from sirl.verifier import verify_trajectories
 
     config = load_config("arith_prime", [
-        "model.device=cpu", "algo.name=si", "method.localizer=divergence", "method.error_span=first_difference",
-        "method.probe_baseline=leave_out",
+        "model.device=cpu", "algo.name=si", "method.si.localizer=divergence", "method.si.error_span=first_difference",
+        "method.si.probe_baseline=leave_out",
     ])
+    settings = config.method.si
     task = load_task(config.task.name, **config.task.args)
     torch.manual_seed(0)
     model, tokenizer = policy_from_config(config.model, task.alphabet(), 0)
@@ -519,13 +520,15 @@ def test_divergence_credit_equals_sis_credit_of_a_real_steps_rows():
         def probe(self, requests, k):
             raise AssertionError("the divergence localizer draws no probe")
 
-    context = MethodContext(task, config, NoProbes(), random.Random(0), MethodMemory(64, 64, AuditSchedule(1.0, 1.0, 10)), step=1)
+    context = MethodContext(
+        task, settings, config.algo.outcome_advantage, NoProbes(), random.Random(0), MethodMemory(64, 64, AuditSchedule(1.0, 1.0, 10)), step=1,
+    )
     si = get_method("si").credit(rollouts, context)
     core = divergence_credit(
         [t.response_ids for t in rollouts], [t.reward for t in rollouts], [t.group for t in rollouts], [step_ends(t) for t in rollouts],
         prefix_lens=[t.prefix_len for t in rollouts], estimator=config.algo.outcome_advantage, error_span="first_difference",
-        post_error=config.method.post_error, error_scale=config.method.error_scale, max_localizations=config.method.max_localizations,
-        failure_choice=config.method.failure_choice, rng=random.Random(0),
+        post_error=settings.post_error, error_scale=settings.error_scale, max_localizations=settings.max_localizations,
+        failure_choice=settings.failure_choice, rng=random.Random(0),
     )
     assert si.rows == tuple(rollouts)  # nothing drawn, nothing added
     assert len(core.divergences) >= 4 and any(t.prefix_len for t in rollouts)  # the step has localized failures and given rows

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sirl.cli import build_parser, config_sections, method_names, preset_names, task_names
+from sirl.cli import build_parser, config_sections, method_names, method_sections, preset_names, task_names
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -52,7 +52,10 @@ def test_readme_lists_the_config_sections_of_the_dataclasses():
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     sections, top_level = config_sections()
     assert [backticked(row)[0] for row in rows] == sections + top_level
-    assert sections[:3] == ["task", "verifier", "model"] and {"method", "internalize"} <= set(sections)
+    assert sections[:3] == ["task", "verifier", "model"] and "method" in sections
+    # the method row names each method's section, method.<name> (sirl.methods.settings), in the code's order
+    [method_row] = [row for row in rows if backticked(row)[0] == "method"]
+    assert [name for name in backticked(method_row) if name.startswith("method.")] == [f"method.{m}" for m in method_sections()]
 
 
 def test_the_help_lists_come_from_the_code():
@@ -64,6 +67,7 @@ def test_the_help_lists_come_from_the_code():
         assert name in train_help, name
     sections, top_level = config_sections()
     assert f"Sections: {', '.join(sections)}; top-level fields: {', '.join(top_level)}." in train_help
+    assert f"Each method's settings are a section of method: {', '.join(f'method.{m}' for m in method_sections())} " in train_help
 
 
 # --- links -------------------------------------------------------------------------------------------

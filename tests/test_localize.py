@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from sirl.config import ExperimentConfig, MethodConfig
+from sirl.methods.settings import SiSettings
 from sirl.credit.divergence import choose_failures
 from sirl.credit.step_advantages import step_index as token_step_index
 from sirl.internalize import PrefixBook, localize, prefix_ids
@@ -92,11 +92,11 @@ class ScriptedSampler:
         return self(requests, k)
 
 
-def method_credit(name, group, sampler, config: MethodConfig):
+def method_credit(name, group, sampler, config: SiSettings):
     """The registered method ``name``'s credit for ``group``, probing through ``sampler``; returns the
     credit and the method's memory (repair buffer, self-verification examples)."""
     memory = MethodMemory(64, 64, AuditSchedule(1.0, 1.0, 10))
-    context = MethodContext(TASK, ExperimentConfig(method=config), sampler, random.Random(0), memory, step=1)
+    context = MethodContext(TASK, config, "grpo", sampler, random.Random(0), memory, step=1)
     return get_method(name).credit(group, context), memory
 
 
@@ -203,7 +203,7 @@ def test_si_credit_by_hand():
     # -(1/4) * 2 = -0.5. The two step-5 failures share 5 steps with the success: V = 1/3 -> -2/3.
     group = [make("".join(REFERENCE)), make(wrong_at(2)), make(wrong_at(5)), make(wrong_at(5))]
     sampler = ScriptedSampler()
-    config = MethodConfig(probes=2, train_on_probes=True)
+    config = SiSettings(probes=2, train_on_probes=True)
     credit, _ = method_credit("si", group, sampler, config)
     assert credit.metrics["loc/accuracy"] == 1.0 and credit.metrics["loc/localized_frac"] == 1.0
     assert torch.allclose(credit.token_advantages[0], torch.full((len(group[0].response_ids),), 1.5), atol=1e-4)
@@ -223,7 +223,7 @@ def test_every_correction_verifies():
     # bisection probes from correct prefixes succeed: those are corrections of the good prefix
     group = [make("".join(REFERENCE)), make(wrong_at(3))]
     sampler = ScriptedSampler()
-    config = MethodConfig(probes=2, free_evidence=False, first_check="bisect", correction_samples=2)
+    config = SiSettings(probes=2, free_evidence=False, first_check="bisect", correction_samples=2)
     credit, memory = method_credit("si", group, sampler, config)
     [found] = credit.localizations
     failure, loc, correction = credit.rows[found.row], found.localization, credit.rows[found.correction_row]
@@ -244,7 +244,7 @@ def test_the_ground_truth_localizer_names_the_true_step_by_hand():
     # -(3/4 - 0) * sqrt(2).
     group = [make("".join(REFERENCE)), make(wrong_at(3))]
     sampler = ScriptedSampler()
-    config = MethodConfig(probes=2, localizer="ground_truth")
+    config = SiSettings(probes=2, localizer="ground_truth")
     credit, _ = method_credit("si", group, sampler, config)
     [found] = credit.localizations
     failure, loc = credit.rows[found.row], found.localization
@@ -289,7 +289,7 @@ def test_the_drop_rule_finds_a_wrong_step_that_leaves_a_little_value():
     assert loc.error_step > 3
     # The ground-truth localizer, under the same V > 0 rule, is not misled: it names step 3 whatever the
     # probes after it do.
-    config = MethodConfig(probes=4, drop=0.0, localizer="ground_truth")
+    config = SiSettings(probes=4, drop=0.0, localizer="ground_truth")
     credit, _ = method_credit("si", siblings, RecoverableSampler(), config)
     assert [found.localization.error_step for found in credit.localizations] == [3]
 
@@ -324,7 +324,7 @@ def test_settle_probes_overrule_a_lucky_first_probe_and_cost_nothing_otherwise()
 def test_the_divergence_localizer_names_the_step_after_the_shared_prefix_without_probes(error):
     group = [make("".join(REFERENCE)), make("".join(REFERENCE)), make(wrong_at(error))]
     sampler = ScriptedSampler()
-    credit, _ = method_credit("si", group, sampler, MethodConfig(localizer="divergence"))
+    credit, _ = method_credit("si", group, sampler, SiSettings(localizer="divergence"))
     [found] = credit.localizations
     # both successes pass through the prefix before the error (V = 2/3 with the failure), none through it
     assert (found.localization.error_step, found.localization.probes, sampler.calls) == (error, 0, [])
@@ -338,8 +338,8 @@ def test_the_error_penalty_can_start_where_the_failure_left_its_successful_sibli
     success = make("".join(REFERENCE))
     late = make("".join(REFERENCE[:3]) + "d5;" + "".join(s.upper() for s in REFERENCE[4:]))
     sampler = ScriptedSampler()
-    whole, _ = method_credit("si", [success, late], sampler, MethodConfig(probes=2))
-    split, _ = method_credit("si", [success, late], ScriptedSampler(), MethodConfig(probes=2, error_span="first_difference"))
+    whole, _ = method_credit("si", [success, late], sampler, SiSettings(probes=2))
+    split, _ = method_credit("si", [success, late], ScriptedSampler(), SiSettings(probes=2, error_span="first_difference"))
     start, end = late.step_spans[3]
     assert whole.localizations[0].localization.error_step == 3
     assert torch.all(whole.token_advantages[1][start:end] < 0)
@@ -353,8 +353,8 @@ def test_a_probes_baseline_can_leave_out_the_probe_and_its_failure():
     # "leave_out" only with the other free samples through that prefix.
     group = [make("".join(REFERENCE)), make(wrong_at(4))]
     config = dict(probes=2, free_evidence=False, first_check="bisect", train_on_probes=True)
-    plain, _ = method_credit("si", group, ScriptedSampler(), MethodConfig(**config))
-    left, _ = method_credit("si", group, ScriptedSampler(), MethodConfig(**config, probe_baseline="leave_out"))
+    plain, _ = method_credit("si", group, ScriptedSampler(), SiSettings(**config))
+    left, _ = method_credit("si", group, ScriptedSampler(), SiSettings(**config, probe_baseline="leave_out"))
     assert len(plain.rows) == len(left.rows) > 2
     book = PrefixBook(plain.rows)
     for p, a, b in zip(plain.rows[2:], plain.token_advantages[2:], left.token_advantages[2:]):

@@ -5,10 +5,10 @@ import random
 import pytest
 import torch
 
-from sirl.config import ExperimentConfig, MethodConfig
 from sirl.internalize.selfverify import AuditSchedule
 from sirl.methods import METHODS, MethodContext, MethodMemory, get_method
 from sirl.methods.common import outcome_advantages
+from sirl.methods.settings import SETTINGS, RandomResetSettings, SiInternalSettings, TreeBranchSettings
 from sirl.types import Problem, Trajectory
 
 
@@ -16,10 +16,10 @@ def rollout(tokens: list[int], reward: float, group: int = 0) -> Trajectory:
     return Trajectory(Problem(f"p{group}", "a"), [1], tokens, [0.0] * len(tokens), "", reward, False, group, [(0, len(tokens))])
 
 
-def credit(name: str, rollouts, **method):
-    context = MethodContext(
-        None, ExperimentConfig(method=MethodConfig(**method)), None, random.Random(0), MethodMemory(8, 8, AuditSchedule(1, 1, 4)), 1,
-    )
+def credit(name: str, rollouts, **settings):
+    """Method ``name``'s credit with its settings (``settings`` over their defaults) and grpo's estimator."""
+    own = SETTINGS[name](**settings) if name in SETTINGS else None
+    context = MethodContext(None, own, "grpo", None, random.Random(0), MethodMemory(8, 8, AuditSchedule(1, 1, 4)), 1)
     return get_method(name).credit(rollouts, context)
 
 
@@ -40,24 +40,24 @@ def test_tree_credit_keeps_grpos_advantage_per_row_and_puts_it_where_the_paths_p
 
 
 def test_mixing_in_the_outcome_advantage():
-    half = credit("tree", GROUP, tree_outcome_mix=0.5)
+    half = credit("tree", GROUP, outcome_mix=0.5)
     plain, outcome = credit("tree", GROUP), credit("grpo", GROUP)
     for a, p, o in zip(half.token_advantages, plain.token_advantages, outcome.token_advantages):
         assert torch.allclose(a, 0.5 * p + 0.5 * o, atol=1e-6)
-    assert all(torch.allclose(a, o) for a, o in zip(credit("tree", GROUP, tree_outcome_mix=1.0).token_advantages, outcome.token_advantages))
+    assert all(torch.allclose(a, o) for a, o in zip(credit("tree", GROUP, outcome_mix=1.0).token_advantages, outcome.token_advantages))
 
 
 def test_tree_variants_leave_one_out_values_and_node_count_weighting():
     # Group 0 of GROUP: rewards 1, 0, 0, 1 over [5,6,7,2], [5,6,8,2], [5,9,2], [5,6,7,2]; group 1: 1, 0.
     # grpo's scale, 1 / the sample std: sqrt(3) and sqrt(2).
-    loo = credit("tree", GROUP, tree_values="leave_one_out")
+    loo = credit("tree", GROUP, values="leave_one_out")
     rloo = outcome_advantages(GROUP, "rloo")  # R_i - mean of the others
     scale = {0: 3**0.5, 1: 2**0.5}
     for row, adv, score in zip(GROUP, loo.token_advantages, rloo):
         assert adv.sum().item() == pytest.approx(score.item() * scale[row.group], abs=1e-4)
     # the failure [5,9,2] leaves three rows whose other members' rate is 2/3 at "9": -(2/3) * sqrt(3)
     assert loo.token_advantages[2][1].item() == pytest.approx(-(2 / 3) * 3**0.5, rel=1e-4)
-    weighted, plain = credit("tree", GROUP, tree_weighting="node_count"), credit("tree", GROUP)
+    weighted, plain = credit("tree", GROUP, weighting="node_count"), credit("tree", GROUP)
     # "6" after [5] is sampled by 3 rows, "7" after [5,6] by 2, "8" and "9" by one
     assert weighted.token_advantages[0][1].item() == pytest.approx(plain.token_advantages[0][1].item() / 3, rel=1e-5)
     assert weighted.token_advantages[0][2].item() == pytest.approx(plain.token_advantages[0][2].item() / 2, rel=1e-5)
@@ -69,6 +69,19 @@ def test_every_method_is_registered_once_with_a_summary():
     # (the registry is a dict, so a name is there once; other modules may register more methods)
     assert {"dr_grpo", "grpo", "random_reset", "rloo", "si", "si_internal", "tree", "tree_branch", "vine"} <= set(METHODS)
     assert all(m.name == name and m.summary for name, m in METHODS.items())
+
+
+def test_each_settings_class_belongs_to_a_registered_method_and_repair_methods_have_repair_settings():
+    """sirl.methods.settings names the methods with settings (the config's sections) without importing them:
+    each name is a registered method, and a method that draws from the repair buffer reads its share there."""
+    from sirl.methods.base import Method, register
+    from sirl.methods.settings import Repair
+
+    assert set(SETTINGS) <= set(METHODS) and {"si", "si_internal", "prime"} <= set(SETTINGS)
+    assert all(issubclass(SETTINGS[name], Repair) for name, m in METHODS.items() if m.uses_repair)
+    with pytest.raises(ValueError, match="'no_settings' uses the repair buffer, so its settings"):
+        register(Method("no_settings", "a repair method without settings", lambda rollouts, context: None, uses_repair=True))
+    assert "no_settings" not in METHODS
 
 
 def test_tree_branch_branches_at_the_decision_point_and_scores_the_branch_leave_one_out():
@@ -94,7 +107,7 @@ def test_tree_branch_branches_at_the_decision_point_and_scores_the_branch_leave_
     success, failure = make("".join(REFERENCE)), make(wrong_at(3))
     sampler = HalfRight()
     memory = MethodMemory(8, 8, AuditSchedule(1, 1, 4))
-    context = MethodContext(TASK, ExperimentConfig(method=MethodConfig(branch_samples=2)), sampler, random.Random(0), memory, 1)
+    context = MethodContext(TASK, TreeBranchSettings(branch_samples=2), "grpo", sampler, random.Random(0), memory, 1)
     out = get_method("tree_branch").credit([success, failure], context)
     # the decision point is step 3 (0-based), where the failure left its verified sibling: no probe to find it
     assert [[(t is failure, steps) for t, steps in call] for call in sampler.requests] == [[(True, 3)]]
@@ -128,8 +141,8 @@ def test_tree_branch_spends_its_budget_where_the_failure_choice_says(rule, branc
     for g, solved in enumerate((1, 2, 3)):
         rollouts += [make("".join(REFERENCE), g)] * solved + [make(wrong_at(2), g)] * (4 - solved)
     sampler = Recorder()
-    config = ExperimentConfig(method=MethodConfig(max_localizations=1, failure_choice=rule))
-    context = MethodContext(TASK, config, sampler, random.Random(0), MethodMemory(8, 8, AuditSchedule(1, 1, 4)), 1)
+    settings = TreeBranchSettings(max_localizations=1, failure_choice=rule)
+    context = MethodContext(TASK, settings, "grpo", sampler, random.Random(0), MethodMemory(8, 8, AuditSchedule(1, 1, 4)), 1)
     out = get_method("tree_branch").credit(rollouts, context)
     assert sampler.requests == [branched] and out.metrics["loc/budget_skipped"] == 5
 
@@ -140,7 +153,6 @@ def test_blind_resets_branch_from_groups_with_no_success(name):
     (si_internal: just before the step it names) or a random number of steps (random_reset)."""
     from test_localize import PROBLEM, REFERENCE, TASK, make, wrong_at
 
-    from sirl.config import InternalizeConfig
     from sirl.internalize.localize import prefix_ids
     from sirl.types import Verdict
 
@@ -157,14 +169,15 @@ def test_blind_resets_branch_from_groups_with_no_success(name):
                 out.append([make(text, t.group, prefix_len=len(prefix)) for text in texts[:k]])
             return out
 
-        def propose(self, failures):
+        def propose(self, failures, fmt):
             self.proposed.append(list(failures))
             return [Verdict("4", 3, True, 1) for _ in failures]  # names step 4 (0-based 3)
 
     blind = [make(wrong_at(3), group=0), make(wrong_at(1), group=0)]  # every row of group 0 failed
     sampler, memory = Scripted(), MethodMemory(8, 8, AuditSchedule(1, 1, 4))
-    config = ExperimentConfig(method=MethodConfig(blind_resets=4, branch_samples=2, max_localizations=0), internalize=InternalizeConfig(verify_batch=0))
-    out = get_method(name).credit(blind, MethodContext(TASK, config, sampler, random.Random(0), memory, 1))
+    knobs = {"blind_resets": 4, "branch_samples": 2, "max_localizations": 0}
+    settings = SiInternalSettings(**knobs, verify_batch=0) if name == "si_internal" else RandomResetSettings(**knobs)
+    out = get_method(name).credit(blind, MethodContext(TASK, settings, "grpo", sampler, random.Random(0), memory, 1))
     [[(failure, kept)]] = sampler.requests[-1:]  # one reset, of the group's first failure
     assert failure is blind[0]
     if name == "si_internal":
@@ -180,6 +193,6 @@ def test_blind_resets_branch_from_groups_with_no_success(name):
     assert prefix_ids(failure, kept) in [e.prefix_ids for e in memory.repair.entries]
     # the group's own rows carry nothing (all failed); without blind_resets nothing is added
     assert all(torch.all(a == 0) for a in out.token_advantages[:2])
-    config.method.blind_resets = 0
-    plain = get_method(name).credit(blind, MethodContext(TASK, config, Scripted(), random.Random(0), MethodMemory(8, 8, AuditSchedule(1, 1, 4)), 1))
+    settings.blind_resets = 0
+    plain = get_method(name).credit(blind, MethodContext(TASK, settings, "grpo", Scripted(), random.Random(0), MethodMemory(8, 8, AuditSchedule(1, 1, 4)), 1))
     assert len(plain.rows) == 2 and "reset/blind_groups" not in plain.metrics

@@ -11,10 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 import sirl.train
-from sirl.config import ConfigError, ExperimentConfig, ModelConfig, PrimeConfig, RolloutConfig, load_config
+from sirl.config import ConfigError, ExperimentConfig, ModelConfig, RolloutConfig, TrainConfig, load_config
 from sirl.distributed import Distributed
 from sirl.internalize.selfverify import AuditSchedule
 from sirl.methods import MethodContext, MethodMemory, get_method
+from sirl.methods.settings import PrimeSettings
 from sirl.methods.prime import (
     PrimeState, accuracy_filter, implicit_process_rewards, make_prime_state, prime_advantages, prime_advantages_naive,
     prm_cross_entropy, whiten,
@@ -151,19 +152,21 @@ def test_prime_refuses_groups_of_one_and_an_empty_filter():
     check = get_method("prime").check
     with pytest.raises(ConfigError, match="group_size >= 2"):
         check(ExperimentConfig(rollout=RolloutConfig(group_size=1)), task)
-    with pytest.raises(ConfigError, match="accuracy_low=0.9 is above prime.accuracy_high=0.8"):
-        check(ExperimentConfig(prime=PrimeConfig(accuracy_low=0.9)), task)
+    config = ExperimentConfig()
+    config.method.prime.accuracy_low = 0.9
+    with pytest.raises(ConfigError, match="accuracy_low=0.9 is above method.prime.accuracy_high=0.8"):
+        check(config, task)
 
 
 # --- the credit on a small batch ------------------------------------------------------------------
 
 
 def nano_prime(lr: float = 1e-2):
-    """A random nano policy (arith's alphabet), its PRIME state, and the settings around it."""
+    """A random nano policy (arith's alphabet), its PRIME state, and prime's settings."""
     task = load_task("arith")
-    config = ExperimentConfig(model=ModelConfig(size="nano", device="cpu"), prime=PrimeConfig(lr=lr))
-    model, tokenizer = policy_from_config(config.model, task.alphabet(), 0)
-    return task, config, tokenizer, make_prime_state(config, model, Distributed())
+    settings = PrimeSettings(lr=lr)
+    model, tokenizer = policy_from_config(ModelConfig(size="nano", device="cpu"), task.alphabet(), 0)
+    return task, settings, tokenizer, make_prime_state(settings, TrainConfig(), model, Distributed())
 
 
 def rollout(tokenizer, prompt: str, response: str, reward: float, group: int, prefix_len: int = 0) -> Trajectory:
@@ -172,9 +175,9 @@ def rollout(tokenizer, prompt: str, response: str, reward: float, group: int, pr
                       [(0, len(response_ids))], prefix_len)
 
 
-def prime_step(task, config, tokenizer, state, rollouts, step=1):
-    context = MethodContext(task, config, SimpleNamespace(tokenizer=tokenizer), random.Random(0), MethodMemory(8, 8, AuditSchedule(1, 1, 4)),
-                            step, state)
+def prime_step(task, settings, tokenizer, state, rollouts, step=1):
+    context = MethodContext(task, settings, "grpo", SimpleNamespace(tokenizer=tokenizer), random.Random(0),
+                            MethodMemory(8, 8, AuditSchedule(1, 1, 4)), step, state)
     return get_method("prime").credit(rollouts, context)
 
 
@@ -229,8 +232,8 @@ def test_the_credit_of_a_small_batch_follows_the_paper_step_by_step():
 
 
 def test_without_whitening_the_advantage_keeps_the_estimates_scale():
-    task, config, tokenizer, state = nano_prime()
-    config = ExperimentConfig(model=config.model, prime=PrimeConfig(lr=1e-2, whiten=False))
+    task, _, tokenizer, state = nano_prime()
+    config = PrimeSettings(lr=1e-2, whiten=False)
     batch = [rollout(tokenizer, "1+2=", "3", 1.0, 0), rollout(tokenizer, "1+2=", "4", 0.0, 0)]
     credit = prime_step(task, config, tokenizer, state, batch)
     # RLOO with K = 2: +1 and -1 (no process reward yet)

@@ -181,7 +181,7 @@ def test_labels_from_a_localization_in_each_format():
         assert tokenizer.decode(pairs[0][0]) == "7+5*3=[1]7+5=2;[2]2*3=5;[3]#5\n?"
     # rederive needs a task that re-derives its steps; the config is refused before anything runs
     config = ExperimentConfig()
-    config.internalize.verdict_format = "rederive"
+    config.method.si_internal.verdict_format = "rederive"
     get_method("si_internal").check(config, arith)
-    with pytest.raises(ConfigError, match="use internalize.verdict_format=index or judgments"):
+    with pytest.raises(ConfigError, match="use method.si_internal.verdict_format=index or judgments"):
         get_method("si_internal").check(config, load_task("gsm8k"))

@@ -67,7 +67,7 @@ def test_step_by_step_verdicts_round_trip_and_malformed_ones_raise_value_errors(
         first_wrong = task.verdict_target(p, solution, 0, fmt)
         assert task.read_verdict(p, solution, first_wrong + "garbage", fmt) == 0
     if not supports_step_check(task):
-        with pytest.raises(NoStepCheck, match="use internalize.verdict_format=index or judgments"):
+        with pytest.raises(NoStepCheck, match="use method.si_internal.verdict_format=index or judgments"):
             task.verdict_target(p, solution, None, "rederive")
 
 

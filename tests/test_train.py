@@ -216,13 +216,13 @@ def test_blind_resets_in_a_run_happen_are_counted_and_spend_the_budget(tmp_path,
 
 @pytest.mark.parametrize("algo", ["si_internal", "grpo"])
 def test_the_ground_truth_localizer_is_refused_outside_si(tmp_path, algo):
-    with pytest.raises(ConfigError, match="method.localizer=ground_truth is a diagnostic of algo.name=si only"):
+    with pytest.raises(ConfigError, match="method.si.localizer=ground_truth is a diagnostic of algo.name=si only"):
         run_train(tiny_config(tmp_path, f"algo.name={algo}", "method.localizer=ground_truth"), tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
 
 
 def test_an_unknown_method_is_refused_with_the_registered_names(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown method algo.name='grpoo'; valid methods: \['dr_grpo', 'grpo', 'random_reset', 'rloo', 'si', 'si_internal', 'tree', 'tree_branch', 'vine'\]"):
+    with pytest.raises(ConfigError, match=r"unknown method algo.name='grpoo'; valid methods: \['dr_grpo', 'grpo', 'prime', 'random_reset', 'rloo', 'si', 'si_internal', 'tree', 'tree_branch', 'vine'\]"):
         run_train(tiny_config(tmp_path, "algo.name=grpoo"), tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
 

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from sirl.compare import ComparePlan
-from sirl.config import ConfigError, ExperimentConfig, TaskConfig, check_ranges, check_task_args, deep_merge, from_dict, read_preset, to_dict
+from sirl.config import (
+    ConfigError, ExperimentConfig, TaskConfig, check_ranges, check_task_args, deep_merge, from_dict, read_old_places, read_preset, to_dict,
+)
 from sirl.evaluate import EvalResult
 
 __all__ = ["make_config", "run_compare", "run_eval", "run_sft", "run_train"]
@@ -42,6 +44,7 @@ def make_config(preset: str | ExperimentConfig | None = None, **sections: Any) -
     if isinstance(task, dict) and "name" in task and task["name"] != base.get("task", {}).get("name", TaskConfig().name):
         # another task than the preset's starts from its own knobs: the preset's task.args are the other task's
         base = {**base, "task": {k: v for k, v in base.get("task", {}).items() if k != "args"}}
+    sections = read_old_places(sections, "make_config's sections")  # method={"localizer": ...} as before: before merging
     config = from_dict(ExperimentConfig, deep_merge(base, sections), "")
     check_ranges(config)
     return config

@@ -38,6 +38,12 @@ def config_sections() -> tuple[list[str], list[str]]:
     return sections, [f.name for f in fields(ExperimentConfig) if f.name not in sections]
 
 
+def method_sections() -> list[str]:
+    """The sections of the ``method`` section: each method's settings, named after it (sirl.methods.settings),
+    read from the dataclass."""
+    return [f.name for f in fields(get_type_hints(ExperimentConfig)["method"])]
+
+
 def task_names() -> list[str]:
     from sirl.tasks import TASKS
 
@@ -59,6 +65,7 @@ config overrides:
     --model.hidden_size=128  --task.args.max_ops=16  --sft.steps=500  --eval.n_problems=2000
   Values are read as YAML (128 is an int, true a bool, [1,4] a list).
 {textwrap.fill(f"Sections: {', '.join(sections)}; top-level fields: {', '.join(top_level)}.", width=100, initial_indent="  ", subsequent_indent="  ")}
+{textwrap.fill(f"Each method's settings are a section of method: {', '.join(f'method.{m}' for m in method_sections())} (e.g. --method.si.probes=2). Keys at their places before these sections (method.probes, internalize.*, prime.*) are read at their new ones (sirl.methods.settings.MOVED_KNOBS).", width=100, initial_indent="  ", subsequent_indent="  ")}
   `sirl config` prints the resolved config; unknown keys and wrong types are errors that list the valid choices.
 """
 
@@ -489,7 +496,7 @@ def _eval(
         self_verification = evaluate_self_verification(
             model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, samples=config.eval.n_samples,
             temperature=config.eval.temperature, batch_size=config.eval.batch_size, seed=config.seed, verifier=verifier,
-            progress=None if quiet else "self-verification", fmt=config.internalize.verdict_format,
+            progress=None if quiet else "self-verification", fmt=config.method.si_internal.verdict_format,
         )
         report["self_verification"] = self_verification.to_json()
     counts = verifier.counts

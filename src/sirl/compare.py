@@ -64,7 +64,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sirl.config import ConfigError, ExperimentConfig, check_group_size, config_differences, to_dict, to_yaml
+from sirl.config import ConfigError, ExperimentConfig, check_group_size, config_differences, read_old_places, to_dict, to_yaml
 from sirl.interrupt import Interrupted, StopSignals, exit_status, signal_name
 from sirl.runlock import FolderInUse, FolderLock, check_not_in_use
 from sirl.runlog import EVALS_FILE, write_atomic
@@ -789,10 +789,11 @@ def _flat_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def settings_from_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     """The settings of a resolved config (a run's config.yaml) that differ from sirl's defaults
     (``ExperimentConfig()``), by dotted key, without the keys that differ run to run (:data:`PER_RUN_KEYS`).
-    A key the saved config lacks took its default then; a key it has that sirl no longer knows is kept."""
+    A key the saved config lacks took its default then; a key it has that sirl no longer knows is kept; a key at a
+    place an older sirl had it is read at today's (sirl.config.read_old_places)."""
     defaults = _flat_config(to_dict(ExperimentConfig()))
     missing = object()
-    return {key: value for key, value in sorted(_flat_config(saved).items())
+    return {key: value for key, value in sorted(_flat_config(read_old_places(saved)).items())
             if key not in PER_RUN_KEYS and defaults.get(key, missing) != value}
 
 

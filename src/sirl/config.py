@@ -5,10 +5,16 @@ Resolution order: the dataclass defaults, then a YAML preset (``--config NAME`` 
 overrides (``--model.hidden_size=128``, ``--task.args.max_ops=16``). Values on the command line are read
 as YAML scalars, so ``128`` is an int, ``true`` a bool and ``[1, 4]`` a list. Unknown keys and wrong
 types are errors that name the key and the valid choices. Every run folder gets the resolved config.
+
+Each method's settings are declared with the method (sirl.methods.settings) and are the section
+``method.<name>`` here (``--method.si.probes=2``). Keys at a place an older sirl had them (the one
+``method`` section of every method's knobs, ``internalize``, ``prime``) are read from there
+(:func:`read_old_places`), so old presets, plans and run folders load as they did.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import re
@@ -20,44 +26,12 @@ from typing import Any, Literal
 
 import yaml
 
+from sirl.config_fields import ConfigError, Range, ranged  # noqa: F401  (declared there, imported from here as before)
+from sirl.methods.settings import MOVED_KNOBS, MOVED_SECTIONS, MethodSections
 from sirl.paths import resolve_path
 
 
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-class ConfigError(ValueError):
-    """A preset or override that does not fit the config schema."""
-
-
-@dataclass(frozen=True)
-class Range:
-    """The values a numeric field's type allows that a run can also use; None (for an optional field)
-    always passes."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def admits(self, value: Any) -> bool:
-        if value is None:
-            return True
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def describe(self) -> str:
-        if self.high is None:
-            return f"{'greater than' if self.low_open else 'at least'} {self.low:g}"
-        if self.low is None:
-            return f"{'less than' if self.high_open else 'at most'} {self.high:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-
-
-def ranged(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False) -> Any:
-    """A field with a default and the range its value must lie in (checked by :func:`check_ranges`)."""
-    return field(default=default, metadata={"range": Range(low, high, low_open, high_open)})
 
 
 @dataclass
@@ -198,13 +172,8 @@ class RolloutConfig:
 @dataclass
 class AlgoConfig:
     name: str = "si"
-    """The method, a name in the methods registry (sirl.methods; ``sirl train --help`` lists them). grpo,
-    dr_grpo, rloo: outcome-only advantages. si: localize, correct and reuse failures with step-level credit
-    (the method section configures it). si_internal: si where the policy also learns to localize its own
-    errors and proposes the error step itself, confirmed by two probe checks, with oracle audits (the
-    internalize section). random_reset: si with the reset step drawn at random instead of localized. vine:
-    K probes at every step of every trajectory (Monte-Carlo step values). prime: PRIME's implicit process
-    reward model trained online from the outcomes (the prime section)."""
+    """The method: a name in the methods registry (sirl.methods.METHODS; ``sirl train --help`` lists them, and
+    an unknown name is an error that lists them). Its settings, if it has any, are the section method.<name>."""
     outcome_advantage: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
     """Outcome advantages beside the step credit of si, random_reset and vine."""
     clip_low: float = ranged(0.2, 0, 1, high_open=True)
@@ -220,155 +189,10 @@ class AlgoConfig:
     """Passes over each step's rollouts; more than 1 makes later passes off-policy (then clipping acts)."""
     minibatches: int = ranged(1, 1)
     """Optimizer steps per epoch; the rollouts are split into this many minibatches."""
-
-
-@dataclass
-class MethodConfig:
-    """Knobs of si (and of random_reset and vine where they apply); docs/method.md defines the terms."""
-
-    probes: int = ranged(1, 1)
-    """K: probe continuations per checked prefix. 1 measured best at an equal token budget on arith
-    (benchmarks/ablate_si.py: 85.3% vs 82.4% for K=2 and 81.7% for K=4, two seeds each, 250k tokens): a
-    cheaper check localizes more failures per token; K=2 or 4 localize more exactly
-    (benchmarks/localization.py)."""
-    free_evidence: bool = True
-    """Start each search at the longest prefix a verified trajectory of the same prompt shares."""
-    localizer: Literal["search", "divergence", "ground_truth"] = "search"
-    """search: the oracle localizer (docs/method.md). divergence: the step where the failure left every
-    success of its group, free (no probe), which the search can only move later. ground_truth: a
-    diagnostic, never the method: the error step
-    is the task's own first wrong step (tasks with ground truth only), and K probes from the prefix before
-    it give V(before) and the corrections. docs/method.md keeps ground truth out of training; this setting
-    exists to measure what the search's mistakes cost (benchmarks/ablate_si.py)."""
-    first_check: Literal["divergence", "bisect"] = "divergence"
-    """divergence: the first probe checks the step right after that shared prefix; bisect: plain halving."""
-    drop: float = ranged(0.5, 0, 1, high_open=True)
-    """A checked prefix is still good while its estimated value keeps more than drop x the value of the
-    last good prefix; 0 is docs/method.md's rule (good while any probe verifies). On arith, where a wrong step
-    often leaves some chance of a right final answer, 0.5 localized the first wrong step more often
-    (benchmarks/localization.py)."""
-    settle_probes: int = ranged(0, 0)
-    """With drop > 0: a checked prefix whose K probes include a verified one gets this many more before the
-    drop rule decides, so that a continuation that verified by luck after a wrong step does not pass the
-    step as good; most checks find no success and cost only K. 0: decide on the K probes. Measured on arith
-    (benchmarks/results/): localization 78.0% -> 74.5% at K=1 and 73.0% -> 78.5% at K=2 (settle 6); si
-    K=1 trained to 85.0% with 3 against 85.1% without (3 seeds), so it is off by default."""
-    max_localizations: int = ranged(64, 0)
-    """Most failures localized (si, random_reset) or branched (tree_branch) per step, chosen by
-    ``failure_choice``."""
-    failure_choice: Literal["half_solved", "least_solved", "most_solved", "random"] = "half_solved"
-    """Which failures the ``max_localizations`` budget keeps, round-robin over prompts: solve rate closest
-    to one half first, lowest first, highest first, or a random order (sirl.internalize.credit.select_failures).
-    Within a prompt, the failure sharing the longest prefix with a success first (random: random)."""
-    error_scale: float = ranged(1.0, 0)
-    """Multiplier of the error step's penalty -(V(before) - V(after))."""
-    error_span: Literal["step", "first_difference"] = "step"
-    """The tokens of the error step the penalty falls on: the whole step, or from the first token where the
-    failure left every verified sibling (the tokens before it, a success wrote too)."""
-    probe_baseline: Literal["all", "leave_out"] = "all"
-    """V(prefix) in a probe's advantage R - V(prefix): every free sample through the prefix, or all but the
-    probe itself and the failure it was drawn for (with K = 1, "all" gives every failed probe 0)."""
-    post_error: Literal["zero", "outcome"] = "zero"
-    """Credit of the steps after the error step: 0, or the trajectory's outcome advantage."""
-    train_on_probes: bool = True
-    """Every probe joins the batch (advantage R - V(prefix) on its own tokens); otherwise only corrections."""
-    correction_samples: int = ranged(0, 0)
-    """Extra continuations sampled from each good prefix, so it has a small group of its own."""
     normalization: Literal["additive", "diluting"] = "additive"
-    """additive: loss denominators count the original batch only, so extra samples add gradient;
-    diluting: they count every row, so extra samples shrink the original batch's weight."""
-    branch_samples: int = ranged(2, 2, 16)
-    """tree_branch: continuations sampled from the prefix before each chosen failure's decision point (the
-    step where it left every success of its group); they are scored against each other (leave-one-out)."""
-    blind_resets: int = ranged(0, 0)
-    """si_internal and random_reset: most groups with no success per step (where the outcome advantage and
-    the outcome-based localizer see nothing) whose first failure gets ``branch_samples`` continuations from
-    a reset point: just before the step the policy's own verdict names (si_internal) or through a uniformly
-    random number of steps (random_reset). The branch is scored leave-one-out with tree credit; a verified
-    continuation is a correction and its prefix a repair entry. 0: off."""
-    tree_outcome_mix: float = ranged(0.0, 0, 1)
-    """tree: the share of each token's advantage that is the response's outcome advantage (the rest is tree
-    credit); 0 is plain tree credit, 1 is the outcome method."""
-    tree_values: Literal["mean", "leave_one_out"] = "mean"
-    """tree, tree_branch: a trie node's value V in V(child) - V(parent): the mean outcome of the rows through
-    it, or for each row the mean of the *other* rows through it (its own outcome where none is), which makes
-    a row's credit add up to its RLOO score (sirl.algos.tree_token_advantages)."""
-    tree_weighting: Literal["none", "node_count"] = "none"
-    """tree, tree_branch: "node_count" divides each token's advantage by the number of rows of its group that
-    sampled the same token in the same context (lambda-GRPO, arXiv 2509.21154), so a step many rows share is
-    not trained once per row; "none" trains every row's copy."""
-    repair_share: float = ranged(0.25, 0, 1)
-    """Share of each step's prompts drawn from the repair buffer (continued from a stored good prefix)."""
-    repair_capacity: int = ranged(512, 1)
-    verification_capacity: int = ranged(4096, 1)
-    """Self-verification examples kept (the most recent)."""
-
-
-@dataclass
-class InternalizeConfig:
-    """Knobs of si_internal: the policy learns, on the same weights, to name the first wrong step of its
-    own solutions (the self-verification format of sirl.tasks.base.Task) and proposes it during training."""
-
-    verdict_format: Literal["index", "judgments", "rederive"] = "index"
-    """How a verdict is written (sirl.tasks.base.Task.verdict_target): index, the number of the first wrong
-    step in one token; judgments, a mark per step up to the first wrong one ("++-"); rederive, each step
-    recomputed beside its written result, then marked ("7+5=2?2+2*3=6?5-"; tasks with step_check only).
-    Verdict tokens count in the generated-token budget whatever the format."""
-    verify_loss: Literal["sft", "rl", "both"] = "sft"
-    """How the policy learns self-verification: sft, an auxiliary cross-entropy on the oracle's verdict;
-    rl, verdicts sampled and rewarded +1 for agreeing with the oracle, -1 otherwise; or both."""
-    verify_coef: float = ranged(0.01, 0)
-    """Weight of the self-verification term (the auxiliary loss, or the verdicts' advantages under rl).
-    The auxiliary loss starts near 12 nats with gradients ~50x the policy gradient's: at 0.5 it took the
-    shared weights over and held-out accuracy fell from 65% to 31% in 100 steps on arith; at 0.01 accuracy
-    followed si's (benchmarks/internalize.py)."""
-    verify_batch: int = ranged(32, 0)
-    """Self-verification examples trained on per step, drawn from the most recent ones."""
-    verify_group: int = ranged(4, 1)
-    """rl: verdicts sampled per example (their rewards are compared within the group)."""
-    none_share: float = ranged(0.25, 0, 1)
-    """Share of verified solutions (verdict "none") among the examples trained on per step."""
-    confirm_probes: int | None = ranged(None, 1)
-    """Probes per confirmation check; None uses method.probes (K)."""
-    reuse_samples: bool = True
-    """A confirmation check draws no probes when K samples of the same prompt besides the failure already
-    pass through its prefix: a sibling that wrote the same steps is a draw from that prefix like a probe.
-    Sound only because the proposal does not look at any outcome; the oracle search cannot do the same,
-    since past the longest certified prefix, where it checks, every sibling failed by definition (measured:
-    reusing them there made the search name earlier steps). With proposals that were always right it
-    brings arith's confirmations from 1.30 to 0.78 probes per failure; in 100-step si_internal runs
-    held-out accuracy was 86.1% with it and 86.3% without (2 seeds each; benchmarks/results/)."""
-    audit_min: float = ranged(0.1, 0, 1, low_open=True)
-    """The audit fraction never falls below this: some failures always get the full oracle search."""
-    audit_max: float = ranged(1.0, 0, 1, low_open=True)
-    audit_window: int = ranged(256, 1)
-    """Audits over which agreement with the oracle is measured; audit fraction = 1 - agreement, clamped."""
-
-
-@dataclass
-class PrimeConfig:
-    """Knobs of prime: PRIME (Cui et al. 2025, arXiv 2502.01456), an implicit process reward model trained
-    online from the outcome labels (sirl.methods.prime; docs/method.md, "PRIME")."""
-
-    beta: float = ranged(0.05, 0, low_open=True)
-    """beta of the implicit reward beta * log(pi_phi / pi_ref), in the reward model's cross-entropy and in the
-    token process rewards (the paper's 0.05)."""
-    lr: float | None = ranged(None, 0, 1, low_open=True)
-    """The reward model's AdamW learning rate, constant; None uses train.lr (the paper's was twice its
-    policy's: 1e-6 against 5e-7)."""
-    grad_clip: float = ranged(10.0, 0, low_open=True)
-    """Gradient-norm clip of the reward model's step (10 in the authors' run script)."""
-    gamma: float = ranged(1.0, 0, 1)
-    """Discount of the return of the process rewards (the paper's 1)."""
-    accuracy_low: float = ranged(0.2, 0, 1)
-    """The accuracy filter's lower bound: a prompt's group is trained on (by the policy and the reward model)
-    only when its share of verified samples lies in [accuracy_low, accuracy_high] (the paper's 0.2 and 0.8;
-    with 8 samples a prompt this drops groups with 0, 1, 7 or 8 successes). 0 and 1 keep every group."""
-    accuracy_high: float = ranged(0.8, 0, 1)
-    """The accuracy filter's upper bound (see accuracy_low)."""
-    whiten: bool = True
-    """Whiten the advantages over the step's trained tokens (subtract their mean, divide by their std), as
-    the authors' released code does after the paper's advantage estimate; False keeps the estimate's scale."""
+    """The loss denominators when a method trains on rows beside its sampled ones (probes, corrections,
+    branches, verdicts): additive, they count the sampled rows only, so extra rows add gradient; diluting,
+    they count every row, so extra rows shrink the sampled rows' weight."""
 
 
 @dataclass
@@ -427,9 +251,8 @@ class ExperimentConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    internalize: InternalizeConfig = field(default_factory=InternalizeConfig)
-    prime: PrimeConfig = field(default_factory=PrimeConfig)
+    method: MethodSections = field(default_factory=MethodSections)
+    """Each method's settings, a section per method with any: method.si, method.tree, ... (sirl.methods.settings)."""
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -461,6 +284,7 @@ def read_preset(preset: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a preset must be a mapping of config sections, got {type(data).__name__}")
+    data = read_old_places(data, str(path))
     base = data.pop("base", None)
     if base is None:
         return data
@@ -501,7 +325,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 
 def load_config(preset: str | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     data = read_preset(preset) if preset else {}
-    data = deep_merge(data, parse_overrides(overrides or []))
+    data = deep_merge(data, read_old_places(parse_overrides(overrides or []), "the overrides"))
     config = from_dict(ExperimentConfig, data, "")
     check_ranges(config)
     return config
@@ -529,16 +353,8 @@ def check_consistency(config: ExperimentConfig) -> None:
         sink_names(config.train.report_to)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if config.method.settle_probes > 0 and config.method.drop == 0:
-        raise ConfigError(
-            f"method.settle_probes={config.method.settle_probes} needs method.drop > 0: with drop = 0 one verified probe "
-            "already makes a prefix good, so settle probes would change nothing; set method.drop (e.g. 0.5) or settle_probes=0"
-        )
-    if config.internalize.audit_min > config.internalize.audit_max:
-        raise ConfigError(
-            f"internalize.audit_min={config.internalize.audit_min} is above internalize.audit_max={config.internalize.audit_max}; "
-            "the audit share is kept between them"
-        )
+    for section in dataclasses.fields(config.method):  # each method's checks of its own fields
+        getattr(config.method, section.name).check(f"method.{section.name}")
 
 
 def check_group_size(config: ExperimentConfig, group_relative: bool) -> None:
@@ -555,9 +371,12 @@ def check_group_size(config: ExperimentConfig, group_relative: bool) -> None:
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    """Build dataclass ``cls`` from a (partial) dict, checking every key and value."""
+    """Build dataclass ``cls`` from a (partial) dict, checking every key and value. A whole config
+    (ExperimentConfig) is read with its keys at old places moved first (:func:`read_old_places`)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    if cls is ExperimentConfig and not prefix:
+        data = read_old_places(data, "the config")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -656,7 +475,9 @@ def to_yaml(config: Any) -> str:
 def config_differences(saved: Any, current: Any, ignore: tuple[str, ...] = ("out",)) -> list[str]:
     """Dotted keys whose values differ between two configs (dataclasses or dicts), as ``key: a -> b``. A key
     the saved config lacks is no difference while the current value is that field's default: the field
-    was added after the save, and a new field's default keeps what came before."""
+    was added after the save, and a new field's default keeps what came before. A dict is read with its
+    keys at old places moved (:func:`read_old_places`), so a config saved by an older sirl compares by
+    today's keys."""
 
     def flat(data: Any, prefix: str = "") -> dict[str, Any]:
         data = to_dict(data) if dataclasses.is_dataclass(data) else data
@@ -669,8 +490,48 @@ def config_differences(saved: Any, current: Any, ignore: tuple[str, ...] = ("out
                 out[key] = value
         return out
 
-    a, b = flat(saved), flat(current)
+    a, b = flat(_new_places(saved)), flat(_new_places(current))
     defaults = flat(ExperimentConfig())
     added_at_default = {key for key in set(b) - set(a) if key in defaults and b[key] == defaults[key]}
     return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in sorted(set(a) | set(b))
             if key not in ignore and key not in added_at_default and a.get(key) != b.get(key)]
+
+
+# --- keys at the places an older sirl had them -----------------------------------------------------
+
+
+def read_old_places(data: dict[str, Any], where: str = "the config") -> dict[str, Any]:
+    """``data`` (one preset file, one command line's overrides, or a saved config) with each key at a place
+    an older sirl had it moved to where it is read now: a section of sirl.methods.settings.MOVED_SECTIONS
+    (``internalize.verify_coef`` -> ``method.si_internal.verify_coef``) and each knob of the one ``method``
+    section of before to every place of sirl.methods.settings.MOVED_KNOBS (``method.probes`` -> the probes of
+    si, si_internal, random_reset and vine). A value given at the new place in the same ``data`` wins; a
+    later layer (a preset over its base, the command line over the preset) wins as for any key."""
+    if not isinstance(data, dict):
+        return data
+    out = copy.deepcopy(data)
+    moved: list[tuple[str, Any]] = []
+    for old, new in MOVED_SECTIONS.items():
+        if old in out:
+            section = out.pop(old)
+            if not isinstance(section, dict):
+                raise ConfigError(f"{where}: {old} must be a mapping, got {section!r} (its keys are read as {new}.KEY)")
+            moved += [(f"{new}.{key}", value) for key, value in section.items()]
+    method = out.get("method")
+    if isinstance(method, dict):
+        for knob in [key for key in method if key in MOVED_KNOBS]:
+            value = method.pop(knob)
+            moved += [(place, value) for place in MOVED_KNOBS[knob]]
+    for place, value in moved:
+        node = out
+        *parents, leaf = place.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: {'.'.join(parents)} must be a mapping to take {place}, got {node!r}")
+        node.setdefault(leaf, value)
+    return out
+
+
+def _new_places(config: Any) -> Any:
+    return read_old_places(config) if isinstance(config, dict) else config

@@ -48,7 +48,6 @@ from sirl.config import (
 )
 from sirl.distributed import Distributed
 from sirl.evaluate import EvalResult, EvaluationFailed, evaluate, heldout_problems
-from sirl.internalize.selfverify import AuditSchedule
 from sirl.interrupt import Interrupted, StopSignals, signal_name
 from sirl.methods import Method, MethodContext, MethodMemory, get_method
 from sirl.methods.base import PolicySampler
@@ -120,7 +119,8 @@ def _train(
     model.sirl_rollout_dtype = resolve_rollout_dtype(config.rollout.dtype, model)  # what every generate call samples in
     dist = Distributed.from_env(model.device)
     show = not quiet and dist.is_main
-    rollout, algo, train, internal = config.rollout, config.algo, config.train, config.internalize
+    rollout, algo, train = config.rollout, config.algo, config.train
+    settings = config.method.of(method.name)  # the method's own section, method.<name> (None: it has none)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if algo.kl_coef > 0 else None
     if train.gradient_checkpointing:
         enable_checkpointing(base_causal_lm(model))
@@ -132,10 +132,9 @@ def _train(
     heldout = heldout_problems(task, config.eval.n_problems, config.eval.seed)
     state = TrainerState(
         random=RandomStreams.seeded(config.seed, dist.rank, model.device),  # each process its own prompts
-        memory=MethodMemory(config.method.repair_capacity, config.method.verification_capacity,
-                            AuditSchedule(internal.audit_min, internal.audit_max, internal.audit_window)),
+        memory=MethodMemory.of(settings),
         tokens=TokenCounts(),
-        method_state=method.make_state(config, model, dist) if method.make_state else None,  # from the starting policy
+        method_state=method.make_state(settings, train, model, dist) if method.make_state else None,  # from the starting policy
     )
     loaded = _resume(run_dir, config, state, model, optimizer, schedule, dist, force, show) if resume else None
     log = RunLog(run_dir, config, resume_step=state.step if resume else None, elapsed_s=state.log_elapsed_s) if dist.is_main else None
@@ -193,11 +192,11 @@ def _train(
         step_start = time.time()
         sampler = PolicySampler(
             model, tokenizer, task, params, generator=state.random.sampling, verifier=verifier, max_batch=rollout.batch_size,
-            verdict_format=config.internalize.verdict_format, prompt_format=prompt_format,
+            prompt_format=prompt_format,
         )
         try:
             # 1. Sample: fresh prompts, and for methods with a repair buffer a share of stored good prefixes.
-            drawn = state.memory.repair.draw(round(config.method.repair_share * rollout.prompts_per_step), state.random.prompts) if method.uses_repair else []
+            drawn = state.memory.repair.draw(round(settings.repair_share * rollout.prompts_per_step), state.random.prompts) if method.uses_repair else []
             problems = [task.sample(state.random.prompts, "train") for _ in range(rollout.prompts_per_step - len(drawn))]
             samples = sample_trajectories(
                 model, tokenizer, task, problems + [d.problem for d in drawn], params, group_size=rollout.group_size,
@@ -208,7 +207,8 @@ def _train(
             rollouts = verify_trajectories(task, samples, verifier)
             rollout_seconds = time.time() - step_start
             # 3. Credit: the method's rows, advantages and auxiliary losses (its probes count their tokens).
-            credit = method.credit(rollouts, MethodContext(task, config, sampler, state.random.method, state.memory, step, state.method_state))
+            context = MethodContext(task, settings, algo.outcome_advantage, sampler, state.random.method, state.memory, step, state.method_state)
+            credit = method.credit(rollouts, context)
             broken = None
         except NonFiniteLogits as error:
             broken = str(error)
@@ -217,7 +217,7 @@ def _train(
             continue
 
         # 4. Update; a step with a non-finite loss or gradient is skipped, several in a row stop the run.
-        additive = config.method.normalization == "additive"
+        additive = algo.normalization == "additive"
         batch = collate_rollouts(credit.rows, credit.token_advantages, tokenizer.pad_token_id, reference=credit.reference if additive else None)
         update = policy_update(
             model, optimizer, batch, algo, norm_length=rollout.max_new_tokens, micro_batch_size=train.micro_batch_size, micro_batch_tokens=micro_batch_tokens,

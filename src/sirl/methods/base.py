@@ -1,7 +1,8 @@
 """What every method shares: its registry entry, what it is given each step, and the policy as it samples.
 
-A method's credit function takes the step's verified rollouts and a :class:`MethodContext` and returns a
-frozen :class:`~sirl.types.Credit`. Extra samples it needs (probes, verdicts) come from the context's
+A method's credit function takes the step's verified rollouts and a :class:`MethodContext` (its own
+settings, sirl.methods.settings, and the shared values it needs) and returns a frozen
+:class:`~sirl.types.Credit`. Extra samples it needs (probes, verdicts) come from the context's
 :class:`PolicySampler`, which verifies them and counts the tokens it generates, so every token a method
 spends lands in the budget without the method counting it.
 """
@@ -11,21 +12,22 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sirl.batch import TokenBatch, collate_supervised
-from sirl.config import ConfigError, ExperimentConfig
+from sirl.config import ConfigError, ExperimentConfig, TrainConfig
 from sirl.distributed import Distributed
 from sirl.internalize import selfverify
 from sirl.internalize.localize import prefix_ids
 from sirl.internalize.repair import RepairBuffer, RepairEntry, VerificationExample, VerificationExamples
 from sirl.internalize.selfverify import AuditSchedule
+from sirl.methods.settings import SETTINGS, Repair, SiInternalSettings
 from sirl.prompts import PromptFormat
 from sirl.rollout import SamplingParams, sample_trajectories
-from sirl.tasks.base import Task, supports_step_check
+from sirl.tasks.base import Task
 from sirl.types import Credit, Trajectory, Verdict
 from sirl.verifier import Verifier, verify_trajectories
 
@@ -33,17 +35,16 @@ from sirl.verifier import Verifier, verify_trajectories
 class PolicySampler:
     """The current policy as a method samples from it during one step: probes from prefixes (verified,
     like the rollouts) and self-verification verdicts. ``tokens`` counts what it generated, by kind:
-    ``probe`` (response tokens past the given prefix) and ``verify`` (verdict tokens)."""
+    ``probe`` (response tokens past the given prefix) and ``verify`` (verdict tokens). Verdicts are written
+    in the format the calling method names (``fmt``: sirl.tasks.base.Task.verdict_target)."""
 
     def __init__(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, params: SamplingParams, *,
-        generator: torch.Generator, verifier: Verifier | None, max_batch: int, verdict_format: str = "index",
-        prompt_format: PromptFormat | None = None,
+        generator: torch.Generator, verifier: Verifier | None, max_batch: int, prompt_format: PromptFormat | None = None,
     ):
         self.model, self.tokenizer, self.task, self.params = model, tokenizer, task, params
         self.prompt_format = prompt_format
         self.generator, self.verifier, self.max_batch = generator, verifier, max_batch
-        self.verdict_format = verdict_format
         self.tokens = {"probe": 0, "verify": 0}
 
     def probe(self, requests: list[tuple[Trajectory, int]], k: int) -> list[list[Trajectory]]:
@@ -58,26 +59,24 @@ class PolicySampler:
         self.tokens["probe"] += sum(len(p.response_ids) - p.prefix_len for p in found)
         return [found[i * k : (i + 1) * k] for i in range(len(requests))]
 
-    def propose(self, failures: list[Trajectory]) -> list[Verdict]:
+    def propose(self, failures: list[Trajectory], fmt: str) -> list[Verdict]:
         """The policy's greedy verdicts on the failures (which step went wrong first)."""
-        verdicts = selfverify.propose(
-            self.model, self.tokenizer, self.task, [(t.problem, t.text) for t in failures], self.max_batch, self.verdict_format
-        )
+        verdicts = selfverify.propose(self.model, self.tokenizer, self.task, [(t.problem, t.text) for t in failures], self.max_batch, fmt)
         self.tokens["verify"] += sum(v.n_tokens for v in verdicts)
         return verdicts
 
-    def sample_verdicts(self, examples: list[VerificationExample], group: int, first_group: int) -> list[Trajectory]:
+    def sample_verdicts(self, examples: list[VerificationExample], group: int, first_group: int, fmt: str) -> list[Trajectory]:
         """``group`` sampled verdicts per example, rewarded for agreeing with the oracle (selfverify)."""
         verdicts = selfverify.sampled_verdicts(
             self.model, self.tokenizer, self.task, examples, group, self.generator, first_group=first_group,
-            max_batch=self.max_batch, fmt=self.verdict_format,
+            max_batch=self.max_batch, fmt=fmt,
         )
         self.tokens["verify"] += sum(len(v.response_ids) for v in verdicts)
         return verdicts
 
-    def verdict_batch(self, examples: list[VerificationExample]) -> TokenBatch:
+    def verdict_batch(self, examples: list[VerificationExample], fmt: str) -> TokenBatch:
         """The oracle's verdicts on ``examples`` as a supervised batch (nothing is generated)."""
-        pairs = selfverify.supervised_batch(self.task, self.tokenizer, examples, self.verdict_format)
+        pairs = selfverify.supervised_batch(self.task, self.tokenizer, examples, fmt)
         return collate_supervised(pairs, self.tokenizer.pad_token_id)
 
 
@@ -89,6 +88,16 @@ class MethodMemory:
         self.repair = RepairBuffer(repair_capacity)
         self.verification = VerificationExamples(verification_capacity)
         self.audits = audits
+
+    @classmethod
+    def of(cls, settings: Any) -> MethodMemory:
+        """The memory of a method with ``settings`` (its section, or None): the repair buffer's capacity from a
+        method with one (``repair_capacity``), the self-verification examples' and the audit schedule from
+        si_internal's settings; a method without them keeps those parts at their defaults, unused."""
+        repair = settings if isinstance(settings, Repair) else Repair()
+        internal = settings if isinstance(settings, SiInternalSettings) else SiInternalSettings()
+        return cls(repair.repair_capacity, internal.verification_capacity,
+                   AuditSchedule(internal.audit_min, internal.audit_max, internal.audit_window))
 
     def remember(self, step: int, rollouts: Sequence[Trajectory], credit: Credit, good_prefixes: Sequence[tuple[Trajectory, list[int]]]) -> None:
         """Keep the step's good prefixes (repair buffer) and its oracle verdicts: each localized failure's
@@ -105,10 +114,15 @@ class MethodMemory:
 
 @dataclass(frozen=True)
 class MethodContext:
-    """What a method is given each step besides the rollouts."""
+    """What a method is given each step besides the rollouts: its own settings and the shared values it needs."""
 
     task: Task
-    config: ExperimentConfig
+    settings: Any
+    """The method's own settings, its config section method.<name> (sirl.methods.settings); None for a method
+    without any."""
+    outcome_advantage: str
+    """algo.outcome_advantage: the estimator of the outcome advantages beside a method's step credit
+    (sirl.credit.outcome.ADVANTAGES)."""
     sampler: PolicySampler
     rng: random.Random
     """The method's own random stream (saved in checkpoints)."""
@@ -140,23 +154,15 @@ CreditFn = Callable[[Sequence[Trajectory], MethodContext], Credit]
 
 
 def refuse_ground_truth(config: ExperimentConfig, task: Task) -> None:
-    """Every method's check but si's: the ground-truth localizer is a diagnostic of si only."""
-    if config.method.localizer == "ground_truth":
+    """Every method's check but si's: the ground-truth localizer is a diagnostic of si only, and a run of
+    another method that sets it (``method.localizer`` of before set it for every method) is refused rather
+    than run without it."""
+    if config.method.si.localizer == "ground_truth":
         raise ConfigError(
-            f"method.localizer=ground_truth is a diagnostic of algo.name=si only (got algo.name={config.algo.name}); "
-            "use method.localizer=search"
+            f"method.si.localizer=ground_truth is a diagnostic of algo.name=si only (got algo.name={config.algo.name}); "
+            "use method.si.localizer=search"
         )
-    # (method.localizer=divergence is si's too; the other methods ignore the localizer, so nothing to refuse)
-    check_verdict_format(config, task)
-
-
-def check_verdict_format(config: ExperimentConfig, task: Task) -> None:
-    """The rederive verdict format needs a task that can re-derive its steps."""
-    if config.internalize.verdict_format == "rederive" and not supports_step_check(task):
-        raise ConfigError(
-            f"internalize.verdict_format=rederive needs a task that re-derives its steps (step_check); task "
-            f"{task.name!r} does not: use internalize.verdict_format=index or judgments"
-        )
+    # (localizer=divergence is si's too; the other methods have no localizer of their own, so nothing to refuse)
 
 
 @dataclass(frozen=True)
@@ -164,30 +170,40 @@ class Method:
     """A registry entry. ``credit`` turns the step's verified rollouts into a :class:`Credit`;
     ``uses_repair``: a share of each step's prompts continue good prefixes from the repair buffer;
     ``check`` refuses, before anything runs, a config or task the method cannot work with;
-    ``make_state`` builds what it keeps besides the policy (checkpointed with the run)."""
+    ``make_state`` builds what it keeps besides the policy (checkpointed with the run). Its settings are
+    sirl.methods.settings.SETTINGS[name] (the config section method.<name>), if it has any."""
 
     name: str
     summary: str
     credit: CreditFn
     uses_repair: bool = False
+    """A share of each step's prompts continue good prefixes from the repair buffer (its settings' ``repair_share``)."""
     check: Callable[[ExperimentConfig, Task], None] = refuse_ground_truth
-    make_state: Callable[[ExperimentConfig, PreTrainedModel, Distributed], MethodState] | None = None
-    """Builds the method's own state from the starting policy (before any resume); None: the method has none."""
+    make_state: Callable[[Any, TrainConfig, PreTrainedModel, Distributed], MethodState] | None = None
+    """Builds the method's own state from its settings, the train section and the starting policy (before any
+    resume); None: the method has none."""
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register(method: Method) -> Method:
-    """Add ``method`` to the registry; a name can be registered once."""
+    """Add ``method`` to the registry; a name can be registered once. A method that keeps a repair buffer
+    draws its share from its settings, so it must have settings with ``repair_share``."""
     if method.name in METHODS:
         raise ValueError(f"a method named {method.name!r} is already registered ({METHODS[method.name].summary})")
+    if method.uses_repair and not issubclass(SETTINGS.get(method.name, object), Repair):
+        raise ValueError(f"method {method.name!r} uses the repair buffer, so its settings (sirl.methods.settings.SETTINGS) "
+                         "need the Repair part (repair_share, repair_capacity)")
     METHODS[method.name] = method
     return method
 
 
 def get_method(name: str) -> Method:
     """The registered method ``name``; an unknown name is a ConfigError listing the valid ones."""
+    from sirl.methods import load
+
+    load()  # every method module registered (a no-op after the first call)
     try:
         return METHODS[name]
     except KeyError:

@@ -6,8 +6,8 @@ on the policy's own rollouts from their outcome labels; the frozen starting poli
 pi_ref. Each step, on the verified rollouts (the paper's Algorithm 1, in the order of the authors' run
 script, ``prime_model.update=after``):
 
-1. Accuracy filter: only the prompts whose group's mean reward lies in [prime.accuracy_low,
-   prime.accuracy_high] are trained on, by the PRM and by the policy (the paper's 0.2 and 0.8; it
+1. Accuracy filter: only the prompts whose group's mean reward lies in [method.prime.accuracy_low,
+   method.prime.accuracy_high] are trained on, by the PRM and by the policy (the paper's 0.2 and 0.8; it
    oversamples prompts to refill the batch, sirl does not, so the tokens of the dropped groups are spent).
 2. Implicit process rewards, one per response token (the paper's implicit PRM reward, after Yuan et al.
    2024, "Free Process Rewards without Process Labels")::
@@ -26,7 +26,7 @@ script, ``prime_model.update=after``):
        A_t^i = sum_{s>=t} gamma^(s-t) [ r_phi(y_s^i) - 1/(K-1) sum_{j!=i} mean_u r_phi(y_u^j) ]   (RLOO with implicit process rewards)
              + r_o(y^i) - 1/(K-1) sum_{j!=i} r_o(y^j)                                          (RLOO with outcome rewards)
 
-   then (prime.whiten) whitened over the step's trained tokens, as the authors' released code does.
+   then (method.prime.whiten) whitened over the step's trained tokens, as the authors' released code does.
 5. The loop's PPO-clip update of the policy on the kept rows (the paper's policy loss).
 
 Cost, all counted: the PRM's forward and backward pass over every kept row is added to the trained tokens
@@ -53,9 +53,10 @@ from transformers import PreTrainedModel
 from sirl import algos
 from sirl.batch import pack
 from sirl.checkpoint import optimizer_from_tensors, optimizer_to_tensors
-from sirl.config import ConfigError, ExperimentConfig
+from sirl.config import ConfigError, ExperimentConfig, TrainConfig
 from sirl.distributed import Distributed
 from sirl.methods.base import Method, MethodContext, refuse_ground_truth, register
+from sirl.methods.settings import PrimeSettings
 from sirl.model import base_causal_lm, token_logprobs, trainable_parameters
 from sirl.tasks.base import Task
 from sirl.types import Credit, Trajectory
@@ -174,6 +175,8 @@ class PrimeState:
     optimizer: torch.optim.Optimizer
     dist: Distributed
     micro_batch_tokens: int
+    micro_batch_size: int
+    """train.micro_batch_size: most rows per forward and backward pass of the PRM, as of the policy."""
 
     def tensors(self) -> dict[str, torch.Tensor]:
         optimizer_tensors, _ = optimizer_to_tensors(self.optimizer)
@@ -204,15 +207,14 @@ class PrimeState:
         return size(self.prm.parameters()) + size(trainable_parameters(self.prm)) + size(moments) + size(self.reference.parameters())
 
 
-def make_prime_state(config: ExperimentConfig, model: PreTrainedModel, dist: Distributed) -> PrimeState:
-    """The PRM and the reference, both copies of the starting policy (the paper initializes both from it)."""
+def make_prime_state(settings: PrimeSettings, train: TrainConfig, model: PreTrainedModel, dist: Distributed) -> PrimeState:
+    """The PRM and the reference, both copies of the starting policy (the paper initializes both from it);
+    the PRM's optimizer and micro-batches as the policy's (``train``), but its own learning rate if set."""
     prm = copy.deepcopy(model)
     reference = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(
-        trainable_parameters(prm), lr=config.prime.lr or config.train.lr, weight_decay=config.train.weight_decay, betas=(0.9, 0.99)
-    )
-    tokens = config.train.micro_batch_tokens or auto_micro_batch_tokens(base_causal_lm(prm), config.train.gradient_checkpointing)
-    return PrimeState(prm, reference, optimizer, dist, tokens)
+    optimizer = torch.optim.AdamW(trainable_parameters(prm), lr=settings.lr or train.lr, weight_decay=train.weight_decay, betas=(0.9, 0.99))
+    tokens = train.micro_batch_tokens or auto_micro_batch_tokens(base_causal_lm(prm), train.gradient_checkpointing)
+    return PrimeState(prm, reference, optimizer, dist, tokens, train.micro_batch_size)
 
 
 # --- the credit function ----------------------------------------------------------------------------
@@ -229,7 +231,8 @@ def _response_values(values_BT: torch.Tensor, rows: Sequence[Trajectory], width:
 
 
 def prime_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
-    settings, state = context.config.prime, context.state
+    settings: PrimeSettings = context.settings
+    state = context.state
     if not isinstance(state, PrimeState):
         raise RuntimeError("prime needs its reward model: the training loop builds it with Method.make_state")
     rewards_B = torch.tensor([t.reward for t in rollouts], dtype=torch.float64)
@@ -254,7 +257,7 @@ def prime_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Cred
     device = next(prm.parameters()).device
     batch = pack([t.prompt_ids for t in rows], [t.response_ids for t in rows], [t.prefix_len for t in rows], context.sampler.tokenizer.pad_token_id)
     n_rows = dist.sum([float(len(rows))])[0]  # the loss is a mean over every process's rows
-    step = micro_rows(context.config.train.micro_batch_size, state.micro_batch_tokens, batch.input_ids_BT.shape[1])
+    step = micro_rows(state.micro_batch_size, state.micro_batch_tokens, batch.input_ids_BT.shape[1])
     prm.train()
     optimizer.zero_grad(set_to_none=True)
     process, log_ratio_sums, losses = [], [], []
@@ -313,9 +316,7 @@ def check_prime(config: ExperimentConfig, task: Task) -> None:
     refuse_ground_truth(config, task)
     if config.rollout.group_size < 2:
         raise ConfigError(f"prime's leave-one-out baselines need rollout.group_size >= 2 (got {config.rollout.group_size})")
-    if config.prime.accuracy_low > config.prime.accuracy_high:
-        raise ConfigError(f"prime.accuracy_low={config.prime.accuracy_low} is above prime.accuracy_high={config.prime.accuracy_high}; "
-                          "the filter keeps the groups whose mean reward lies between them")
+    config.method.prime.check("method.prime")  # its bounds, as loading a config checks them
 
 
 register(Method(

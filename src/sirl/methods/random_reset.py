@@ -3,7 +3,7 @@ isolates what localization buys (docs/method.md, "Baselines").
 
 Each chosen failure gets K probes from the prefix through a uniformly random number of its steps; the
 probes join the batch with R - V(prefix), the failure keeps its outcome advantage, and a prefix from which
-a probe verified goes to the repair buffer. With ``method.blind_resets``, the first failure of each group
+a probe verified goes to the repair buffer. With ``blind_resets``, the first failure of each group
 with no success gets a branch group from a random reset point too: the baseline of si_internal's resets
 from its own verdicts on the same failures (sirl.methods.common.blind_resets).
 """
@@ -17,12 +17,13 @@ from sirl.internalize.localize import PrefixBook, prefix_ids
 from sirl.internalize.repair import RepairEntry
 from sirl.methods.base import Method, MethodContext, register
 from sirl.methods.common import blind_resets, choose_failures, outcome_token_advantages, value_scales, with_blind_resets
+from sirl.methods.settings import RandomResetSettings
 from sirl.types import Credit, Trajectory
 
 
 def random_reset_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
-    config = context.config.method
-    estimator = context.config.algo.outcome_advantage
+    config: RandomResetSettings = context.settings
+    estimator = context.outcome_advantage
     book = PrefixBook(rollouts)
     chosen_rows, metrics = choose_failures(book, rollouts, config.max_localizations, config.failure_choice, context.rng)
     requests = [(rollouts[i], context.rng.randrange(len(rollouts[i].step_spans))) for i in chosen_rows]

@@ -23,6 +23,7 @@ from sirl.internalize.credit import SearchSettings, divergence_localize, ground_
 from sirl.internalize.localize import PrefixBook, prefix_ids, step_ends
 from sirl.methods.base import Method, MethodContext, register
 from sirl.methods.common import RecordingProbe, choose_failures, failure_rows, outcome_advantages, value_scales
+from sirl.methods.settings import SiInternalSettings, SiSettings
 from sirl.tasks.base import Task
 from sirl.types import Credit, Localization, LocalizedFailure, Trajectory
 
@@ -30,19 +31,23 @@ Localizer = Callable[[list[Trajectory], PrefixBook, RecordingProbe, dict[str, fl
 """(failures, the step's book, the probe sampler, metrics to add to) -> one localization per failure."""
 
 
-def search_settings(config: ExperimentConfig) -> SearchSettings:
-    method, internal = config.method, config.internalize
+def search_settings(settings: SiSettings | SiInternalSettings) -> SearchSettings:
+    """The search knobs of si's or si_internal's settings; the confirmation knobs are si_internal's (si's
+    search confirms no proposal)."""
+    confirm = {}
+    if isinstance(settings, SiInternalSettings):
+        confirm = {"confirm_probes": settings.confirm_probes, "reuse_samples": settings.reuse_samples}
     return SearchSettings(
-        probes=method.probes, free_evidence=method.free_evidence, first_check=method.first_check, drop=method.drop,
-        settle_probes=method.settle_probes, confirm_probes=internal.confirm_probes, reuse_samples=internal.reuse_samples,
+        probes=settings.probes, free_evidence=settings.free_evidence, first_check=settings.first_check, drop=settings.drop,
+        settle_probes=settings.settle_probes, **confirm,
     )
 
 
 def localized_credit(rollouts: Sequence[Trajectory], context: MethodContext, localizer: Localizer) -> tuple[Credit, list[tuple[Trajectory, list[int]]]]:
     """Credit of si and si_internal, which differ only in ``localizer``; also returns the good prefixes
     (failure, prefix ids) found. The arithmetic is the credit core's (sirl.credit); this is its order."""
-    config = context.config.method
-    estimator = context.config.algo.outcome_advantage
+    config: SiSettings | SiInternalSettings = context.settings
+    estimator = context.outcome_advantage
 
     # 1. Every sampled row starts with its group-relative outcome advantage on every token.
     outcome_B = outcome_advantages(rollouts, estimator)
@@ -109,25 +114,25 @@ def localized_credit(rollouts: Sequence[Trajectory], context: MethodContext, loc
 
 
 def si_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
-    settings = search_settings(context.config)
+    settings = search_settings(context.settings)
     task = context.task
-    localizers: dict[str, Localizer] = {  # method.localizer
+    localizers: dict[str, Localizer] = {  # method.si.localizer
         "search": lambda failures, book, probe, metrics: search(failures, book, probe, settings),
         "divergence": lambda failures, book, probe, metrics: divergence_localize(failures, book),
         "ground_truth": lambda failures, book, probe, metrics: ground_truth_localize(
             failures, book, probe, settings.probes, lambda t: task.first_error(t.problem, t.text)
         ),
     }
-    credit, good_prefixes = localized_credit(rollouts, context, localizers[context.config.method.localizer])
+    credit, good_prefixes = localized_credit(rollouts, context, localizers[context.settings.localizer])
     context.memory.remember(context.step, rollouts, credit, good_prefixes)
     return credit
 
 
 def check_localizer(config: ExperimentConfig, task: Task) -> None:
-    if config.method.localizer == "ground_truth" and not task.has_ground_truth:
+    if config.method.si.localizer == "ground_truth" and not task.has_ground_truth:
         raise ConfigError(
-            f"method.localizer=ground_truth needs a task with ground truth first-error steps; task {config.task.name} has none; "
-            "use method.localizer=search"
+            f"method.si.localizer=ground_truth needs a task with ground truth first-error steps; task {config.task.name} has none; "
+            "use method.si.localizer=search"
         )
 
 

@@ -2,9 +2,9 @@
 first wrong step of its own solutions and proposes it for new failures.
 
 Per step: the policy proposes the error step of each chosen failure; a share of failures (the audit
-fraction, which falls as the policy agrees with the oracle, never below ``internalize.audit_min``) gets
+fraction, which falls as the policy agrees with the oracle, never below ``audit_min``) gets
 the full oracle search and scores the proposal; any other proposal is confirmed by two probe checks and
-falls back to the search when they disagree. Credit is si's. With ``method.blind_resets``, groups with
+falls back to the search when they disagree. Credit is si's. With ``blind_resets``, groups with
 no success (where outcome credit is zero and the outcome-based localizer cannot look) get resets too: the
 policy names the first wrong step of a failure and K continuations start just before it
 (sirl.methods.common.blind_resets). The policy then trains on self-verification
@@ -20,14 +20,17 @@ from collections.abc import Sequence
 
 import torch
 
+from sirl.config import ConfigError, ExperimentConfig
 from sirl.internalize import selfverify
 from sirl.internalize.credit import ProbeFn, SearchSettings, self_localize
 from sirl.internalize.localize import PrefixBook
 from sirl.internalize.selfverify import AuditSchedule
 from sirl.internalize.repair import RepairEntry
-from sirl.methods.base import Method, MethodContext, register
+from sirl.methods.base import Method, MethodContext, refuse_ground_truth, register
 from sirl.methods.common import blind_resets, outcome_advantages, with_blind_resets
+from sirl.methods.settings import SiInternalSettings
 from sirl.methods.si import localized_credit, search_settings
+from sirl.tasks.base import Task, supports_step_check
 from sirl.types import AuxiliaryLoss, Credit, Localization, Trajectory, Verdict
 
 
@@ -56,11 +59,12 @@ def localize_with_proposals(
 
 
 def si_internal_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
-    internal, task = context.config.internalize, context.task
-    settings = search_settings(context.config)
+    internal: SiInternalSettings = context.settings
+    task, fmt = context.task, internal.verdict_format
+    settings = search_settings(internal)
 
     def localizer(failures, book, probe, metrics):
-        verdicts = context.sampler.propose(failures)
+        verdicts = context.sampler.propose(failures, fmt)
         truth = [task.first_error(t.problem, t.text) for t in failures] if task.has_ground_truth else None
         localizations, found = localize_with_proposals(failures, verdicts, book, probe, settings, context.memory.audits, context.rng, truth)
         metrics.update(found)
@@ -68,13 +72,13 @@ def si_internal_credit(rollouts: Sequence[Trajectory], context: MethodContext) -
 
     credit, good_prefixes = localized_credit(rollouts, context, localizer)
     context.memory.remember(context.step, rollouts, credit, good_prefixes)
-    if context.config.method.blind_resets:
+    if internal.blind_resets:
         def own_verdicts(failures: list[Trajectory]) -> list[int | None]:
             # keep the steps before the named one; "none" or a malformed verdict names no reset point
-            return [v.step if v.valid else None for v in context.sampler.propose(failures)]
+            return [v.step if v.valid else None for v in context.sampler.propose(failures, fmt)]
 
         blind = blind_resets(
-            rollouts, context.config.method.blind_resets, context.config.method.branch_samples, own_verdicts,
+            rollouts, internal.blind_resets, internal.branch_samples, own_verdicts,
             context.sampler.probe, (lambda t: task.first_error(t.problem, t.text)) if task.has_ground_truth else None,
         )
         for failure, prefix in blind.good_prefixes:
@@ -87,10 +91,10 @@ def si_internal_credit(rollouts: Sequence[Trajectory], context: MethodContext) -
         return credit
     aux_losses, metrics, verdict_rows, verdict_adv = [], dict(credit.metrics), [], []
     if internal.verify_loss in ("sft", "both"):
-        batch = context.sampler.verdict_batch(examples)
+        batch = context.sampler.verdict_batch(examples, fmt)
         aux_losses.append(AuxiliaryLoss("verify", internal.verify_coef, batch.input_ids_BT, batch.attention_BT, batch.target_mask_BT))
     if internal.verify_loss in ("rl", "both"):
-        verdict_rows = context.sampler.sample_verdicts(examples, internal.verify_group, first_group=max(t.group for t in credit.rows) + 1)
+        verdict_rows = context.sampler.sample_verdicts(examples, internal.verify_group, max(t.group for t in credit.rows) + 1, fmt)
         verdict_adv = [
             torch.full((len(v.response_ids),), float(a) * internal.verify_coef)
             for v, a in zip(verdict_rows, outcome_advantages(verdict_rows, "grpo"))
@@ -107,7 +111,18 @@ def si_internal_credit(rollouts: Sequence[Trajectory], context: MethodContext) -
     )
 
 
+def check_si_internal(config: ExperimentConfig, task: Task) -> None:
+    """The rederive verdict format needs a task that can re-derive its steps (and si's diagnostic localizer
+    is refused, as for every method but si)."""
+    refuse_ground_truth(config, task)
+    if config.method.si_internal.verdict_format == "rederive" and not supports_step_check(task):
+        raise ConfigError(
+            f"method.si_internal.verdict_format=rederive needs a task that re-derives its steps (step_check); task "
+            f"{task.name!r} does not: use method.si_internal.verdict_format=index or judgments"
+        )
+
+
 register(Method(
     "si_internal", "si where the policy also learns to name its own first wrong step and proposes it, confirmed by probes",
-    si_internal_credit, uses_repair=True,
+    si_internal_credit, uses_repair=True, check=check_si_internal,
 ))

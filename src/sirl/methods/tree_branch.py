@@ -3,11 +3,11 @@
 
 The decision point of a failure is the step after its longest prefix that a verified sibling shares: where
 it left every success of its group, found without a probe. From the prefix just before it, K
-continuations (``method.branch_samples``) are sampled; they are scored against each other, leave-one-out
+continuations (``branch_samples``) are sampled; they are scored against each other, leave-one-out
 (sirl.credit.tree.branch_token_advantages), so a verified one is credited for repairing the failure and a failed
 one for repeating it. A verified branch is the corrected trajectory and its prefix goes to the repair
 buffer. The group's own rows keep their tree credit (sirl.methods.tree), which stays zero-sum. Which
-failures get branches under the per-step budget (``method.max_localizations``) is ``method.failure_choice``
+failures get branches under the per-step budget (``max_localizations``) is ``failure_choice``
 (sirl.credit.divergence.choose_failures), si's rule.
 """
 
@@ -21,13 +21,14 @@ from sirl.credit.tree import branch_token_advantages
 from sirl.internalize.localize import PrefixBook, prefix_ids, step_ends
 from sirl.methods.base import Method, MethodContext, register
 from sirl.methods.common import choose_failures, failure_rows, value_scales
+from sirl.methods.settings import TreeBranchSettings
 from sirl.methods.tree import tree_credit_of
 from sirl.types import Credit, Localization, LocalizedFailure, Trajectory
 
 
 def tree_branch_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
-    config = context.config.method
-    estimator = context.config.algo.outcome_advantage
+    config: TreeBranchSettings = context.settings
+    estimator = context.outcome_advantage
     base = tree_credit_of(rollouts, config, estimator)
     scales = value_scales(rollouts, estimator)
     book = PrefixBook(rollouts)

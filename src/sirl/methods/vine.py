@@ -17,11 +17,11 @@ from sirl.types import Credit, Trajectory
 
 
 def vine_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credit:
-    scales = value_scales(rollouts, context.config.algo.outcome_advantage)
+    scales = value_scales(rollouts, context.outcome_advantage)
     book = PrefixBook(rollouts)
     # Every inner step boundary past the given prefix.
     requests = [(t, k) for t in rollouts for k in range(1, len(t.step_spans)) if len(prefix_ids(t, k)) > t.prefix_len]
-    found = context.sampler.probe(requests, context.config.method.probes) if requests else []
+    found = context.sampler.probe(requests, context.settings.probes) if requests else []
     for probes in found:
         book.add(probes)
     token_adv = []

@@ -188,7 +188,7 @@ class Task(ABC):
         result copied beside it. Tasks that can re-derive a step override it and ``step_check_pattern``."""
         raise NoStepCheck(
             f"task {self.name!r} cannot re-derive its steps, so the 'rederive' verdict format is not available; "
-            f"use internalize.verdict_format=index or judgments"
+            f"use method.si_internal.verdict_format=index or judgments"
         )
 
     def verdict_target(self, problem: Problem, completion: str, first_error: int | None, fmt: str = "index") -> str:
