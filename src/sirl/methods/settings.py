@@ -38,9 +38,9 @@ class SettingsPart:
 class ProbeCount(SettingsPart):
     probes: int = ranged(1, 1)
     """K: probe continuations per checked prefix (si's search and si_internal's checks; random_reset: per reset
-    point; vine: per step boundary). A cheaper check localizes more failures per token; a larger K localizes
-    more exactly (benchmarks/localization.py). The default's figures: docs/results.md, "Measurements behind
-    the defaults"."""
+    point; vine: per step boundary). A larger K estimates each prefix's value with less noise at K times
+    the tokens; a smaller one checks more failures per token. The default's figures: docs/results.md,
+    "Measurements behind the defaults"."""
 
 
 @dataclass
