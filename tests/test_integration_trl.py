@@ -24,7 +24,6 @@ trl = pytest.importorskip("trl")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from bpe_helpers import bpe_tokenizer  # noqa: E402
-from sirl.config import ExperimentConfig  # noqa: E402
 from sirl.credit import divergence_credit, outcome_credit, tree_credit  # noqa: E402
 from sirl.credit.steps import split_steps, token_step_ends  # noqa: E402
 from sirl.integrations.tokens import completion_step_ends, decoded_offsets, mapped_offsets  # noqa: E402
@@ -133,13 +132,11 @@ def test_a_segmentation_the_tokenizer_would_not_make_falls_back_to_decoding():
 def sirl_si_credit(tokenizer, texts, responses, rewards, group_size, outcome_advantage):
     """sirl's own si with the divergence localizer on the same rows (Trajectories built as sirl's rollout
     engine builds them: the task's steps mapped onto tokens by sirl.rollout.steps)."""
-    from sirl.internalize.selfverify import AuditSchedule
     from sirl.methods.base import MethodContext, MethodMemory
+    from sirl.methods.settings import SiSettings
     from sirl.methods.si import si_credit
 
-    config = ExperimentConfig()
-    config.algo.outcome_advantage = outcome_advantage
-    config.method.localizer, config.method.error_span = "divergence", "first_difference"
+    settings = SiSettings(localizer="divergence", error_span="first_difference")
     rows = []
     for i, (text, ids, reward) in enumerate(zip(texts, responses, rewards)):
         decoded, starts = token_char_offsets(tokenizer, ids)
@@ -153,8 +150,8 @@ def sirl_si_credit(tokenizer, texts, responses, rewards, group_size, outcome_adv
         def probe(self, *args, **kwargs):
             raise AssertionError("the divergence localizer draws no probe")
 
-    memory = MethodMemory(config.method.repair_capacity, config.method.verification_capacity, AuditSchedule(0.1, 1.0, 16))
-    context = MethodContext(task=TASK, config=config, sampler=NoProbes(), rng=random.Random(0), memory=memory, step=1)
+    context = MethodContext(task=TASK, settings=settings, outcome_advantage=outcome_advantage, sampler=NoProbes(),
+                            rng=random.Random(0), memory=MethodMemory.of(settings), step=1)
     return si_credit(rows, context).token_advantages
 
 
@@ -380,3 +377,42 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), namespace)
     history = namespace["trainer"].state.log_history
     assert any("credit/zero_frac" in entry for entry in history)
+
+
+# --- the TRL comparison benchmark, at a tiny size ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_trl_compare_benchmark_writes_a_comparison_folder(tmp_path):
+    """benchmarks/trl_compare.py at a few hundred tokens and 20 problems: both methods run, the folder is
+    one benchmarks/paired.py reads, the held-out problems are sirl compare's, and a rerun skips finished runs."""
+    import json
+    import subprocess
+    import sys
+
+    from sirl.config import load_config
+    from sirl.evaluate import heldout_problems
+    from sirl.tasks import load_task
+
+    out = tmp_path / "cmp"
+    command = [sys.executable, str(ROOT / "benchmarks" / "trl_compare.py"), "--out", str(out), "--seeds", "1", "--budget-tokens", "600",
+               "--eval-every-tokens", "300", "--final-problems", "20", "--set", "rollout.prompts_per_step=1", "rollout.group_size=4"]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "| trl_divergence | 1 |" in first.stdout
+    config = load_config("arith_prime")
+    task = load_task(config.task.name, **config.task.args)
+    expected = [p.meta["difficulty"] for p in heldout_problems(task, 20, config.eval.seed)]
+    for method in ("trl_grpo", "trl_divergence"):
+        run = out / "runs" / method / "seed0"
+        final = json.loads((run / "eval.json").read_text())
+        evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
+        assert final["n"] == 20 and final["difficulties"] == expected and final["tokens/total"] >= 600
+        assert len(evals) >= 2 and evals[-1]["step"] == final["step"] and len(evals[-1]["rewards"]) == 20
+        assert any("credit/localized_frac" in json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()) == (
+            method == "trl_divergence")
+    paired = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paired.py"), f"div={out}:trl_divergence", f"grpo={out}:trl_grpo"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert paired.returncode == 0 and "| div | grpo |" in paired.stdout, paired.stdout + paired.stderr
+    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert again.returncode == 0 and "started" not in again.stdout
