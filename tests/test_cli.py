@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from sirl.cli import main
+from sirl.evaluate import wilson_interval
 
 
 def run_cli(*args):
@@ -50,12 +51,18 @@ def test_eval_json_on_a_freshly_trained_model(tmp_path, capsys):
         "--eval.max_new_tokens=40", "--pass-k", "--eval.pass_k=[1,2]", "--eval.n_samples=2", "--out", str(tmp_path / "e"),
     ]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["n"] == 12 and 0 <= result["accuracy"] <= 1
-    lo, hi = result["ci95"]
-    assert lo <= result["accuracy"] <= hi
-    assert set(result["pass_at_k"]) == {"1", "2"}
-    assert result["first_error_histogram"] is not None and sum(result["first_error_histogram"].values()) <= 12
-    assert json.loads((tmp_path / "e" / "eval.json").read_text())["n"] == 12
+    rewards = result["rewards"]  # each held-out problem's greedy reward: every figure below follows from them
+    assert result["n"] == len(rewards) == 12 and set(rewards) <= {0.0, 1.0}
+    assert result["accuracy"] == sum(rewards) / 12 and result["ci95"] == list(wilson_interval(sum(rewards), 12))
+    levels = result["by_difficulty"].values()
+    assert sum(v["n"] for v in levels) == 12 and sum(v["n"] * v["accuracy"] for v in levels) == pytest.approx(sum(rewards))
+    # every failure of arith has a first wrong step (a missing step is wrong too), and only failures are counted
+    assert sum(result["first_error_histogram"].values()) == rewards.count(0.0)
+    # two samples per problem, c_i of them right: pass@1 = sum(c_i) / 24 and pass@2 = #(c_i > 0) / 12, so
+    # 24 pass@1 and 12 pass@2 are whole numbers with pass@2 / 2 <= pass@1 <= pass@2
+    p1, p2 = result["pass_at_k"]["1"], result["pass_at_k"]["2"]
+    assert set(result["pass_at_k"]) == {"1", "2"} and 24 * p1 == pytest.approx(round(24 * p1)) and 12 * p2 == pytest.approx(round(12 * p2)) and p2 / 2 <= p1 <= p2
+    assert json.loads((tmp_path / "e" / "eval.json").read_text())["rewards"] == rewards
 
 
 EVAL = ["eval", "--config", "arith", "--eval.n_problems=8", "--eval.max_new_tokens=60"]

@@ -54,13 +54,23 @@ def test_guessing_baselines_by_hand():
     assert guessing_baselines([2, 2, 5, 0], [4, 4, 8, 2]) == (0.5, 9 / 32)
 
 
-def test_eval_verify_reports_self_localization_beside_guessing(capsys):
+def test_eval_verify_reports_self_localization_beside_guessing(capsys, monkeypatch):
+    import sirl.evaluate
+
+    seen = []  # the failures' ground-truth first wrong steps and step counts, as the evaluation found them
+    real = sirl.evaluate.guessing_baselines
+    monkeypatch.setattr(sirl.evaluate, "guessing_baselines", lambda truth, steps: seen.append((truth, steps)) or real(truth, steps))
     args = ["eval", "--config", "arith", "--eval.n_problems=8", "--eval.n_samples=2", "--verify", "--json", "--quiet"]
     assert cli_main(args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["self_verification"]
     assert report["n_failures"] + report["n_successes"] == 16
-    assert 0 < report["uniform_step"] < 1 and 0 < report["most_common_step"] <= 1
-    assert report["failure_accuracy"] is not None and len(report["failure_ci95"]) == 2
+    [(truth, steps)] = seen
+    assert len(truth) == len(steps) == report["n_failures"] > 0
+    # naive: the share of the most frequent first wrong step, and the mean chance 1/n of a random step
+    assert report["most_common_step"] == pytest.approx(max(truth.count(e) for e in truth) / len(truth))
+    assert report["uniform_step"] == pytest.approx(sum(1 / max(n, 1) for n in steps) / len(steps))  # an empty one: 1
+    right = round(report["failure_accuracy"] * report["n_failures"])
+    assert report["failure_ci95"] == list(wilson_interval(right, report["n_failures"]))
     assert cli_main(args[:-2]) == 0
     printed = capsys.readouterr().out
     assert "names the first wrong step" in printed and "guessing would score" in printed

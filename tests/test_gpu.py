@@ -63,7 +63,11 @@ def test_evaluation_on_the_gpu_matches_the_cpu(policies):
     problems = heldout_problems(task, 64, seed=1234)
     a = evaluate(cpu, tokenizer, task, problems, max_new_tokens=96)
     b = evaluate(gpu, tokenizer, task, problems, max_new_tokens=96, pass_k=[1, 4], n_samples=4)
-    assert a.accuracy == b.accuracy and 0 <= b.pass_at_k[1] <= b.pass_at_k[4] <= 1
+    assert a.accuracy == b.accuracy and a.rewards == b.rewards
+    # four samples per problem, c_i of them right: pass@1 = sum(c_i) / 256 and pass@4 = #(c_i > 0) / 64, so
+    # 256 pass@1 and 64 pass@4 are whole numbers with pass@4 / 4 <= pass@1 <= pass@4
+    p1, p4 = b.pass_at_k[1], b.pass_at_k[4]
+    assert 256 * p1 == pytest.approx(round(256 * p1)) and 64 * p4 == pytest.approx(round(64 * p4)) and p4 / 4 <= p1 <= p4
 
 
 @pytest.mark.parametrize("algo", ["grpo", "si", "si_internal", "random_reset", "vine"])

@@ -100,18 +100,33 @@ def test_chunks_do_not_change_greedy_output(model):
     assert torch.equal(whole.tokens_BT, chunked.tokens_BT)
 
 
-def test_eos_ends_rows_and_truncation_is_flagged(arith_tokenizer):
+def naive_greedy(model, context: list[int], max_new_tokens: int, eos: int) -> tuple[list[int], bool]:
+    """The definition: one full forward pass per token, the argmax, stop after EOS. (tokens, truncated)."""
+    ids = list(context)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+            if ids[-1] == eos:
+                return ids[len(context) :], False
+    return ids[len(context) :], True
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_eos_ends_rows_and_truncation_is_flagged(arith_tokenizer, backend):
     model = build_model(arith_tokenizer, "llama", SIZE_PRESETS["nano"], 256, seed=2).eval()
-    with torch.no_grad():  # make EOS (id 1) the likeliest token after token 7 and nowhere else
-        model.lm_head.weight[1] = 0
-        model.model.embed_tokens.weight[7] *= 0
-    out = generate(model, [[5, 6], [7]], SamplingParams(10, temperature=0.0), eos_ids=[1], pad_id=0)
-    lengths = out.lengths_B.tolist()
-    for row, length in enumerate(lengths):
-        tokens = out.row_tokens(row)
-        assert (tokens[-1] == 1) != bool(out.truncated_B[row])
-        assert 1 not in tokens[:-1]
-        assert length == 10 or tokens[-1] == 1
+    # The nano model's tied read-out repeats the last token forever; an untied random one wanders, and its
+    # greedy paths from these contexts reach EOS (id 1) at different steps, or never.
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(model.lm_head.weight.shape, generator=torch.Generator().manual_seed(0)))
+    contexts = [[6, 5, 21], [21, 20], [20, 18, 11, 22], [12, 2, 8, 2], [15, 8], [5, 6]]
+    expected = [naive_greedy(model, c, 10, eos=1) for c in contexts]
+    # EOS as the first, second, fourth, eighth (after generated pad ids) and tenth (the last allowed) token,
+    # and a row that never ends
+    assert [len(tokens) for tokens, _ in expected] == [1, 2, 4, 8, 10, 10] and [t for _, t in expected] == [False] * 5 + [True]
+    out = generate(model, contexts, SamplingParams(10, temperature=0.0), eos_ids=[1], pad_id=0, backend=BACKENDS[backend](model))
+    assert [(out.row_tokens(i), bool(out.truncated_B[i])) for i in range(len(out))] == expected
+    assert out.lengths_B.tolist() == [len(tokens) for tokens, _ in expected]
+    for row, (tokens, _) in enumerate(expected):  # nothing after the end: padding, masked out
+        assert out.mask_BT[row].sum() == len(tokens) and (out.tokens_BT[row, len(tokens) :] == 0).all()
 
 
 def test_bad_arguments_are_explained(model):
