@@ -68,6 +68,10 @@ from sirl.config import ConfigError, ExperimentConfig, check_group_size, config_
 from sirl.interrupt import Interrupted, StopSignals, exit_status, signal_name
 from sirl.runlock import FolderInUse, FolderLock, check_not_in_use
 from sirl.runlog import EVALS_FILE, write_atomic
+from sirl.schema import (
+    ELAPSED_S, EVAL_ACCURACY, LOC_ACCURACY, LOC_PROBES_PER_FAILURE, METHOD_STATE_MB, REWARDS, SELFLOC_ACCURACY, STEP,
+    TOKENS_PROBE, TOKENS_TOTAL, TOKENS_TRAINED, TOKENS_VERIFY,
+)
 from sirl.tasks.base import difficulty_order, level_from_key
 
 HARD_LEVEL = 0.15
@@ -295,14 +299,14 @@ def final_figure(folder: Path, plan: ComparePlan) -> dict[str, Any]:
     without evals.jsonl (or whose last evaluations are on another set than its final one) falls back to its
     final evaluation (eval.json) alone."""
     final = json.loads((folder / "eval.json").read_text())
-    rewards = final.get("rewards") or []
-    used = [{"step": final["step"], "tokens/total": final["tokens/total"]}]
+    rewards = final.get(REWARDS) or []
+    used = [{STEP: final[STEP], TOKENS_TOTAL: final[TOKENS_TOTAL]}]
     path = folder / EVALS_FILE
     if plan.final_evaluations > 1 and path.is_file():
-        records = [r for r in _read_jsonl(path) if len(r["rewards"]) == final["n"]][-plan.final_evaluations:]
-        if records and records[-1]["step"] == final["step"]:
-            rewards = [statistics.fmean(values) for values in zip(*(r["rewards"] for r in records))]
-            used = [{"step": r["step"], "tokens/total": r["tokens/total"]} for r in records]
+        records = [r for r in _read_jsonl(path) if len(r[REWARDS]) == final["n"]][-plan.final_evaluations:]
+        if records and records[-1][STEP] == final[STEP]:
+            rewards = [statistics.fmean(values) for values in zip(*(r[REWARDS] for r in records))]
+            used = [{STEP: r[STEP], TOKENS_TOTAL: r[TOKENS_TOTAL]} for r in records]
     accuracy = statistics.fmean(rewards) if rewards else final["accuracy"]
     return {"accuracy": accuracy, "rewards": rewards, "evaluations": used}
 
@@ -405,7 +409,7 @@ def _last_tokens(metrics: Path) -> int:
         lines = f.read().decode("utf-8", errors="replace").split("\n")[:-1]  # the part after the last newline may be torn
     for line in reversed(lines):
         try:
-            return int(json.loads(line).get("tokens/total", 0))
+            return int(json.loads(line).get(TOKENS_TOTAL, 0))
         except (ValueError, AttributeError):
             continue
     return 0
@@ -533,7 +537,7 @@ def _run_comparison(
         for step_checkpoint in (run_dir(out, run) / "checkpoints").glob("step_*"):
             shutil.rmtree(step_checkpoint)
         result = json.loads((run_dir(out, run) / "eval.json").read_text())
-        say(f"  {run.name}: {result['accuracy']:.1%} after {result['tokens/total']:,} tokens, {time.time() - t0:.0f} s "
+        say(f"  {run.name}: {result['accuracy']:.1%} after {result[TOKENS_TOTAL]:,} tokens, {time.time() - t0:.0f} s "
             f"[{time.time() - start:.0f} s in]")
 
     def start_eval() -> None:
@@ -839,9 +843,9 @@ def summarize(out: Path) -> dict:
         logs = [_read_jsonl(d / "metrics.jsonl") for d in finished]
         curves = []
         for d, rows, figure in zip(finished, logs, figures):
-            points = [(r["tokens/total"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r]
+            points = [(r[TOKENS_TOTAL], r[EVAL_ACCURACY]) for r in rows if EVAL_ACCURACY in r]
             curves.append(_interp([p[0] for p in points], [p[1] for p in points], grid))
-            trained = [(r["tokens/total"], r.get("tokens/trained", 0 if r["step"] == 0 else None)) for r in rows]
+            trained = [(r[TOKENS_TOTAL], r.get(TOKENS_TRAINED, 0 if r[STEP] == 0 else None)) for r in rows]
             trained = [p for p in trained if p[1] is not None]
             trained_curve = _interp([p[0] for p in trained], [p[1] for p in trained], grid) if len(trained) > 1 else None
             per_run.setdefault(method, {})[int(d.name.removeprefix("seed"))] = RunCurve(curves[-1], trained_curve, figure["accuracy"], figure["rewards"])
@@ -856,18 +860,18 @@ def summarize(out: Path) -> dict:
             "final_evaluations": min(len(f["evaluations"]) for f in figures),
             "last_evaluation_accuracy": _mean_std([f["accuracy"] for f in finals]),
             "final_n": finals[0]["n"],
-            "steps": _mean_std([f["step"] for f in finals]),
-            "tokens": _mean_std([f["tokens/total"] for f in finals]),
-            "tokens_per_step": _mean_std([r["tokens/total"] / r["step"] for r in last]),
-            "trained_tokens": _mean_std([r.get("tokens/trained") for r in last]),
+            "steps": _mean_std([f[STEP] for f in finals]),
+            "tokens": _mean_std([f[TOKENS_TOTAL] for f in finals]),
+            "tokens_per_step": _mean_std([r[TOKENS_TOTAL] / r[STEP] for r in last]),
+            "trained_tokens": _mean_std([r.get(TOKENS_TRAINED) for r in last]),
             "max_step_tokens": max(_step_tokens(rows) for rows in logs),
-            "probe_share": _mean_std([r["tokens/probe"] / max(r["tokens/total"], 1) for r in last]),
-            "verify_share": _mean_std([r["tokens/verify"] / max(r["tokens/total"], 1) for r in last]),
-            "localization_accuracy": _mean_std([_mean_of(rows, "loc/accuracy") for rows in logs]),
-            "probes_per_failure": _mean_std([_mean_of(rows, "loc/probes_per_failure", last_fraction=0.25) for rows in logs]),
-            "selfloc_accuracy": _mean_std([_mean_of(rows, "selfloc/accuracy", last_fraction=0.25) for rows in logs]),
+            "probe_share": _mean_std([r[TOKENS_PROBE] / max(r[TOKENS_TOTAL], 1) for r in last]),
+            "verify_share": _mean_std([r[TOKENS_VERIFY] / max(r[TOKENS_TOTAL], 1) for r in last]),
+            "localization_accuracy": _mean_std([_mean_of(rows, LOC_ACCURACY) for rows in logs]),
+            "probes_per_failure": _mean_std([_mean_of(rows, LOC_PROBES_PER_FAILURE, last_fraction=0.25) for rows in logs]),
+            "selfloc_accuracy": _mean_std([_mean_of(rows, SELFLOC_ACCURACY, last_fraction=0.25) for rows in logs]),
             # model state the method holds besides the policy and its optimizer (PRIME's reward model and reference)
-            "method_state_mb": _mean_std([_mean_of(rows, "memory/method_state_mb") for rows in logs]),
+            "method_state_mb": _mean_std([_mean_of(rows, METHOD_STATE_MB) for rows in logs]),
             "settings": method_settings(finished),
             "by_difficulty": {
                 level_from_key(level): _mean_std([b[level]["accuracy"] for b in by_difficulty if level in b]) for level in levels
@@ -875,8 +879,8 @@ def summarize(out: Path) -> dict:
             "curve": {"tokens": grid, "mean": mean_curve, "std": std_curve},
             "probes_curve": _probes_curve(logs, grid),
             "timing": {
-                "wall_clock_s": _mean_std([rows[-1]["time/elapsed_s"] for rows in logs]),
-                "eval_points": [[(r["time/elapsed_s"], r["eval/accuracy"]) for r in rows if "eval/accuracy" in r] for rows in logs],
+                "wall_clock_s": _mean_std([rows[-1][ELAPSED_S] for rows in logs]),
+                "eval_points": [[(r[ELAPSED_S], r[EVAL_ACCURACY]) for r in rows if EVAL_ACCURACY in r] for rows in logs],
             },
         }
     reference = None
@@ -976,16 +980,16 @@ def band_differences(a: dict[int, list[float]], b: dict[int, list[float]], start
 
 def _step_tokens(rows: list[dict]) -> int:
     """The most tokens any one step of a run generated."""
-    totals = [r["tokens/total"] for r in rows]
+    totals = [r[TOKENS_TOTAL] for r in rows]
     return max((b - a for a, b in zip(totals, totals[1:])), default=0)
 
 
 def _mean_of(rows: list[dict], key: str, last_fraction: float = 1.0) -> float | None:
     """Mean of a per-step metric over the run (or its last ``last_fraction`` of steps); None if never logged."""
-    values = [(r["step"], r[key]) for r in rows if key in r and isinstance(r[key], (int, float)) and math.isfinite(r[key])]
+    values = [(r[STEP], r[key]) for r in rows if key in r and isinstance(r[key], (int, float)) and math.isfinite(r[key])]
     if not values:
         return None
-    cutoff = rows[-1]["step"] * (1 - last_fraction)
+    cutoff = rows[-1][STEP] * (1 - last_fraction)
     kept = [v for s, v in values if s >= cutoff] or [v for _, v in values]
     return statistics.mean(kept)
 
@@ -995,7 +999,7 @@ def _probes_curve(logs: list[list[dict]], grid: list[float]) -> dict | None:
     intervals, then the mean over seeds."""
     per_seed = []
     for rows in logs:
-        points = [(r["tokens/total"], r["loc/probes_per_failure"]) for r in rows if isinstance(r.get("loc/probes_per_failure"), (int, float))]
+        points = [(r[TOKENS_TOTAL], r[LOC_PROBES_PER_FAILURE]) for r in rows if isinstance(r.get(LOC_PROBES_PER_FAILURE), (int, float))]
         points = [(t, v) for t, v in points if math.isfinite(v)]
         if not points:
             return None
@@ -1308,7 +1312,7 @@ def _finished_runs(out: Path) -> dict[str, dict]:
         name = path.parent.relative_to(out / "runs").as_posix()
         try:
             final = json.loads(path.read_text())
-            runs[name] = {"accuracy": final["accuracy"], "step": final.get("step"), "tokens/total": final.get("tokens/total")}
+            runs[name] = {"accuracy": final["accuracy"], STEP: final.get(STEP), TOKENS_TOTAL: final.get(TOKENS_TOTAL)}
         except (OSError, ValueError, KeyError, TypeError) as error:
             runs[name] = {"error": f"{type(error).__name__}: {error}"}
     return runs
@@ -1323,7 +1327,7 @@ def _bare_markdown(out: Path) -> str:
         if "error" in run:
             lines.append(f"- {label}: unreadable eval.json ({run['error']})")
         else:
-            tokens = f" after {run['tokens/total']:,} generated tokens" if isinstance(run.get("tokens/total"), int) else ""
+            tokens = f" after {run[TOKENS_TOTAL]:,} generated tokens" if isinstance(run.get(TOKENS_TOTAL), int) else ""
             lines.append(f"- {label}: {run['accuracy']:.1%}{tokens}")
     return "\n".join(lines) + "\n"
 

@@ -16,6 +16,11 @@ from transformers import PreTrainedTokenizerBase
 from sirl import algos
 from sirl.checkpoint import TokenCounts
 from sirl.distributed import Distributed
+from sirl.schema import (
+    ADV_ZERO_STD_FRAC, GUARD_SKIPPED_STEPS, LR, REPAIR_BUFFER_DRAWS, REPAIR_BUFFER_SIZE, REWARD_MEAN, ROLLOUT_RESPONSE_TOKENS,
+    ROLLOUT_SAMPLES, ROLLOUT_TRUNCATED_FRAC, TIME_ROLLOUT_S, TIME_STEP_S, TOKENS_PER_S, TOKENS_POLICY, TOKENS_PROBE,
+    TOKENS_TOTAL, TOKENS_TRAINED, TOKENS_VERIFY, VERIFY_ERRORS, VERIFY_EXAMPLES, VERIFY_TIMEOUTS,
+)
 from sirl.tasks import Task
 from sirl.rollout.steps import aligned_char_spans, token_char_offsets
 from sirl.types import Credit, Trajectory
@@ -69,32 +74,32 @@ def step_metrics(
     group_B = torch.tensor([t.group for t in rollouts])
     n = max(counts.samples, 1)
     return {
-        "tokens/total": tokens.total,
-        "tokens/policy": tokens.policy,
-        "tokens/probe": tokens.probe,
-        "tokens/verify": tokens.verify,
-        "tokens/trained": trained_tokens,
-        "reward/mean": counts.fresh_reward / max(counts.fresh, 1),
+        TOKENS_TOTAL: tokens.total,
+        TOKENS_POLICY: tokens.policy,
+        TOKENS_PROBE: tokens.probe,
+        TOKENS_VERIFY: tokens.verify,
+        TOKENS_TRAINED: trained_tokens,
+        REWARD_MEAN: counts.fresh_reward / max(counts.fresh, 1),
         **update.to_metrics(),
-        "guard/skipped_steps": skipped_steps,
-        "adv/zero_std_frac": algos.zero_std_fraction(rewards_B, group_B),
-        "rollout/samples": int(counts.samples),
-        "rollout/truncated_frac": counts.truncated / n,
-        "rollout/response_tokens": counts.policy_tokens / n,
-        "verify/timeouts": int(counts.verify_timeouts),
-        "verify/errors": int(counts.verify_errors),
+        GUARD_SKIPPED_STEPS: skipped_steps,
+        ADV_ZERO_STD_FRAC: algos.zero_std_fraction(rewards_B, group_B),
+        ROLLOUT_SAMPLES: int(counts.samples),
+        ROLLOUT_TRUNCATED_FRAC: counts.truncated / n,
+        ROLLOUT_RESPONSE_TOKENS: counts.policy_tokens / n,
+        VERIFY_TIMEOUTS: int(counts.verify_timeouts),
+        VERIFY_ERRORS: int(counts.verify_errors),
         **credit.metrics,
-        "lr": lr,
-        "time/rollout_s": rollout_s,
-        "time/step_s": step_s,
-        "tokens_per_s": tokens.total / train_elapsed_s,
+        LR: lr,
+        TIME_ROLLOUT_S: rollout_s,
+        TIME_STEP_S: step_s,
+        TOKENS_PER_S: tokens.total / train_elapsed_s,
     }
 
 
 def repair_metrics(draws: int, memory) -> dict[str, int]:
     """Methods with a repair buffer: prompts continued from it this step, its size, and the self-verification
     examples kept (sirl.methods.MethodMemory)."""
-    return {"repair/buffer_draws": draws, "repair/buffer_size": len(memory.repair), "verify/examples": len(memory.verification)}
+    return {REPAIR_BUFFER_DRAWS: draws, REPAIR_BUFFER_SIZE: len(memory.repair), VERIFY_EXAMPLES: len(memory.verification)}
 
 
 # --- samples.jsonl: trajectories for inspection and the run report ------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sirl.config import ExperimentConfig, to_dict, to_yaml
+from sirl.schema import ELAPSED_S, REWARDS, STEP, TOKENS_TOTAL, TOKENS_TRAINED
 from sirl.sinks import finite_scalars, open_sinks
 
 
@@ -106,7 +107,7 @@ class RunLog:
         self.start_time = time.time() - elapsed_s
 
     def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        record = {"step": step, "time/elapsed_s": round(time.time() - self.start_time, 3), **metrics}
+        record = {STEP: step, ELAPSED_S: round(time.time() - self.start_time, 3), **metrics}
         self._file.write(json.dumps(record, allow_nan=True) + "\n")
         self._file.flush()
         scalars = finite_scalars(record)
@@ -119,7 +120,7 @@ class RunLog:
         and the reward of every held-out problem (in the held-out set's order, the same for every run with
         the same eval.seed), so that a comparison can average the last few evaluations problem by problem
         and pair runs on the same problems."""
-        record = {"step": step, "tokens/total": tokens, "tokens/trained": trained_tokens, "rewards": rewards}
+        record = {STEP: step, TOKENS_TOTAL: tokens, TOKENS_TRAINED: trained_tokens, REWARDS: rewards}
         with (self.run_dir / EVALS_FILE).open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 

@@ -31,6 +31,7 @@ from sirl.model import count_parameters, encode_prompt, encode_text, policy_from
 from sirl.interrupt import Interrupted, StopSignals, signal_name
 from sirl.runlock import FolderLock, check_new_run_dir, check_not_in_use
 from sirl.runlog import RunLog
+from sirl.schema import EVAL_ACCURACY, GRAD_NORM, LOSS_SFT, LR
 from sirl.tasks import Task, check_model_task, load_task, resolve_task_class, write_task_record
 from sirl.verifier import Verifier, verifier_for
 
@@ -134,15 +135,15 @@ def _sft(
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), sft.grad_clip)
         optimizer.step()
         schedule.step()
-        metrics = {"loss/sft": loss.item(), "grad_norm": grad_norm.item(), "lr": schedule.get_last_lr()[0]}
+        metrics = {LOSS_SFT: loss.item(), GRAD_NORM: grad_norm.item(), LR: schedule.get_last_lr()[0]}
         minutes = (time.time() - start) / 60
         out_of_time = sft.max_minutes is not None and minutes >= sft.max_minutes
         if step % sft.eval_every == 0 or step == sft.steps or out_of_time:
             last_eval, last_eval_step = held_out_eval(step), step
-            accuracy = metrics["eval/accuracy"] = last_eval.accuracy
+            accuracy = metrics[EVAL_ACCURACY] = last_eval.accuracy
         log.log(step, metrics)
         bar.set_postfix(loss=f"{loss.item():.3f}", acc="-" if last_eval is None else f"{accuracy:.1%}")  # "-": none yet
-        if "eval/accuracy" in metrics and sft.target_accuracy is not None and accuracy >= sft.target_accuracy:
+        if EVAL_ACCURACY in metrics and sft.target_accuracy is not None and accuracy >= sft.target_accuracy:
             stopped_because = f"target accuracy {sft.target_accuracy:.0%} reached"
             break
         if out_of_time:

@@ -59,6 +59,7 @@ from sirl.report import write_report_or_warn
 from sirl.rollout import NonFiniteLogits, SamplingParams, resolve_rollout_dtype, sample_trajectories
 from sirl.runlog import RunLog
 from sirl.runlock import FolderLock, check_new_run_dir, check_not_in_use
+from sirl.schema import EVAL_ACCURACY, GUARD_NONFINITE_LOGITS, GUARD_SKIPPED_STEPS, REWARD_MEAN, STEP, TOKENS_PER_S, TOKENS_TOTAL
 from sirl.tasks import Task, load_task, resolve_task_class, write_task_record
 from sirl.update import adamw, auto_micro_batch_tokens, policy_update
 from sirl.verifier import Verifier, verifier_for, verify_trajectories
@@ -178,7 +179,7 @@ def _train(
     if not resume:
         state.first_eval = state.last_eval = held_out_eval()
         if log:
-            log.log(0, {"eval/accuracy": state.last_eval.accuracy, "tokens/total": 0})
+            log.log(0, {EVAL_ACCURACY: state.last_eval.accuracy, TOKENS_TOTAL: 0})
             log.log_evaluation(0, 0, 0, state.last_eval.rewards)
     start = time.time() - state.train_elapsed_s
     bar = tqdm(range(state.step + 1, train.steps + 1), desc=f"train {algo.name}", disable=not show, dynamic_ncols=True,
@@ -247,7 +248,7 @@ def _train(
         crossed = bool(train.eval_every_tokens) and state.tokens.total // train.eval_every_tokens > tokens_before // train.eval_every_tokens
         if (train.eval_every and step % train.eval_every == 0) or crossed or finishing:
             state.last_eval = held_out_eval()
-            metrics["eval/accuracy"] = state.last_eval.accuracy
+            metrics[EVAL_ACCURACY] = state.last_eval.accuracy
             if log:
                 log.log_evaluation(step, state.tokens.total, state.trained_tokens, state.last_eval.rewards)
                 append_samples(log.run_dir / "samples.jsonl", sample_records(step, task, tokenizer, credit, train.log_samples))
@@ -259,8 +260,8 @@ def _train(
                 checkpoint(f"step_{step}")
             except NonFiniteWeights as error:  # `latest` keeps naming the last good one; sampling will stop the run
                 print(f"train: {error}; {_last_good(run_dir)}", flush=True)
-        bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", eval_acc=f"{state.last_eval.accuracy:.1%}",
-                        tok_s=f"{metrics['tokens_per_s']:.0f}", eta=_eta(state.train_elapsed_s, step, train, state.tokens.total))
+        bar.set_postfix(reward=f"{metrics[REWARD_MEAN]:.2f}", eval_acc=f"{state.last_eval.accuracy:.1%}",
+                        tok_s=f"{metrics[TOKENS_PER_S]:.0f}", eta=_eta(state.train_elapsed_s, step, train, state.tokens.total))
         if finishing:
             break
     bar.close()
@@ -276,7 +277,7 @@ def _train(
     except NonFiniteWeights as error:
         raise Diverged(f"{error}; {_last_good(run_dir)}") from None
     if log:
-        log.write_json("eval.json", {"step": state.step, "tokens/total": state.tokens.total, **last_eval.to_json()})
+        log.write_json("eval.json", {STEP: state.step, TOKENS_TOTAL: state.tokens.total, **last_eval.to_json()})
         log.close()
         write_report_or_warn(run_dir)  # last: a report that fails warns and loses nothing
     if dist.is_main:  # the result line, even with --quiet
@@ -384,7 +385,7 @@ def _skip_sampling(state: TrainerState, log: RunLog | None, step: int, reason: s
     """A step whose sampling met non-finite logits: no update, counted like a non-finite loss."""
     state.skipped_steps += 1
     state.skipped_in_row += 1
-    metrics = {"tokens/total": state.tokens.total, "guard/skipped_steps": state.skipped_steps, "guard/nonfinite_logits": 1}
+    metrics = {TOKENS_TOTAL: state.tokens.total, GUARD_SKIPPED_STEPS: state.skipped_steps, GUARD_NONFINITE_LOGITS: 1}
     if state.skipped_in_row >= MAX_SKIPPED_IN_ROW:
         _stop(state, log, step, metrics, run_dir)
     if log:

@@ -31,6 +31,7 @@ from sirl.batch import PolicyBatch, TokenBatch
 from sirl.config import AlgoConfig
 from sirl.distributed import Distributed
 from sirl.model import base_causal_lm, compute_autocast, compute_dtype, count_parameters, is_large_model, supervised_loss, token_logprobs, trainable_parameters
+from sirl.schema import CLIP_FRAC, ENTROPY, GRAD_NORM, LOSS_KL, LOSS_POLICY, aux_loss
 from sirl.types import AuxiliaryLoss
 
 
@@ -54,8 +55,8 @@ class UpdateStats:
 
     def to_metrics(self) -> dict[str, float]:
         return {
-            "loss/policy": self.policy_loss, "loss/kl": self.kl, "entropy": self.entropy, "clip_frac": self.clip_frac,
-            "grad_norm": self.grad_norm, **{f"loss/{name}": value for name, value in self.aux.items()},
+            LOSS_POLICY: self.policy_loss, LOSS_KL: self.kl, ENTROPY: self.entropy, CLIP_FRAC: self.clip_frac,
+            GRAD_NORM: self.grad_norm, **{aux_loss(name): value for name, value in self.aux.items()},
         }
 
 

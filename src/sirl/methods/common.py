@@ -17,6 +17,10 @@ from sirl.credit.outcome import outcome_advantages as group_outcome_advantages, 
 from sirl.credit.tree import branch_token_advantages
 from sirl.internalize.credit import ProbeFn
 from sirl.internalize.localize import PrefixBook, prefix_ids, step_ends
+from sirl.schema import (
+    LOC_BUDGET_SKIPPED, LOC_UNLOCALIZABLE_FRAC, RESET_AT_FIRST_ERROR, RESET_BLIND_GROUPS, RESET_OPENED, RESET_RESETS,
+    RESET_SOLVE_RATE,
+)
 from sirl.types import Credit, Trajectory
 
 
@@ -73,8 +77,8 @@ def choose_failures(
     chosen = [rows[i] for i in choose_failure_rows(tree, rows, ends, group_solve_rates(tree, range(len(rollouts))), budget, rule, rng)]
     unlocalizable = sum(not tree.certified(tree.roots[rollouts[i].group]) for i in rows)
     return chosen, {
-        "loc/unlocalizable_frac": unlocalizable / max(len(rows), 1),
-        "loc/budget_skipped": len(rows) - unlocalizable - len(chosen),
+        LOC_UNLOCALIZABLE_FRAC: unlocalizable / max(len(rows), 1),
+        LOC_BUDGET_SKIPPED: len(rows) - unlocalizable - len(chosen),
     }
 
 
@@ -140,7 +144,7 @@ def blind_resets(
     failures = all_fail_failures(rollouts, most)
     out = BlindResets()
     if not failures:
-        out.metrics["reset/blind_groups"] = 0.0
+        out.metrics[RESET_BLIND_GROUPS] = 0.0
         return out
     steps = reset_steps(failures)
     requests = [(t, s) for t, s in zip(failures, steps, strict=True) if s is not None]
@@ -154,13 +158,13 @@ def blind_resets(
             out.good_prefixes.append((failure, prefix_ids(failure, kept)))
     n_rows = len(out.rows)
     out.metrics.update({
-        "reset/blind_groups": float(len(failures)),
-        "reset/resets": float(len(requests)),
-        "reset/solve_rate": sum(b.reward >= 1 for b in out.rows) / max(n_rows, 1),
-        "reset/opened": sum(any(b.reward >= 1 for b in g) for g in branches) / max(len(requests), 1),
+        RESET_BLIND_GROUPS: float(len(failures)),
+        RESET_RESETS: float(len(requests)),
+        RESET_SOLVE_RATE: sum(b.reward >= 1 for b in out.rows) / max(n_rows, 1),
+        RESET_OPENED: sum(any(b.reward >= 1 for b in g) for g in branches) / max(len(requests), 1),
     })
     if first_error is not None and requests:
-        out.metrics["reset/at_first_error"] = sum(kept == first_error(t) for t, kept in requests) / len(requests)
+        out.metrics[RESET_AT_FIRST_ERROR] = sum(kept == first_error(t) for t, kept in requests) / len(requests)
     return out
 
 

@@ -58,6 +58,10 @@ from sirl.distributed import Distributed
 from sirl.methods.base import Method, MethodContext, refuse_ground_truth, register
 from sirl.methods.settings import PrimeSettings
 from sirl.model import base_causal_lm, token_logprobs, trainable_parameters
+from sirl.schema import (
+    METHOD_STATE_MB, PRIME_KEPT_FRAC, PRIME_OUTCOME_ADV_ABS, PRIME_PRM_ACCURACY, PRIME_PRM_GRAD_NORM, PRIME_PRM_LOSS,
+    PRIME_PRM_SKIPPED, PRIME_PROCESS_ADV_ABS,
+)
 from sirl.tasks.base import Task
 from sirl.types import Credit, Trajectory
 from sirl.update import auto_micro_batch_tokens, micro_rows
@@ -245,9 +249,9 @@ def prime_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Cred
     # 1. The accuracy filter.
     kept_B = accuracy_filter(rewards_B, torch.unique(group_B, return_inverse=True)[1], settings.accuracy_low, settings.accuracy_high)
     rows = [t for t, keep in zip(rollouts, kept_B.tolist()) if keep]
-    metrics: dict[str, float] = {"prime/kept_frac": len(rows) / max(len(rollouts), 1)}
+    metrics: dict[str, float] = {PRIME_KEPT_FRAC: len(rows) / max(len(rollouts), 1)}
     if not rows:
-        metrics["memory/method_state_mb"] = state.state_bytes() / 2**20
+        metrics[METHOD_STATE_MB] = state.state_bytes() / 2**20
         return Credit(rows=(), token_advantages=(), reference=(), metrics=metrics)
     outcome_B = rewards_B[kept_B]
     group_B = torch.unique(group_B[kept_B], return_inverse=True)[1]
@@ -294,14 +298,14 @@ def prime_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Cred
     # start, where the PRM is the reference, agrees with nothing).
     correct_B = ((log_ratio_sum_B > 0) & (outcome_B > 0.5)) | ((log_ratio_sum_B < 0) & (outcome_B <= 0.5))
     metrics.update({
-        "prime/prm_loss": float(loss_B.mean()),
-        "prime/prm_grad_norm": grad_norm,
-        "prime/prm_skipped": float(bad),
-        "prime/prm_accuracy": float(correct_B.double().mean()),
+        PRIME_PRM_LOSS: float(loss_B.mean()),
+        PRIME_PRM_GRAD_NORM: grad_norm,
+        PRIME_PRM_SKIPPED: float(bad),
+        PRIME_PRM_ACCURACY: float(correct_B.double().mean()),
         # the two parts' sizes before whitening, per trained token: how much of the credit is the PRM's
-        "prime/process_adv_abs": float((process_part_BL.abs() * mask_BL).sum() / trained),
-        "prime/outcome_adv_abs": float(((outcome_part_BL).abs() * mask_BL).sum() / trained),
-        "memory/method_state_mb": state.state_bytes() / 2**20,
+        PRIME_PROCESS_ADV_ABS: float((process_part_BL.abs() * mask_BL).sum() / trained),
+        PRIME_OUTCOME_ADV_ABS: float(((outcome_part_BL).abs() * mask_BL).sum() / trained),
+        METHOD_STATE_MB: state.state_bytes() / 2**20,
     })
     return Credit(
         rows=tuple(rows),

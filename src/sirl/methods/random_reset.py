@@ -18,6 +18,7 @@ from sirl.internalize.repair import RepairEntry
 from sirl.methods.base import Method, MethodContext, register
 from sirl.methods.common import blind_resets, choose_failures, outcome_token_advantages, value_scales, with_blind_resets
 from sirl.methods.settings import RandomResetSettings
+from sirl.schema import LOC_LOCALIZED_FRAC, LOC_PROBES_PER_FAILURE, REPAIR_ADDED
 from sirl.types import Credit, Trajectory
 
 
@@ -35,9 +36,9 @@ def random_reset_credit(rollouts: Sequence[Trajectory], context: MethodContext) 
             good_prefixes.append((t, prefix_ids(t, k)))
     probes = [p for group in found for p in group]
     kept = probes if config.train_on_probes else [p for p in probes if p.reward >= 1]
-    metrics["loc/localized_frac"] = 0.0
-    metrics["loc/probes_per_failure"] = len(probes) / max(len(chosen_rows), 1)
-    metrics["repair/added"] = sum(p.reward >= 1 for p in kept)
+    metrics[LOC_LOCALIZED_FRAC] = 0.0
+    metrics[LOC_PROBES_PER_FAILURE] = len(probes) / max(len(chosen_rows), 1)
+    metrics[REPAIR_ADDED] = sum(p.reward >= 1 for p in kept)
     credit = Credit(
         rows=(*rollouts, *kept),
         token_advantages=(

@@ -24,6 +24,7 @@ from sirl.internalize.localize import PrefixBook, prefix_ids, step_ends
 from sirl.methods.base import Method, MethodContext, register
 from sirl.methods.common import RecordingProbe, choose_failures, failure_rows, outcome_advantages, value_scales
 from sirl.methods.settings import SiInternalSettings, SiSettings
+from sirl.schema import LOC_ACCURACY, LOC_LOCALIZED_FRAC, LOC_PROBES_PER_FAILURE, REPAIR_ADDED
 from sirl.tasks.base import Task
 from sirl.types import Credit, Localization, LocalizedFailure, Trajectory
 
@@ -96,12 +97,12 @@ def localized_credit(rollouts: Sequence[Trajectory], context: MethodContext, loc
     leave_out = [book.rows_of([drawn[j], probe.drawn_for[j]]) for j in kept] if config.probe_baseline == "leave_out" else None
     row_of = {j: len(rollouts) + n for n, j in enumerate(kept)}
 
-    metrics["loc/localized_frac"] = len(localizations) / max(len(failure_rows(rollouts)), 1)
-    metrics["loc/probes_per_failure"] = sum(loc.probes for loc in localizations) / max(len(localizations), 1)
-    metrics["repair/added"] = len(corrections)
+    metrics[LOC_LOCALIZED_FRAC] = len(localizations) / max(len(failure_rows(rollouts)), 1)
+    metrics[LOC_PROBES_PER_FAILURE] = sum(loc.probes for loc in localizations) / max(len(localizations), 1)
+    metrics[REPAIR_ADDED] = len(corrections)
     if context.task.has_ground_truth and localizations:
         truth = [context.task.first_error(t.problem, t.text) for t in chosen]
-        metrics["loc/accuracy"] = sum(loc.error_step == e for loc, e in zip(localizations, truth)) / len(localizations)
+        metrics[LOC_ACCURACY] = sum(loc.error_step == e for loc, e in zip(localizations, truth)) / len(localizations)
     credit = Credit(
         rows=(*rollouts, *extra),
         token_advantages=(*token_adv, *continuation_advantages(book.tree, extra_rows, scales, leave_out)),

@@ -30,6 +30,9 @@ from sirl.methods.base import Method, MethodContext, refuse_ground_truth, regist
 from sirl.methods.common import blind_resets, outcome_advantages, with_blind_resets
 from sirl.methods.settings import SiInternalSettings
 from sirl.methods.si import localized_credit, search_settings
+from sirl.schema import (
+    REWARD_VERIFY, SELFLOC_ACCURACY, SELFLOC_AGREEMENT, SELFLOC_AUDIT_FRAC, SELFLOC_CONFIRMED_FRAC, SELFLOC_VALID_FRAC,
+)
 from sirl.tasks.base import Task, supports_step_check
 from sirl.types import AuxiliaryLoss, Credit, Localization, Trajectory, Verdict
 
@@ -49,12 +52,12 @@ def localize_with_proposals(
         audits.record(agreed)
     metrics = {}
     if found.audited_agreement:
-        metrics["selfloc/agreement"] = sum(found.audited_agreement) / len(found.audited_agreement)
-    metrics["selfloc/audit_frac"] = audit_fraction
-    metrics["selfloc/confirmed_frac"] = found.confirmed / max(found.candidates, 1)
-    metrics["selfloc/valid_frac"] = sum(v.valid for v in verdicts) / max(len(verdicts), 1)
+        metrics[SELFLOC_AGREEMENT] = sum(found.audited_agreement) / len(found.audited_agreement)
+    metrics[SELFLOC_AUDIT_FRAC] = audit_fraction
+    metrics[SELFLOC_CONFIRMED_FRAC] = found.confirmed / max(found.candidates, 1)
+    metrics[SELFLOC_VALID_FRAC] = sum(v.valid for v in verdicts) / max(len(verdicts), 1)
     if truth is not None and failures:
-        metrics["selfloc/accuracy"] = sum(v.step == e for v, e in zip(verdicts, truth)) / len(failures)
+        metrics[SELFLOC_ACCURACY] = sum(v.step == e for v, e in zip(verdicts, truth)) / len(failures)
     return list(found.localizations), metrics
 
 
@@ -99,7 +102,7 @@ def si_internal_credit(rollouts: Sequence[Trajectory], context: MethodContext) -
             torch.full((len(v.response_ids),), float(a) * internal.verify_coef)
             for v, a in zip(verdict_rows, outcome_advantages(verdict_rows, "grpo"))
         ]
-        metrics["reward/verify"] = sum(v.reward for v in verdict_rows) / len(verdict_rows)
+        metrics[REWARD_VERIFY] = sum(v.reward for v in verdict_rows) / len(verdict_rows)
     return dataclasses.replace(
         credit,
         rows=(*credit.rows, *verdict_rows),

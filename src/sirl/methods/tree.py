@@ -17,6 +17,7 @@ from sirl import credit as core
 from sirl.methods.base import Method, MethodContext, register
 from sirl.methods.common import TokenRows
 from sirl.methods.settings import TreeCredit
+from sirl.schema import TREE_ZERO_FRAC
 from sirl.types import Credit, Trajectory
 
 
@@ -38,7 +39,7 @@ def tree_credit_of(rollouts: Sequence[Trajectory], config: TreeCredit, estimator
         reference=(True,) * len(rollouts),
         # trained tokens whose tree credit is 0: V did not change there (shared by every row through the
         # node, or on a branch of one)
-        metrics={"tree/zero_frac": found.metrics["credit/tree_zero_frac"]},
+        metrics={TREE_ZERO_FRAC: found.metrics["credit/tree_zero_frac"]},
     )
 
 

@@ -23,6 +23,7 @@ from sirl.methods.base import Method, MethodContext, register
 from sirl.methods.common import choose_failures, failure_rows, value_scales
 from sirl.methods.settings import TreeBranchSettings
 from sirl.methods.tree import tree_credit_of
+from sirl.schema import BRANCH_SOLVE_RATE, LOC_ACCURACY, LOC_LOCALIZED_FRAC, LOC_PROBES_PER_FAILURE, REPAIR_ADDED
 from sirl.types import Credit, Localization, LocalizedFailure, Trajectory
 
 
@@ -52,15 +53,15 @@ def tree_branch_credit(rollouts: Sequence[Trajectory], context: MethodContext) -
         localizations.append(LocalizedFailure(row, Localization(n, error_step=c, probes=len(group)), verified[0] if verified else None))
     n_branches = sum(len(g) for g in branches)
     metrics.update({
-        "loc/localized_frac": len(chosen_rows) / max(len(failure_rows(rollouts)), 1),
-        "loc/probes_per_failure": n_branches / max(len(chosen_rows), 1),
-        "branch/solve_rate": sum(b.reward >= 1 for g in branches for b in g) / max(n_branches, 1),
-        "repair/added": len(good_prefixes),
+        LOC_LOCALIZED_FRAC: len(chosen_rows) / max(len(failure_rows(rollouts)), 1),
+        LOC_PROBES_PER_FAILURE: n_branches / max(len(chosen_rows), 1),
+        BRANCH_SOLVE_RATE: sum(b.reward >= 1 for g in branches for b in g) / max(n_branches, 1),
+        REPAIR_ADDED: len(good_prefixes),
         **base.metrics,
     })
     if context.task.has_ground_truth and chosen_rows:  # how often the decision point is the first wrong step
         truth = [context.task.first_error(rollouts[i].problem, rollouts[i].text) for i in chosen_rows]
-        metrics["loc/accuracy"] = sum(c == e for c, e in zip(decisions, truth)) / len(chosen_rows)
+        metrics[LOC_ACCURACY] = sum(c == e for c, e in zip(decisions, truth)) / len(chosen_rows)
     credit = Credit(
         rows=tuple(rows), token_advantages=tuple(advantages), reference=(True,) * len(rollouts) + (False,) * n_branches,
         metrics=metrics, localizations=tuple(localizations), row_kinds=tuple(kinds),

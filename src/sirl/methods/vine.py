@@ -13,6 +13,7 @@ from sirl.credit.step_advantages import broadcast_steps_to_tokens, step_index, v
 from sirl.internalize.localize import PrefixBook, prefix_ids, step_ends
 from sirl.methods.base import Method, MethodContext, register
 from sirl.methods.common import value_scales
+from sirl.schema import LOC_PROBES_PER_TRAJECTORY
 from sirl.types import Credit, Trajectory
 
 
@@ -42,7 +43,7 @@ def vine_credit(rollouts: Sequence[Trajectory], context: MethodContext) -> Credi
         rows=tuple(rollouts),
         token_advantages=tuple(token_adv),
         reference=(True,) * len(rollouts),
-        metrics={"loc/probes_per_trajectory": sum(len(p) for p in found) / max(len(rollouts), 1)},
+        metrics={LOC_PROBES_PER_TRAJECTORY: sum(len(p) for p in found) / max(len(rollouts), 1)},
     )
 
 

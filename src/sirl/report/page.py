@@ -17,6 +17,13 @@ import yaml
 
 from sirl.report.runfiles import RECORD_KINDS, Run, Sample
 from sirl.report.svg import Formatter, Series, format_number, format_percent, line_chart
+from sirl.schema import (
+    ELAPSED_S, ENTROPY, EVAL_ACCURACY, GRAD_NORM, LOC_ACCURACY, LOC_LOCALIZED_FRAC, LOC_PROBES_PER_FAILURE,
+    LOC_PROBES_PER_TRAJECTORY, LOC_UNLOCALIZABLE_FRAC, LOSS_KL, LOSS_POLICY, LOSS_VERIFY, REPAIR_ADDED, REPAIR_BUFFER_DRAWS,
+    RESET_AT_FIRST_ERROR, RESET_OPENED, RESET_SOLVE_RATE, REWARD_MEAN, REWARD_VERIFY, SELFLOC_ACCURACY, SELFLOC_AGREEMENT,
+    SELFLOC_AUDIT_FRAC, SELFLOC_CONFIRMED_FRAC, SELFLOC_VALID_FRAC, STEP, TOKENS_POLICY, TOKENS_PROBE, TOKENS_TOTAL,
+    TOKENS_VERIFY,
+)
 
 # Token colours: ColorBrewer's RdYlGn ends and its neutral grey. Zero advantage stays nearly invisible,
 # so the tokens that received credit stand out.
@@ -49,25 +56,25 @@ class Chart:
 
 # Keys differ by algorithm; each chart appears when its run logged any of its keys.
 STEP_CHARTS = (
-    Chart("Training reward", ("reward/mean",), "mean reward of fresh prompts (0-1)"),
-    Chart("Generated tokens by use", ("tokens/policy", "tokens/probe", "tokens/verify"), "tokens (cumulative)", stacked=True),
-    Chart("Localization", ("loc/localized_frac", "loc/accuracy", "loc/unlocalizable_frac"), "share of failures", format_percent),
-    Chart("Probe cost", ("loc/probes_per_failure", "loc/probes_per_trajectory"), "probe continuations"),
-    Chart("Repair buffer", ("repair/added", "repair/buffer_draws"), "prefixes per step"),
+    Chart("Training reward", (REWARD_MEAN,), "mean reward of fresh prompts (0-1)"),
+    Chart("Generated tokens by use", (TOKENS_POLICY, TOKENS_PROBE, TOKENS_VERIFY), "tokens (cumulative)", stacked=True),
+    Chart("Localization", (LOC_LOCALIZED_FRAC, LOC_ACCURACY, LOC_UNLOCALIZABLE_FRAC), "share of failures", format_percent),
+    Chart("Probe cost", (LOC_PROBES_PER_FAILURE, LOC_PROBES_PER_TRAJECTORY), "probe continuations"),
+    Chart("Repair buffer", (REPAIR_ADDED, REPAIR_BUFFER_DRAWS), "prefixes per step"),
     Chart(
         "Self-localization",
-        ("selfloc/agreement", "selfloc/accuracy", "selfloc/confirmed_frac", "selfloc/audit_frac", "selfloc/valid_frac"),
+        (SELFLOC_AGREEMENT, SELFLOC_ACCURACY, SELFLOC_CONFIRMED_FRAC, SELFLOC_AUDIT_FRAC, SELFLOC_VALID_FRAC),
         "share", format_percent,
     ),
     Chart(
         "Resets from groups with no success",
-        ("reset/opened", "reset/solve_rate", "reset/at_first_error"),
+        (RESET_OPENED, RESET_SOLVE_RATE, RESET_AT_FIRST_ERROR),
         "share", format_percent,
     ),
-    Chart("Policy loss", ("loss/policy", "loss/kl"), "loss"),
-    Chart("Self-verification", ("loss/verify", "reward/verify"), "loss / reward"),
-    Chart("Entropy", ("entropy",), "nats per token"),
-    Chart("Gradient norm", ("grad_norm",), "L2 norm (before clipping)"),
+    Chart("Policy loss", (LOSS_POLICY, LOSS_KL), "loss"),
+    Chart("Self-verification", (LOSS_VERIFY, REWARD_VERIFY), "loss / reward"),
+    Chart("Entropy", (ENTROPY,), "nats per token"),
+    Chart("Gradient norm", (GRAD_NORM,), "L2 norm (before clipping)"),
 )
 
 
@@ -99,15 +106,15 @@ def _summary(run: Run) -> str:
     if run.isolation:
         facts.append(f"verifier {escape(str(run.isolation.get('level', '?')))}")
     last = run.metrics[-1] if run.metrics else {}
-    evals = [r for r in run.metrics if _finite(r.get("eval/accuracy"))]
+    evals = [r for r in run.metrics if _finite(r.get(EVAL_ACCURACY))]
     cards = [_accuracy_card(run.final_eval, evals)]
-    if evals and evals[0]["step"] == 0:
-        cards.append(_card("before training", format_percent(evals[0]["eval/accuracy"]), "held-out accuracy at step 0"))
-    cards.append(_card("steps", str(last.get("step", 0)), _duration(last.get("time/elapsed_s"))))
+    if evals and evals[0][STEP] == 0:
+        cards.append(_card("before training", format_percent(evals[0][EVAL_ACCURACY]), "held-out accuracy at step 0"))
+    cards.append(_card("steps", str(last.get(STEP, 0)), _duration(last.get(ELAPSED_S))))
     split = ", ".join(
         f"{use} {format_number(last[f'tokens/{use}'])}" for use in ("policy", "probe", "verify") if _finite(last.get(f"tokens/{use}"))
     )
-    cards.append(_card("generated tokens", format_number(_num(last.get("tokens/total", 0))), split))
+    cards.append(_card("generated tokens", format_number(_num(last.get(TOKENS_TOTAL, 0))), split))
     config_link = ' · <a href="#config">Config</a>' if run.config else ""
     return (
         f'<header id="summary"><h1>{escape(run.name)}</h1><p class="facts">{" · ".join(facts)}</p>'
@@ -125,7 +132,7 @@ def _accuracy_card(final: dict[str, Any] | None, evals: list[dict[str, Any]]) ->
         return _card("final held-out accuracy", format_percent(final["accuracy"]), f"{interval}n={final.get('n', '?')} · step {final.get('step', '?')}")
     if evals:
         latest = evals[-1]
-        return _card("held-out accuracy (run not finished)", format_percent(latest["eval/accuracy"]), f"latest, at step {latest['step']}; no eval.json yet")
+        return _card("held-out accuracy (run not finished)", format_percent(latest[EVAL_ACCURACY]), f"latest, at step {latest[STEP]}; no eval.json yet")
     return _card("held-out accuracy", "n/a", "no evaluation logged yet")
 
 
@@ -184,10 +191,10 @@ def _sort_key(key: str) -> tuple[int, float | str]:
 
 def _curves(run: Run) -> str:
     figures = []
-    evals = [r for r in run.metrics if "eval/accuracy" in r]
+    evals = [r for r in run.metrics if EVAL_ACCURACY in r]
     if evals:
         figures.append(line_chart(
-            "Held-out accuracy", [Series("eval/accuracy", [_num(r.get("tokens/total")) for r in evals], [_num(r["eval/accuracy"]) for r in evals])],
+            "Held-out accuracy", [Series(EVAL_ACCURACY, [_num(r.get(TOKENS_TOTAL)) for r in evals], [_num(r[EVAL_ACCURACY]) for r in evals])],
             x_label="generated tokens (policy + probe + verify)", y_label="greedy accuracy", y_format=format_percent,
         ))
     for chart in STEP_CHARTS:
@@ -195,7 +202,7 @@ def _curves(run: Run) -> str:
         if not keys:
             continue
         records = [r for r in run.metrics if any(k in r for k in keys)]
-        series = [Series(k, [r["step"] for r in records], [_num(r.get(k)) for r in records]) for k in keys]
+        series = [Series(k, [r[STEP] for r in records], [_num(r.get(k)) for r in records]) for k in keys]
         figures.append(line_chart(
             chart.title, series, x_label="training step", y_label=chart.y_label, y_format=chart.y_format, stacked=chart.stacked, integer_x=True,
         ))

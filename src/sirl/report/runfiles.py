@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from sirl.schema import STEP
+
 
 class ReportError(ValueError):
     """A run folder the report cannot be made from; the message names the file and what to do."""
@@ -134,8 +136,8 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _check_metrics(record: dict[str, Any], path: Path, line: int) -> dict[str, Any]:
-    if not isinstance(record.get("step"), int):
-        raise ReportError(f"{path}, line {line}: no integer 'step'; every metrics record has one")
+    if not isinstance(record.get(STEP), int):
+        raise ReportError(f"{path}, line {line}: no integer '{STEP}'; every metrics record has one")
     return record
 
 
