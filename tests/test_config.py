@@ -169,6 +169,9 @@ def test_each_method_with_settings_has_its_section_and_the_registry_names_them()
         load_config(None, ["method.tree.probes=2"])
     with pytest.raises(ConfigError, match=r"unknown config key method.sii; valid keys of method: \['prime', 'random_reset', 'si', "):
         load_config(None, ["method.sii.probes=2"])
+    with pytest.raises(ConfigError, match=r"the overrides: unknown config key method.probez; the method section holds a section per method "
+                       r"\(method.prime, .*, e.g. method.si.probes\), and reads these knobs of before at their new places: \['blind_resets', "):
+        load_config(None, ["method.probez=2"])
 
 
 def test_a_knob_at_its_old_place_is_read_at_every_new_one():

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import yaml
 
 from sirl.config_fields import ConfigError, Range, ranged  # noqa: F401  (declared there, imported from here as before)
-from sirl.methods.settings import MOVED_KNOBS, MOVED_SECTIONS, MethodSections
+from sirl.methods.settings import MOVED_KNOBS, MOVED_SECTIONS, SETTINGS, MethodSections
 from sirl.paths import resolve_path
 
 
@@ -519,7 +519,13 @@ def read_old_places(data: dict[str, Any], where: str = "the config") -> dict[str
             moved += [(f"{new}.{key}", value) for key, value in section.items()]
     method = out.get("method")
     if isinstance(method, dict):
-        for knob in [key for key in method if key in MOVED_KNOBS]:
+        for knob in [key for key in method if not isinstance(method[key], dict)]:
+            if knob not in MOVED_KNOBS:  # neither a method's section nor a knob of before
+                raise ConfigError(
+                    f"{where}: unknown config key method.{knob}; the method section holds a section per method "
+                    f"({', '.join(f'method.{name}' for name in sorted(SETTINGS))}, e.g. method.si.probes), and reads "
+                    f"these knobs of before at their new places: {sorted(MOVED_KNOBS)}"
+                )
             value = method.pop(knob)
             moved += [(place, value) for place in MOVED_KNOBS[knob]]
     for place, value in moved:
