@@ -5,8 +5,8 @@ This is the light half of the methods registry: it imports nothing but the confi
 loading a config never imports torch. :data:`SETTINGS` gives each method that has settings its class, by
 the name its module registers its :class:`~sirl.methods.base.Method` under; the method's credit function
 receives its own section (``MethodContext.settings``) and the shared values it needs, never the whole
-config. Knobs that several methods read are declared once,
-in the parts below, and composed into each method's class; each method's section holds its own copy.
+config. Knobs that several methods read are declared once, in the parts below, and composed into each
+method's class; each method's section holds its own copy.
 
 Before these sections, one ``method`` section held the knobs of every method, each method reading what it
 used, and si_internal's and prime's knobs had sections of their own (``internalize``, ``prime``). Those
