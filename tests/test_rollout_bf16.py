@@ -45,6 +45,42 @@ def gqa_llama(seed: int = 0, vocab: int = 300) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+def other_architecture(arch: str):
+    """A tiny random qwen2 (biased q, k, v projections) or qwen3 (q and k RMSNorms) of the same shape."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    config_cls, model_cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[arch]
+    config = config_cls(
+        vocab_size=300, hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+        head_dim=16, max_position_embeddings=256, tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, bos_token_id=None,
+        use_sliding_window=False,
+    )
+    torch.manual_seed(0)
+    model = model_cls(config).eval()
+    with torch.no_grad():  # random gains and biases, so that folding and permuting them is tested
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("proj.bias"):
+                p.copy_(1 + 0.3 * torch.randn_like(p) if name.endswith("weight") else 0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_large_backend_in_float32_equals_the_module_by_module_path_on_qwen(arch):
+    model = other_architecture(arch)
+    ctx = contexts()
+    sampled = generate(model, ctx, SamplingParams(20), eos_ids=[10**6], pad_id=0, generator=torch.Generator().manual_seed(0))
+    fast = teacher_forced_decode(FastBackend(model), ctx, sampled.tokens_BT)
+    large = teacher_forced_decode(LargeModelBackend(model, torch.float32), ctx, sampled.tokens_BT)
+    assert (fast - large).abs().max() < 1e-5
+    for row, context in enumerate(ctx):  # and transformers' own forward over each whole sequence
+        ids = torch.tensor([context + sampled.row_tokens(row)])
+        with torch.no_grad():
+            reference = F.log_softmax(model(ids).logits[0, len(context) - 1 : -1], -1).gather(-1, ids[0, len(context) :, None]).squeeze(-1)
+        assert (large[row] - reference).abs().max() < 1e-5
+    bf16 = teacher_forced_decode(LargeModelBackend(model, torch.bfloat16), ctx, sampled.tokens_BT)
+    assert 0 < (bf16 - fast).abs().mean() <= 0.01
+
+
 def contexts(lengths=(3, 7, 1, 12), seed=1, vocab=300):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(2, vocab, (n,), generator=g).tolist() for n in lengths]

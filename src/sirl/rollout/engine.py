@@ -486,7 +486,9 @@ class LargeModelBackend(FastBackend):
             qk, v = qkv[:, :, : H + Hkv], qkv[:, :, H + Hkv :]
             if layer.q_norm is not None:
                 qk = torch.cat([_rms_norm(qk[:, :, :H], layer.q_norm), _rms_norm(qk[:, :, H:], layer.k_norm)], dim=2)
-            qk = _rotate(qk, rotation).to(self.dtype)  # [B, T, H + Hkv, D]
+            qk = _rotate(qk, rotation)  # [B, T, H + Hkv, D]
+            if qk.dtype != self.dtype:  # qwen3's q/k norms have float32 gains
+                qk = qk.to(self.dtype)
             keys_T, values = state["k"][i], state["v"][i]  # [B, Hkv, D, S], [B, Hkv, S, D]
             keys_T[:, :, :, slot:end] = qk[:, :, H:].permute(0, 2, 3, 1)
             values[:, :, slot:end] = v.transpose(1, 2)
