@@ -78,6 +78,18 @@ def test_scored_head_equals_the_log_softmax_of_the_full_logits_with_gradients(ch
     assert torch.allclose(hidden.grad, naive_grads[0], atol=1e-5) and torch.allclose(weight.grad, naive_grads[1], atol=1e-5)
 
 
+def test_a_frozen_head_gets_no_gradient_and_the_hidden_states_theirs():
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(12, 16, generator=g, requires_grad=True)
+    weight = torch.randn(V, 16, generator=g)  # frozen, as under LoRA
+    targets = torch.randint(0, V, (12,), generator=g)
+    _ScoredHead.apply(hidden, weight, targets, torch.float32, 5)[0].sum().backward()
+    naive = hidden.grad.clone()
+    hidden.grad = None
+    F.log_softmax(F.linear(hidden, weight), -1).gather(-1, targets[:, None]).sum().backward()
+    assert weight.grad is None and torch.allclose(naive, hidden.grad, atol=1e-5)
+
+
 def test_scored_head_in_bf16_matches_autocast():
     g = torch.Generator().manual_seed(1)
     hidden = torch.randn(30, 32, generator=g, requires_grad=True)

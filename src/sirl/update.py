@@ -157,16 +157,19 @@ class _ScoredHead(torch.autograd.Function):
         dtype, chunk = ctx.dtype, ctx.chunk
         with torch.autocast(hidden_NH.device.type, enabled=False):
             w = weight_VH.detach().to(dtype)
-            grad_hidden = torch.empty_like(hidden_NH)
-            grad_weight = torch.zeros_like(weight_VH)
+            want_hidden, want_weight = ctx.needs_input_grad[:2]  # a frozen head (LoRA) needs no weight gradient
+            grad_hidden = torch.empty_like(hidden_NH) if want_hidden else None
+            grad_weight = torch.zeros_like(weight_VH) if want_weight else None
             for i, start in enumerate(range(0, len(targets_N), chunk)):
                 g_n = grad_logp_N[start : start + chunk].float()
                 # d logp / d z = onehot(target) - softmax(z), times the incoming gradient of each position.
                 grad_z = (logits[i].float() - lse[i][:, None]).exp_().mul_(-g_n[:, None])
                 grad_z.scatter_add_(-1, targets_N[start : start + chunk, None], g_n[:, None])
                 grad_z = grad_z.to(dtype)
-                grad_hidden[start : start + chunk] = (grad_z @ w).to(hidden_NH.dtype)
-                grad_weight += (grad_z.T @ hidden_NH[start : start + chunk].detach().to(dtype)).to(grad_weight.dtype)
+                if want_hidden:
+                    grad_hidden[start : start + chunk] = (grad_z @ w).to(hidden_NH.dtype)
+                if want_weight:
+                    grad_weight += (grad_z.T @ hidden_NH[start : start + chunk].detach().to(dtype)).to(grad_weight.dtype)
         return grad_hidden, grad_weight, None, None, None
 
 
