@@ -341,7 +341,7 @@ def check_ranges(config: Any, prefix: str = "") -> None:
             check_ranges(value, key + ".")
         elif "range" in f.metadata and not f.metadata["range"].admits(value):
             raise ConfigError(f"{key}={value!r} is out of range: it must be {f.metadata['range'].describe()}")
-    if not prefix:
+    if not prefix and isinstance(config, ExperimentConfig):
         check_consistency(config)
 
 
@@ -378,11 +378,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if cls is ExperimentConfig and not prefix:
         data = read_old_places(data, "the config")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key {where}{unknown[0]}; valid keys{' of ' + prefix if prefix else ''}: {sorted(fields)}")
+    check_keys(cls, data, prefix)
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -392,6 +388,16 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
         else:
             kwargs[name] = check_type(value, tp, key)
     return cls(**kwargs)
+
+
+def check_keys(cls: type, data: dict[str, Any], prefix: str) -> None:
+    """Raise a ConfigError naming the first key of ``data`` that dataclass ``cls`` has no field for, with the
+    valid keys."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key {where}{unknown[0]}; valid keys{' of ' + prefix if prefix else ''}: {sorted(fields)}")
 
 
 def check_type(value: Any, tp: Any, key: str) -> Any:
