@@ -587,8 +587,25 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str], parser: argparse
     return 0 if results["methods"] else 1
 
 
+def is_user_error(error: Exception) -> bool:
+    """Whether ``error`` means the input was wrong (a flag, a config, a data file, a run folder, a model
+    path): `sirl` then prints its message and exits with 2. Any other exception is a bug in sirl or in a
+    task and shows as one, with its traceback and exit status 1.
+
+    sirl reports bad input with ValueError subclasses of its own (ConfigError, DataError, CheckpointError,
+    ReportError, NotATask, the run folder's locks ...), so those are user errors and a plain ValueError, or
+    one from a library (json, unicode), is not. Besides them: a path given that is not there
+    (FileNotFoundError: a model directory, a task file, a GGUF file), a --task module or an optional extra
+    that is not installed (ModuleNotFoundError), and a task its verifier workers cannot build."""
+    from sirl.verifier.pool import VerifierStartupError
+
+    if isinstance(error, (FileNotFoundError, ModuleNotFoundError, VerifierStartupError)):
+        return True
+    own = type(error).__module__.split(".")[0] == "sirl"
+    return isinstance(error, ValueError) and type(error) is not ValueError and own
+
+
 def main(argv: list[str] | None = None) -> int:
-    from sirl.verifier.pool import VerifierStartupError  # a task its workers cannot build: a config error
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     subparser = parser._subparsers._group_actions[0].choices[args.command]  # for errors in its own usage
@@ -622,8 +639,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(config, args.quiet, bool(resume), args.force, args.allow_task_mismatch, args.overwrite)
         if args.command == "eval":
             return cmd_eval(config, args.quiet, args.json, args.verify, args.pass_k, args.allow_task_mismatch)
-    except (ConfigError, FileNotFoundError, ModuleNotFoundError, ValueError, VerifierStartupError) as error:
-        if os.environ.get("SIRL_TRACEBACK"):
+    except Exception as error:
+        if not is_user_error(error) or os.environ.get("SIRL_TRACEBACK"):
             raise
         print(f"sirl {args.command}: error: {error}\n(set SIRL_TRACEBACK=1 to see where)", file=sys.stderr)
         return 2

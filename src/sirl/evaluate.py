@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tqdm import tqdm
 
+from sirl.config import ConfigError
 from sirl.prompts import PromptFormat
 from sirl.rollout import SamplingParams, before_stop, generate, response_end_ids, text_decoder
 from sirl.tasks.base import Task, difficulty_order, level_from_key
@@ -178,7 +179,7 @@ def complete(
 def check_pass_k(pass_k: Sequence[int], n_samples: int) -> None:
     """The unbiased estimator needs at least k samples per problem for every k."""
     if pass_k and n_samples < max(pass_k):
-        raise ValueError(f"eval.n_samples={n_samples} must be >= max(eval.pass_k)={max(pass_k)}")
+        raise ConfigError(f"eval.n_samples={n_samples} must be >= max(eval.pass_k)={max(pass_k)}")
 
 
 def evaluate(

@@ -33,7 +33,7 @@ from transformers.utils import logging as hf_logging
 
 from sirl import algos
 from sirl.batch import TokenBatch
-from sirl.config import ModelConfig
+from sirl.config import ConfigError, ModelConfig
 from sirl.paths import PROJECT_ROOT, resolve_path
 from sirl.tokenizer import build_char_tokenizer
 
@@ -78,7 +78,7 @@ def build_model(
 ) -> PreTrainedModel:
     """A randomly initialized causal LM of the given shape, sized to the tokenizer's vocabulary."""
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; valid: {sorted(ARCHITECTURES)}")
+        raise ConfigError(f"unknown architecture {arch!r}; valid: {sorted(ARCHITECTURES)}")
     config_cls, model_cls = ARCHITECTURES[arch]
     config = config_cls(
         vocab_size=len(tokenizer),
@@ -405,7 +405,7 @@ def policy_from_config(config: ModelConfig, alphabet: str, seed: int) -> tuple[P
             intermediate_size=config.intermediate_size or preset.intermediate_size,
         )
         if size.hidden_size % size.num_heads:
-            raise ValueError(f"model.hidden_size={size.hidden_size} must be divisible by model.num_heads={size.num_heads}")
+            raise ConfigError(f"model.hidden_size={size.hidden_size} must be divisible by model.num_heads={size.num_heads}")
         model = build_model(tokenizer, config.arch, size, config.max_position_embeddings, seed)
     model = model.to(resolve_device(config.device))
     if config.lora_rank:
@@ -424,7 +424,7 @@ def add_lora(model: PreTrainedModel, rank: int, alpha: float, target_modules: li
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = sorted(set(target_modules) - present)
     if missing:
-        raise ValueError(f"model.lora_target_modules names {missing}, which the model does not have; its modules include "
+        raise ConfigError(f"model.lora_target_modules names {missing}, which the model does not have; its modules include "
                          f"{sorted(n for n in present if 'proj' in n)}")
     # Dropout 0: the policy that samples is then exactly the one that is trained.
     lora = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")

@@ -40,7 +40,7 @@ __all__ = ["OPTIONAL", "REQUIRED", "TASKS", "TASK_RECORD", "NoGroundTruth", "Not
 def _import_class(spec: str) -> type:
     module_part, _, class_name = spec.rpartition(":")
     if not module_part or not class_name:
-        raise ValueError(f"task import path {spec!r} must look like 'file.py:Class' or 'package.module:Class'")
+        raise ConfigError(f"task import path {spec!r} must look like 'file.py:Class' or 'package.module:Class'")
     if module_part.endswith(".py"):
         path = Path(module_part).expanduser().resolve()
         if not path.is_file():
@@ -56,7 +56,7 @@ def _import_class(spec: str) -> type:
     try:
         return getattr(module, class_name)
     except AttributeError:
-        raise ValueError(f"{module_part!r} has no attribute {class_name!r} (from --task {spec!r})") from None
+        raise ConfigError(f"{module_part!r} has no attribute {class_name!r} (from --task {spec!r})") from None
 
 
 REQUIRED = ("sample", "verify", "split_steps", "reference_solution")
@@ -100,7 +100,7 @@ def resolve_task_class(spec: str) -> type[Task]:
     if spec in TASKS:
         return TASKS[spec]
     if ":" not in spec:
-        raise ValueError(f"unknown task {spec!r}; registered tasks: {sorted(TASKS)} (or give 'file.py:Class')")
+        raise ConfigError(f"unknown task {spec!r}; registered tasks: {sorted(TASKS)} (or give 'file.py:Class')")
     return check_task_class(_import_class(spec), spec)
 
 
@@ -116,8 +116,14 @@ def load_task(spec: str, **kwargs) -> Task:
     knobs = task_knobs(cls)
     unknown = sorted(set(kwargs) - set(knobs))
     if unknown:
-        raise ValueError(f"task {spec!r} has no knob(s) {unknown}; valid knobs: {sorted(knobs)}")
-    return cls(**kwargs)
+        raise ConfigError(f"task {spec!r} has no knob(s) {unknown}; valid knobs: {sorted(knobs)}")
+    try:
+        return cls(**kwargs)
+    except ValueError as error:
+        if type(error) is not ValueError:  # already a typed error (ConfigError, DataError, ...)
+            raise
+        # A task refuses its knobs (task.args) with a plain ValueError: a config error, not a bug.
+        raise ConfigError(f"task {spec!r}: {error}") from error
 
 
 # --- which task a model directory was trained on ----------------------------------------------------
