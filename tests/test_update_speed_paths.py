@@ -201,6 +201,23 @@ def test_the_large_model_update_takes_the_small_model_step(monkeypatch):
         assert getattr(large_stats, key) == pytest.approx(getattr(small_stats, key), rel=1e-4, abs=1e-6)
 
 
+def test_the_large_model_update_packs_micro_batches_by_tokens_not_by_padded_rows(monkeypatch):
+    model = gqa_llama()
+    monkeypatch.setattr(sirl.model, "LARGE_MODEL_PARAMETERS", 1)
+    ids, attention, mask = grouped_batch()
+    batch = PolicyBatch(TokenBatch(ids, attention, mask), torch.zeros(mask.shape), mask.clone(), torch.ones(len(ids)))
+    passes = []
+    decoder = model.get_decoder()
+    real = decoder.forward
+    monkeypatch.setattr(decoder, "forward", lambda **kw: (passes.append(tuple(kw["input_ids"].shape)), real(**kw))[1])
+    # 8 rows of 21 padded tokens are 168 tokens, over the budget of 120; their 4 distinct contexts once plus
+    # every row's rest are 91 tokens, under it: one micro-batch, two decoder passes.
+    policy_update(model, torch.optim.SGD(model.parameters(), lr=0.0), batch, AlgoConfig(), norm_length=12, micro_batch_size=64,
+                  micro_batch_tokens=120, grad_clip=1.0, generator=torch.Generator().manual_seed(0),
+                  dist=Distributed.from_env(torch.device("cpu")))
+    assert len(passes) == 2 and passes[1][0] == len(ids)
+
+
 def test_adamw_is_fused_for_large_models_only(monkeypatch):
     model = gqa_llama()
     assert not adamw(model, lr=1e-3, weight_decay=0.0).defaults["fused"]

@@ -336,6 +336,7 @@ def policy_update(
     shared = uses_response_logprobs(model)
     score = response_logprobs if shared else token_logprobs
     width = batch.tokens.input_ids_BT.shape[1]
+    max_rows = micro_batch_size  # the shared path packs by tokens itself (_context_micro_batches)
     micro_batch_size = micro_rows(micro_batch_size, micro_batch_tokens, width)
     parameters = [p for p in model.parameters() if p.requires_grad]
     ref_logp = _reference_logprobs(ref_model, batch, micro_batch_size, device) if ref_model is not None else None
@@ -359,7 +360,7 @@ def policy_update(
             stats = dict.fromkeys(policy_keys, 0.0)
             aux_stats: dict[str, float] = {}
             if shared:  # a group's rows together, so that its prompt is computed once (response_logprobs)
-                micro_batches = _context_micro_batches(minibatch.tokens, micro_batch_size, micro_batch_tokens)
+                micro_batches = _context_micro_batches(minibatch.tokens, max_rows, micro_batch_tokens)
             else:
                 micro_batches = [slice(start, start + micro_batch_size) for start in range(0, len(minibatch), micro_batch_size)]
             for rows in micro_batches:
