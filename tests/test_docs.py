@@ -17,6 +17,11 @@ from sirl.cli import build_parser, config_sections, method_names, method_section
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+TASKS_GUIDE = (ROOT / "docs" / "guides" / "tasks.md").read_text()
+CONFIGURATION_GUIDE = (ROOT / "docs" / "guides" / "configuration.md").read_text()
+README_MOST_LINES = 250
+"""The README is a front door: what sirl is, its status, install, quick starts, commands, links; the rest is
+in docs/."""
 
 def backticked(text: str) -> list[str]:
     return re.findall(r"`([^`]+)`", text)
@@ -37,8 +42,14 @@ def test_readme_lists_the_registered_tasks():
     row = readme_line("| `--task NAME_OR_IMPORT_PATH` |")
     listed = [name for name in backticked(row.split("|")[2]) if ":" not in name]
     assert listed == task_names()
-    table = README.split("\n## Tasks\n", 1)[1].split("\n## ", 1)[0]
+    table = TASKS_GUIDE.split("\n## Tasks\n", 1)[1].split("\n## ", 1)[0]
     assert [backticked(line)[0] for line in table.splitlines() if line.startswith("| `")] == task_names()
+
+
+def test_the_readme_is_a_front_door_that_reaches_every_guide_in_one_click():
+    assert len(README.splitlines()) <= README_MOST_LINES
+    guides = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md"))
+    assert guides and [g for g in guides if f"]({g})" not in README] == []
 
 
 def test_readme_lists_the_methods():
@@ -48,7 +59,7 @@ def test_readme_lists_the_methods():
 
 
 def test_readme_lists_the_config_sections_of_the_dataclasses():
-    section = README.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    section = CONFIGURATION_GUIDE.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     sections, top_level = config_sections()
     assert [backticked(row)[0] for row in rows] == sections + top_level
