@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -21,20 +22,20 @@ import torch
 
 trl = pytest.importorskip("trl")
 
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 from bpe_helpers import bpe_tokenizer  # noqa: E402
+from trl_helpers import POLICY, ROOT, TASK, make_trainer  # noqa: E402
 from sirl.credit import divergence_credit, outcome_credit, tree_credit  # noqa: E402
 from sirl.credit.steps import split_steps, token_step_ends  # noqa: E402
 from sirl.integrations.tokens import completion_step_ends, decoded_offsets, mapped_offsets  # noqa: E402
 from sirl.integrations.trl import CreditGRPOTrainer, credit_options_of, group_token_advantages  # noqa: E402
 from sirl.rollout.steps import char_spans_to_token_spans, token_char_offsets  # noqa: E402
-from sirl.tasks.arith import ArithTask  # noqa: E402
 from sirl.types import Problem, Trajectory  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-POLICY = ROOT / "checkpoints" / "arith7-tiny"
-TASK = ArithTask(min_ops=8, max_ops=12, modulus=7)
+HANG_S = 600
+"""The two-process run's workers are stopped (and asked for their stacks) after this long: about 30 s on 2
+idle cores, minutes on a machine oversubscribed several times."""
 PROBLEM = Problem("3+4*2-1=", "6", {"numbers": [3, 4, 2, 1], "ops": "+*-", "difficulty": 3})  # 3+4=0; 0*2=0; 0-1=6 (mod 7)
 
 # Two groups of four arith completions (prompt 3+4*2-1=, answer 6). Group 0: two successes; "...0-1=5;#5"
@@ -59,34 +60,6 @@ def fixed_batch(tokenizer):
     texts = [text for group in GROUPS for text, _ in group]
     rewards = [reward for group in GROUPS for _, reward in group]
     return [encode(tokenizer, t) for t in texts], texts, rewards
-
-
-def arith_reward(completions, answer, **kwargs):
-    return [TASK.verify(Problem("", a), c) for c, a in zip(completions, answer)]
-
-
-def arith_dataset(n: int, seed: int = 0):
-    from datasets import Dataset
-
-    rng = random.Random(seed)
-    problems = [TASK.sample(rng, "train") for _ in range(n)]
-    return Dataset.from_list([{"prompt": p.prompt, "answer": p.answer} for p in problems])
-
-
-def grpo_config(out: Path, **overrides):
-    settings = dict(
-        output_dir=str(out), per_device_train_batch_size=16, num_generations=8, max_completion_length=96, learning_rate=1e-4,
-        max_steps=2, use_cpu=True, bf16=False, logging_steps=1, report_to=[], save_strategy="no", temperature=1.0, beta=0.0,
-        seed=0, dataloader_num_workers=0, lr_scheduler_type="constant", disable_tqdm=True,
-    )
-    return trl.GRPOConfig(**{**settings, **overrides})
-
-
-def make_trainer(out: Path, trainer_class=CreditGRPOTrainer, config_overrides=None, **credit):
-    model = AutoModelForCausalLM.from_pretrained(POLICY, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(POLICY)
-    return trainer_class(model=model, reward_funcs=arith_reward, args=grpo_config(out, **(config_overrides or {})),
-                         train_dataset=arith_dataset(32), processing_class=tokenizer, **credit)
 
 
 # --- step boundaries ------------------------------------------------------------------------------
@@ -300,49 +273,38 @@ def test_end_to_end_trl_run_from_the_arith_policy(tmp_path):
 # --- two processes ---------------------------------------------------------------------------------
 
 
-class RankRecorder(CreditGRPOTrainer):
-    def token_advantages(self, completion_ids, rewards_per_func, group_size, width):
-        advantages_BT, metrics = super().token_advantages(completion_ids, rewards_per_func, group_size, width)
-        torch.save({"ids": completion_ids, "rewards": rewards_per_func.sum(1), "advantages": advantages_BT, "metrics": metrics},
-                   Path(self.args.output_dir) / f"rank{self.accelerator.process_index}.pt")
-        return advantages_BT, metrics
-
-
-HANG_S = 300
-"""A worker still running after this long dumps its stack into the test's folder and exits."""
-
-
-def two_process_worker(rank: int, out: str, port: int) -> None:
-    import faulthandler
-    import os
-
-    faulthandler.dump_traceback_later(HANG_S, exit=True, file=open(Path(out) / f"stack{rank}.txt", "w"))
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
-                      LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    # 6 completions per process, groups of 4: group 1 has two rows on each process
-    trainer = make_trainer(Path(out), RankRecorder, config_overrides={"per_device_train_batch_size": 6, "num_generations": 4, "max_steps": 1},
-                           credit="divergence", step_splitter="regex:;")
-    assert trainer.accelerator.num_processes == 2
-    trainer.train()
-    torch.distributed.destroy_process_group()
-    faulthandler.cancel_dump_traceback_later()
-
-
 def test_two_processes_give_the_one_process_credit(tmp_path):
+    """Two processes (gloo), each running tests/trl_helpers.py's worker: 6 completions each in groups of 4."""
+    import os
+    import signal
     import socket
-
-    import torch.multiprocessing as mp
+    import subprocess
+    import sys
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    workers, logs = [], []
+    for rank in range(2):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": "2",
+               "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+        logs.append((tmp_path / f"worker{rank}.log").open("w"))
+        workers.append(subprocess.Popen([sys.executable, str(Path(__file__).with_name("trl_helpers.py")), str(tmp_path)],
+                                        env=env, cwd=ROOT, stdout=logs[-1], stderr=subprocess.STDOUT))
     try:
-        mp.spawn(two_process_worker, args=(str(tmp_path), port), nprocs=2, join=True)
-    except mp.ProcessExitedException as error:  # a worker that hung says where
-        stacks = "\n".join(p.read_text() for p in sorted(tmp_path.glob("stack*.txt")))
-        raise AssertionError(f"a worker exited: {error}\n{stacks}") from None
+        codes = [w.wait(timeout=HANG_S) for w in workers]
+    except subprocess.TimeoutExpired:
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGUSR1)  # faulthandler: the stacks go to the worker's log
+        time.sleep(2)
+        for w in workers:
+            w.kill()
+        codes = None
+    for log in logs:
+        log.close()
+    tails = "\n".join(f"--- worker {r}:\n" + (tmp_path / f"worker{r}.log").read_text()[-4000:] for r in range(2))
+    assert codes == [0, 0], f"the workers ended with {codes or f'no exit after {HANG_S} s'}\n{tails}"
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert torch.equal(ranks[0]["rewards"], ranks[1]["rewards"])  # TRL gathers the rewards
     ids = ranks[0]["ids"] + ranks[1]["ids"]

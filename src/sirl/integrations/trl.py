@@ -53,8 +53,12 @@ import random
 from collections.abc import Sequence
 
 import torch
-from trl import GRPOTrainer
-from trl.trainer.utils import nanstd
+
+try:
+    from trl import GRPOTrainer
+    from trl.trainer.utils import nanstd
+except ImportError as error:  # an optional extra
+    raise ImportError(f"sirl.integrations.trl needs TRL ({error}); install it with pip install -e '.[trl]'") from error
 
 import sirl.credit as credit_core
 from sirl.credit.steps import Splitter, resolve_splitter

@@ -36,7 +36,11 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 
 import torch
-from verl.trainer.ppo import core_algos
+
+try:
+    from verl.trainer.ppo import core_algos
+except ImportError as error:  # an optional extra
+    raise ImportError(f"sirl.integrations.verl needs verl ({error}); install it with pip install -e '.[verl]'") from error
 
 import sirl.credit as credit_core
 from sirl.credit.steps import Splitter, resolve_splitter

@@ -146,9 +146,16 @@ class FastBackend:
                 return None
             return weight.view(n_heads, D, *weight.shape[1:])[:, pairs].reshape(weight.shape)
 
-        def fold(norm: torch.nn.Module, weight: torch.Tensor) -> torch.Tensor:
-            """``W @ (g * x) == (W * g) @ x``: the RMSNorm gain moves into the next projection."""
-            return weight * _norm_params(norm)[0][None, :]
+        def fold(norm: torch.nn.Module, *weights: torch.Tensor) -> torch.Tensor:
+            """``W @ (g * x) == (W * g) @ x``: the RMSNorm gain moves into the next projection (the rows of
+            ``weights`` stacked), stored in :meth:`_folded_dtype`: one pass over the float32 weights."""
+            gain = _norm_params(norm)[0][None, :]
+            out = torch.empty(sum(w.shape[0] for w in weights), gain.shape[1], dtype=self._folded_dtype(), device=gain.device)
+            start = 0
+            for w in weights:
+                torch.mul(w, gain, out=out[start : start + w.shape[0]])
+                start += w.shape[0]
+            return out
 
         self.layers: list[_LayerWeights] = []
         with torch.no_grad():
@@ -158,12 +165,10 @@ class FastBackend:
                 (o_w, o_b), (g_w, g_b), (u_w, u_b), (d_w, d_b) = (
                     _linear(attn.o_proj), _linear(mlp.gate_proj), _linear(mlp.up_proj), _linear(mlp.down_proj)
                 )
-                qkv_w = torch.cat([interleave(q_w, self.n_heads), interleave(k_w, self.n_kv_heads), v_w])
-                gate_up_w = torch.cat([g_w, u_w])
                 self.layers.append(self._prepare(
                     _LayerWeights(
                         in_eps=_norm_params(layer.input_layernorm)[1],
-                        qkv_w=fold(layer.input_layernorm, qkv_w),
+                        qkv_w=fold(layer.input_layernorm, interleave(q_w, self.n_heads), interleave(k_w, self.n_kv_heads), v_w),
                         qkv_b=None if q_b is None else torch.cat([interleave(q_b, self.n_heads), interleave(k_b, self.n_kv_heads), v_b]),
                         # qwen3 normalizes q and k per head before rotation; its gains follow the permutation.
                         q_norm=_permuted_norm(getattr(attn, "q_norm", None), pairs),
@@ -171,7 +176,7 @@ class FastBackend:
                         o_w=o_w,
                         o_b=o_b,
                         post_eps=_norm_params(layer.post_attention_layernorm)[1],
-                        gate_up_w=fold(layer.post_attention_layernorm, gate_up_w),
+                        gate_up_w=fold(layer.post_attention_layernorm, g_w, u_w),
                         gate_up_b=None if g_b is None else torch.cat([g_b, u_b]),
                         down_w=d_w,
                         down_b=d_b,
@@ -191,6 +196,9 @@ class FastBackend:
     def _prepare(self, layer: _LayerWeights) -> _LayerWeights:
         """A layer's weights as :meth:`_forward` applies them (here: as they are)."""
         return layer
+
+    def _folded_dtype(self) -> torch.dtype:
+        return self.embed.dtype
 
     def _prepare_weight(self, weight: torch.Tensor) -> torch.Tensor:
         return weight
@@ -329,6 +337,9 @@ class LargeModelBackend(FastBackend):
             gate_up_w=cast(layer.gate_up_w), gate_up_b=_cast(layer.gate_up_b, self.dtype),
             down_w=cast(layer.down_w), down_b=_cast(layer.down_b, self.dtype),
         )
+
+    def _folded_dtype(self) -> torch.dtype:
+        return self.dtype  # folded straight into the rollout dtype
 
     def _prepare_weight(self, weight: torch.Tensor) -> torch.Tensor:
         weight = weight.detach().to(self.dtype).contiguous()
