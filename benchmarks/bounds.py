@@ -16,10 +16,11 @@
    ``--results``) beside their bound, each as a share of it (bound time / measured time: 1.0 is the bound).
 4. With ``--rollout``: sirl's engine (bf16, rollout.dtype=auto) and HF ``generate`` (float32 weights, as
    loaded, and a bf16 copy) on ``rows / 8`` gsm8k prompts x 8 samples of ``--new-tokens`` tokens, timed in
-   turn in this process, best of ``--repeats``; tokens per second, sirl's speedup and each as a share of
-   the rollout bound. Appended to ``--rollout-out``.
+   turn in this process, best of ``--rollout-repeats``; tokens per second, sirl's speedup and each as a
+   share of the rollout bound. Appended to ``--rollout-out``.
 
-On a quiet 2-core machine the default run takes about a minute and ``--rollout`` about 5 more.
+On a quiet 2-core machine the default run takes about a minute; ``--rollout`` adds about 10 minutes at
+1 and 2 threads, most of it HF generate at batch 64.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def measure_rollout(args, machines: dict[int, Machine], costs: ModelCosts) -> li
 
             runs = {"sirl": sirl, "HF generate float32": lambda: hf(model), "HF generate bf16": lambda: hf(bf16_model)}
             seconds = {name: float("inf") for name in runs}
-            for _ in range(args.repeats):  # in turn, so that a busy spell slows each alike
+            for _ in range(args.rollout_repeats):  # in turn, so that a busy spell slows each alike
                 for name, fn in runs.items():
                     seconds[name] = min(seconds[name], best_of(fn, 1))
             w = Workload(rows, args.new_tokens, sum(map(len, prompts)) / len(prompts))
@@ -170,6 +171,7 @@ def main() -> None:
     parser.add_argument("--rollout", action="store_true", help="time sirl's engine and HF generate (section 4)")
     parser.add_argument("--batches", nargs="+", type=int, default=[8, 64])
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens per row of the --rollout measurement")
+    parser.add_argument("--rollout-repeats", type=int, default=2, help="timed runs of each engine (best kept)")
     parser.add_argument("--rollout-out", type=Path, default=Path("benchmarks/results/rollout_bounds.jsonl"))
     parser.add_argument("--prompt-tokens", type=float, default=None, help="mean prompt length (default: measured on gsm8k)")
     args = parser.parse_args()
