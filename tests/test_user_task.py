@@ -1,4 +1,4 @@
-"""A user's task end to end: the README's example, verbatim, through `sirl sft` and `sirl train`; a model
+"""A user's task end to end: the tasks guide's example (docs/guides/tasks.md), verbatim, through `sirl sft` and `sirl train`; a model
 directory that knows its task; an evaluation that fails after training keeps the weights."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ TINY = ["--model.size=nano", "--model.device=cpu", "--eval.n_problems=4", "--eva
 
 
 def readme_task_file(directory: Path) -> Path:
-    """The README's ``my_tasks.py`` exactly as printed there."""
-    readme = (PROJECT_ROOT / "README.md").read_text()
+    """The tasks guide's ``my_tasks.py`` exactly as printed there."""
+    readme = (PROJECT_ROOT / "docs" / "guides" / "tasks.md").read_text()
     [source] = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if block.startswith("# my_tasks.py")]
     path = directory / "my_tasks.py"
     path.write_text(source)
@@ -31,7 +31,7 @@ def test_the_readme_task_trains_with_sft_then_train(tmp_path, monkeypatch, capsy
     the example's task has no ground truth while Task.has_ground_truth said it had."""
     monkeypatch.chdir(tmp_path)
     readme_task_file(tmp_path)
-    # the README's command, with a small budget
+    # the guide's command, with a small budget
     assert main(["sft", "--task", "my_tasks.py:Reverse", "--out", "runs/reverse-sft", "--task.args.length=6",
                  "--sft.steps=20", "--sft.eval_every=10", "--sft.batch_size=8", *TINY]) == 0
     sft = tmp_path / "runs" / "reverse-sft"

@@ -8,14 +8,13 @@ sirl. Keyword arguments are checked against the constructor's signature.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
 import json
-import sys
 import types
 from pathlib import Path
 
 from sirl.config import ConfigError
+from sirl.importing import load_module_file
 from sirl.paths import resolve_path
 from sirl.tasks.arith import ArithTask
 from sirl.tasks.base import NoGroundTruth, Task, split_of
@@ -45,12 +44,7 @@ def _import_class(spec: str) -> type:
         path = Path(module_part).expanduser().resolve()
         if not path.is_file():
             raise FileNotFoundError(f"task file {module_part!r} (from --task {spec!r}) does not exist")
-        module_name = f"sirl_user_task_{path.stem}"
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module
-        module_spec.loader.exec_module(module)
+        module = load_module_file(path, f"sirl_user_task_{path.stem}")
     else:
         module = importlib.import_module(module_part)
     try:

@@ -40,12 +40,10 @@ This module imports no model code.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
 import math
 import numbers
 import re
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -55,6 +53,7 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig
 from math_verify import parse as mv_parse
 from math_verify import verify as mv_verify
 
+from sirl.importing import load_module_file
 from sirl.paths import resolve_path
 from sirl.tasks.gsm8k import extract_answer, normalize_answer
 
@@ -166,12 +165,7 @@ def import_object(spec: str, what: str = "reward function") -> Any:
         path = resolve_path(module_part).resolve()  # as data paths are found: the working directory, then the project
         if not path.is_file():
             raise FileNotFoundError(f"{what} file {module_part!r} (from {spec!r}) does not exist")
-        module_name = f"sirl_user_reward_{path.stem}"
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module
-        module_spec.loader.exec_module(module)
+        module = load_module_file(path, f"sirl_user_reward_{path.stem}")
     else:
         module = importlib.import_module(module_part)
     try:
