@@ -14,21 +14,20 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 from pathlib import Path
 
-from sirl.compare import ComparePlan, RunSpec, final_figure, paired_difference, run_dir
+from sirl.compare import RunSpec, final_figure, paired_difference, read_plan_json, run_dir
 
 
 def rewards_of(folder: Path, method: str) -> dict[int, list[float]]:
     """Per seed, the run's reward per final held-out problem, for every finished run of ``method``."""
-    plan = ComparePlan(**json.loads((folder / "compare.json").read_text()))
+    plan = read_plan_json(folder / "compare.json")
     found = {}
     for seed in range(plan.seeds):
         run = run_dir(folder, RunSpec(method, seed))
         if (run / "eval.json").is_file():
-            found[seed] = final_figure(run, plan)["rewards"]
+            found[seed] = final_figure(run, plan).rewards
     if not found:
         raise SystemExit(f"{folder}: no finished run of {method!r} (looked in {folder / 'runs' / method})")
     return found
@@ -58,9 +57,9 @@ def main() -> None:
         if diff is None:
             print(f"| {a} | {b} | no common seed with per-problem rewards |")
             continue
-        low, high = diff["ci95"]
-        verdict = "" if low > 0 or high < 0 else " (no difference)"
-        print(f"| {a} | {b} | {100 * diff['mean']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]{verdict} |")
+        low, high = diff.ci95
+        verdict = " (no difference)" if diff.no_difference else ""
+        print(f"| {a} | {b} | {100 * diff.mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]{verdict} |")
 
 
 if __name__ == "__main__":

@@ -286,13 +286,14 @@ def run_curve(folder: Path, start: dict, plan, grid: list[float]):
     tokens = [0] + [r["tokens/total"] for r in evals]
     accuracy = [start["accuracy"]] + [statistics.fmean(r["rewards"]) for r in evals]
     figure = final_figure(folder, plan)
-    return RunCurve(np.interp(grid, tokens, accuracy).tolist(), None, figure["accuracy"], figure["rewards"])
+    return RunCurve(np.interp(grid, tokens, accuracy).tolist(), None, figure.accuracy, figure.rewards)
 
 
 def summarize(out: Path, plan: TRLPlan) -> dict:
-    from sirl.compare import ComparePlan, paired_difference, tokens_to_reach
+    from sirl.compare import paired_difference, read_plan_json, tokens_to_reach
+    from sirl.compare.summary import to_json
 
-    compare_plan = ComparePlan(**json.loads((out / "compare.json").read_text()))
+    compare_plan = read_plan_json(out / "compare.json")
     start = json.loads((out / "start" / "eval.json").read_text())
     grid = [float(t) for t in range(0, plan.budget_tokens + 1, plan.eval_every_tokens)]
     curves = {m: {s: run_curve(run_folder(out, m, s), start, compare_plan, grid) for s in range(plan.seeds)
@@ -303,9 +304,9 @@ def summarize(out: Path, plan: TRLPlan) -> dict:
         entry = {"seeds": sorted(curves[method]), "final_accuracy": statistics.fmean(finals) if finals else None,
                  "std": statistics.stdev(finals) if len(finals) > 1 else None}
         if method != REFERENCE:
-            entry["difference"] = paired_difference({s: c.rewards for s, c in curves[method].items()},
-                                                    {s: c.rewards for s, c in curves[REFERENCE].items()})
-            entry["tokens_to_reach"] = tokens_to_reach(curves[method], curves[REFERENCE], grid)
+            entry["difference"] = to_json(paired_difference({s: c.rewards for s, c in curves[method].items()},
+                                                            {s: c.rewards for s, c in curves[REFERENCE].items()}))
+            entry["tokens_to_reach"] = to_json(tokens_to_reach(curves[method], curves[REFERENCE], grid))
         results["methods"][method] = entry
     write_json(out / "results.json", results)
     (out / "results.md").write_text(table(results, plan) + "\n")

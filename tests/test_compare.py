@@ -15,8 +15,10 @@ import pytest
 import yaml
 
 from sirl.compare import (
-    ComparePlan, RunSpec, _interp, load_sample, plot_comparison, read_plan_file, results_markdown, summarize, tokens_done,
+    ComparePlan, RunSpec, load_sample, plot_comparison, read_plan_file, results_markdown, summarize, tokens_done,
 )
+from sirl.compare.stats import MeanStd, PairedDifference
+from sirl.compare.summary import EvalSets, LevelAccuracy, MachineLoad
 from sirl.config import ConfigError, load_config, to_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,30 +65,33 @@ def hand_built(tmp_path):
 
 def test_the_summary_matches_hand_computed_values(hand_built):
     results = summarize(hand_built)
-    grpo, si = results["methods"]["grpo"], results["methods"]["si"]
-    assert grpo["curve"]["tokens"] == [0, 200, 400]
+    grpo, si = results.methods["grpo"], results.methods["si"]
+    assert grpo.curve.tokens == [0, 200, 400]
     # grpo: mean of (0.6, 0.8) at 200 -> 0.7; the sample std of two values d apart is d/sqrt(2)
-    assert grpo["curve"]["mean"] == pytest.approx([0.5, 0.7, 0.7])
-    assert grpo["curve"]["std"][1] == pytest.approx(0.2 / 2**0.5)
+    assert grpo.curve.mean == pytest.approx([0.5, 0.7, 0.7])
+    assert grpo.curve.std[1] == pytest.approx(0.2 / 2**0.5)
     # si seed0 at 200: halfway between (100, 0.7) and (300, 0.9) -> 0.8; seed1: two thirds of the way from 0.5 to 0.8 -> 0.7
-    assert si["curve"]["mean"][1] == pytest.approx((0.8 + 0.7) / 2)
+    assert si.curve.mean[1] == pytest.approx((0.8 + 0.7) / 2)
     # grpo's final accuracy is (0.70 + 0.72) / 2 = 0.71 (no evals.jsonl: each run's final evaluation alone). Its
     # own mean curve peaks at 0.70, so no ratio to it exists; si's mean curve (0.5, 0.75, 0.85) crosses 0.71 at
     # 200 * 0.21 / 0.25 = 168 tokens.
-    assert results["reference"] == {"method": "grpo", "final_accuracy": pytest.approx(0.71)}
-    assert grpo["tokens_to_reference"]["generated_tokens"] is None and grpo["tokens_to_reference"]["generated_ratio"] is None
-    assert si["tokens_to_reference"]["generated_tokens"] == pytest.approx(168)
-    assert grpo["final_accuracy"]["mean"] == pytest.approx(0.71) and grpo["final_accuracy"]["values"] == [0.70, 0.72]
-    assert si["probe_share"]["mean"] == pytest.approx(0.2) and grpo["probe_share"]["mean"] == 0
+    assert results.reference.method == "grpo" and results.reference.final_accuracy == pytest.approx(0.71)
+    assert grpo.versus.tokens_to_reach.generated_tokens is None and grpo.versus.tokens_to_reach.generated_ratio is None
+    assert si.versus.tokens_to_reach.generated_tokens == pytest.approx(168)
+    assert grpo.final_accuracy.mean == pytest.approx(0.71) and grpo.final_accuracy.values == [0.70, 0.72]
+    assert si.probe_share.mean == pytest.approx(0.2) and grpo.probe_share.mean == 0
     # loc/accuracy means per seed: (1.0, 0.5, 1.0, 0.5) -> 0.75 and 0.5; over seeds 0.625
-    assert si["localization_accuracy"]["mean"] == pytest.approx(0.625) and grpo["localization_accuracy"]["mean"] is None
-    assert si["by_difficulty"][1]["mean"] == pytest.approx(0.88) and si["by_difficulty"][2]["mean"] == pytest.approx(0.68)
-    assert si["max_step_tokens"] == 100 and results["missing_runs"] == []
+    assert si.localization_accuracy.mean == pytest.approx(0.625) and grpo.localization_accuracy.mean is None
+    assert si.by_difficulty[1].mean == pytest.approx(0.88) and si.by_difficulty[2].mean == pytest.approx(0.68)
+    assert si.max_step_tokens == 100 and results.missing_runs == []
     # level 1 starts below 15%: the hard band. The runs know levels 1 and 2 only, so the other band (2, 3)
     # cannot be pooled; si's hard-band accuracy is its level-1 accuracy (0.90, 0.86).
-    assert results["difficulty_bands"] == {"hard": [1], "other": [2, 3]}
-    assert si["hard_levels_accuracy"]["values"] == pytest.approx([0.90, 0.86]) and si["other_levels_accuracy"]["mean"] is None
-    assert "| si | 88.0% ± 2.8% |  | - |  |" in results_markdown(results)  # no per-problem levels: no band differences
+    assert (results.difficulty_bands.hard, results.difficulty_bands.other) == ([1], [2, 3])
+    assert si.hard_levels_accuracy.values == pytest.approx([0.90, 0.86]) and si.other_levels_accuracy.mean is None
+    text = results_markdown(results)
+    assert "| si | 88.0% ± 2.8% |  | - |  |" in text  # no per-problem levels: no band differences
+    # the table by difficulty, levels 1 and 2 (si: seed 0 0.80 + 0.1 and 0.80 - 0.1, seed 1 0.76 + 0.1 and 0.76 - 0.1)
+    assert "| si | 88.0% ± 2.8% | 68.0% ± 2.8% | - |" in text
 
 
 def test_the_hard_band_follows_the_plans_threshold(hand_built):
@@ -95,8 +100,8 @@ def test_the_hard_band_follows_the_plans_threshold(hand_built):
     results = summarize(hand_built)
     # levels 1 (10%) and 2 (50%) start below 60%; si's pooled hard accuracy weighs them by their 10 problems
     # each: seed 0 (0.90 + 0.70) / 2, seed 1 (0.86 + 0.66) / 2
-    assert results["difficulty_bands"] == {"hard": [1, 2], "other": [3]}
-    assert results["methods"]["si"]["hard_levels_accuracy"]["values"] == pytest.approx([0.80, 0.76])
+    assert (results.difficulty_bands.hard, results.difficulty_bands.other) == ([1, 2], [3])
+    assert results.methods["si"].hard_levels_accuracy.values == pytest.approx([0.80, 0.76])
     assert "starting policy is below 60% (hard: [1, 2])" in results_markdown(results)
     assert ComparePlan(methods=["grpo"], budget_tokens=400, eval_every_tokens=200, hard_below=0.6).same_results_as(ComparePlan(methods=["grpo"], budget_tokens=400, eval_every_tokens=200)) == []
     with pytest.raises(ConfigError, match="hard_below"):
@@ -107,12 +112,12 @@ def test_the_reference_method_is_a_report_setting(hand_built):
     plan = json.loads((hand_built / "compare.json").read_text())
     (hand_built / "compare.json").write_text(json.dumps({**plan, "reference": "si"}))
     results = summarize(hand_built)
-    grpo, si = results["methods"]["grpo"], results["methods"]["si"]
+    grpo, si = results.methods["grpo"], results.methods["si"]
     # si's final accuracy is (0.80 + 0.76) / 2 = 0.78; its own mean curve (0.5, 0.75, 0.85) crosses it at
     # 200 + 200 * 0.03 / 0.10 = 260 tokens; grpo's (0.5, 0.7, 0.7) never does
-    assert results["reference"] == {"method": "si", "final_accuracy": pytest.approx(0.78)}
-    assert si["tokens_to_reference"]["generated_tokens"] == pytest.approx(260) and si["tokens_to_reference"]["generated_ratio"] == pytest.approx(1.0)
-    assert grpo["tokens_to_reference"]["generated_tokens"] is None
+    assert results.reference.method == "si" and results.reference.final_accuracy == pytest.approx(0.78)
+    assert si.versus.tokens_to_reach.generated_tokens == pytest.approx(260) and si.versus.tokens_to_reach.generated_ratio == pytest.approx(1.0)
+    assert grpo.versus.tokens_to_reach.generated_tokens is None
     text = results_markdown(results)
     assert "The difference from si is in points" in text and "| difference from si (95% CI) |" in text and "grpo's final" not in text
     same = dict(methods=["grpo", "si"], budget_tokens=400, eval_every_tokens=200)
@@ -125,13 +130,8 @@ def test_unreached_targets_and_missing_runs_are_reported(hand_built):
     (hand_built / "runs/si/seed1/eval.json").unlink()
     write_run(hand_built / "runs/grpo/seed2", [(0, 0.5), (400, 0.99)], final=0.99)  # beyond the plan's seeds: ignored
     results = summarize(hand_built)
-    assert results["missing_runs"] == ["si-seed1"]
-    assert results["methods"]["si"]["seeds"] == [0] and results["methods"]["grpo"]["seeds"] == [0, 1]
-
-
-def test_interpolation_equals_a_naive_evaluation():
-    xs, ys = [0, 10, 40], [0.0, 1.0, 4.0]
-    assert _interp(xs, ys, [-5, 0, 5, 10, 25, 40, 99]) == pytest.approx([0.0, 0.0, 0.5, 1.0, 2.5, 4.0, 4.0])
+    assert results.missing_runs == ["si-seed1"]
+    assert results.methods["si"].seeds == [0] and results.methods["grpo"].seeds == [0, 1]
 
 
 def test_one_seed_has_no_spread_and_reads_as_one_seed(hand_built, monkeypatch):
@@ -144,7 +144,7 @@ def test_one_seed_has_no_spread_and_reads_as_one_seed(hand_built, monkeypatch):
     plan = json.loads((hand_built / "compare.json").read_text())
     (hand_built / "compare.json").write_text(json.dumps({**plan, "seeds": 1}))
     results = summarize(hand_built)
-    assert results["methods"]["grpo"]["final_accuracy"] == {"mean": 0.70, "std": None, "values": [0.70]}
+    assert results.methods["grpo"].final_accuracy == MeanStd(0.70, None, [0.70])
     text = results_markdown(results)
     assert "1 seed per method" in text and "1 seeds" not in text and "final accuracy (n=50; 1 seed)" in text
     error_bars = []
@@ -156,11 +156,11 @@ def test_one_seed_has_no_spread_and_reads_as_one_seed(hand_built, monkeypatch):
 
 def test_plots_and_tables_say_which_evaluations_they_show(hand_built):
     results = summarize(hand_built)
-    assert results["eval_sets"] == {"periodic_n": 500, "final_n": 50}  # base.yaml's eval.n_problems; start/eval.json's n
+    assert results.eval_sets == EvalSets(periodic_n=500, final_n=50)  # base.yaml's eval.n_problems; start/eval.json's n
     # with a final set and a final figure of several evaluations, every evaluation of a run is on the final set
     plan = json.loads((hand_built / "compare.json").read_text())
     (hand_built / "compare.json").write_text(json.dumps({**plan, "final_problems": 50, "final_evaluations": 3}))
-    assert summarize(hand_built)["eval_sets"] == {"periodic_n": 50, "final_n": 50}
+    assert summarize(hand_built).eval_sets == EvalSets(periodic_n=50, final_n=50)
     assert "(n=50, the same problems)" in results_markdown(summarize(hand_built))
     (hand_built / "compare.json").write_text(json.dumps(plan))
     text = results_markdown(results)
@@ -175,8 +175,8 @@ def test_machine_load_is_recorded_beside_wall_clock(hand_built):
     (hand_built / "logs").mkdir()
     rows = [{**sample, "phase": phase, "load": [load, 0, 0]} for phase, load in [("before", 0.5), ("during", 2.0), ("during", 3.0), ("after", 1.0)]]
     (hand_built / "logs/load.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    load = summarize(hand_built)["machine"]["load"]
-    assert load == {"cpu_count": os.cpu_count(), "before": 0.5, "during_mean": 2.5, "during_max": 3.0, "during_samples": 2, "after": 1.0}
+    load = summarize(hand_built).machine.load
+    assert load == MachineLoad(cpu_count=os.cpu_count(), before=0.5, during_mean=2.5, during_max=3.0, during_samples=2, after=1.0)
     assert "0.5 before the runs, 2.5 on average and 3.0 at most during them (2 samples, 30 s apart), 1.0 after" in results_markdown(summarize(hand_built))
 
 
@@ -189,6 +189,51 @@ def test_progress_counts_every_runs_tokens_up_to_the_budget(hand_built):
     assert tokens_done(hand_built, runs, 400) == 4 * 400 + 150
 
 
+def test_the_summary_reads_back_from_results_json_as_it_was(hand_built):
+    """results.json is the summary's to_json(); read back, it gives the same records and the same results.md."""
+    from sirl.compare import ComparisonSummary
+
+    results = summarize(hand_built)
+    saved = json.loads(json.dumps(results.to_json(), default=str))
+    assert ComparisonSummary.from_json(saved) == results
+    assert results_markdown(ComparisonSummary.from_json(saved)) == results_markdown(results)
+    assert list(saved["methods"]["si"]) == [  # the shape benchmarks/ and earlier folders read
+        "seeds", "final_accuracy", "final_evaluations", "last_evaluation_accuracy", "final_n", "steps", "tokens", "tokens_per_step",
+        "trained_tokens", "max_step_tokens", "probe_share", "verify_share", "localization_accuracy", "probes_per_failure",
+        "selfloc_accuracy", "method_state_mb", "settings", "by_difficulty", "curve", "probes_curve", "timing", "hard_levels_accuracy",
+        "other_levels_accuracy", "difference_from_reference", "band_difference_from_reference", "tokens_to_reference",
+    ]
+    assert "difference_from_reference" not in saved["methods"]["grpo"] and saved["methods"]["si"]["by_difficulty"]["1"]["mean"] == pytest.approx(0.88)
+
+
+COMMITTED = sorted(p.parent for p in (ROOT / "benchmarks/results").glob("**/results.json"))
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=[str(f.relative_to(ROOT / "benchmarks/results")) for f in COMMITTED])
+def test_committed_results_read_back_and_render_their_own_numbers(folder):
+    """Every committed comparison's results.json reads as today's records (or, of the first design, is refused by
+    name); each table row of its committed results.md is a row of the results.md rendered from it now (rows gained
+    columns at their end since, and sections after the tables)."""
+    from sirl.compare import read_results
+    from sirl.compare.summary import UnreadableResults
+
+    saved = json.loads((folder / "results.json").read_text())
+    if "best_accuracy" in (saved.get("reference") or {}):
+        with pytest.raises(UnreadableResults, match="first design of sirl compare"):
+            read_results(folder)
+        return
+    results = read_results(folder)
+    again = json.loads(json.dumps(results.to_json(), default=str))
+    assert {k: again[k] for k in saved if k not in ("methods", "plan")} == {k: v for k, v in saved.items() if k not in ("methods", "plan")}
+    assert {k: again["plan"][k] for k in saved["plan"]} == saved["plan"]
+    for name, row in saved["methods"].items():
+        assert {k: again["methods"][name][k] for k in row} == row, name
+    rendered = results_markdown(results).splitlines()
+    for line in (folder / "results.md").read_text().splitlines():
+        if line.startswith("| ") or line.startswith("|---"):
+            assert any(r.startswith(line) for r in rendered), line
+
+
 # --- plans ---------------------------------------------------------------------------------------
 
 
@@ -198,7 +243,7 @@ def test_plan_files_are_read_and_their_mistakes_named(tmp_path):
     assert ComparePlan(**settings).methods == ["grpo", "random_reset", "si", "si_internal"]
     bad = tmp_path / "plan.yaml"
     bad.write_text("methods: [grpo]\nbudget: 5\ntasks: {arith: {config: arith}}\n")
-    with pytest.raises(ConfigError, match=r"plan.yaml: unknown setting\(s\) \['budget'\]"):
+    with pytest.raises(ConfigError, match=r"plan.yaml: unknown config key budget; valid keys: \['budget_tokens', 'checkpoint_every', "):
         read_plan_file(bad, "arith")
     with pytest.raises(ConfigError, match=r"no task 'countdown' under 'tasks:'; it has \['arith'\]"):
         read_plan_file(bad, "countdown")
@@ -206,6 +251,46 @@ def test_plan_files_are_read_and_their_mistakes_named(tmp_path):
         ComparePlan(methods=["grpo", "ppo"])
     with pytest.raises(ConfigError, match="larger than budget_tokens"):
         ComparePlan(methods=["grpo"], budget_tokens=10, eval_every_tokens=20)
+
+
+def test_a_plan_is_read_by_the_config_loader_with_its_ranges(tmp_path):
+    """Plan settings are the dataclass's fields, checked as every config is: unknown keys with the valid ones, wrong
+    types and ranges named by key."""
+    from sirl.compare import load_plan
+
+    with pytest.raises(ConfigError, match=r"^unknown config key budget; valid keys: \['budget_tokens', "):
+        load_plan({"budget": 5})
+    with pytest.raises(ConfigError, match=r"^seeds='3' has the wrong type: expected int, got str"):
+        load_plan({"seeds": "3"})
+    with pytest.raises(ConfigError, match=r"^seeds=0 is out of range: it must be at least 1"):
+        load_plan({"seeds": 0})
+    with pytest.raises(ConfigError, match=r"^hard_below=1.0 is out of range: it must be in \(0, 1\)"):
+        load_plan({"hard_below": 1})
+    with pytest.raises(ConfigError, match=r"^final_problems=0 is out of range"):
+        load_plan({"final_problems": 0})
+    with pytest.raises(ConfigError, match=r"compare.json: jobs=0 is out of range"):
+        load_plan({"jobs": 0}, "compare.json")
+    plan = load_plan({"methods": ["grpo"], "budget_tokens": 400, "eval_every_tokens": 200, "hard_below": 1 / 2})
+    assert plan == ComparePlan(methods=["grpo"], budget_tokens=400, eval_every_tokens=200, hard_below=0.5)
+    from sirl.methods import METHODS
+
+    assert ComparePlan().methods == list(METHODS)  # every registered method unless told
+
+
+def test_the_compare_flags_are_generated_from_the_plans_fields():
+    from dataclasses import fields
+
+    from sirl.cli import build_parsers, plan_flags, plan_settings
+
+    assert [f.name for f in plan_flags()] == [f.name for f in fields(ComparePlan) if f.name != "variants"]  # variants: plan files only
+    parser = build_parsers().commands["compare"]
+    args, _ = parser.parse_known_args(["--task", "arith", "--methods", "grpo,si", "--seeds", "2", "--learning-rates", "1e-4,2e-4",
+                                       "--hard-below", "0.3", "--reference", "si", "--threads", "1"])
+    assert plan_settings(args) == {"methods": ["grpo", "si"], "seeds": 2, "learning_rates": [1e-4, 2e-4], "hard_below": 0.3,
+                                   "reference": "si", "threads": 1}
+    text = " ".join(parser.format_help().split())
+    assert "--seeds N seeds per method (default 3)" in text and "--hard-below X" in text and "(default 0.15)" in text
+    assert "--budget-tokens N generated tokens per run (required without a --plan that sets it)" in text
 
 
 # --- end to end: sirl compare in a subprocess ----------------------------------------------------
@@ -304,16 +389,16 @@ def test_the_paired_difference_by_hand_and_its_interval():
 
     # the same runs: a difference of exactly 0, with a zero-width interval
     same = {0: [1.0, 0.0, 1.0, 1.0], 1: [0.0, 1.0, 1.0, 0.0]}
-    assert paired_difference(same, same) == {"mean": 0.0, "ci95": [0.0, 0.0], "seeds": [0, 1], "problems": 4}
+    assert paired_difference(same, same) == PairedDifference(mean=0.0, ci95=[0.0, 0.0], seeds=[0, 1], problems=4)
     # A solves every problem B solves and one more in each run (of 4): +25 points, and every resample
     # keeps A ahead, so the interval excludes 0
     better = {0: [1.0, 1.0, 1.0, 1.0], 1: [1.0, 1.0, 1.0, 0.0]}
     diff = paired_difference(better, same)
-    assert diff["mean"] == pytest.approx(0.25) and diff["ci95"][0] >= 0.0
+    assert diff.mean == pytest.approx(0.25) and diff.ci95[0] >= 0.0
     # noise: on 2,000 problems two runs of independent coin flips differ by nothing the interval excludes
     rng = random.Random(0)
     coins = lambda: {s: [float(rng.random() < 0.5) for _ in range(2000)] for s in range(4)}  # noqa: E731
-    low, high = paired_difference(coins(), coins())["ci95"]
+    low, high = paired_difference(coins(), coins()).ci95
     assert low < 0 < high
     # only the seeds both methods ran are paired
     assert paired_difference({0: [1.0], 3: [1.0]}, {1: [1.0]}) is None
@@ -324,15 +409,15 @@ def test_differences_by_band_use_only_the_bands_problems():
 
     # problems 0-1 are level 1 (the hard band), 2-4 level 2 and 3 (the rest). A gains both hard problems in
     # each seed and loses one of the three others: +100 points on the hard band, -33.3 on the other.
-    start = {"difficulties": [1, 1, 2, 3, 3]}
+    difficulties = [1, 1, 2, 3, 3]
     bands = {"hard": [1], "other": [2, 3]}
     a = {0: [1.0, 1.0, 0.0, 1.0, 1.0], 1: [1.0, 1.0, 1.0, 0.0, 1.0]}
     b = {0: [0.0, 0.0, 1.0, 1.0, 1.0], 1: [0.0, 0.0, 1.0, 1.0, 1.0]}
-    out = band_differences(a, b, start, bands)
-    assert out["hard"]["mean"] == pytest.approx(1.0) and out["hard"]["ci95"] == [1.0, 1.0] and out["hard"]["problems"] == 2
-    assert out["other"]["mean"] == pytest.approx(-1 / 3) and out["other"]["problems"] == 3
+    out = band_differences(a, b, difficulties, bands)
+    assert out["hard"].mean == pytest.approx(1.0) and out["hard"].ci95 == [1.0, 1.0] and out["hard"].problems == 2
+    assert out["other"].mean == pytest.approx(-1 / 3) and out["other"].problems == 3
     # a starting evaluation written before per-problem levels were kept: nothing to pick the problems by
-    assert band_differences(a, b, {"by_difficulty": {}}, bands) is None
+    assert band_differences(a, b, None, bands) is None
 
 
 # --- the final figure, tokens to reach grpo, learning-rate choice ---------------------------------
@@ -359,19 +444,19 @@ def test_tokens_to_reach_grpo_by_hand():
     # 600/400 trained.
     fast = {s: RunCurve([0.5, 0.7, 0.9, 0.9, 0.9], [0, 300, 600, 900, 1200], 0.9, []) for s in (0, 1)}
     reach = tokens_to_reach(fast, grpo, grid, n_boot=200)
-    assert reach["target"] == pytest.approx(0.9) and reach["generated_tokens"] == pytest.approx(200)
-    assert reach["generated_ratio"] == pytest.approx(0.5) and reach["trained_ratio"] == pytest.approx(1.5)
-    assert reach["generated_ratio_ci95"] == pytest.approx([0.5, 0.5])  # no seed-to-seed spread: a point interval
-    assert tokens_to_reach(grpo, grpo, grid, n_boot=50)["generated_ratio"] == pytest.approx(1.0)
+    assert reach.target == pytest.approx(0.9) and reach.generated_tokens == pytest.approx(200)
+    assert reach.generated_ratio == pytest.approx(0.5) and reach.trained_ratio == pytest.approx(1.5)
+    assert reach.generated_ratio_ci95 == pytest.approx([0.5, 0.5])  # no seed-to-seed spread: a point interval
+    assert tokens_to_reach(grpo, grpo, grid, n_boot=50).generated_ratio == pytest.approx(1.0)
     # a method that never gets there: "not reached", and the interval's upper end with it
     slow = {s: RunCurve([0.5, 0.5, 0.6, 0.6, 0.7], [0, 100, 200, 300, 400], 0.7, []) for s in (0, 1)}
     never = tokens_to_reach(slow, grpo, grid, n_boot=50)
-    assert never["generated_tokens"] is None and never["generated_ratio"] is None and never["generated_ratio_ci95"] == [None, None]
+    assert never.generated_tokens is None and never.generated_ratio is None and never.generated_ratio_ci95 == [None, None]
     # one seed of two reaches it at 200, the other never: the mean curve (0.5, 0.6, 0.75, 0.75, 0.8) never
     # does, resamples of seed 0 alone give 0.5: the interval runs from 0.5 to "not reached"
     mixed = {0: fast[0], 1: slow[1]}
     spread = tokens_to_reach(mixed, grpo, grid, n_boot=400)
-    assert spread["generated_ratio"] is None and spread["generated_ratio_ci95"] == [pytest.approx(0.5), None]
+    assert spread.generated_ratio is None and spread.generated_ratio_ci95 == [pytest.approx(0.5), None]
     assert tokens_to_reach(fast, {5: grpo[0]}, grid) is None  # no common seed
 
 
@@ -389,12 +474,12 @@ def test_the_final_figure_averages_the_last_evaluations_problem_by_problem(tmp_p
     write_evals(folder, [(0, 0, [0.0, 0.0]), (2, 200, [1.0, 0.0]), (3, 300, [0.0, 1.0]), (4, 400, [1.0, 1.0])])
     figure = final_figure(folder, ComparePlan(methods=["grpo"], final_evaluations=3))
     # problem 1: (1 + 0 + 1) / 3, problem 2: (0 + 1 + 1) / 3
-    assert figure["rewards"] == pytest.approx([2 / 3, 2 / 3]) and figure["accuracy"] == pytest.approx(2 / 3)
-    assert [e["step"] for e in figure["evaluations"]] == [2, 3, 4]
-    assert final_figure(folder, ComparePlan(methods=["grpo"], final_evaluations=1))["accuracy"] == 1.0
+    assert figure.rewards == pytest.approx([2 / 3, 2 / 3]) and figure.accuracy == pytest.approx(2 / 3)
+    assert [e.step for e in figure.evaluations] == [2, 3, 4]
+    assert final_figure(folder, ComparePlan(methods=["grpo"], final_evaluations=1)).accuracy == 1.0
     # periodic evaluations on another set than the final one (other n): the final evaluation alone
     write_evals(folder, [(2, 200, [1.0, 0.0, 0.0]), (4, 400, [1.0, 0.0, 0.0])])
-    assert final_figure(folder, ComparePlan(methods=["grpo"], final_evaluations=3))["accuracy"] == 1.0
+    assert final_figure(folder, ComparePlan(methods=["grpo"], final_evaluations=3)).accuracy == 1.0
 
 
 def test_the_table_by_difficulty_uses_the_same_final_figure_as_the_headline(tmp_path):
@@ -410,13 +495,15 @@ def test_the_table_by_difficulty_uses_the_same_final_figure_as_the_headline(tmp_
     figure = final_figure(folder, ComparePlan(methods=["grpo"], final_evaluations=3))
     table = figure_by_difficulty(figure, final)
     # level 1: problems 1 and 2, (0+0+1)/3 and (1+0+1)/3 -> 1/2; level 2: problem 3, (1+1+0)/3 -> 2/3
-    assert table["1"] == {"n": 2, "accuracy": pytest.approx(1 / 2)} and table["2"] == {"n": 1, "accuracy": pytest.approx(2 / 3)}
-    assert sum(v["n"] * v["accuracy"] for v in table.values()) / 3 == pytest.approx(figure["accuracy"])
-    assert figure_by_difficulty(figure, {**final, "difficulties": []}) == last  # older runs: their own table
+    assert table["1"] == LevelAccuracy(2, pytest.approx(1 / 2)) and table["2"] == LevelAccuracy(1, pytest.approx(2 / 3))
+    assert sum(v.n * v.accuracy for v in table.values()) / 3 == pytest.approx(figure.accuracy)
+    assert figure_by_difficulty(figure, {**final, "difficulties": []}) == {"1": LevelAccuracy(2, 1.0), "2": LevelAccuracy(1, 0.0)}  # older runs: their own table
 
 
 def test_each_method_runs_the_table_at_the_learning_rate_its_held_out_seed_chose(tmp_path):
-    from sirl.compare import _train_command, chosen_learning_rates, lr_runs, run_dir
+    from sirl.compare import chosen_learning_rates, lr_runs, run_dir
+    from sirl.compare.runner import _train_command
+    from sirl.compare.summary import LearningRateChoice
 
     plan = ComparePlan(methods=["grpo", "si"], seeds=2, learning_rates=[1e-4, 2e-4], lr_seed=7, final_evaluations=1)
     assert [r.name for r in lr_runs(plan)] == ["grpo-lr0.0001-seed7", "si-lr0.0001-seed7", "grpo-lr0.0002-seed7", "si-lr0.0002-seed7"]
@@ -425,11 +512,11 @@ def test_each_method_runs_the_table_at_the_learning_rate_its_held_out_seed_chose
         folder = run_dir(tmp_path, run)
         folder.mkdir(parents=True)
         (folder / "eval.json").write_text(json.dumps({"step": 1, "tokens/total": 1, "n": 1, "accuracy": accuracy[run.method, run.lr]}))
-    assert chosen_learning_rates(tmp_path, plan) == {"grpo": {"lr": 2e-4, "accuracy_by_lr": {"0.0001": 0.6, "0.0002": 0.7}, "seed": 7}}
+    assert chosen_learning_rates(tmp_path, plan) == {"grpo": LearningRateChoice(lr=2e-4, accuracy_by_lr={"0.0001": 0.6, "0.0002": 0.7}, seed=7)}
     folder = run_dir(tmp_path, lr_runs(plan)[3])
     folder.mkdir(parents=True)
     (folder / "eval.json").write_text(json.dumps({"step": 1, "tokens/total": 1, "n": 1, "accuracy": 0.5}))
-    assert chosen_learning_rates(tmp_path, plan)["si"]["lr"] == 1e-4  # a tie goes to the smaller rate
+    assert chosen_learning_rates(tmp_path, plan)["si"].lr == 1e-4  # a tie goes to the smaller rate
     command = _train_command(tmp_path, RunSpec("grpo", 0), plan, lr=2e-4)
     assert "--train.lr=0.0002" in command and "--seed" in command
     assert "--train.lr=0.0001" in _train_command(tmp_path, lr_runs(plan)[0], plan)
@@ -522,9 +609,9 @@ def test_method_settings_are_the_differences_from_the_defaults_shared_or_by_seed
     settings = method_settings([tmp_path / "seed0", tmp_path / "seed1"])
     # the arith preset's own changes and grpo are shared; the seed and the folder are left out; the learning rate
     # differs by seed (the default 1e-4 is the preset's too, so it is no setting of its own)
-    assert settings["shared"]["algo.name"] == "grpo" and settings["shared"]["model.path"] == "checkpoints/arith-tiny"
-    assert "seed" not in settings["shared"] and "out" not in settings["shared"] and "rollout.group_size" not in settings["shared"]
-    assert settings["by_seed"] == {"train.lr": {"0": 2e-4, "1": 3e-4}}
+    assert settings.shared["algo.name"] == "grpo" and settings.shared["model.path"] == "checkpoints/arith-tiny"
+    assert "seed" not in settings.shared and "out" not in settings.shared and "rollout.group_size" not in settings.shared
+    assert settings.by_seed == {"train.lr": {"0": 2e-4, "1": 3e-4}}
     assert method_settings([tmp_path / "nothing"]) is None
 
 
@@ -538,7 +625,7 @@ def test_the_settings_of_a_run_saved_before_the_method_sections_read_at_todays_k
     folder = tmp_path / "seed0"
     folder.mkdir()
     shutil.copy(ROOT / "benchmarks/results/internalize_hard/si_internal-seed0/config.yaml", folder / "config.yaml")
-    shared = method_settings([folder])["shared"]
+    shared = method_settings([folder]).shared
     assert not any(key.startswith(("internalize.", "prime.")) or key.count(".") == 1 and key.startswith("method.") for key in shared)
     # method.error_span, method.blind_resets and internalize.verdict_format of the file, at their places now
     assert shared["method.si_internal.error_span"] == shared["method.si.error_span"] == "first_difference"

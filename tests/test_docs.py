@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sirl.cli import build_parser, config_sections, method_names, method_sections, preset_names, task_names
+from sirl.cli import build_parsers, config_sections, method_names, method_sections, preset_names, task_names
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -70,8 +70,7 @@ def test_readme_lists_the_config_sections_of_the_dataclasses():
 
 
 def test_the_help_lists_come_from_the_code():
-    parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices
+    commands = build_parsers().commands
     train_help = commands["train"].format_help().replace("\n", " ")
     train_help = re.sub(r"\s+", " ", train_help)
     for name in preset_names() + task_names() + method_names():

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import sirl.compare
+import sirl.compare.render
+import sirl.compare.summary
 from sirl.cli import main
 from sirl.compare import ComparePlan, summarize_or_report, write_outputs
 from sirl.config import load_config, to_yaml
@@ -118,8 +119,8 @@ def test_a_report_part_that_fails_is_named_and_the_others_are_written(mixed_leve
     def broken(*args, **kwargs):
         raise KeyError("a bug in the bands")
 
-    monkeypatch.setattr(sirl.compare, "difficulty_bands", broken)
-    monkeypatch.setattr(sirl.compare, "plot_comparison", lambda *args: 1 / 0)
+    monkeypatch.setattr(sirl.compare.summary, "difficulty_bands", broken)
+    monkeypatch.setattr(sirl.compare.render, "plot_comparison", lambda *args: 1 / 0)
     results = summarize_or_report(mixed_levels)
     write_outputs(mixed_levels, results)
     saved = json.loads((mixed_levels / "results.json").read_text())
@@ -134,14 +135,14 @@ def test_a_report_part_that_fails_is_named_and_the_others_are_written(mixed_leve
 
 def test_tables_or_a_summary_that_fail_whole_still_leave_what_every_run_reached(mixed_levels, monkeypatch):
     with monkeypatch.context() as patch:
-        patch.setattr(sirl.compare, "results_markdown", lambda results: 1 / 0)
+        patch.setattr(sirl.compare.render, "results_markdown", lambda results: 1 / 0)
         write_outputs(mixed_levels, summarize_or_report(mixed_levels))
     markdown = (mixed_levels / "results.md").read_text()
     assert "results.md's tables: ZeroDivisionError: division by zero" in markdown
     assert "grpo seed 0: 62.5% after 100 generated tokens" in markdown and "dr_grpo seed 0: 37.5%" in markdown
     assert json.loads((mixed_levels / "results.json").read_text())["methods"]["grpo"]["final_accuracy"]["mean"] == 0.625
 
-    monkeypatch.setattr(sirl.compare, "summarize", lambda out: {}["a bug in the summary"])
+    monkeypatch.setattr(sirl.compare.summary, "summarize", lambda out: {}["a bug in the summary"])
     results = summarize_or_report(mixed_levels)
     write_outputs(mixed_levels, results)
     markdown = (mixed_levels / "results.md").read_text()

