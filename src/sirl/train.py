@@ -34,7 +34,9 @@ import os
 import shlex
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -63,6 +65,15 @@ from sirl.schema import EVAL_ACCURACY, GUARD_NONFINITE_LOGITS, GUARD_SKIPPED_STE
 from sirl.tasks import Task, load_task, resolve_task_class, write_task_record
 from sirl.update import adamw, auto_micro_batch_tokens, policy_update
 from sirl.verifier import Verifier, verifier_for, verify_trajectories
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from sirl.checkpoint import LoadedCheckpoint
+    from sirl.prompts import PromptFormat
+    from sirl.internalize.repair import RepairEntry
+    from sirl.types import Credit, Problem, Trajectory
+    from sirl.update import UpdateStats
 
 MAX_SKIPPED_IN_ROW = 3
 """Consecutive steps with a non-finite loss, gradient or logit after which a run stops (Diverged)."""
@@ -110,18 +121,85 @@ def run_train(
                                              f"{_last_good(run_dir)}{_resume_hint(run_dir)}") from None
 
 
-def _train(
+@dataclass(frozen=True)
+class _Run:
+    """What a run holds from set-up to the end: the policy, its optimizer and schedule, the task and its
+    verifier, the state carried from step to step (and into checkpoints), and the run folder's log (None on
+    every process but the first of a data-parallel run)."""
+
+    config: ExperimentConfig
+    method: Method
+    settings: Any
+    """The method's own section, method.<name> (None: it has none)."""
+    run_dir: Path
+    task: Task
+    verifier: Verifier
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    dist: Distributed
+    ref_model: PreTrainedModel | None
+    """The frozen starting policy of the KL penalty (algo.kl_coef > 0)."""
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    micro_batch_tokens: int
+    params: SamplingParams
+    prompt_format: PromptFormat
+    heldout: list[Problem]
+    state: TrainerState
+    log: RunLog | None
+    show: bool
+    """Progress and messages on this process (the first, unless quiet)."""
+
+    def sampler(self) -> PolicySampler:
+        """The policy as the methods sample it (probes, verdicts), counting its tokens."""
+        return PolicySampler(self.model, self.tokenizer, self.task, self.params, generator=self.state.random.sampling,
+                             verifier=self.verifier, max_batch=self.config.rollout.batch_size, prompt_format=self.prompt_format)
+
+    def evaluate(self, problems: list[Problem] | None = None) -> EvalResult:
+        """Greedy accuracy on ``problems`` (the held-out set). A failure that is not the weights' saves the
+        training done so far before it is raised (EvaluationFailed)."""
+        config, state = self.config, self.state
+        try:
+            return evaluate(self.model, self.tokenizer, self.task, self.heldout if problems is None else problems,
+                            max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size, verifier=self.verifier,
+                            prompt_format=self.prompt_format, stop=config.rollout.stop)
+        except NonFiniteLogits as error:  # broken weights: nothing worth saving
+            raise Diverged(f"{error}; the run stopped at step {state.step}; {_last_good(self.run_dir)}") from None
+        except Exception as error:  # a bug in a task or in evaluation must not cost the training done so far
+            saved = "before any training step"
+            if state.step > 0:
+                self.checkpoint(f"step_{state.step}")
+                saved = (f"after step {state.step}; they are saved in {self.run_dir / 'checkpoints' / f'step_{state.step}'} "
+                         f"(sirl train --resume {self.run_dir})")
+            raise EvaluationFailed(f"the held-out evaluation failed {saved} ({type(error).__name__}: {error}; the traceback above shows where)") from error
+
+    def checkpoint(self, name: str) -> None:
+        """Write checkpoint ``name``; weights that are not all finite are never written (NonFiniteWeights)."""
+        processes = self.dist.gather_json(self.state.process_json())  # every process takes part; the first writes
+        if self.log:
+            self.state.log_elapsed_s = time.time() - self.log.start_time
+            save_training_checkpoint(self.run_dir, name, self.model, self.save_policy, self.optimizer, self.schedule, self.state,
+                                     processes, to_yaml(self.config))
+            if self.config.train.keep_checkpoints:
+                prune_checkpoints(self.run_dir, self.config.train.keep_checkpoints)
+
+    def save_policy(self, directory: Path) -> None:
+        save_model(self.model, self.tokenizer, directory)
+        write_task_record(directory, self.config.task.name, self.config.task.args)  # the model knows its task
+
+
+def _set_up(
     config: ExperimentConfig, method: Method, run_dir: Path, quiet: bool, resume: bool, force: bool, task: Task, verifier: Verifier,
-    stop: StopSignals,
-) -> EvalResult:
-    # --- set-up: policy, optimizer, the state that carries over between steps ---------------------
+) -> tuple[_Run, LoadedCheckpoint | None]:
+    """The policy, its optimizer and the state that carries over between steps, from the starting policy or,
+    with ``resume``, from the run's latest checkpoint (returned beside the run)."""
     torch.manual_seed(config.seed)
     model, tokenizer = policy_from_config(config.model, task.alphabet(), config.seed)
     model.sirl_rollout_dtype = resolve_rollout_dtype(config.rollout.dtype, model)  # what every generate call samples in
     dist = Distributed.from_env(model.device)
     show = not quiet and dist.is_main
     rollout, algo, train = config.rollout, config.algo, config.train
-    settings = config.method.of(method.name)  # the method's own section, method.<name> (None: it has none)
+    settings = config.method.of(method.name)
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if algo.kl_coef > 0 else None
     if train.gradient_checkpointing:
         enable_checkpointing(base_causal_lm(model))
@@ -139,50 +217,40 @@ def _train(
     )
     loaded = _resume(run_dir, config, state, model, optimizer, schedule, dist, force, show) if resume else None
     log = RunLog(run_dir, config, resume_step=state.step if resume else None, elapsed_s=state.log_elapsed_s) if dist.is_main else None
+    run = _Run(config, method, settings, run_dir, task, verifier, model, tokenizer, dist, ref_model, optimizer, schedule,
+               micro_batch_tokens, params, prompt_format, heldout, state, log, show)
+    return run, loaded
 
-    def held_out_eval(problems=heldout) -> EvalResult:
-        try:
-            return evaluate(model, tokenizer, task, problems, max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
-                            verifier=verifier, prompt_format=prompt_format, stop=rollout.stop)
-        except NonFiniteLogits as error:  # broken weights: nothing worth saving
-            raise Diverged(f"{error}; the run stopped at step {state.step}; {_last_good(run_dir)}") from None
-        except Exception as error:  # a bug in a task or in evaluation must not cost the training done so far
-            saved = "before any training step"
-            if state.step > 0:
-                checkpoint(f"step_{state.step}")
-                saved = f"after step {state.step}; they are saved in {run_dir / 'checkpoints' / f'step_{state.step}'} (sirl train --resume {run_dir})"
-            raise EvaluationFailed(f"the held-out evaluation failed {saved} ({type(error).__name__}: {error}; the traceback above shows where)") from error
 
-    def checkpoint(name: str) -> None:
-        """Write checkpoint ``name``; weights that are not all finite are never written (NonFiniteWeights)."""
-        processes = dist.gather_json(state.process_json())  # every process takes part; the first writes
-        if log:
-            state.log_elapsed_s = time.time() - log.start_time
-            save_training_checkpoint(run_dir, name, model, save_policy, optimizer, schedule, state, processes, to_yaml(config))
-            if train.keep_checkpoints:
-                prune_checkpoints(run_dir, train.keep_checkpoints)
-
-    def save_policy(directory: Path) -> None:
-        save_model(model, tokenizer, directory)
-        write_task_record(directory, config.task.name, config.task.args)  # the model knows its task
-
-    if show:
-        print(f"train: {algo.name} on {config.task.name}, {count_parameters(model):,} parameters on {model.device}, "
-              f"{dist.world_size} process(es), run folder {run_dir}")
+def _announce(run: _Run, loaded: LoadedCheckpoint | None) -> None:
+    """What runs where, on the terminal; the verifier's isolation and the prompt format in the run folder."""
+    config, state = run.config, run.state
+    if run.show:
+        print(f"train: {config.algo.name} on {config.task.name}, {count_parameters(run.model):,} parameters on {run.model.device}, "
+              f"{run.dist.world_size} process(es), run folder {run.run_dir}")
         if loaded:
             print(f"resuming from {loaded.path} (step {state.step}, {state.tokens.total:,} generated tokens)")
-        print(f"verifier: {verifier.isolation.describe()}")  # how model output is run; also in isolation.json
-        print(f"prompt format: {describe_format(prompt_format)} (the exact text of one is in prompt.json)")
-    if log:
-        log.write_json("isolation.json", verifier.isolation.to_json())
-        log.write_json("prompt.json", prompt_record(prompt_format, heldout[0].prompt if heldout else ""))
-    if not resume:
-        state.first_eval = state.last_eval = held_out_eval()
+        print(f"verifier: {run.verifier.isolation.describe()}")  # how model output is run; also in isolation.json
+        print(f"prompt format: {describe_format(run.prompt_format)} (the exact text of one is in prompt.json)")
+    if run.log:
+        run.log.write_json("isolation.json", run.verifier.isolation.to_json())
+        run.log.write_json("prompt.json", prompt_record(run.prompt_format, run.heldout[0].prompt if run.heldout else ""))
+
+
+def _train(
+    config: ExperimentConfig, method: Method, run_dir: Path, quiet: bool, resume: bool, force: bool, task: Task, verifier: Verifier,
+    stop: StopSignals,
+) -> EvalResult:
+    run, loaded = _set_up(config, method, run_dir, quiet, resume, force, task, verifier)
+    state, log, dist, algo, train = run.state, run.log, run.dist, config.algo, config.train
+    _announce(run, loaded)
+    if not resume:  # held-out accuracy before the first update
+        state.first_eval = state.last_eval = run.evaluate()
         if log:
             log.log(0, {EVAL_ACCURACY: state.last_eval.accuracy, TOKENS_TOTAL: 0})
             log.log_evaluation(0, 0, 0, state.last_eval.rewards)
     start = time.time() - state.train_elapsed_s
-    bar = tqdm(range(state.step + 1, train.steps + 1), desc=f"train {algo.name}", disable=not show, dynamic_ncols=True,
+    bar = tqdm(range(state.step + 1, train.steps + 1), desc=f"train {algo.name}", disable=not run.show, dynamic_ncols=True,
                bar_format="{desc} step {n_fmt} [{elapsed}{postfix}]", initial=state.step)
     # A resumed run whose last step ended it (a stop came before the end) goes straight to the end.
     finishing = state.step >= train.steps or (resume and _out_of_budget(train, state))
@@ -191,24 +259,15 @@ def _train(
             break
         state.step = step
         step_start = time.time()
-        sampler = PolicySampler(
-            model, tokenizer, task, params, generator=state.random.sampling, verifier=verifier, max_batch=rollout.batch_size,
-            prompt_format=prompt_format,
-        )
+        sampler = run.sampler()
         try:
             # 1. Sample: fresh prompts, and for methods with a repair buffer a share of stored good prefixes.
-            drawn = state.memory.repair.draw(round(settings.repair_share * rollout.prompts_per_step), state.random.prompts) if method.uses_repair else []
-            problems = [task.sample(state.random.prompts, "train") for _ in range(rollout.prompts_per_step - len(drawn))]
-            samples = sample_trajectories(
-                model, tokenizer, task, problems + [d.problem for d in drawn], params, group_size=rollout.group_size,
-                prefixes=[[] for _ in problems] + [d.prefix_ids for d in drawn], generator=state.random.sampling, max_batch=rollout.batch_size,
-                prompt_format=prompt_format,
-            )
+            drawn, samples = _sample(run)
             # 2. Verify.
             rollouts = verify_trajectories(task, samples, verifier)
             rollout_seconds = time.time() - step_start
             # 3. Credit: the method's rows, advantages and auxiliary losses (its probes count their tokens).
-            context = MethodContext(task, settings, algo.outcome_advantage, sampler, state.random.method, state.memory, step, state.method_state)
+            context = MethodContext(task, run.settings, algo.outcome_advantage, sampler, state.random.method, state.memory, step, state.method_state)
             credit = method.credit(rollouts, context)
             broken = None
         except NonFiniteLogits as error:
@@ -216,78 +275,125 @@ def _train(
         if dist.sum([float(broken is not None)])[0]:  # every process skips together
             _skip_sampling(state, log, step, broken or "another process met non-finite logits", run_dir)
             continue
-
         # 4. Update; a step with a non-finite loss or gradient is skipped, several in a row stop the run.
-        additive = algo.normalization == "additive"
-        batch = collate_rollouts(credit.rows, credit.token_advantages, tokenizer.pad_token_id, reference=credit.reference if additive else None)
-        update = policy_update(
-            model, optimizer, batch, algo, norm_length=rollout.max_new_tokens, micro_batch_size=train.micro_batch_size, micro_batch_tokens=micro_batch_tokens,
-            grad_clip=train.grad_clip, generator=state.random.update, dist=dist, ref_model=ref_model, aux_losses=credit.aux_losses,
-        )
-        schedule.step()
-        state.skipped_steps += update.skipped
-        state.skipped_in_row = state.skipped_in_row + 1 if update.skipped else 0
-
+        update = _update(run, credit)
         # 5. Account and log; token counts and rewards are summed over processes.
-        counts = StepCounts.of(rollouts, sampler.tokens, verifier.take_counts(), credit, algo.ppo_epochs).summed(dist)
         tokens_before = state.tokens.total
-        state.tokens = TokenCounts(
-            state.tokens.policy + int(counts.policy_tokens), state.tokens.probe + int(counts.probe_tokens), state.tokens.verify + int(counts.verify_tokens)
-        )
-        state.trained_tokens += int(counts.trained_tokens)
-        state.train_elapsed_s = time.time() - start
+        counts = StepCounts.of(rollouts, sampler.tokens, verifier.take_counts(), credit, algo.ppo_epochs).summed(dist)
+        _account(state, counts, start)
         metrics = step_metrics(
-            counts, state.tokens, rollouts, credit, update, trained_tokens=state.trained_tokens, skipped_steps=state.skipped_steps, lr=schedule.get_last_lr()[0],
-            rollout_s=rollout_seconds, step_s=time.time() - step_start, train_elapsed_s=state.train_elapsed_s,
+            counts, state.tokens, rollouts, credit, update, trained_tokens=state.trained_tokens, skipped_steps=state.skipped_steps,
+            lr=run.schedule.get_last_lr()[0], rollout_s=rollout_seconds, step_s=time.time() - step_start, train_elapsed_s=state.train_elapsed_s,
         )
         if method.uses_repair:
             metrics.update(repair_metrics(len(drawn), state.memory))
         if state.skipped_in_row >= MAX_SKIPPED_IN_ROW:
             _stop(state, log, step, metrics, run_dir)
         finishing = step == train.steps or _out_of_budget(train, state)
-        crossed = bool(train.eval_every_tokens) and state.tokens.total // train.eval_every_tokens > tokens_before // train.eval_every_tokens
-        if (train.eval_every and step % train.eval_every == 0) or crossed or finishing:
-            state.last_eval = held_out_eval()
-            metrics[EVAL_ACCURACY] = state.last_eval.accuracy
-            if log:
-                log.log_evaluation(step, state.tokens.total, state.trained_tokens, state.last_eval.rewards)
-                append_samples(log.run_dir / "samples.jsonl", sample_records(step, task, tokenizer, credit, train.log_samples))
+        if _evaluation_due(train, step, tokens_before, state.tokens.total) or finishing:
+            _evaluate_step(run, step, credit, metrics)
         if log:
             log.log(step, metrics)
         # No checkpoint while steps are being skipped: `latest` stays the last one before the trouble.
         if train.checkpoint_every and step % train.checkpoint_every == 0 and not finishing and not state.skipped_in_row:
-            try:
-                checkpoint(f"step_{step}")
-            except NonFiniteWeights as error:  # `latest` keeps naming the last good one; sampling will stop the run
-                print(f"train: {error}; {_last_good(run_dir)}", flush=True)
+            _checkpoint_step(run, step)
         bar.set_postfix(reward=f"{metrics[REWARD_MEAN]:.2f}", eval_acc=f"{state.last_eval.accuracy:.1%}",
                         tok_s=f"{metrics[TOKENS_PER_S]:.0f}", eta=_eta(state.train_elapsed_s, step, train, state.tokens.total))
         if finishing:
             break
     bar.close()
     if _stop_requested(stop, dist):
-        _stop_at_safe_point(stop, state, log, run_dir, checkpoint)
+        _stop_at_safe_point(stop, state, log, run_dir, run.checkpoint)
+    return _finish(run)
 
-    # --- the end: final evaluation, checkpoint, eval.json and the report ------------------------------
+
+def _sample(run: _Run) -> tuple[list[RepairEntry], list[Trajectory]]:
+    """This step's prompts (fresh ones, and for a method with a repair buffer a share of its stored good
+    prefixes to continue) and ``rollout.group_size`` sampled responses to each: (the prefixes drawn, the samples)."""
+    state, task, rollout = run.state, run.task, run.config.rollout
+    drawn = (state.memory.repair.draw(round(run.settings.repair_share * rollout.prompts_per_step), state.random.prompts)
+             if run.method.uses_repair else [])
+    problems = [task.sample(state.random.prompts, "train") for _ in range(rollout.prompts_per_step - len(drawn))]
+    samples = sample_trajectories(
+        run.model, run.tokenizer, task, problems + [d.problem for d in drawn], run.params, group_size=rollout.group_size,
+        prefixes=[[] for _ in problems] + [d.prefix_ids for d in drawn], generator=state.random.sampling, max_batch=rollout.batch_size,
+        prompt_format=run.prompt_format,
+    )
+    return drawn, samples
+
+
+def _update(run: _Run, credit: Credit) -> UpdateStats:
+    """The PPO-clip epochs on the method's rows, then the schedule's step; counts a skipped (non-finite) step."""
+    config, state = run.config, run.state
+    algo, train = config.algo, config.train
+    additive = algo.normalization == "additive"
+    batch = collate_rollouts(credit.rows, credit.token_advantages, run.tokenizer.pad_token_id, reference=credit.reference if additive else None)
+    update = policy_update(
+        run.model, run.optimizer, batch, algo, norm_length=config.rollout.max_new_tokens, micro_batch_size=train.micro_batch_size,
+        micro_batch_tokens=run.micro_batch_tokens, grad_clip=train.grad_clip, generator=state.random.update, dist=run.dist,
+        ref_model=run.ref_model, aux_losses=credit.aux_losses,
+    )
+    run.schedule.step()
+    state.skipped_steps += update.skipped
+    state.skipped_in_row = state.skipped_in_row + 1 if update.skipped else 0
+    return update
+
+
+def _account(state: TrainerState, counts: StepCounts, start: float) -> None:
+    """Add the step's tokens (generated, by kind, and trained) to the run's, and the training time so far."""
+    state.tokens = TokenCounts(
+        state.tokens.policy + int(counts.policy_tokens), state.tokens.probe + int(counts.probe_tokens), state.tokens.verify + int(counts.verify_tokens)
+    )
+    state.trained_tokens += int(counts.trained_tokens)
+    state.train_elapsed_s = time.time() - start
+
+
+def _evaluation_due(train: TrainConfig, step: int, tokens_before: int, tokens: int) -> bool:
+    """Every train.eval_every steps, and at each multiple of train.eval_every_tokens generated tokens crossed."""
+    crossed = bool(train.eval_every_tokens) and tokens // train.eval_every_tokens > tokens_before // train.eval_every_tokens
+    return bool(train.eval_every and step % train.eval_every == 0) or crossed
+
+
+def _evaluate_step(run: _Run, step: int, credit: Credit, metrics: dict) -> None:
+    """The held-out evaluation after ``step``, into its metrics, evals.jsonl, and samples of its trajectories."""
+    state = run.state
+    state.last_eval = run.evaluate()
+    metrics[EVAL_ACCURACY] = state.last_eval.accuracy
+    if run.log:
+        run.log.log_evaluation(step, state.tokens.total, state.trained_tokens, state.last_eval.rewards)
+        append_samples(run.log.run_dir / "samples.jsonl", sample_records(step, run.task, run.tokenizer, credit, run.config.train.log_samples))
+
+
+def _checkpoint_step(run: _Run, step: int) -> None:
+    try:
+        run.checkpoint(f"step_{step}")
+    except NonFiniteWeights as error:  # `latest` keeps naming the last good one; sampling will stop the run
+        print(f"train: {error}; {_last_good(run.run_dir)}", flush=True)
+
+
+def _finish(run: _Run) -> EvalResult:
+    """The end: the final evaluation (on eval.final_n_problems where that is another set), the final
+    checkpoint, eval.json, the report and the result line."""
+    config, state, run_dir = run.config, run.state, run.run_dir
     last_eval = state.last_eval
     if config.eval.final_n_problems and config.eval.final_n_problems != config.eval.n_problems:
-        last_eval = held_out_eval(heldout_problems(task, config.eval.final_n_problems, config.eval.seed))
+        last_eval = run.evaluate(heldout_problems(run.task, config.eval.final_n_problems, config.eval.seed))
     try:
-        checkpoint("final")
+        run.checkpoint("final")
     except NonFiniteWeights as error:
         raise Diverged(f"{error}; {_last_good(run_dir)}") from None
-    if log:
-        log.write_json("eval.json", {STEP: state.step, TOKENS_TOTAL: state.tokens.total, **last_eval.to_json()})
-        log.close()
+    if run.log:
+        run.log.write_json("eval.json", {STEP: state.step, TOKENS_TOTAL: state.tokens.total, **last_eval.to_json()})
+        run.log.close()
         write_report_or_warn(run_dir)  # last: a report that fails warns and loses nothing
-    if dist.is_main:  # the result line, even with --quiet
+    if run.dist.is_main:  # the result line, even with --quiet
         first = state.first_eval
         print(f"held-out accuracy {first.accuracy:.1%} (95% CI {first.ci95[0]:.1%}-{first.ci95[1]:.1%}, n={first.n}) "
               f"before training, {last_eval.accuracy:.1%} (95% CI {last_eval.ci95[0]:.1%}-{last_eval.ci95[1]:.1%}, n={last_eval.n}) "
               f"after {state.step} steps and {state.tokens.total:,} generated tokens")
-        if show:
+        if run.show:
             print(f"run folder: {run_dir}")
-    dist.close()
+    run.dist.close()
     return last_eval
 
 
