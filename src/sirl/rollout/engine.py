@@ -148,9 +148,9 @@ class FastBackend:
 
         def fold(norm: torch.nn.Module, *weights: torch.Tensor) -> torch.Tensor:
             """``W @ (g * x) == (W * g) @ x``: the RMSNorm gain moves into the next projection (the rows of
-            ``weights`` stacked), stored in :meth:`_folded_dtype`: one pass over the float32 weights."""
+            ``weights`` stacked, written in place rather than concatenated)."""
             gain = _norm_params(norm)[0][None, :]
-            out = torch.empty(sum(w.shape[0] for w in weights), gain.shape[1], dtype=self._folded_dtype(), device=gain.device)
+            out = torch.empty(sum(w.shape[0] for w in weights), gain.shape[1], dtype=self.embed.dtype, device=gain.device)
             start = 0
             for w in weights:
                 torch.mul(w, gain, out=out[start : start + w.shape[0]])
@@ -196,9 +196,6 @@ class FastBackend:
     def _prepare(self, layer: _LayerWeights) -> _LayerWeights:
         """A layer's weights as :meth:`_forward` applies them (here: as they are)."""
         return layer
-
-    def _folded_dtype(self) -> torch.dtype:
-        return self.embed.dtype
 
     def _prepare_weight(self, weight: torch.Tensor) -> torch.Tensor:
         return weight
@@ -337,9 +334,6 @@ class LargeModelBackend(FastBackend):
             gate_up_w=cast(layer.gate_up_w), gate_up_b=_cast(layer.gate_up_b, self.dtype),
             down_w=cast(layer.down_w), down_b=_cast(layer.down_b, self.dtype),
         )
-
-    def _folded_dtype(self) -> torch.dtype:
-        return self.dtype  # folded straight into the rollout dtype
 
     def _prepare_weight(self, weight: torch.Tensor) -> torch.Tensor:
         weight = weight.detach().to(self.dtype).contiguous()
