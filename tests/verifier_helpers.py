@@ -127,9 +127,12 @@ def sandbox_processes() -> set[int]:
     return {pid for pid, (_, uid) in processes().items() if uid >= SANDBOX_UID_BASE}
 
 
-def wait_until_gone(pids: set[int], seconds: float = 2.0) -> set[int]:
-    """The pids still alive after up to ``seconds`` (a SIGKILLed process takes a moment to disappear)."""
-    deadline = time.monotonic() + seconds
+def wait_until_gone(pids: set[int], seconds: float = 5.0) -> set[int]:
+    """The pids still alive after up to ``seconds`` times SIRL_TEST_TIME_FACTOR (a SIGKILLed process takes a
+    moment to disappear; it returns as soon as they are gone)."""
+    from conftest import scaled
+
+    deadline = time.monotonic() + scaled(seconds)
     alive = set(pids)
     while alive and time.monotonic() < deadline:
         alive = {pid for pid in alive if _stat(str(pid)) is not None}
