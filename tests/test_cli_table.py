@@ -8,7 +8,6 @@ diverged run, a comparison whose runs failed) or a bug, which shows with its tra
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -21,7 +20,6 @@ import yaml
 import sirl.train
 from sirl.cli import COMMANDS, build_parsers, main
 from sirl.config import load_config, to_dict
-from test_resume import nano_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NANO = ["--model.path=null", "--model.size=nano", "--model.device=cpu", "--train.steps=2", "--train.eval_every=2",
