@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from sirl.compare.stats import MeanStd, PairedDifference
-from sirl.compare.summary import LOAD_EVERY_S, ComparisonSummary, Machine, MethodSummary, Report, _report_part, runs_reached
+from sirl.compare.summary import LOAD_EVERY_S, ComparisonSummary, Machine, MethodSummary, Report, report_part, runs_reached
 from sirl.runlog import write_atomic
 from sirl.tasks.base import difficulty_order
 
 
-def _count(n: int, noun: str) -> str:
+def count_of(n: int, noun: str) -> str:
     """``1 seed``, ``3 seeds``."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -34,11 +34,11 @@ def load_text(machine: Machine) -> str:
         parts.append(f"{load.before:.1f} before the runs")
     if load.during_mean is not None:
         parts.append(f"{load.during_mean:.1f} on average and {load.during_max:.1f} at most during them "
-                     f"({_count(load.during_samples, 'sample')}, {LOAD_EVERY_S:.0f} s apart)")
+                     f"({count_of(load.during_samples, 'sample')}, {LOAD_EVERY_S:.0f} s apart)")
     if load.after is not None:
         parts.append(f"{load.after:.1f} after")
-    return (f"Machine load (1-minute load average): {', '.join(parts)}, on {_count(load.cpu_count, 'CPU core')}. The "
-            f"comparison's own runs use up to {_count(own, 'thread')}, so load beyond that was other work slowing them down.")
+    return (f"Machine load (1-minute load average): {', '.join(parts)}, on {count_of(load.cpu_count, 'CPU core')}. The "
+            f"comparison's own runs use up to {count_of(own, 'thread')}, so load beyond that was other work slowing them down.")
 
 
 def load_caption(machine: Machine) -> str:
@@ -47,7 +47,7 @@ def load_caption(machine: Machine) -> str:
     if not load or load.during_mean is None:
         return "machine load not recorded"
     return (f"load avg during runs {load.during_mean:.1f} (max {load.during_max:.1f}) on {load.cpu_count} CPUs; "
-            f"own runs: {machine.jobs} x {_count(machine.threads_per_run, 'thread')}")
+            f"own runs: {machine.jobs} x {count_of(machine.threads_per_run, 'thread')}")
 
 
 # --- cells ---------------------------------------------------------------------------------------
@@ -125,9 +125,9 @@ def _introduction(results: ComparisonSummary) -> list[str]:
         "",
         f"Task `{task['name']}` {json.dumps(task.get('args') or {})}, starting policy `{results.model}`"
         + (f" ({start.accuracy:.1%} on the final set, n={start.n})" if start else "")
-        + f". {_count(plan.seeds, 'seed')} per method; every run generates {plan.budget_tokens:,} tokens (policy samples, "
+        + f". {count_of(plan.seeds, 'seed')} per method; every run generates {plan.budget_tokens:,} tokens (policy samples, "
         "probes and self-verification all counted) and stops at the step that crosses that budget. "
-        + (f"A run's final accuracy is the mean of its last {_count(plan.final_evaluations, 'evaluation')} on the final "
+        + (f"A run's final accuracy is the mean of its last {count_of(plan.final_evaluations, 'evaluation')} on the final "
            f"held-out set ({final_n}), problem by problem; " if plan.final_evaluations > 1 else
            f"Final accuracies are on the final held-out set ({final_n}); ")
         + f"the curves come from the periodic evaluations during training ({periodic_n}" + same_problems,
@@ -247,8 +247,8 @@ def _figures_and_machine(results: ComparisonSummary) -> list[str]:
         "![probes per failure](probes_per_failure.png)",
         f"![accuracy by difficulty](accuracy_by_difficulty.png) The final set ({final_n}), as in the table by difficulty.",
         "",
-        f"Machine: {machine.processor}, {_count(machine.cpu_count, 'CPU core')}{', GPU ' + machine.gpu if machine.gpu else ''}; "
-        f"{machine.jobs} run(s) at a time with {_count(machine.threads_per_run, 'thread')} each; Python {machine.python}, "
+        f"Machine: {machine.processor}, {count_of(machine.cpu_count, 'CPU core')}{', GPU ' + machine.gpu if machine.gpu else ''}; "
+        f"{machine.jobs} run(s) at a time with {count_of(machine.threads_per_run, 'thread')} each; Python {machine.python}, "
         f"torch {machine.torch}. Wall-clock includes the periodic held-out evaluations (the same number for every method). "
         + load_text(machine),
         "",
@@ -318,15 +318,15 @@ def _bare_markdown(out: Path) -> str:
 
 def write_outputs(out: Path, results: Report) -> Report:
     """results.json, results.md and the plots; returns ``results`` with the parts that failed here added. A
-    part that fails (sirl.compare.summary._report_part) is named in both files with its exception, and
+    part that fails (sirl.compare.summary.report_part) is named in both files with its exception, and
     everything else is written all the same; where results.md's tables fail, it lists each finished run's
     final accuracy instead."""
     failed = dict(results.failed_parts)
     markdown = None
     if isinstance(results, ComparisonSummary):  # a summary, not the bare report summarize_or_report falls back to
-        markdown = _report_part(failed, "results.md's tables", lambda: results_markdown(results))
+        markdown = report_part(failed, "results.md's tables", lambda: results_markdown(results))
     if results.methods:
-        _report_part(failed, "plots", lambda: plot_comparison(out, results))
+        report_part(failed, "plots", lambda: plot_comparison(out, results))
     if markdown is None:
         markdown = _bare_markdown(out)
     if failed:
@@ -369,7 +369,7 @@ def _plot_accuracy_vs_tokens(out: Path, results: ComparisonSummary, colors: dict
         xs = [t / 1e3 for t in row.curve.tokens]
         mean, std = row.curve.mean, row.curve.std
         seeds = len(row.seeds)
-        ax.plot(xs, [100 * m for m in mean], label=f"{name} ({_count(seeds, 'seed')})", color=colors[name], lw=2)
+        ax.plot(xs, [100 * m for m in mean], label=f"{name} ({count_of(seeds, 'seed')})", color=colors[name], lw=2)
         if seeds > 1:
             ax.fill_between(xs, [100 * (m - s) for m, s in zip(mean, std)], [100 * (m + s) for m, s in zip(mean, std)],
                             color=colors[name], alpha=0.15)
@@ -428,7 +428,7 @@ def _plot_by_difficulty(out: Path, results: ComparisonSummary, colors: dict, fin
     width = 0.8 / (len(methods) + (1 if start else 0))
     series = ([("starting policy", {k: MeanStd(v.accuracy, None, [v.accuracy]) for k, v in start.by_difficulty.items()}, "0.6")]
               if start else [])
-    series += [(f"{name} ({_count(len(row.seeds), 'seed')})", {str(k): v for k, v in row.by_difficulty.items()}, colors[name])
+    series += [(f"{name} ({count_of(len(row.seeds), 'seed')})", {str(k): v for k, v in row.by_difficulty.items()}, colors[name])
                for name, row in methods.items()]
     for i, (name, by_level, color) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(levels))]

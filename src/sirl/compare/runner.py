@@ -28,7 +28,7 @@ import yaml
 from tqdm import tqdm
 
 from sirl.compare.plan import ComparePlan, RunSpec, finished, lr_runs, read_plan_json, run_dir, table_runs, threads_per_run
-from sirl.compare.render import _count, write_outputs
+from sirl.compare.render import count_of, write_outputs
 from sirl.compare.summary import COMMANDS_FILE, LOAD_EVERY_S, Report, chosen_learning_rates, summarize_or_report
 from sirl.config import ConfigError, ExperimentConfig, check_group_size, config_differences, to_yaml
 from sirl.interrupt import Interrupted, StopSignals, exit_status, signal_name
@@ -311,11 +311,11 @@ class Scheduler:
         if self.quiet:
             return
         if plan.learning_rates:
-            print(f"compare: first {_count(len(lr_runs(plan)), 'learning-rate run')} (learning rates {plan.learning_rates} on seed "
+            print(f"compare: first {count_of(len(lr_runs(plan)), 'learning-rate run')} (learning rates {plan.learning_rates} on seed "
                   f"{plan.lr_seed}); each method's table runs use its best", flush=True)
-        print(f"compare: {_count(len(self.runs), 'run')} ({_count(len(plan.methods), 'method')} x {_count(plan.seeds, 'seed')}) of "
+        print(f"compare: {count_of(len(self.runs), 'run')} ({count_of(len(plan.methods), 'method')} x {count_of(plan.seeds, 'seed')}) of "
               f"{plan.budget_tokens:,} tokens each on {self.config.task.name}; {already_finished} already finished; "
-              f"{plan.jobs} at a time, {_count(self.threads, 'thread')} each; folder {self.out}", flush=True)
+              f"{plan.jobs} at a time, {count_of(self.threads, 'thread')} each; folder {self.out}", flush=True)
 
     def run(self, pending: list[RunSpec]) -> None:
         """Every pending run and, where it is missing, the starting policy's evaluation. With learning rates,

@@ -5,7 +5,7 @@ results.json, and :meth:`ComparisonSummary.from_json` reads one back (those of e
 figure they did not record reads as None). Wall-clock figures live under each method's ``timing`` and
 under ``machine``: everything else is a deterministic function of the runs.
 
-Should a part of the summary fail (a bug, a file of an unexpected shape), :func:`_report_part` records it in
+Should a part of the summary fail (a bug, a file of an unexpected shape), :func:`report_part` records it in
 ``failed_parts`` and the rest is built all the same; should the summary fail as a whole,
 :func:`summarize_or_report` falls back to each finished run's eval.json (:class:`BareReport`).
 """
@@ -363,8 +363,8 @@ class ComparisonSummary:
         ref = self.reference.method if self.reference else None
         methods = {name: row.to_json(is_reference=name == ref, banded=self.difficulty_bands is not None)
                    for name, row in self.methods.items()}
-        data = {name: to_json(getattr(self, name)) for name in self.__dataclass_fields__}
-        return {**data, "plan": asdict(self.plan), "methods": methods}
+        own = {"plan": asdict(self.plan), "methods": methods}
+        return {name: own[name] if name in own else to_json(getattr(self, name)) for name in self.__dataclass_fields__}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ComparisonSummary:
@@ -582,7 +582,7 @@ def method_summary(runs: list[FinishedRun], curves: list[RunCurve], grid: list[f
     """One method's row from its finished runs and their curves on ``grid``."""
     last = [run.rows[-1] for run in runs]
     logs = [run.rows for run in runs]
-    by_difficulty = _report_part(failed, "table by difficulty", lambda: [figure_by_difficulty(r.figure, r.final) for r in runs], [])
+    by_difficulty = report_part(failed, "table by difficulty", lambda: [figure_by_difficulty(r.figure, r.final) for r in runs], [])
     levels = sorted({k for b in by_difficulty for k in b}, key=difficulty_order)
     accuracy = [c.accuracy for c in curves]
     return MethodSummary(
@@ -700,7 +700,7 @@ def _with_bands(start: StartEvaluation | None, methods: dict[str, MethodSummary]
         return bands, {name: replace(row, hard_levels_accuracy=band_accuracy(start, row, bands.hard),
                                      other_levels_accuracy=band_accuracy(start, row, bands.other)) for name, row in methods.items()}
 
-    return _report_part(failed, "difficulty bands", build, (None, methods))
+    return report_part(failed, "difficulty bands", build, (None, methods))
 
 
 def _versus_reference(ref: str, methods: dict[str, MethodSummary], curves: dict[str, dict[int, RunCurve]], grid: list[float],
@@ -713,10 +713,10 @@ def _versus_reference(ref: str, methods: dict[str, MethodSummary], curves: dict[
         if method != ref:
             band = None
             if bands:
-                band = _report_part(failed, "differences by band", lambda: band_differences(
+                band = report_part(failed, "differences by band", lambda: band_differences(
                     rewards[method], rewards[ref], start.difficulties if start else None, bands.members()))
             differences[method] = (paired_difference(rewards[method], rewards[ref]), band)
-    reach = {method: _report_part(failed, "tokens to reach the reference", lambda: tokens_to_reach(curves[method], curves[ref], grid))
+    reach = {method: report_part(failed, "tokens to reach the reference", lambda: tokens_to_reach(curves[method], curves[ref], grid))
              for method in methods}
     return {method: replace(row, versus=VersusReference(reach[method], *differences.get(method, (None, None))))
             for method, row in methods.items()}
@@ -735,7 +735,7 @@ def summarize(out: Path) -> ComparisonSummary:
     """results.json's content, from the comparison folder."""
     plan = read_plan_json(out / "compare.json")
     config = yaml.safe_load((out / "base.yaml").read_text())
-    failed: dict[str, str] = {}  # report parts that could not be built (_report_part)
+    failed: dict[str, str] = {}  # report parts that could not be built (report_part)
     grid = token_grid(plan)
     start_path = out / "start" / "eval.json"
     start = StartEvaluation.from_json(json.loads(start_path.read_text())) if start_path.is_file() else None
@@ -804,7 +804,7 @@ def _machine(plan: ComparePlan) -> Machine:
 # --- a report whatever fails ---------------------------------------------------------------------
 
 
-def _report_part(failed: dict[str, str], name: str, build: Callable[[], Any], fallback: Any = None) -> Any:
+def report_part(failed: dict[str, str], name: str, build: Callable[[], Any], fallback: Any = None) -> Any:
     """``build()``, or ``fallback`` when it raises: a bug in one part of a comparison's report must not lose
     the others (nor the compute behind them). The failure is recorded in ``failed[name]`` (the exception's
     type and message, which results.md shows) and its traceback printed to stderr."""
@@ -823,7 +823,7 @@ def summarize_or_report(out: Path) -> Report:
     with the failure in ``failed_parts["summary"]``, so that results.json and results.md are written whatever
     goes wrong."""
     failed: dict[str, str] = {}
-    results = _report_part(failed, "summary", lambda: summarize(out))
+    results = report_part(failed, "summary", lambda: summarize(out))
     if results is not None:
         return results
     plan = json.loads((out / "compare.json").read_text()) if (out / "compare.json").is_file() else None
