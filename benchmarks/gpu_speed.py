@@ -15,6 +15,11 @@ share of the GPU's bandwidth bound: one script, a few minutes.
 3. One grpo step as sirl train takes it (bf16 autocast on float32 master weights, fused AdamW, the
    library's micro-batches): rollout, update, total seconds and the step's bound.
 
+Every row runs exactly ``--new-tokens`` tokens (no EOS can end one), so random weights do the same work
+as the trained ones: ``--random-weights`` needs only the model folder's config.json and tokenizer files
+(4 MB, where the weights are 538 MB), for a machine the weights cannot be copied to; vLLM then gets the
+folder too and needs the weights, so it is skipped.
+
 Each result is a JSON line appended to ``--out``; the tables are printed. ``--tiny`` replaces the model by
 a 2-layer random Llama and the prompts by random ids, so the script can be checked without a GPU or the
 model (tests nothing about speed).
@@ -89,8 +94,17 @@ def load(args, device: torch.device):
         prompts = [torch.randint(2, 512, (int(n),), generator=g).tolist() for n in torch.randint(20, 40, (args.rows // GROUP,), generator=g)]
         return model.to(device), None, prompts, 0
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
-    return model, tokenizer, gsm8k_chat_prompts(tokenizer, args.rows // GROUP), tokenizer.pad_token_id
+    if args.random_weights:  # the model's shape from its config.json, random weights: the same work, the same speed
+        from transformers import AutoConfig
+
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.model), dtype=torch.float32)
+    else:
+        if not any(Path(args.model).glob("*.safetensors")):
+            raise SystemExit(f"{args.model} has no weights (*.safetensors); run `make smollm2`, or pass --random-weights to time "
+                             "the model's shape with random weights (config.json and the tokenizer files are enough)")
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    return model.to(device), tokenizer, gsm8k_chat_prompts(tokenizer, args.rows // GROUP), tokenizer.pad_token_id
 
 
 def rollouts(args, model, tokenizer, prompts, pad_id, device) -> dict[str, float]:
@@ -116,8 +130,8 @@ def rollouts(args, model, tokenizer, prompts, pad_id, device) -> dict[str, float
 
     runs = {"sirl": sirl, "HF generate (bf16)": hf}
     try:
-        if args.tiny or device.type != "cuda":
-            raise ImportError("vLLM needs a GPU and the model directory")
+        if args.tiny or args.random_weights or device.type != "cuda":
+            raise ImportError("vLLM needs a GPU and the model's weights")
         from vllm import LLM, SamplingParams as VllmParams
 
         llm = LLM(model=args.model, dtype="bfloat16", gpu_memory_utilization=0.5, enforce_eager=False, seed=0)
@@ -176,6 +190,8 @@ def main() -> None:
     parser.add_argument("--model", default="models/smollm2-135m-instruct")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer random Llama and random prompts: checks the script, not speed")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="--model's shape (config.json) with random weights, for a machine the 538 MB of weights cannot reach")
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
@@ -207,7 +223,8 @@ def main() -> None:
     results = []
     print("\n| engine | s | tokens/s | share of bound | sirl's speedup over it |\n|---|---|---|---|---|")
     for engine, s in seconds.items():
-        r = {"label": engine, "device": name, "rows": args.rows, "new_tokens": args.new_tokens, "tiny": args.tiny, "rollout_s": round(s, 3),
+        r = {"label": engine, "device": name, "rows": args.rows, "new_tokens": args.new_tokens, "tiny": args.tiny,
+             "random_weights": args.random_weights, "rollout_s": round(s, 3),
              "tokens_per_s": round(tokens / s, 1), "bound_s": round(bound, 4), "share_of_bound": round(bound / s, 3)}
         results.append(r)
         speedup = "" if engine == "sirl" else f"{s / seconds['sirl']:.2f}"
@@ -217,6 +234,7 @@ def main() -> None:
     step_bound = bound + update_bound(costs, args.rows, args.new_tokens, prompt_tokens, read_gb_s, gflops)
     total = step["rollout_s"] + step["update_s"]
     results.append({"label": "sirl grpo step", "device": name, "rows": args.rows, "new_tokens": args.new_tokens, "tiny": args.tiny,
+                    "random_weights": args.random_weights,
                     "rollout_s": round(step["rollout_s"], 3), "update_s": round(step["update_s"], 3), "step_s": round(total, 3),
                     "bound_s": round(step_bound, 4), "share_of_bound": round(step_bound / total, 3),
                     "read_gb_s": round(read_gb_s, 1), "bf16_gflops": round(gflops, 1)})
