@@ -291,7 +291,7 @@ def run_curve(folder: Path, start: dict, plan, grid: list[float]):
 
 def summarize(out: Path, plan: TRLPlan) -> dict:
     from sirl.compare import paired_difference, read_plan_json, tokens_to_reach
-    from sirl.compare.summary import to_json
+    from sirl.compare.records import to_json
 
     compare_plan = read_plan_json(out / "compare.json")
     start = json.loads((out / "start" / "eval.json").read_text())

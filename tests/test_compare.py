@@ -18,7 +18,7 @@ from sirl.compare import (
     ComparePlan, RunSpec, load_sample, plot_comparison, read_plan_file, results_markdown, summarize, tokens_done,
 )
 from sirl.compare.stats import MeanStd, PairedDifference
-from sirl.compare.summary import EvalSets, LevelAccuracy, MachineLoad
+from sirl.compare.records import EvalSets, LevelAccuracy, MachineLoad
 from sirl.config import ConfigError, load_config, to_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,7 +216,7 @@ def test_committed_results_read_back_and_render_their_own_numbers(folder):
     name); each table row of its committed results.md is a row of the results.md rendered from it now (rows gained
     columns at their end since, and sections after the tables)."""
     from sirl.compare import read_results
-    from sirl.compare.summary import UnreadableResults
+    from sirl.compare.records import UnreadableResults
 
     saved = json.loads((folder / "results.json").read_text())
     if "best_accuracy" in (saved.get("reference") or {}):
@@ -504,7 +504,7 @@ def test_the_table_by_difficulty_uses_the_same_final_figure_as_the_headline(tmp_
 def test_each_method_runs_the_table_at_the_learning_rate_its_held_out_seed_chose(tmp_path):
     from sirl.compare import chosen_learning_rates, lr_runs, run_dir
     from sirl.compare.runner import _train_command
-    from sirl.compare.summary import LearningRateChoice
+    from sirl.compare.records import LearningRateChoice
 
     plan = ComparePlan(methods=["grpo", "si"], seeds=2, learning_rates=[1e-4, 2e-4], lr_seed=7, final_evaluations=1)
     assert [r.name for r in lr_runs(plan)] == ["grpo-lr0.0001-seed7", "si-lr0.0001-seed7", "grpo-lr0.0002-seed7", "si-lr0.0002-seed7"]

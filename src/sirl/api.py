@@ -27,7 +27,7 @@ from sirl.config import (
 from sirl.evaluate import EvalResult
 
 if TYPE_CHECKING:
-    from sirl.compare.summary import Report
+    from sirl.compare.records import Report
 
 __all__ = ["make_config", "run_compare", "run_eval", "run_sft", "run_train"]
 

@@ -40,8 +40,8 @@ in results.md with its error, and the rest is written all the same.
 The package, in the order data flows: :mod:`~sirl.compare.plan` (what runs: the plan, its runs and their
 folders, plan files), :mod:`~sirl.compare.runner` (the runs as processes, load samples, the folder's lock,
 stops), :mod:`~sirl.compare.stats` (means over seeds, paired bootstrap differences, tokens to reach),
-:mod:`~sirl.compare.summary` (the folder read into typed records: results.json) and
-:mod:`~sirl.compare.render` (results.md and the plots).
+:mod:`~sirl.compare.summary` (the folder read into the typed records of :mod:`~sirl.compare.records`, whose
+JSON is results.json) and :mod:`~sirl.compare.render` (results.md and the plots).
 
 Names are imported from their module when first used, so that reading a plan (sirl.cli builds the flags of
 ``sirl compare`` from it) does not import the summary's and the runner's dependencies.
@@ -56,8 +56,9 @@ _NAMES = {
     "plan": ("HARD_LEVEL", "REFERENCE", "ComparePlan", "RunSpec", "load_plan", "lr_runs", "read_plan_file", "read_plan_json", "run_dir"),
     "runner": ("load_sample", "run_comparison", "tokens_done"),
     "stats": ("MeanStd", "PairedDifference", "Reach", "RunCurve", "first_crossing", "paired_difference", "tokens_to_reach"),
-    "summary": ("BareReport", "ComparisonSummary", "FinalFigure", "MethodSummary", "band_differences", "chosen_learning_rates",
-                "figure_by_difficulty", "final_figure", "method_settings", "read_results", "summarize", "summarize_or_report"),
+    "records": ("BareReport", "ComparisonSummary", "FinalFigure", "MethodSummary", "read_results"),
+    "summary": ("band_differences", "chosen_learning_rates", "figure_by_difficulty", "final_figure", "method_settings", "summarize",
+                "summarize_or_report"),
     "render": ("plot_comparison", "results_markdown", "write_outputs"),
 }
 _EXPORTS = {name: f"sirl.compare.{module}" for module, names in _NAMES.items() for name in names}

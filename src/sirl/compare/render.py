@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from sirl.compare.stats import MeanStd, PairedDifference
-from sirl.compare.summary import LOAD_EVERY_S, ComparisonSummary, Machine, MethodSummary, Report, report_part, runs_reached
+from sirl.compare.records import ComparisonSummary, Machine, MethodSummary, Report
+from sirl.compare.summary import LOAD_EVERY_S, report_part, runs_reached
 from sirl.runlog import write_atomic
 from sirl.tasks.base import difficulty_order
 

@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from sirl.compare.plan import ComparePlan, RunSpec, finished, lr_runs, read_plan_json, run_dir, table_runs, threads_per_run
 from sirl.compare.render import count_of, write_outputs
-from sirl.compare.summary import COMMANDS_FILE, LOAD_EVERY_S, Report, chosen_learning_rates, summarize_or_report
+from sirl.compare.records import Report
+from sirl.compare.summary import COMMANDS_FILE, LOAD_EVERY_S, chosen_learning_rates, summarize_or_report
 from sirl.config import ConfigError, ExperimentConfig, check_group_size, config_differences, to_yaml
 from sirl.interrupt import Interrupted, StopSignals, exit_status, signal_name
 from sirl.runlock import FolderInUse, FolderLock, check_not_in_use
