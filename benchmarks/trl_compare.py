@@ -1,15 +1,19 @@
-"""TRL with sirl's divergence credit against TRL's own GRPO on arith mod 7, at equal generated tokens.
+"""TRL with sirl's divergence credit (with and without continuing good prefixes) against TRL's own GRPO on
+arith mod 7, at equal generated tokens.
 
     python benchmarks/trl_compare.py --seeds 8 --out runs/trl_compare/arith_prime
     python benchmarks/trl_compare.py --seeds 16 --out runs/trl_compare/arith_prime   # grows the same folder
 
-Two methods, each one TRL ``GRPOTrainer`` run per seed from ``checkpoints/arith7-tiny``:
+Three methods, each one TRL ``GRPOTrainer`` run per seed from ``checkpoints/arith7-tiny``:
 
-    trl_grpo         trl.GRPOTrainer, TRL's per-completion advantage
-    trl_divergence   sirl.integrations.trl.CreditGRPOTrainer(credit="divergence"), the task's own steps
-                     (``ArithTask.split_steps``: "7+5=2;" ...), the credit settings of sirl's
-                     si-divergence (``SI_DIVERGENCE``: the error penalty from the first token that left
-                     every success, 0 after the error step, up to 64 failures localized per step)
+    trl_grpo               trl.GRPOTrainer, TRL's per-completion advantage
+    trl_divergence         sirl.integrations.trl.CreditGRPOTrainer(credit="divergence", repair_share=0): the
+                           credit alone; the task's own steps (``ArithTask.split_steps``: "7+5=2;" ...), the
+                           credit settings of sirl's si-divergence (``SI_DIVERGENCE``: the error penalty from
+                           the first token that left every success, 0 after the error step, up to 64
+                           failures localized per step)
+    trl_divergence_repair  the same credit, and a quarter of each batch's groups continue good prefixes
+                           found earlier (``repair_share=0.25``, the adapter's default, as sirl's si)
 
 Everything else is shared and taken from sirl's config (``--config arith_prime`` plus ``--set`` overrides):
 task (arith mod 7, 8-12 operations, operators equally likely), ``rollout.prompts_per_step`` x
@@ -49,15 +53,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("trl_grpo", "trl_divergence")
+METHODS = ("trl_grpo", "trl_divergence", "trl_divergence_repair")
 REFERENCE = "trl_grpo"
 SI_DIVERGENCE = {"error_span": "first_difference", "post_error": "zero", "error_scale": 1.0, "max_localizations": 64,
                  "failure_choice": "half_solved"}
 """The credit settings of sirl's si-divergence as it beat grpo on arith mod 7 (method.localizer=divergence,
 method.error_span=first_difference, the other knobs at their defaults)."""
-NEAREST_SIRL_METHOD = {"trl_grpo": "grpo", "trl_divergence": "si"}
+NEAREST_SIRL_METHOD = {"trl_grpo": "grpo", "trl_divergence": "si", "trl_divergence_repair": "si"}
 """compare.json names each method as a variant of a registered sirl method (sirl.compare.ComparePlan checks
-names); trl_divergence is si's credit without si's repair buffer and probes."""
+names); trl_divergence is si's credit without si's repair buffer, trl_divergence_repair si's credit and
+repair buffer (si-divergence draws no probes)."""
+REPAIR_SHARE = {"trl_divergence": 0.0, "trl_divergence_repair": 0.25}
 
 
 @dataclass(frozen=True)
@@ -177,7 +183,9 @@ def train_run(out: Path, plan: TRLPlan, method: str, seed: int) -> None:
     generated = {"tokens": 0}
 
     def correct(completions, problem, completion_ids, **kwargs):
-        generated["tokens"] += sum(len(ids) for ids in completion_ids)  # TRL's completion tokens, EOS included
+        # TRL's completion tokens, EOS included; a continued good prefix was given, not generated
+        given = kwargs.get("sirl_prefix_tokens") or [0] * len(completion_ids)
+        generated["tokens"] += sum(len(ids) - n for ids, n in zip(completion_ids, given))
         return [task.verify(Problem.from_json(json.loads(p)), c) for p, c in zip(problem, completions)]
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -200,7 +208,7 @@ def train_run(out: Path, plan: TRLPlan, method: str, seed: int) -> None:
         trainer = GRPOTrainer(**common)
     else:
         trainer = CreditGRPOTrainer(**common, credit="divergence", step_splitter=task.split_steps, success_threshold=1.0,
-                                    credit_options=plan.credit_options)
+                                    credit_options=plan.credit_options, repair_share=REPAIR_SHARE[method])
 
     class Schedule(TrainerCallback):
         """Evaluate at each crossed multiple of eval_every_tokens and at the end; stop at the budget."""

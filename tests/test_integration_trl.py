@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import random
 import re
@@ -22,14 +24,16 @@ import torch
 
 trl = pytest.importorskip("trl")
 
-from transformers import AutoTokenizer  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from bpe_helpers import bpe_tokenizer  # noqa: E402
-from trl_helpers import POLICY, ROOT, TASK, make_trainer  # noqa: E402
+from trl_helpers import POLICY, ROOT, TASK, arith_dataset, arith_reward, grpo_config, make_trainer  # noqa: E402
 from sirl.credit import divergence_credit, outcome_credit, tree_credit  # noqa: E402
 from sirl.credit.steps import split_steps, token_step_ends  # noqa: E402
 from sirl.integrations.tokens import completion_step_ends, decoded_offsets, mapped_offsets  # noqa: E402
-from sirl.integrations.trl import CreditGRPOTrainer, credit_options_of, group_token_advantages  # noqa: E402
+from sirl.integrations.trl import (  # noqa: E402
+    GOOD_PREFIXES_FILE, CreditGRPOTrainer, continued_groups, credit_options_of, good_prefix, group_token_advantages,
+)
 from sirl.rollout.steps import char_spans_to_token_spans, token_char_offsets  # noqa: E402
 from sirl.types import Problem, Trajectory  # noqa: E402
 
@@ -188,13 +192,13 @@ def test_tree_and_outcome_credit_and_unscorable_rows(fixed_trainer, tokenizer):
     scored[2] = torch.nan  # every reward function returned None: out of its group, 0 on its tokens
     kept = [i for i in range(8) if i != 2]
     for credit, core in (("tree", tree_credit), ("outcome", outcome_credit)):
-        got, _ = group_token_advantages(responses, scored, 4, None, credit=credit, scale_rewards="none")
+        got, _, _ = group_token_advantages(responses, scored, 4, None, credit=credit, scale_rewards="none")
         expected = core([responses[i] for i in kept], [rewards[i] for i in kept], [groups[i] for i in kept], estimator="dr_grpo")
         assert not got[2].any()
         for i, adv in zip(kept, expected.token_advantages):
             assert torch.equal(got[i], adv)
     # outcome credit is TRL's advantage: r - nanmean(group) without the unscorable row
-    got, _ = group_token_advantages(responses, scored, 4, None, credit="outcome", scale_rewards="none")
+    got, _, _ = group_token_advantages(responses, scored, 4, None, credit="outcome", scale_rewards="none")
     assert torch.allclose(got[0], torch.tensor(1 - 2 / 3))
 
 
@@ -207,6 +211,11 @@ def test_bad_settings_are_refused(tmp_path):
         make_trainer(tmp_path, step_splitter="paragraphs")
     with pytest.raises(ValueError, match="sum_then_normalize"):
         make_trainer(tmp_path, config_overrides={"multi_objective_aggregation": "normalize_then_sum"})
+    with pytest.raises(ValueError, match="only credit='divergence' finds good prefixes"):
+        make_trainer(tmp_path, credit="tree", repair_share=0.25)
+    with pytest.raises(ValueError, match=r"repair_share=1.5 must be in \[0, 1\]"):
+        make_trainer(tmp_path, repair_share=1.5)
+    assert make_trainer(tmp_path, credit="tree").repair_share == 0.0 and make_trainer(tmp_path).repair_share == 0.25
     assert "post_error" in credit_options_of("divergence") and "outcome_mix" in credit_options_of("tree")
 
 
@@ -229,9 +238,9 @@ class Recorder(CreditGRPOTrainer, TRLAdvantages):
         self.trl_advantages, self.rows = [], []
         super().__init__(*args, **kwargs)
 
-    def token_advantages(self, completion_ids, rewards_per_func, group_size, width):
-        advantages_BT, metrics = super().token_advantages(completion_ids, rewards_per_func, group_size, width)
-        self.rows.append((completion_ids, rewards_per_func.sum(1).tolist(), advantages_BT, group_size))
+    def token_advantages(self, completion_ids, rewards_per_func, group_size, width, **kwargs):
+        advantages_BT, metrics = super().token_advantages(completion_ids, rewards_per_func, group_size, width, **kwargs)
+        self.rows.append((completion_ids, rewards_per_func.sum(1).tolist(), advantages_BT, group_size, kwargs.get("prefix_lens")))
         return advantages_BT, metrics
 
 
@@ -243,7 +252,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def test_end_to_end_trl_run_from_the_arith_policy(tmp_path):
-    trainer = make_trainer(tmp_path, Recorder, credit="divergence", step_splitter="regex:;")
+    trainer = make_trainer(tmp_path, Recorder, credit="divergence", step_splitter="regex:;", repair_share=0.0)
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -252,7 +261,7 @@ def test_end_to_end_trl_run_from_the_arith_policy(tmp_path):
     assert any("credit/localized_frac" in entry for entry in trainer.state.log_history)
 
     shared_tokens = localized = 0
-    for (ids, rewards, adv_BT, group_size), trl_adv_B in zip(trainer.rows, trainer.trl_advantages):
+    for (ids, rewards, adv_BT, group_size, _), trl_adv_B in zip(trainer.rows, trainer.trl_advantages):
         step_ends = [completion_step_ends(trainer._tokenizer, row, "regex:;") for row in ids]
         found = divergence_credit(ids, rewards, [i // group_size for i in range(len(ids))], step_ends, estimator="dr_grpo")
         localized_rows = {d.row for d in found.divergences}
@@ -268,6 +277,81 @@ def test_end_to_end_trl_run_from_the_arith_policy(tmp_path):
             assert adv[shared] < 0  # the token where it left every success is
             shared_tokens += shared
     assert localized > 0 and shared_tokens > 0  # the checks above were not vacuous
+
+
+def test_good_prefix_and_continued_groups_hand_derived():
+    # steps end at tokens 3, 7, 9: a failure localized at step 2 keeps its first two steps (7 tokens)
+    assert good_prefix(list(range(9)), [3, 7, 9], 2) == [0, 1, 2, 3, 4, 5, 6]
+    assert good_prefix(list(range(9)), [3, 7, 9], 0) == []
+    assert list(continued_groups(5, 2)) == [3, 4] and not continued_groups(5, 0)
+
+
+class PrefixRecorder(Recorder):
+    """Also records every generation batch: prompt ids, completion ids and advantages, and the pool's
+    contents before the batch draws from it."""
+
+    def _generate_and_score_completions(self, inputs):
+        pool = list(self.good_prefixes.entries)
+        output = super()._generate_and_score_completions(inputs)
+        self.batches.append((pool, output["prompt_ids"].clone(), output["prompt_mask"].clone(), output["completion_ids"].clone(),
+                             output["completion_mask"].clone(), output["advantages"].clone()))
+        return output
+
+
+def test_good_prefixes_are_continued_and_judged_whole(tmp_path):
+    """repair_share=0.5, two groups of 8 a step: from the step after a failure was localized, the last
+    group continues a good prefix from the pool. Its prompt ids end with the prefix, the reward function
+    judges prefix + completion as one text and is told the prefix's length, the credit gets the prefix
+    as given tokens (advantages on the sampled tokens only), and a checkpoint holds the pool."""
+    seen = []
+
+    def reward(completions, answer, sirl_prefix_tokens, completion_ids, **kwargs):
+        seen.append((list(completions), list(sirl_prefix_tokens), [list(ids) for ids in completion_ids]))
+        return arith_reward(completions, answer)
+
+    model = AutoModelForCausalLM.from_pretrained(POLICY, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(POLICY)
+    trainer = PrefixRecorder(model=model, reward_funcs=reward, args=grpo_config(tmp_path, max_steps=4, save_strategy="steps", save_steps=2),
+                             train_dataset=arith_dataset(64), processing_class=tokenizer, credit="divergence", step_splitter="regex:;",
+                             repair_share=0.5)
+    trainer.batches = []
+    trainer.train()
+    draws = [e["repair/buffer_draws"] for e in trainer.state.log_history if "repair/buffer_draws" in e]
+    assert len(draws) == 4 and draws[0] == 0 and sum(draws) > 0, draws
+
+    continued = 0
+    for (pool, prompt_ids, prompt_mask, completion_ids, completion_mask, adv), (texts, prefix_tokens, ids), rows in zip(
+            trainer.batches, seen, trainer.rows):
+        responses, _, _, _, prefix_lens = rows
+        assert prefix_tokens == prefix_lens
+        for row in range(16):
+            prompt = prompt_ids[row][prompt_mask[row].bool()].tolist()
+            completion = completion_ids[row][completion_mask[row].bool()].tolist()
+            given = prefix_tokens[row]
+            assert ids[row] == responses[row] and ids[row][given:] == completion
+            assert texts[row] == tokenizer.decode(ids[row], skip_special_tokens=True)
+            assert not adv[row, len(completion):].any()
+            if row < 8:
+                assert given == 0
+                continue
+            if given:  # the second group continues a prefix that was in the pool, after the problem's prompt
+                continued += 1
+                prefix = ids[row][:given]
+                assert prompt[-given:] == prefix
+                assert any(e.prefix_ids == prefix and e.example["answer"] for e in pool)
+    assert continued >= 8  # a whole group at least once
+
+    saved = json.loads((tmp_path / "checkpoint-2" / GOOD_PREFIXES_FILE).read_text())
+    assert saved["capacity"] == 512
+    # resumed from step 2, the run's third batch draws from the pool it had
+    again = PrefixRecorder(model=AutoModelForCausalLM.from_pretrained(POLICY, dtype=torch.float32), reward_funcs=reward,
+                           args=grpo_config(tmp_path / "again", max_steps=3), train_dataset=arith_dataset(64), processing_class=tokenizer,
+                           credit="divergence", step_splitter="regex:;", repair_share=0.5)
+    again.batches = []
+    again.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert len(again.batches) == 1
+    assert [dataclasses.asdict(e) for e in again.batches[0][0]] == saved["entries"] == [dataclasses.asdict(e) for e in trainer.batches[2][0]]
+    assert all(set(e["example"]) == {"prompt", "answer"} for e in saved["entries"])
 
 
 # --- two processes ---------------------------------------------------------------------------------
@@ -310,11 +394,16 @@ def test_two_processes_give_the_one_process_credit(tmp_path):
     ids = ranks[0]["ids"] + ranks[1]["ids"]
     tokenizer = AutoTokenizer.from_pretrained(POLICY)
     step_ends = [completion_step_ends(tokenizer, row, "regex:;") for row in ids]
-    one_process, metrics = group_token_advantages(ids, ranks[0]["rewards"], 4, step_ends, credit="divergence", scale_rewards="group")
+    one_process, metrics, _ = group_token_advantages(ids, ranks[0]["rewards"], 4, step_ends, credit="divergence", scale_rewards="group")
     for rank, recorded in enumerate(ranks):
         assert recorded["metrics"] == metrics
         for local, tokens in enumerate(recorded["ids"]):
             assert torch.equal(recorded["advantages"][local, :len(tokens)], one_process[6 * rank + local])
+    # every process keeps the same good prefixes, with the dataset rows of failures on either process
+    localized = group_token_advantages(ids, ranks[0]["rewards"], 4, step_ends, credit="divergence", scale_rewards="group")[2]
+    assert ranks[0]["pool"] == ranks[1]["pool"] and len(ranks[0]["pool"]) == len(localized) > 0
+    assert [prefix for _, prefix in ranks[0]["pool"]] == [good_prefix(ids[d.row], step_ends[d.row], d.error_step) for d in localized]
+    assert {d.row >= 6 for d in localized} == {True, False}
     # group 1 (rows 4-7) straddles the processes and the credit saw it whole: it holds a success and a
     # localized failure, whose advantages are not one number
     rewards = ranks[0]["rewards"].tolist()
@@ -346,7 +435,7 @@ def test_readme_example_runs(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_trl_compare_benchmark_writes_a_comparison_folder(tmp_path):
-    """benchmarks/trl_compare.py at a few hundred tokens and 20 problems: both methods run, the folder is
+    """benchmarks/trl_compare.py at a few hundred tokens and 20 problems: the three methods run, the folder is
     one benchmarks/paired.py reads, the held-out problems are sirl compare's, and a rerun skips finished runs."""
     import json
     import subprocess
@@ -365,14 +454,14 @@ def test_trl_compare_benchmark_writes_a_comparison_folder(tmp_path):
     config = load_config("arith_prime")
     task = load_task(config.task.name, **config.task.args)
     expected = [p.meta["difficulty"] for p in heldout_problems(task, 20, config.eval.seed)]
-    for method in ("trl_grpo", "trl_divergence"):
+    for method in ("trl_grpo", "trl_divergence", "trl_divergence_repair"):
         run = out / "runs" / method / "seed0"
         final = json.loads((run / "eval.json").read_text())
         evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
         assert final["n"] == 20 and final["difficulties"] == expected and final["tokens/total"] >= 600
         assert len(evals) >= 2 and evals[-1]["step"] == final["step"] and len(evals[-1]["rewards"]) == 20
         assert any("credit/localized_frac" in json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()) == (
-            method == "trl_divergence")
+            method != "trl_grpo")
     paired = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paired.py"), f"div={out}:trl_divergence", f"grpo={out}:trl_grpo"],
                             capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert paired.returncode == 0 and "| div | grpo |" in paired.stdout, paired.stdout + paired.stderr

@@ -51,11 +51,12 @@ def make_trainer(out: Path, trainer_class=CreditGRPOTrainer, config_overrides=No
 
 
 class RankRecorder(CreditGRPOTrainer):
-    """Saves each process's completion ids, the gathered rewards and its advantages (rank<k>.pt)."""
+    """Saves each process's completion ids, the gathered rewards, its advantages and its pool of good prefixes (rank<k>.pt)."""
 
-    def token_advantages(self, completion_ids, rewards_per_func, group_size, width):
-        advantages_BT, metrics = super().token_advantages(completion_ids, rewards_per_func, group_size, width)
-        torch.save({"ids": completion_ids, "rewards": rewards_per_func.sum(1), "advantages": advantages_BT, "metrics": metrics},
+    def token_advantages(self, completion_ids, rewards_per_func, group_size, width, **kwargs):
+        advantages_BT, metrics = super().token_advantages(completion_ids, rewards_per_func, group_size, width, **kwargs)
+        pool = [(e.example, e.prefix_ids) for e in self.good_prefixes.entries]
+        torch.save({"ids": completion_ids, "rewards": rewards_per_func.sum(1), "advantages": advantages_BT, "metrics": metrics, "pool": pool},
                    Path(self.args.output_dir) / f"rank{self.accelerator.process_index}.pt")
         return advantages_BT, metrics
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from sirl.types import Problem
+
+Entry = TypeVar("Entry")
 
 
 @dataclass(frozen=True)
@@ -26,17 +29,18 @@ class RepairEntry:
     """The training step that found it."""
 
 
-class RepairBuffer:
-    """A bounded FIFO of good prefixes; drawing removes the entries drawn."""
+class DrawPool(Generic[Entry]):
+    """A bounded FIFO from which draws are taken without replacement (the entries drawn leave it): the
+    repair buffer here, and the TRL adapter's good prefixes (sirl.integrations.trl)."""
 
     def __init__(self, capacity: int):
-        self.entries: deque[RepairEntry] = deque(maxlen=capacity)
+        self.entries: deque[Entry] = deque(maxlen=capacity)
 
-    def add(self, entry: RepairEntry) -> None:
+    def add(self, entry: Entry) -> None:
         self.entries.append(entry)
 
-    def draw(self, n: int, rng: random.Random) -> list[RepairEntry]:
-        """Up to ``n`` entries, uniformly at random without replacement, removed from the buffer."""
+    def draw(self, n: int, rng: random.Random) -> list[Entry]:
+        """Up to ``n`` entries, uniformly at random without replacement, removed from the pool."""
         n = min(n, len(self.entries))
         picked = sorted(rng.sample(range(len(self.entries)), n), reverse=True)
         drawn = [self.entries[i] for i in picked]
@@ -46,6 +50,10 @@ class RepairBuffer:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+
+class RepairBuffer(DrawPool[RepairEntry]):
+    """A bounded FIFO of good prefixes; drawing removes the entries drawn."""
 
     def to_json(self) -> list[dict]:
         return [{"problem": e.problem.to_json(), "prefix_ids": e.prefix_ids, "step": e.step} for e in self.entries]
