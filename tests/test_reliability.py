@@ -212,14 +212,20 @@ TINY_TRAIN = ["--config", "arith", "--model.device=cpu", "--train.steps=1", "--r
               "--eval.max_new_tokens=12", "--rollout.max_new_tokens=12", "--quiet"]
 
 
-def test_the_group_relative_methods_are_the_outcome_estimators():
+def test_the_methods_that_need_groups_of_two_are_those_whose_credit_of_a_lone_sample_is_zero():
+    """The outcome estimators and tree credit give every row of a group of one an advantage of 0 whatever its
+    reward (the sample is its own group's mean and its own prefix tree's root value)."""
+    from sirl.credit import outcome_credit, tree_credit
     from sirl.methods import METHODS
-    from sirl.train import group_relative
 
-    assert sorted(name for name, method in METHODS.items() if group_relative(method)) == ["dr_grpo", "grpo", "rloo"]
+    assert sorted(name for name, method in METHODS.items() if method.min_group_size == 2) == ["dr_grpo", "grpo", "rloo", "tree"]
+    responses, rewards, groups = [[1, 2, 3], [1, 4], [5]], [1.0, 0.0, 1.0], [0, 1, 2]
+    for credit in (tree_credit(responses, rewards, groups), *(outcome_credit(responses, rewards, groups, estimator=e) for e in ("grpo", "dr_grpo", "rloo"))):
+        assert all(not a.any() for a in credit.token_advantages)
+    assert any(a.any() for a in tree_credit(responses, rewards, [0, 0, 1]).token_advantages)  # two rows in a group: not zero
 
 
-@pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "rloo"])
+@pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "rloo", "tree"])
 def test_a_group_relative_method_with_groups_of_one_is_refused_before_it_runs(tmp_path, capsys, algo):
     """It used to train on advantages that were all 0, without a word."""
     run = tmp_path / "run"

@@ -357,16 +357,16 @@ def check_consistency(config: ExperimentConfig) -> None:
         getattr(config.method, section.name).check(f"method.{section.name}")
 
 
-def check_group_size(config: ExperimentConfig, group_relative: bool) -> None:
-    """A method whose advantages are relative to its group (``group_relative``: sirl.train.group_relative)
-    needs two samples per prompt at least: in a group of one each sample is its group's mean, every
-    advantage is 0, and the run would train on nothing."""
-    if group_relative and config.rollout.group_size < 2:
+def check_group_size(config: ExperimentConfig, min_group_size: int) -> None:
+    """A method whose credit compares the samples of one prompt with each other (its registry entry's
+    ``min_group_size`` is 2: grpo, dr_grpo, rloo, tree) needs two samples per prompt at least: in a group of
+    one each sample is its group's mean, every advantage is 0, and the run would train on nothing."""
+    if config.rollout.group_size < min_group_size:
         raise ConfigError(
             f"rollout.group_size={config.rollout.group_size} with algo.name={config.algo.name}: its advantages compare the samples "
             f"of one prompt with each other, and a group of one has nothing to compare, so every advantage would be 0 and the "
-            f"run would learn nothing; set rollout.group_size to 2 or more (the smallest valid value is 2; the default is "
-            f"{RolloutConfig().group_size})"
+            f"run would learn nothing; set rollout.group_size to {min_group_size} or more (the smallest valid value is "
+            f"{min_group_size}; the default is {RolloutConfig().group_size})"
         )
 
 

@@ -99,7 +99,7 @@ def run_train(
     step in progress, with a checkpoint of it, by raising Interrupted (sirl.interrupt)."""
     run_dir = Path(run_dir)
     method = get_method(config.algo.name)
-    check_group_size(config, group_relative(method))
+    check_group_size(config, method.min_group_size)
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun, the process that writes the folder
     if main_process:  # before anything is written, so that a refusal touches nothing
         check_not_in_use(run_dir, "run folder")
@@ -418,14 +418,6 @@ def _resume(run_dir, config, state, model, optimizer, schedule, dist, force, sho
         run_dir, state, model, optimizer, schedule, rank=dist.rank, world_size=dist.world_size, changed_config=changed,
         eval_from_json=EvalResult.from_json,
     )
-
-
-def group_relative(method: Method) -> bool:
-    """Whether ``method``'s credit is a group-relative outcome advantage alone (grpo, dr_grpo, rloo: the
-    registry's entries whose credit is sirl.methods.outcome's with one of sirl.algos.ADVANTAGES): with one
-    sample per prompt, every advantage is 0 and the run learns nothing."""
-    credit = method.credit
-    return isinstance(credit, functools.partial) and "estimator" in credit.keywords
 
 
 def _resume_hint(run_dir: Path) -> str:

@@ -221,11 +221,10 @@ def run_comparison(
     in progress gets SIGTERM, stops after its step in progress with a checkpoint, no run starts, and
     Interrupted is raised; rerunning the same command continues them (sirl.interrupt)."""
     from sirl.methods import get_method
-    from sirl.train import group_relative
 
     for name in plan.methods:  # before any run starts: a group-relative method with groups of one learns nothing
         algo = plan.algo_of(name)
-        check_group_size(dataclasses.replace(config, algo=dataclasses.replace(config.algo, name=algo)), group_relative(get_method(algo)))
+        check_group_size(dataclasses.replace(config, algo=dataclasses.replace(config.algo, name=algo)), get_method(algo).min_group_size)
     children = Children()
     with FolderLock(out, what="comparison folder"), StopSignals(
         "the runs stop after their step in progress, each with a checkpoint; rerun the same command to continue them",

@@ -182,6 +182,10 @@ class Method:
     make_state: Callable[[Any, TrainConfig, PreTrainedModel, Distributed], MethodState] | None = None
     """Builds the method's own state from its settings, the train section and the starting policy (before any
     resume); None: the method has none."""
+    min_group_size: int = 1
+    """The fewest samples per prompt the method learns from: 2 for a credit that only compares the samples
+    of one prompt with each other (in a group of one every advantage would be 0); 1 where probes or
+    branches give a lone sample something to be compared with."""
 
 
 METHODS: dict[str, Method] = {}

@@ -25,6 +25,6 @@ def outcome_credit(rollouts: Sequence[Trajectory], context: MethodContext | None
     )
 
 
-register(Method("grpo", "outcome advantages (r - mean) / std over the group", partial(outcome_credit, estimator="grpo")))
-register(Method("dr_grpo", "outcome advantages r - mean over the group", partial(outcome_credit, estimator="dr_grpo")))
-register(Method("rloo", "outcome advantages r - mean of the group's other members", partial(outcome_credit, estimator="rloo")))
+register(Method("grpo", "outcome advantages (r - mean) / std over the group", partial(outcome_credit, estimator="grpo"), min_group_size=2))
+register(Method("dr_grpo", "outcome advantages r - mean over the group", partial(outcome_credit, estimator="dr_grpo"), min_group_size=2))
+register(Method("rloo", "outcome advantages r - mean of the group's other members", partial(outcome_credit, estimator="rloo"), min_group_size=2))

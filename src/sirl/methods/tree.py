@@ -43,4 +43,4 @@ def tree_credit_of(rollouts: Sequence[Trajectory], config: TreeCredit, estimator
     )
 
 
-register(Method("tree", "zero-sum credit V(child) - V(parent) over the group's prefix tree, no probes", tree_credit))
+register(Method("tree", "zero-sum credit V(child) - V(parent) over the group's prefix tree, no probes", tree_credit, min_group_size=2))
