@@ -260,7 +260,8 @@ def test_a_run_folder_saved_before_the_sections_loads_with_each_value_at_its_new
 
 def test_the_comparison_plans_overrides_read_as_before():
     """The overrides of the benchmarks' comparison plans (method.X, applied to every method of a plan; a
-    variant's on top) load, each old knob at every one of its new places."""
+    variant's on top) load, each old knob at every one of its new places and each sectioned one
+    (method.si_internal.X) at its own."""
     import yaml
 
     from sirl.methods.settings import MOVED_KNOBS
@@ -275,7 +276,9 @@ def test_the_comparison_plans_overrides_read_as_before():
                 config = load_config("arith", [f"{key}={value}" for key, value in overrides.items()])
                 for key, value in overrides.items():
                     section, _, knob = key.partition(".")
-                    for place in MOVED_KNOBS[knob] if section == "method" else ():
+                    # an old flat knob (method.probes) at each of its places now; a sectioned one at its own
+                    places = (MOVED_KNOBS[knob] if "." not in knob else (key,)) if section == "method" else ()
+                    for place in places:
                         node = config
                         for part in place.split("."):
                             node = getattr(node, part)

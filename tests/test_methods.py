@@ -196,3 +196,49 @@ def test_blind_resets_branch_from_groups_with_no_success(name):
     settings.blind_resets = 0
     plain = get_method(name).credit(blind, MethodContext(TASK, settings, "grpo", Scripted(), random.Random(0), MethodMemory(8, 8, AuditSchedule(1, 1, 4)), 1))
     assert len(plain.rows) == 2 and "reset/blind_groups" not in plain.metrics
+
+
+def test_si_internal_proposes_only_where_no_success_can_localize():
+    """localizer=divergence: a failure in a group holding a success is localized at
+    its divergence step with no proposal and no probe, and gets si-divergence's credit exactly; the policy
+    names a step only for the failure of the all-fail group, whose reset starts just before it. Under
+    localizer=proposals the policy proposes for the first failure too."""
+    from test_localize import REFERENCE, TASK, make, wrong_at
+
+    from sirl.methods.settings import SiSettings
+    from sirl.types import Verdict
+
+    class Scripted:
+        def __init__(self):
+            self.requests, self.proposed = [], []
+
+        def probe(self, requests, k):
+            self.requests.append([(t, steps) for t, steps in requests])
+            return [[make("".join(REFERENCE), t.group, prefix_len=0) for _ in range(k)] for t, _ in requests]
+
+        def propose(self, failures, fmt):
+            self.proposed.append(list(failures))
+            return [Verdict("3", 2, True, 1) for _ in failures]  # names step 3 (0-based 2)
+
+    solved = make("".join(REFERENCE), group=0)
+    localized = make(wrong_at(2), group=0)  # leaves the success at step 2
+    blind = [make(wrong_at(1), group=1), make(wrong_at(3), group=1)]  # every row of group 1 failed
+    rollouts = [solved, solved, localized, *blind]
+    knobs = {"blind_resets": 4, "branch_samples": 2, "error_span": "first_difference"}
+    sampler, memory = Scripted(), MethodMemory(8, 8, AuditSchedule(1, 1, 4))
+    assert SiInternalSettings().localizer == "proposals"  # the default: the design of the committed tables
+    out = get_method("si_internal").credit(rollouts, MethodContext(TASK, SiInternalSettings(**knobs, localizer="divergence", verify_batch=0), "grpo", sampler,
+                                                                   random.Random(0), memory, 1))
+    assert sampler.proposed == [[blind[0]]]  # only the all-fail group's failure
+    assert [[(t, kept) for t, kept in r] for r in sampler.requests] == [[(blind[0], 2)]]  # its reset, and no probe
+    assert [f.localization.error_step for f in out.localizations] == [2] and out.localizations[0].row == 2
+    si = get_method("si").credit(rollouts, MethodContext(TASK, SiSettings(localizer="divergence", error_span="first_difference"), "grpo",
+                                                        Scripted(), random.Random(0), MethodMemory(8, 8, AuditSchedule(1, 1, 4)), 1))
+    for mine, theirs in zip(out.token_advantages[:5], si.token_advantages[:5]):
+        assert torch.equal(mine, theirs)
+    assert out.metrics["reset/blind_groups"] == 1 and out.metrics["reset/at_first_error"] == 0.0  # wrong_at(1) went wrong at step 1
+
+    proposing = Scripted()
+    get_method("si_internal").credit(rollouts, MethodContext(TASK, SiInternalSettings(**knobs, localizer="proposals", verify_batch=0), "grpo",
+                                                            proposing, random.Random(0), MethodMemory(8, 8, AuditSchedule(1, 1, 4)), 1))
+    assert proposing.proposed[0] == [localized]

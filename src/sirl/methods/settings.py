@@ -173,6 +173,12 @@ class SiInternalSettings(BlindResets, Repair, StepCredit, FailureBudget, Search)
     first wrong step of its own solutions (the self-verification format of sirl.tasks.base.Task) and
     proposes it, confirmed by probes, with oracle audits; si's search and credit knobs apply to it as to si."""
 
+    localizer: Literal["proposals", "divergence"] = "proposals"
+    """proposals: the policy proposes the error step of every chosen failure, confirmed by probes and
+    audited by the oracle search (the design of the committed benchmarks/results/internalize* tables).
+    divergence: where a group holds a success, the free divergence step (si's divergence localizer, no
+    probe, no proposal), so the policy's own verdict is used only where nothing else can look, failures of
+    all-fail groups (``blind_resets``); benchmarks/compare_internal_divergence.yaml measures it."""
     verdict_format: Literal["index", "judgments", "rederive"] = "index"
     """How a verdict is written (sirl.tasks.base.Task.verdict_target): index, the number of the first wrong
     step in one token; judgments, a mark per step up to the first wrong one ("++-"); rederive, each step

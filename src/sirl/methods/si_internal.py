@@ -1,10 +1,13 @@
 """si_internal (docs/method.md, "Internalize"): si where the policy, on the same weights, learns to name the
 first wrong step of its own solutions and proposes it for new failures.
 
-Per step: the policy proposes the error step of each chosen failure; a share of failures (the audit
-fraction, which falls as the policy agrees with the oracle, never below ``audit_min``) gets
-the full oracle search and scores the proposal; any other proposal is confirmed by two probe checks and
-falls back to the search when they disagree. Credit is si's. With ``blind_resets``, groups with
+Per step, under ``localizer="proposals"`` (the default) the policy proposes the error step of each chosen
+failure; a share of failures (the audit fraction, which falls as the policy agrees with the oracle, never
+below ``audit_min``) gets the full oracle search and scores the proposal; any other proposal is confirmed
+by two probe checks and falls back to the search when they disagree. Under ``localizer="divergence"``
+failures of groups that hold a success are localized for free at their divergence step (si's divergence
+localizer), and the policy's own verdict is used only where nothing else can look, in groups with no
+success (``blind_resets``). Credit is si's. With ``blind_resets``, groups with
 no success (where outcome credit is zero and the outcome-based localizer cannot look) get resets too: the
 policy names the first wrong step of a failure and K continuations start just before it
 (sirl.methods.common.blind_resets). The policy then trains on self-verification
@@ -22,7 +25,7 @@ import torch
 
 from sirl.config import ConfigError, ExperimentConfig
 from sirl.internalize import selfverify
-from sirl.internalize.credit import ProbeFn, SearchSettings, self_localize
+from sirl.internalize.credit import ProbeFn, SearchSettings, divergence_localize, self_localize
 from sirl.internalize.localize import PrefixBook
 from sirl.internalize.selfverify import AuditSchedule
 from sirl.internalize.repair import RepairEntry
@@ -66,14 +69,17 @@ def si_internal_credit(rollouts: Sequence[Trajectory], context: MethodContext) -
     task, fmt = context.task, internal.verdict_format
     settings = search_settings(internal)
 
-    def localizer(failures, book, probe, metrics):
+    def proposals(failures, book, probe, metrics):
         verdicts = context.sampler.propose(failures, fmt)
         truth = [task.first_error(t.problem, t.text) for t in failures] if task.has_ground_truth else None
         localizations, found = localize_with_proposals(failures, verdicts, book, probe, settings, context.memory.audits, context.rng, truth)
         metrics.update(found)
         return localizations
 
-    credit, good_prefixes = localized_credit(rollouts, context, localizer)
+    def divergence(failures, book, probe, metrics):
+        return divergence_localize(failures, book)
+
+    credit, good_prefixes = localized_credit(rollouts, context, divergence if internal.localizer == "divergence" else proposals)
     context.memory.remember(context.step, rollouts, credit, good_prefixes)
     if internal.blind_resets:
         def own_verdicts(failures: list[Trajectory]) -> list[int | None]:
