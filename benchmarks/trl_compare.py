@@ -7,13 +7,13 @@ arith mod 7, at equal generated tokens.
 Three methods, each one TRL ``GRPOTrainer`` run per seed from ``checkpoints/arith7-tiny``:
 
     trl_grpo               trl.GRPOTrainer, TRL's per-completion advantage
-    trl_divergence         sirl.integrations.trl.CreditGRPOTrainer(credit="divergence", repair_share=0): the
+    trl_divergence         sirl.integrations.trl.CreditGRPOTrainer(credit="divergence"): the
                            credit alone; the task's own steps (``ArithTask.split_steps``: "7+5=2;" ...), the
                            credit settings of sirl's si-divergence (``SI_DIVERGENCE``: the error penalty from
                            the first token that left every success, 0 after the error step, up to 64
                            failures localized per step)
     trl_divergence_repair  the same credit, and a quarter of each batch's groups continue good prefixes
-                           found earlier (``repair_share=0.25``, the adapter's default, as sirl's si)
+                           found earlier (``repair_share=0.25``, as sirl's si)
 
 Everything else is shared and taken from sirl's config (``--config arith_prime`` plus ``--set`` overrides):
 task (arith mod 7, 8-12 operations, operators equally likely), ``rollout.prompts_per_step`` x

@@ -215,7 +215,7 @@ def test_bad_settings_are_refused(tmp_path):
         make_trainer(tmp_path, credit="tree", repair_share=0.25)
     with pytest.raises(ValueError, match=r"repair_share=1.5 must be in \[0, 1\]"):
         make_trainer(tmp_path, repair_share=1.5)
-    assert make_trainer(tmp_path, credit="tree").repair_share == 0.0 and make_trainer(tmp_path).repair_share == 0.25
+    assert make_trainer(tmp_path).repair_share == 0.0  # off unless asked for
     assert "post_error" in credit_options_of("divergence") and "outcome_mix" in credit_options_of("tree")
 
 
@@ -252,7 +252,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def test_end_to_end_trl_run_from_the_arith_policy(tmp_path):
-    trainer = make_trainer(tmp_path, Recorder, credit="divergence", step_splitter="regex:;", repair_share=0.0)
+    trainer = make_trainer(tmp_path, Recorder, credit="divergence", step_splitter="regex:;")
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

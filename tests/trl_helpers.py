@@ -66,7 +66,7 @@ def two_process_worker(out: Path) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo")
     trainer = make_trainer(out, RankRecorder, config_overrides={"per_device_train_batch_size": 6, "num_generations": 4, "max_steps": 1},
-                           credit="divergence", step_splitter="regex:;")
+                           credit="divergence", step_splitter="regex:;", repair_share=0.25)  # the pool is kept on both
     assert trainer.accelerator.num_processes == 2
     trainer.train()
     torch.distributed.destroy_process_group()

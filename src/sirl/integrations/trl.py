@@ -40,16 +40,18 @@ How the advantages are made (every process computes the same numbers):
    ``multi_objective_aggregation="normalize_then_sum"`` has no per-group reward scale to put a step value
    on and is refused.
 
-6. Continuing good prefixes (``repair_share``, on by default with the divergence credit): the good prefix
+6. Continuing good prefixes (``repair_share``, off by default): the good prefix
    of each failure localized (its tokens through the step before its error step) joins a pool with the
    dataset row it answers; each generation batch, ``round(repair_share * groups)`` of its groups (the last
    ones) are replaced by prefixes drawn from the pool, and the policy continues each one: the prefix is
    appended to the tokenized prompt, so generation (HF or vLLM) samples after it and the loss takes it as
    context; the reward functions see the prefix and the continuation as one completion (and the column
    ``sirl_prefix_tokens``, the prefix's length); the credit sees them as one response whose first tokens
-   were given. This is sirl's repair buffer (sirl.internalize.repair): on arith mod 7 it carries a part of
-   si's gain that the credit alone does not (docs/results.md). The pool is saved in TRL's checkpoints
-   (``sirl_good_prefixes.json``) and read back on resume.
+   were given. This is sirl's repair buffer (sirl.internalize.repair). Measured on arith mod 7 it adds
+   nothing to the credit, in sirl (16 seeds: -0.4 [-1.4, +0.5] points without it) or in TRL (8 seeds,
+   ``repair_share=0.25``: -3.0 [-6.8, +0.2] against the credit alone), hence off by default
+   (docs/results.md). The pool is saved in TRL's checkpoints (``sirl_good_prefixes.json``) and read back on
+   resume.
 
 The credit's metrics go to TRL's logs: ``credit/localized_frac`` (localized failures / failures),
 ``credit/mean_error_step`` (when a failure was localized), ``credit/zero_frac`` (share of tokens whose
@@ -86,8 +88,6 @@ CREDITS = ("divergence", "tree", "outcome")
 TRL_STD_EPS = 1e-4
 """TRL's GRPOTrainer divides by ``std + 1e-4`` (grpo_trainer.py, ``_generate_and_score_completions``)."""
 SCALE_REWARDS = ("group", "batch", "none")
-DEFAULT_REPAIR_SHARE = 0.25
-"""sirl's si draws this share of a step's prompts from its repair buffer (sirl.methods.settings.Repair)."""
 PREFIX_TOKENS_COLUMN = "sirl_prefix_tokens"
 """The column reward functions receive with each row's continued prefix length in tokens (0: a fresh sample)."""
 GOOD_PREFIXES_FILE = "sirl_good_prefixes.json"
@@ -195,14 +195,14 @@ class CreditGRPOTrainer(GRPOTrainer):
         divergence credit localizes failures against the successes of their group).
     credit_options: keyword settings of the credit function (``credit_options_of(credit)`` lists them).
     repair_share: share of each generation batch's groups that continue a good prefix found earlier
-        (module docstring, point 6); default 0.25 with ``credit="divergence"`` (sirl's si), 0 otherwise
-        (only the divergence credit finds good prefixes). 0 turns it off.
+        (module docstring, point 6; sirl's si uses 0.25); 0, the default, turns it off. Only the
+        divergence credit finds good prefixes.
     repair_capacity: good prefixes kept (the most recent).
     """
 
     def __init__(
         self, *args, credit: str = "divergence", step_splitter: Splitter = "lines", success_threshold: float = 1.0,
-        credit_options: dict | None = None, repair_share: float | None = None, repair_capacity: int = 512, **kwargs,
+        credit_options: dict | None = None, repair_share: float = 0.0, repair_capacity: int = 512, **kwargs,
     ):
         if credit not in CREDITS:
             raise ValueError(f"credit={credit!r}; choose one of {CREDITS}")
@@ -210,7 +210,7 @@ class CreditGRPOTrainer(GRPOTrainer):
         if unknown:
             raise ValueError(f"credit_options {unknown} are not settings of credit={credit!r}; it takes {credit_options_of(credit)}")
         resolve_splitter(step_splitter)  # a bad name fails here, not at the first step
-        repair_share = (DEFAULT_REPAIR_SHARE if credit == "divergence" else 0.0) if repair_share is None else float(repair_share)
+        repair_share = float(repair_share)
         if not 0.0 <= repair_share <= 1.0 or repair_capacity < 1:
             raise ValueError(f"repair_share={repair_share} must be in [0, 1] and repair_capacity={repair_capacity} at least 1")
         if repair_share and credit != "divergence":
