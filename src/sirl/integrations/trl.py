@@ -83,6 +83,7 @@ import sirl.credit as credit_core
 from sirl.credit.steps import Splitter, resolve_splitter
 from sirl.integrations.tokens import completion_step_ends
 from sirl.internalize.repair import DrawPool
+from sirl.schema import REPAIR_BUFFER_DRAWS, REPAIR_BUFFER_SIZE
 
 CREDITS = ("divergence", "tree", "outcome")
 TRL_STD_EPS = 1e-4
@@ -309,7 +310,7 @@ class CreditGRPOTrainer(GRPOTrainer):
                                                        prefix_lens=prefix_lens, examples=inputs if mode == "train" and self.repair_share else None)
         output["advantages"] = advantages_BT.to(output["completion_ids"].device)
         if self.repair_share and mode == "train":
-            metrics.update({"repair/buffer_draws": drawn, "repair/buffer_size": len(self.good_prefixes)})
+            metrics.update({REPAIR_BUFFER_DRAWS: drawn, REPAIR_BUFFER_SIZE: len(self.good_prefixes)})
         for name, value in metrics.items():
             self._metrics[mode][name].append(value)
         return output
