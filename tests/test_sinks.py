@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -93,7 +94,9 @@ def test_wandb_offline_mirrors_metrics_and_resumes_the_same_run(tmp_path, monkey
     finally:
         wandb.teardown()  # the wandb service process ends with the test
     assert json.loads((run / "sinks.json").read_text())["wandb_id"] == run_id  # the resumed run is the same wandb run
-    assert {p.name.rsplit("-", 1)[-1] for p in (run / "wandb").glob("offline-run-*")} == {run_id}
+    # offline-run-<date>_<time>-<run id>, and "-1" after it when the resumed run starts in the same second
+    assert {re.fullmatch(r"offline-run-\d{8}_\d{6}-([^-]+)(-\d+)?", p.name).group(1)
+            for p in (run / "wandb").glob("offline-run-*")} == {run_id}
     history = [{k: v for k, v in row.items() if not k.startswith("_") or k == "_step"} for row in wandb_history(run)]
     assert history[:2] == [{"_step": 1, "loss": 0.5, "eval/accuracy": 0.25, "time/elapsed_s": history[0]["time/elapsed_s"]},
                            {"_step": 2, "loss": 0.25, "tokens/total": 96, "time/elapsed_s": history[1]["time/elapsed_s"]}]
