@@ -16,8 +16,7 @@ sirl's modules too).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sirl.importing import lazy_exports
 
 _EXPORTS = {
     # building a config
@@ -33,13 +32,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'sirl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports('sirl', globals(), _EXPORTS)

@@ -478,26 +478,28 @@ def to_yaml(config: Any) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
+def flat_config(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A config (dataclass or dict) by dotted key; ``task.args`` stays one value (a task's own arguments are
+    compared and shown whole)."""
+    data = to_dict(data) if dataclasses.is_dataclass(data) else data
+    out: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict) and value and key != "task.args":
+            out.update(flat_config(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
 def config_differences(saved: Any, current: Any, ignore: tuple[str, ...] = ("out",)) -> list[str]:
     """Dotted keys whose values differ between two configs (dataclasses or dicts), as ``key: a -> b``. A key
     the saved config lacks is no difference while the current value is that field's default: the field
     was added after the save, and a new field's default keeps what came before. A dict is read with its
     keys at old places moved (:func:`read_old_places`), so a config saved by an older sirl compares by
     today's keys."""
-
-    def flat(data: Any, prefix: str = "") -> dict[str, Any]:
-        data = to_dict(data) if dataclasses.is_dataclass(data) else data
-        out: dict[str, Any] = {}
-        for name, value in data.items():
-            key = f"{prefix}{name}"
-            if isinstance(value, dict) and value and key != "task.args":
-                out.update(flat(value, key + "."))
-            else:
-                out[key] = value
-        return out
-
-    a, b = flat(_new_places(saved)), flat(_new_places(current))
-    defaults = flat(ExperimentConfig())
+    a, b = flat_config(_new_places(saved)), flat_config(_new_places(current))
+    defaults = flat_config(ExperimentConfig())
     added_at_default = {key for key in set(b) - set(a) if key in defaults and b[key] == defaults[key]}
     return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in sorted(set(a) | set(b))
             if key not in ignore and key not in added_at_default and a.get(key) != b.get(key)]

@@ -49,8 +49,7 @@ Names are imported from their module when first used, so that reading a plan (si
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sirl.importing import lazy_exports
 
 _NAMES = {
     "plan": ("HARD_LEVEL", "REFERENCE", "ComparePlan", "RunSpec", "load_plan", "lr_runs", "read_plan_file", "read_plan_json", "run_dir"),
@@ -66,13 +65,4 @@ _EXPORTS = {name: f"sirl.compare.{module}" for module, names in _NAMES.items() f
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'sirl.compare' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports('sirl.compare', globals(), _EXPORTS)

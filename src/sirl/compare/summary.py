@@ -32,7 +32,7 @@ from sirl.compare.records import (
     StartEvaluation, Timing, VersusReference,
 )
 from sirl.compare.stats import MeanStd, PairedDifference, RunCurve, on_grid, paired_difference, tokens_to_reach
-from sirl.config import ExperimentConfig, read_old_places, to_dict
+from sirl.config import ExperimentConfig, flat_config, read_old_places
 from sirl.runlog import EVALS_FILE
 from sirl.schema import (
     ELAPSED_S, EVAL_ACCURACY, LOC_ACCURACY, LOC_PROBES_PER_FAILURE, METHOD_STATE_MB, REWARDS, SELFLOC_ACCURACY, STEP,
@@ -107,26 +107,14 @@ def chosen_learning_rates(out: Path, plan: ComparePlan) -> dict[str, LearningRat
     return chosen
 
 
-def _flat_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A config dict by dotted key (task.args stays one value, as in sirl.config.config_differences)."""
-    out: dict[str, Any] = {}
-    for name, value in data.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, dict) and value and key != "task.args":
-            out.update(_flat_config(value, key + "."))
-        else:
-            out[key] = value
-    return out
-
-
 def settings_from_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     """The settings of a resolved config (a run's config.yaml) that differ from sirl's defaults
     (``ExperimentConfig()``), by dotted key, without the keys that differ run to run (:data:`PER_RUN_KEYS`).
     A key the saved config lacks took its default then; a key it has that sirl no longer knows is kept; a key at a
     place an older sirl had it is read at today's (sirl.config.read_old_places)."""
-    defaults = _flat_config(to_dict(ExperimentConfig()))
+    defaults = flat_config(ExperimentConfig())
     missing = object()
-    return {key: value for key, value in sorted(_flat_config(read_old_places(saved)).items())
+    return {key: value for key, value in sorted(flat_config(read_old_places(saved)).items())
             if key not in PER_RUN_KEYS and defaults.get(key, missing) != value}
 
 
@@ -137,7 +125,7 @@ def method_settings(folders: list[Path]) -> MethodSettings | None:
                 for d in folders if (d / "config.yaml").is_file()}
     if not per_seed:
         return None
-    defaults = _flat_config(to_dict(ExperimentConfig()))
+    defaults = flat_config(ExperimentConfig())
     shared, by_seed = {}, {}
     for key in sorted({k for settings in per_seed.values() for k in settings}):
         values = {seed: settings.get(key, defaults.get(key)) for seed, settings in per_seed.items()}
