@@ -300,6 +300,7 @@ TINY = [
     "--task", "arith", "--methods", "grpo,si", "--seeds", "1", "--budget-tokens", "2500", "--eval-every-tokens", "1000",
     "--final-problems", "16", "--checkpoint-every", "1", "--jobs", "1", "--threads", "1", "--quiet",
     "--eval.n_problems=8", "--rollout.prompts_per_step=2", "--rollout.group_size=4", "--model.device=cpu",
+    "--method.si.localizer=search",  # probes, so that a resume must restore their random state too
 ]
 
 
@@ -549,6 +550,36 @@ def test_the_paired_script_compares_variants_across_folders(tmp_path):
     assert "| A | B | +25.0 [+25.0, +25.0] |" in out
     missing = subprocess.run([sys.executable, str(ROOT / "benchmarks/paired.py"), f"A={tmp_path / 'a'}:grpo"], capture_output=True, text=True)
     assert missing.returncode != 0 and "no finished run of 'grpo'" in missing.stderr
+
+
+def test_the_reset_script_averages_over_steps_then_seeds(tmp_path):
+    # Two seeds of si_internal, hand-written steps. Seed 0: 4 training steps, self-localization 1, 0, 0, 1 ->
+    # first 3 steps 1/3, last quarter (1 step) 1, whole run 1/2; resets opened 0.5 on the two steps that
+    # reset (the others log none). Seed 1: 8 steps, self-localization 0.5 each, opened 0 on one step -> 0.5
+    # everywhere and opened 0. Means over the seeds: (1/3 + 1/2) / 2, (1 + 1/2) / 2, (1/2 + 1/2) / 2, opened
+    # (0.5 + 0) / 2. A third seed without eval.json (unfinished) is left out.
+    import subprocess
+    import sys
+
+    def write(seed: int, steps: list[dict], finished: bool = True) -> None:
+        run = tmp_path / f"runs/si_internal/seed{seed}"
+        run.mkdir(parents=True)
+        rows = [{"step": 0, "eval/accuracy": 0.3, "tokens/total": 0}]
+        rows += [{"step": i + 1, "tokens/trained": 100, **s} for i, s in enumerate(steps)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if finished:
+            (run / "eval.json").write_text("{}")
+
+    write(0, [{"selfloc/accuracy": 1.0, "reset/opened": 0.5}, {"selfloc/accuracy": 0.0}, {"selfloc/accuracy": 0.0, "reset/opened": 0.5},
+              {"selfloc/accuracy": 1.0}])
+    write(1, [{"selfloc/accuracy": 0.5}] * 7 + [{"selfloc/accuracy": 0.5, "reset/opened": 0.0}])
+    write(2, [{"selfloc/accuracy": 0.0, "reset/opened": 1.0}], finished=False)
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/reset_stats.py"), str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    lines = {line.split(" | ")[0].strip("| "): line.split(" | ")[1].strip(" |") for line in out.splitlines()[2:]}
+    assert lines["seeds"] == "2"
+    assert lines["self-localization, first 3 steps"] == f"{(1 / 3 + 1 / 2) / 2:.1%}"
+    assert lines["self-localization, last quarter"] == "75.0%" and lines["self-localization, whole run"] == "50.0%"
+    assert lines["resets that open an all-fail group"] == "25.0%" and lines["resets just before the first wrong step"] == "-"
 
 
 

@@ -269,7 +269,8 @@ def what_ran_markdown(results: ComparisonSummary) -> list[str]:
     commit of each, and every method's settings that differ from sirl's defaults (shared ones once)."""
     lines = ["## What ran", ""]
     if results.commands:
-        lines += ["The command (`commands.jsonl` holds every call on this folder, with its full argv):", ""]
+        calls = "The command" if len(results.commands) == 1 else "The commands, in the order they ran"
+        lines += [f"{calls} (`commands.jsonl` holds every call on this folder, with its full argv):", ""]
         for entry in results.commands:
             state = ", with uncommitted changes to tracked files" if entry.sirl.dirty else ""
             lines += [f"    {entry.command}", "",
