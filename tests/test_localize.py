@@ -17,6 +17,12 @@ from sirl.methods import MethodContext, MethodMemory, get_method
 from sirl.tasks.base import Task, split_on_separator
 from sirl.types import Problem, Trajectory
 
+def search_si(**changes) -> SiSettings:
+    """si with the oracle search localizer, its error penalty on the whole step and the probes' baseline over
+    every free sample (si's defaults before the divergence localizer became one); ``changes`` on top."""
+    return SiSettings(**{"localizer": "search", "error_span": "step", "probe_baseline": "all", **changes})
+
+
 REFERENCE = ["a1;", "b2;", "c3;", "d4;", "e5;", "f6;", "g7;", "#z"]  # 8 steps
 
 
@@ -203,7 +209,7 @@ def test_si_credit_by_hand():
     # -(1/4) * 2 = -0.5. The two step-5 failures share 5 steps with the success: V = 1/3 -> -2/3.
     group = [make("".join(REFERENCE)), make(wrong_at(2)), make(wrong_at(5)), make(wrong_at(5))]
     sampler = ScriptedSampler()
-    config = SiSettings(probes=2, train_on_probes=True)
+    config = search_si(probes=2, train_on_probes=True)
     credit, _ = method_credit("si", group, sampler, config)
     assert credit.metrics["loc/accuracy"] == 1.0 and credit.metrics["loc/localized_frac"] == 1.0
     assert torch.allclose(credit.token_advantages[0], torch.full((len(group[0].response_ids),), 1.5), atol=1e-4)
@@ -223,7 +229,7 @@ def test_every_correction_verifies():
     # bisection probes from correct prefixes succeed: those are corrections of the good prefix
     group = [make("".join(REFERENCE)), make(wrong_at(3))]
     sampler = ScriptedSampler()
-    config = SiSettings(probes=2, free_evidence=False, first_check="bisect", correction_samples=2)
+    config = search_si(probes=2, free_evidence=False, first_check="bisect", correction_samples=2)
     credit, memory = method_credit("si", group, sampler, config)
     [found] = credit.localizations
     failure, loc, correction = credit.rows[found.row], found.localization, credit.rows[found.correction_row]
@@ -244,7 +250,7 @@ def test_the_ground_truth_localizer_names_the_true_step_by_hand():
     # -(3/4 - 0) * sqrt(2).
     group = [make("".join(REFERENCE)), make(wrong_at(3))]
     sampler = ScriptedSampler()
-    config = SiSettings(probes=2, localizer="ground_truth")
+    config = search_si(probes=2, localizer="ground_truth")
     credit, _ = method_credit("si", group, sampler, config)
     [found] = credit.localizations
     failure, loc = credit.rows[found.row], found.localization
@@ -289,7 +295,7 @@ def test_the_drop_rule_finds_a_wrong_step_that_leaves_a_little_value():
     assert loc.error_step > 3
     # The ground-truth localizer, under the same V > 0 rule, is not misled: it names step 3 whatever the
     # probes after it do.
-    config = SiSettings(probes=4, drop=0.0, localizer="ground_truth")
+    config = search_si(probes=4, drop=0.0, localizer="ground_truth")
     credit, _ = method_credit("si", siblings, RecoverableSampler(), config)
     assert [found.localization.error_step for found in credit.localizations] == [3]
 
@@ -338,8 +344,8 @@ def test_the_error_penalty_can_start_where_the_failure_left_its_successful_sibli
     success = make("".join(REFERENCE))
     late = make("".join(REFERENCE[:3]) + "d5;" + "".join(s.upper() for s in REFERENCE[4:]))
     sampler = ScriptedSampler()
-    whole, _ = method_credit("si", [success, late], sampler, SiSettings(probes=2))
-    split, _ = method_credit("si", [success, late], ScriptedSampler(), SiSettings(probes=2, error_span="first_difference"))
+    whole, _ = method_credit("si", [success, late], sampler, search_si(probes=2))
+    split, _ = method_credit("si", [success, late], ScriptedSampler(), search_si(probes=2, error_span="first_difference"))
     start, end = late.step_spans[3]
     assert whole.localizations[0].localization.error_step == 3
     assert torch.all(whole.token_advantages[1][start:end] < 0)
@@ -353,8 +359,8 @@ def test_a_probes_baseline_can_leave_out_the_probe_and_its_failure():
     # "leave_out" only with the other free samples through that prefix.
     group = [make("".join(REFERENCE)), make(wrong_at(4))]
     config = dict(probes=2, free_evidence=False, first_check="bisect", train_on_probes=True)
-    plain, _ = method_credit("si", group, ScriptedSampler(), SiSettings(**config))
-    left, _ = method_credit("si", group, ScriptedSampler(), SiSettings(**config, probe_baseline="leave_out"))
+    plain, _ = method_credit("si", group, ScriptedSampler(), search_si(**config))
+    left, _ = method_credit("si", group, ScriptedSampler(), search_si(**config, probe_baseline="leave_out"))
     assert len(plain.rows) == len(left.rows) > 2
     book = PrefixBook(plain.rows)
     for p, a, b in zip(plain.rows[2:], plain.token_advantages[2:], left.token_advantages[2:]):

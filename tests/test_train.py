@@ -150,7 +150,8 @@ def shipped_config(*extra):
 
 @pytest.mark.parametrize("algo", ["si", "si_internal", "random_reset", "vine", "tree_branch"])
 def test_method_runs_log_their_metrics_and_count_probe_tokens(tmp_path, algo):
-    run_train(shipped_config(f"algo.name={algo}"), tmp_path / "run", quiet=True)
+    search = ["method.si.localizer=search"] if algo == "si" else []  # si's default localizer draws no probe
+    run_train(shipped_config(f"algo.name={algo}", *search), tmp_path / "run", quiet=True)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for r in records[1:]:
         assert r["tokens/total"] == r["tokens/policy"] + r["tokens/probe"] + r["tokens/verify"]
