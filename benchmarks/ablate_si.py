@@ -27,9 +27,10 @@ from common import final_eval, metrics, train_run
 
 from sirl.evaluate import wilson_interval
 
-SI_BASE = ["method.probes=2"]
+SI_BASE = ["method.probes=2", "method.localizer=search", "method.error_span=step", "method.probe_baseline=all"]
 """The configuration the ablation was run around (then the defaults); each si variant changes one knob of
-it. K=1, the measured best, has since become the default."""
+it. K=1, the measured best, has since become the default, and si's default localizer is now divergence
+(no probes), so the search and its credit settings of then are named here."""
 
 VARIANTS: dict[str, list[str]] = {
     "grpo": ["algo.name=grpo"],

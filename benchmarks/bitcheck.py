@@ -23,7 +23,7 @@ from pathlib import Path
 # Each method with the overrides that make it do its work in 10 steps.
 METHODS: dict[str, list[str]] = {
     "grpo": ["--algo", "grpo"],
-    "si_search": ["--algo", "si"],
+    "si_search": ["--algo", "si", "--method.localizer=search", "--method.error_span=step", "--method.probe_baseline=all"],
     "si_divergence": [
         "--algo", "si", "--method.localizer=divergence", "--method.error_span=first_difference", "--method.probe_baseline=leave_out",
     ],

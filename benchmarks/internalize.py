@@ -20,7 +20,7 @@ from pathlib import Path
 from common import final_eval, metrics, train_run
 
 RUNS: dict[str, list[str]] = {
-    "si": ["--algo", "si"],
+    "si": ["--algo", "si", "--method.localizer=search", "--method.error_span=step", "--method.probe_baseline=all"],  # si as measured then
     "si_internal (sft)": ["--algo", "si_internal", "--internalize.verify_loss=sft"],
     "si_internal (sft; no reuse)": ["--algo", "si_internal", "--internalize.verify_loss=sft", "--internalize.reuse_samples=false"],
     "si_internal (sft; coef 0.5)": ["--algo", "si_internal", "--internalize.verify_loss=sft", "--internalize.verify_coef=0.5"],

@@ -227,6 +227,9 @@ def test_si_internal_proposes_only_where_no_success_can_localize():
     knobs = {"blind_resets": 4, "branch_samples": 2, "error_span": "first_difference"}
     sampler, memory = Scripted(), MethodMemory(8, 8, AuditSchedule(1, 1, 4))
     assert SiInternalSettings().localizer == "proposals"  # the default: the design of the committed tables
+    # si's defaults are si-divergence as it was measured on every testbed; si_internal keeps its own credit
+    assert (SiSettings().localizer, SiSettings().error_span, SiSettings().probe_baseline) == ("divergence", "first_difference", "leave_out")
+    assert (SiInternalSettings().error_span, SiInternalSettings().probe_baseline) == ("step", "all")
     out = get_method("si_internal").credit(rollouts, MethodContext(TASK, SiInternalSettings(**knobs, localizer="divergence", verify_batch=0), "grpo", sampler,
                                                                    random.Random(0), memory, 1))
     assert sampler.proposed == [[blind[0]]]  # only the all-fail group's failure

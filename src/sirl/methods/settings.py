@@ -158,13 +158,21 @@ class SiSettings(Repair, StepCredit, FailureBudget, Search):
     """si (sirl.methods.si): localize failures by probing their prefixes, credit the error step, train on
     the probes and corrections, reuse the good prefixes."""
 
-    localizer: Literal["search", "divergence", "ground_truth"] = "search"
-    """search: the oracle localizer (docs/method.md). divergence: the step where the failure left every
-    success of its group, free (no probe), which the search can only move later. ground_truth: a
+    localizer: Literal["search", "divergence", "ground_truth"] = "divergence"
+    """divergence: the step where the failure left every success of its group, free (no probe), which the
+    search can only move later; failures of all-fail groups are not localized (they keep the outcome
+    advantage). search: the oracle localizer (docs/method.md), K probes a checked prefix. ground_truth: a
     diagnostic, never the method: the error step is the task's own first wrong step (tasks with ground truth
     only), and K probes from the prefix before it give V(before) and the corrections. docs/method.md keeps
     ground truth out of training; this setting exists to measure what the search's mistakes cost
-    (benchmarks/ablate_si.py)."""
+    (benchmarks/ablate_si.py). Why divergence is the default (it beat grpo on arith mod 7 and tied it on
+    mod 97 and countdown, where search tied too, with no probe tokens): docs/results.md, "Measurements
+    behind the defaults"."""
+    error_span: Literal["step", "first_difference"] = "first_difference"
+    """As StepCredit.error_span; si's default is the first differing token, as si-divergence was measured."""
+    probe_baseline: Literal["all", "leave_out"] = "leave_out"
+    """As StepCredit.probe_baseline (read only where probes are drawn: the search and ground_truth
+    localizers); si's default is leave_out, as si was measured against grpo on every testbed."""
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """si, the method (docs/method.md): localize failed trajectories, correct them from the good prefix, reuse
 the good prefixes, and credit the step that went wrong.
 
-Per step: the most informative failures are localized by the oracle search over their prefixes
-(sirl.internalize.localize; free evidence from successful siblings first); each localized failure's
+Per step: the most informative failures are localized, by default at their divergence step (the step
+where a failure left every success of its group, free: no probe; ``method.si.localizer=divergence``), or
+by the oracle search over their prefixes (``search``: sirl.internalize.localize, free evidence from
+successful siblings first, K probes a checked prefix); each localized failure's
 error step is penalized by the value it destroyed, its good prefix gets 0; the probes drawn on the way
 (the corrections among them: verified continuations of a good prefix) join the batch with R - V(prefix)
 on their own tokens; successes and unlocalized failures keep the outcome advantage. Good prefixes go to the
@@ -138,6 +140,6 @@ def check_localizer(config: ExperimentConfig, task: Task) -> None:
 
 
 register(Method(
-    "si", "localize failures by probing prefixes, correct and reuse them, credit the error step", si_credit,
+    "si", "localize each failure where it left every success of its group (or by probing prefixes), credit the error step, reuse good prefixes", si_credit,
     uses_repair=True, check=check_localizer,
 ))
