@@ -225,7 +225,7 @@ def test_the_methods_that_need_groups_of_two_are_those_whose_credit_of_a_lone_sa
     assert any(a.any() for a in tree_credit(responses, rewards, [0, 0, 1]).token_advantages)  # two rows in a group: not zero
 
 
-@pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "rloo", "tree"])
+@pytest.mark.parametrize("algo", ["grpo", "dr_grpo", "rloo", "tree", "si"])
 def test_a_group_relative_method_with_groups_of_one_is_refused_before_it_runs(tmp_path, capsys, algo):
     """It used to train on advantages that were all 0, without a word."""
     run = tmp_path / "run"
@@ -234,7 +234,7 @@ def test_a_group_relative_method_with_groups_of_one_is_refused_before_it_runs(tm
     assert f"rollout.group_size=1 with algo.name={algo}" in error and "the smallest valid value is 2" in error
     assert not run.exists()
     out = tmp_path / "cmp"
-    assert main(["compare", "--task", "arith", "--methods", f"si,{algo}", "--seeds", "1", "--budget-tokens", "100", "--rollout.group_size=1",
+    assert main(["compare", "--task", "arith", "--methods", f"random_reset,{algo}", "--seeds", "1", "--budget-tokens", "100", "--rollout.group_size=1",
                  "--out", str(out), *TINY_TRAIN[2:]]) == 2
     assert f"rollout.group_size=1 with algo.name={algo}" in capsys.readouterr().err and not out.exists()
 

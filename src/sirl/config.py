@@ -359,7 +359,7 @@ def check_consistency(config: ExperimentConfig) -> None:
 
 def check_group_size(config: ExperimentConfig, min_group_size: int) -> None:
     """A method whose credit compares the samples of one prompt with each other (its registry entry's
-    ``min_group_size`` is 2: grpo, dr_grpo, rloo, tree) needs two samples per prompt at least: in a group of
+    ``min_group_size`` is 2: grpo, dr_grpo, rloo, tree, si) needs two samples per prompt at least: in a group of
     one each sample is its group's mean, every advantage is 0, and the run would train on nothing."""
     if config.rollout.group_size < min_group_size:
         raise ConfigError(

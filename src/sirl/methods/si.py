@@ -142,4 +142,8 @@ def check_localizer(config: ExperimentConfig, task: Task) -> None:
 register(Method(
     "si", "localize each failure where it left every success of its group (or by probing prefixes), credit the error step, reuse good prefixes", si_credit,
     uses_repair=True, check=check_localizer,
+    # Every localizer needs a success of the failure's own group (the divergence step is where it left one;
+    # the search starts from the prefixes one certified), so a group of one localizes nothing, its outcome
+    # advantage is 0, and the run would train on nothing.
+    min_group_size=2,
 ))
