@@ -213,14 +213,17 @@ TINY_TRAIN = ["--config", "arith", "--model.device=cpu", "--train.steps=1", "--r
 
 
 def test_the_methods_that_need_groups_of_two_are_those_whose_credit_of_a_lone_sample_is_zero():
-    """The outcome estimators and tree credit give every row of a group of one an advantage of 0 whatever its
-    reward (the sample is its own group's mean and its own prefix tree's root value)."""
-    from sirl.credit import outcome_credit, tree_credit
+    """The outcome estimators, tree credit and si's divergence credit give every row of a group of one an
+    advantage of 0 whatever its reward (the sample is its own group's mean and its own prefix tree's root
+    value, and a lone failure has no success to have left)."""
+    from sirl.credit import divergence_credit, outcome_credit, tree_credit
     from sirl.methods import METHODS
 
-    assert sorted(name for name, method in METHODS.items() if method.min_group_size == 2) == ["dr_grpo", "grpo", "rloo", "tree"]
+    assert sorted(name for name, method in METHODS.items() if method.min_group_size == 2) == ["dr_grpo", "grpo", "rloo", "si", "tree"]
     responses, rewards, groups = [[1, 2, 3], [1, 4], [5]], [1.0, 0.0, 1.0], [0, 1, 2]
-    for credit in (tree_credit(responses, rewards, groups), *(outcome_credit(responses, rewards, groups, estimator=e) for e in ("grpo", "dr_grpo", "rloo"))):
+    credits = [tree_credit(responses, rewards, groups), divergence_credit(responses, rewards, groups, [[1, 3], [1, 2], [1]]),
+               *(outcome_credit(responses, rewards, groups, estimator=e) for e in ("grpo", "dr_grpo", "rloo"))]
+    for credit in credits:
         assert all(not a.any() for a in credit.token_advantages)
     assert any(a.any() for a in tree_credit(responses, rewards, [0, 0, 1]).token_advantages)  # two rows in a group: not zero
 
