@@ -5,7 +5,8 @@ its seeds.
 `sirl compare`'s results.md gives accuracy; this gives the figures behind it for the methods that localize
 or reset (si, si_internal, random_reset): how often the policy's own named step is the ground-truth first
 wrong step (``selfloc/accuracy``: over the first 3 steps, the last quarter of the run, and all of it), how
-often a reset point lies just before that step (``reset/at_first_error``), the share of resets whose
+often a reset point lies just before that step (``reset/at_first_error``; for si_internal, whose resets
+sit just before the step the policy names, its exact self-localization on the failures it resets), the share of resets whose
 continuations hold a success (``reset/opened``: a reset that opens an all-fail group), the groups with no
 success a step, and probes per failure. A step that did not produce a metric (no reset that step, say)
 does not count in its mean; "-" where no step did.
@@ -42,7 +43,9 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("self-localization, first 3 steps", schema.SELFLOC_ACCURACY, "first"),
     ("self-localization, last quarter", schema.SELFLOC_ACCURACY, "last_quarter"),
     ("self-localization, whole run", schema.SELFLOC_ACCURACY, "all"),
-    ("resets just before the first wrong step", schema.RESET_AT_FIRST_ERROR, "all"),
+    ("resets just before the first wrong step, first 3 steps", schema.RESET_AT_FIRST_ERROR, "first"),
+    ("resets just before the first wrong step, last quarter", schema.RESET_AT_FIRST_ERROR, "last_quarter"),
+    ("resets just before the first wrong step, whole run", schema.RESET_AT_FIRST_ERROR, "all"),
     ("resets that open an all-fail group", schema.RESET_OPENED, "all"),
     ("resets a step", schema.RESET_RESETS, "all"),
     ("all-fail groups a step, first 3 steps", schema.RESET_BLIND_GROUPS, "first"),

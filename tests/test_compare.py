@@ -579,7 +579,7 @@ def test_the_reset_script_averages_over_steps_then_seeds(tmp_path):
     assert lines["seeds"] == "2"
     assert lines["self-localization, first 3 steps"] == f"{(1 / 3 + 1 / 2) / 2:.1%}"
     assert lines["self-localization, last quarter"] == "75.0%" and lines["self-localization, whole run"] == "50.0%"
-    assert lines["resets that open an all-fail group"] == "25.0%" and lines["resets just before the first wrong step"] == "-"
+    assert lines["resets that open an all-fail group"] == "25.0%" and lines["resets just before the first wrong step, whole run"] == "-"
 
 
 
