@@ -155,8 +155,8 @@ class TreeCredit(SettingsPart):
 
 @dataclass
 class SiSettings(Repair, StepCredit, FailureBudget, Search):
-    """si (sirl.methods.si): localize failures by probing their prefixes, credit the error step, train on
-    the probes and corrections, reuse the good prefixes."""
+    """si (sirl.methods.si): localize failures (at their divergence step by default, or by probing their
+    prefixes), credit the error step, train on any probes and corrections, reuse the good prefixes."""
 
     localizer: Literal["search", "divergence", "ground_truth"] = "divergence"
     """divergence: the step where the failure left every success of its group, free (no probe), which the
