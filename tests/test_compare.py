@@ -660,7 +660,10 @@ def test_the_settings_of_a_run_saved_before_the_method_sections_read_at_todays_k
     shared = method_settings([folder]).shared
     assert not any(key.startswith(("internalize.", "prime.")) or key.count(".") == 1 and key.startswith("method.") for key in shared)
     # method.error_span, method.blind_resets and internalize.verdict_format of the file, at their places now
-    assert shared["method.si_internal.error_span"] == shared["method.si.error_span"] == "first_difference"
+    assert shared["method.si_internal.error_span"] == "first_difference"
+    assert "method.si.error_span" not in shared  # first_difference is si's default now
+    # the file's localizer=search (si's default then) differs from today's default, so it is named
+    assert shared["method.si.localizer"] == "search"
     assert shared["method.si_internal.blind_resets"] == shared["method.random_reset.blind_resets"] == 8
     assert shared["method.si_internal.verdict_format"] == "rederive" and shared["algo.name"] == "si_internal"
     assert "method.si_internal.probes" not in shared  # 1, the default
