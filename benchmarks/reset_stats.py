@@ -17,10 +17,10 @@ does not count in its mean; "-" where no step did.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
+from common import metrics
 from sirl import schema
 
 FIRST_STEPS = 3
@@ -62,7 +62,7 @@ def method_figures(folder: Path, method: str) -> tuple[list[float | None], int]:
     runs = sorted(p for p in (folder / "runs" / method).glob("seed*") if (p / "eval.json").is_file())
     per_run = []
     for run in runs:
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        records = metrics(run)
         per_run.append([step_mean(records, key, part) for _, key, part in COLUMNS])
     figures = []
     for column in range(len(COLUMNS)):
