@@ -11,12 +11,18 @@ continuations hold a success (``reset/opened``: a reset that opens an all-fail g
 success a step, and probes per failure. A step that did not produce a metric (no reset that step, say)
 does not count in its mean; "-" where no step did.
 
+With ``--against A,B`` it also prints B minus A for every figure both methods have, paired over the seeds
+both ran, with a 95% percentile bootstrap interval that resamples those seeds (each seed's run mean is
+one value; 10,000 resamples, a fixed generator seed so the interval is the same on every call).
+
     python benchmarks/reset_stats.py runs/compare_internal/divergence80k
+    python benchmarks/reset_stats.py runs/compare_internal/divergence200k --against random_reset,si_internal
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 from pathlib import Path
 
@@ -56,19 +62,49 @@ COLUMNS: list[tuple[str, str, str]] = [
 SHARES = {schema.SELFLOC_ACCURACY, schema.RESET_AT_FIRST_ERROR, schema.RESET_OPENED}
 
 
+def run_figures(folder: Path, method: str) -> dict[int, list[float | None]]:
+    """Each finished seed of ``method`` in the comparison ``folder``: its step mean of every column."""
+    runs = sorted(p for p in (folder / "runs" / method).glob("seed*") if (p / "eval.json").is_file())
+    return {int(run.name.removeprefix("seed")): [step_mean(metrics(run), key, part) for _, key, part in COLUMNS] for run in runs}
+
+
 def method_figures(folder: Path, method: str) -> tuple[list[float | None], int]:
     """Each column's mean over the finished seeds of ``method`` in the comparison ``folder`` (each seed's step
     mean first), and the number of seeds."""
-    runs = sorted(p for p in (folder / "runs" / method).glob("seed*") if (p / "eval.json").is_file())
-    per_run = []
-    for run in runs:
-        records = metrics(run)
-        per_run.append([step_mean(records, key, part) for _, key, part in COLUMNS])
+    per_run = list(run_figures(folder, method).values())
     figures = []
     for column in range(len(COLUMNS)):
         values = [row[column] for row in per_run if row[column] is not None]
         figures.append(statistics.fmean(values) if values else None)
-    return figures, len(runs)
+    return figures, len(per_run)
+
+
+def paired_seed_difference(a: dict[int, float], b: dict[int, float], resamples: int = 10_000,
+                           seed: int = 0) -> tuple[float, float, float, int] | None:
+    """Mean of b - a over the seeds both have, with a 95% percentile bootstrap interval over those seeds
+    (each resample draws as many seeds as there are, with replacement); None without a shared seed."""
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        return None
+    differences = [b[s] - a[s] for s in shared]
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(differences, k=len(differences))) for _ in range(resamples))
+    return statistics.fmean(differences), means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1], len(shared)
+
+
+def against_table(folder: Path, first: str, second: str) -> str:
+    """``second`` minus ``first`` for every column both methods logged, paired over their shared seeds."""
+    runs = {m: run_figures(folder, m) for m in (first, second)}
+    lines = [f"| {second} minus {first} | difference [95% CI] | seeds |", "|---|---:|---:|"]
+    for column, (name, key, _) in enumerate(COLUMNS):
+        values = [{seed: row[column] for seed, row in runs[m].items() if row[column] is not None} for m in (first, second)]
+        found = paired_seed_difference(*values)
+        if found is None:
+            continue
+        mean, low, high, n = found
+        scale, unit = (100, " points") if key in SHARES else (1, "")
+        lines.append(f"| {name} | {scale * mean:+.1f} [{scale * low:+.1f}, {scale * high:+.1f}]{unit} | {n} |")
+    return "\n".join(lines)
 
 
 def table(folder: Path, methods: list[str]) -> str:
@@ -88,11 +124,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a sirl compare folder")
     parser.add_argument("--methods", default=None, help="comma-separated (default: every method with runs in the folder)")
+    parser.add_argument("--against", default=None, metavar="A,B", help="also print B minus A, paired over their seeds")
     args = parser.parse_args()
     if not (args.folder / "runs").is_dir():
         raise SystemExit(f"{args.folder}: no runs/ folder here; give the --out folder of a sirl compare")
     methods = args.methods.split(",") if args.methods else sorted(p.name for p in (args.folder / "runs").iterdir() if p.is_dir())
     print(table(args.folder, methods))
+    if args.against:
+        pair = args.against.split(",")
+        if len(pair) != 2 or any(not (args.folder / "runs" / m).is_dir() for m in pair):
+            raise SystemExit(f"--against {args.against}: give two methods with runs in {args.folder}, as A,B")
+        print()
+        print(against_table(args.folder, *pair))
 
 
 if __name__ == "__main__":

@@ -583,6 +583,33 @@ def test_the_reset_script_averages_over_steps_then_seeds(tmp_path):
 
 
 
+def test_the_reset_script_pairs_two_methods_over_their_shared_seeds(tmp_path):
+    # random_reset seeds 0-2 open 0.2, 0.4, 0.1 of their resets; si_internal seeds 0, 1 and 3 open 0.5, 0.5, 0.9.
+    # Shared seeds 0 and 1: differences +0.3 and +0.1 -> mean +20.0 points; every bootstrap resample of
+    # the two seeds averages to +10, +20 or +30, so the interval lies in [+10, +30] and both ends are hit
+    # (one resample in four is each extreme). Seed 2 and seed 3 are not paired and do not count.
+    import subprocess
+    import sys
+
+    def write(method: str, seed: int, opened: float) -> None:
+        run = tmp_path / f"runs/{method}/seed{seed}"
+        run.mkdir(parents=True)
+        rows = [{"step": 0, "tokens/total": 0}, {"step": 1, "tokens/trained": 100, "reset/opened": opened}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (run / "eval.json").write_text("{}")
+
+    for seed, opened in enumerate([0.2, 0.4, 0.1]):
+        write("random_reset", seed, opened)
+    for seed, opened in [(0, 0.5), (1, 0.5), (3, 0.9)]:
+        write("si_internal", seed, opened)
+    script = [sys.executable, str(ROOT / "benchmarks/reset_stats.py"), str(tmp_path), "--against", "random_reset,si_internal"]
+    out = subprocess.run(script, capture_output=True, text=True, check=True).stdout
+    assert "| resets that open an all-fail group | +20.0 [+10.0, +30.0] points | 2 |" in out
+    assert "self-localization" not in out.split("si_internal minus random_reset")[1]  # neither logged it: no row
+    wrong = subprocess.run(script[:-1] + ["grpo,si_internal"], capture_output=True, text=True)
+    assert wrong.returncode != 0 and "give two methods with runs in" in wrong.stderr
+
+
 def test_a_comparison_grows_by_seeds_and_methods_but_does_not_shrink():
     base = dict(budget_tokens=400, eval_every_tokens=200)
     saved = ComparePlan(methods=["grpo", "si"], seeds=8, **base)
