@@ -12,8 +12,8 @@ success a step, and probes per failure. A step that did not produce a metric (no
 does not count in its mean; "-" where no step did.
 
 With ``--against A,B`` it also prints B minus A for every figure both methods have, paired over the seeds
-both ran, with a 95% percentile bootstrap interval that resamples those seeds (each seed's run mean is
-one value; 10,000 resamples, a fixed generator seed so the interval is the same on every call).
+both ran, with the 95% percentile bootstrap interval of sirl.compare.paired_difference over those seeds
+(each seed's run mean is one value).
 
     python benchmarks/reset_stats.py runs/compare_internal/divergence80k
     python benchmarks/reset_stats.py runs/compare_internal/divergence200k --against random_reset,si_internal
@@ -22,12 +22,12 @@ one value; 10,000 resamples, a fixed generator seed so the interval is the same 
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 from pathlib import Path
 
 from common import metrics
 from sirl import schema
+from sirl.compare import paired_difference
 
 FIRST_STEPS = 3
 """The start of a run: its first steps (the policy as it came)."""
@@ -79,31 +79,18 @@ def method_figures(folder: Path, method: str) -> tuple[list[float | None], int]:
     return figures, len(per_run)
 
 
-def paired_seed_difference(a: dict[int, float], b: dict[int, float], resamples: int = 10_000,
-                           seed: int = 0) -> tuple[float, float, float, int] | None:
-    """Mean of b - a over the seeds both have, with a 95% percentile bootstrap interval over those seeds
-    (each resample draws as many seeds as there are, with replacement); None without a shared seed."""
-    shared = sorted(set(a) & set(b))
-    if not shared:
-        return None
-    differences = [b[s] - a[s] for s in shared]
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(differences, k=len(differences))) for _ in range(resamples))
-    return statistics.fmean(differences), means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1], len(shared)
-
-
 def against_table(folder: Path, first: str, second: str) -> str:
     """``second`` minus ``first`` for every column both methods logged, paired over their shared seeds."""
     runs = {m: run_figures(folder, m) for m in (first, second)}
     lines = [f"| {second} minus {first} | difference [95% CI] | seeds |", "|---|---:|---:|"]
     for column, (name, key, _) in enumerate(COLUMNS):
-        values = [{seed: row[column] for seed, row in runs[m].items() if row[column] is not None} for m in (first, second)]
-        found = paired_seed_difference(*values)
+        # One value a seed: paired_difference's problem axis has a single entry, so it resamples the seeds only.
+        values = [{seed: [row[column]] for seed, row in runs[m].items() if row[column] is not None} for m in (second, first)]
+        found = paired_difference(*values)
         if found is None:
             continue
-        mean, low, high, n = found
-        scale, unit = (100, " points") if key in SHARES else (1, "")
-        lines.append(f"| {name} | {scale * mean:+.1f} [{scale * low:+.1f}, {scale * high:+.1f}]{unit} | {n} |")
+        (low, high), scale, unit = found.ci95, *((100, " points") if key in SHARES else (1, ""))
+        lines.append(f"| {name} | {scale * found.mean:+.1f} [{scale * low:+.1f}, {scale * high:+.1f}]{unit} | {len(found.seeds)} |")
     return "\n".join(lines)
 
 
