@@ -550,6 +550,17 @@ def test_the_paired_script_compares_variants_across_folders(tmp_path):
     assert "| A | B | +25.0 [+25.0, +25.0] |" in out
     missing = subprocess.run([sys.executable, str(ROOT / "benchmarks/paired.py"), f"A={tmp_path / 'a'}:grpo"], capture_output=True, text=True)
     assert missing.returncode != 0 and "no finished run of 'grpo'" in missing.stderr
+    # the starting policy of folder a scored 0.25 on problems 0-1 and 0 on 2-3 (mean 12.5%); A's runs score
+    # 0.5 everywhere, so A - start is +37.5 points, and resampling seeds and problems gives means of 0.5
+    # minus a mean of {0.25, 0} draws: the interval spans [+25, +50] (all 0.25 drawn / none drawn)
+    (tmp_path / "a" / "start").mkdir()
+    (tmp_path / "a" / "start" / "eval.json").write_text(json.dumps({"n": 4, "accuracy": 0.125, "rewards": [0.25, 0.25, 0.0, 0.0]}))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/paired.py"), f"S={tmp_path / 'a'}:start", f"A={tmp_path / 'a'}:tree_branch"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| S | 12.5% (starting policy) | - |" in out
+    assert "| S | A | -37.5 [-50.0, -25.0] |" in out
+    no_start = subprocess.run([sys.executable, str(ROOT / "benchmarks/paired.py"), f"S={tmp_path / 'b'}:start"], capture_output=True, text=True)
+    assert no_start.returncode != 0 and "no starting-policy evaluation" in no_start.stderr
 
 
 def test_the_reset_script_averages_over_steps_then_seeds(tmp_path):
